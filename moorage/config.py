@@ -1,0 +1,164 @@
+"""One typed settings object, loaded once.
+
+Sources, lowest precedence first: built-in defaults (enough to run with no file), a YAML file,
+`MOORAGE_*` environment variables, then command-line flags. Environment keys map onto the
+nesting with `_` (`MOORAGE_STORAGE_ROOTDIRECTORY` -> `storage.rootdirectory`); that is why no
+key contains an underscore inside its level.
+
+Nothing else in Moorage reads configuration: the rest of the code receives a `Settings`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageSettings(_Section):
+    driver: Literal["filesystem"] = "filesystem"
+    # Defaults to <datadir>/blobs-store when unset.
+    rootdirectory: Path | None = None
+
+
+class MetadataSettings(_Section):
+    # SQLAlchemy async URL; defaults to SQLite at <datadir>/metadata.db when unset.
+    url: str | None = None
+
+
+class UploadSettings(_Section):
+    # Idle sessions older than this are gone (404 BLOB_UPLOAD_UNKNOWN) and their data freed.
+    ttl: int = Field(default=24 * 3600, ge=60)
+
+
+class ManifestSettings(_Section):
+    maxsize: int = Field(default=4 * 1024 * 1024, ge=1024)
+    schema1: bool = True
+
+
+class DeleteSettings(_Section):
+    enabled: bool = True
+
+
+class MountSettings(_Section):
+    # Mount without `from=`: look for the blob in any repository the caller can pull.
+    automatic: bool = False
+
+
+class PaginationSettings(_Section):
+    tagsmax: int = Field(default=1000, ge=1)
+    catalogdefault: int = Field(default=100, ge=1)
+    catalogmax: int = Field(default=1000, ge=1)
+    referrersmax: int = Field(default=1000, ge=1)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    accesslog: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="MOORAGE_",
+        env_nested_delimiter="_",
+        extra="forbid",
+    )
+
+    listen: str = "127.0.0.1:5000"
+    datadir: Path = Path("moorage-data")
+    workers: int = Field(default=1, ge=1, le=256)
+    # Externally visible base URL (scheme://host[:port]) when behind a proxy; Location headers
+    # are relative by default, so this is only needed where an absolute URL must be built.
+    baseurl: str | None = None
+    storage: StorageSettings = StorageSettings()
+    metadata: MetadataSettings = MetadataSettings()
+    uploads: UploadSettings = UploadSettings()
+    manifests: ManifestSettings = ManifestSettings()
+    deletes: DeleteSettings = DeleteSettings()
+    mount: MountSettings = MountSettings()
+    pagination: PaginationSettings = PaginationSettings()
+    log: LogSettings = LogSettings()
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("listen must be HOST:PORT")
+        return value
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @property
+    def blob_root(self) -> Path:
+        return self.storage.rootdirectory or self.datadir / "storage"
+
+    @property
+    def metadata_url(self) -> str:
+        return self.metadata.url or f"sqlite+aiosqlite:///{(self.datadir / 'metadata.db')}"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Command-line flags (init) beat the environment, which beats the file (passed in as
+        # defaults through `load`), which beats the built-in defaults.
+        return (init_settings, env_settings)
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+class ConfigError(Exception):
+    """The configuration file or environment is not valid."""
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must be a mapping at the top level")
+    return data
+
+
+def load(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: defaults < YAML file < MOORAGE_* environment < overrides."""
+    file_values = read_file(config_file) if config_file else {}
+    env_values = Settings().model_dump(exclude_unset=True)
+    flag_values = {k: v for k, v in overrides.items() if v is not None}
+    merged = _deep_merge(_deep_merge(file_values, env_values), flag_values)
+    try:
+        return Settings(**merged)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
