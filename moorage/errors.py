@@ -42,6 +42,8 @@ class RegistryError(Exception):
     def __init__(self, message: str | None = None, detail: Any = None) -> None:
         self.message = message or self.default_message
         self.detail = detail
+        # Extra response headers a protocol should send with this error (e.g. Allow).
+        self.headers: dict[str, str] = {}
         super().__init__(self.message)
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,0 +1,113 @@
+"""HTTP helpers shared by the protocols: request bodies, byte ranges, zero-copy file bodies."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+READ_SIZE = 1 << 20
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives (chunked transfer-encoding included)."""
+    async for chunk in request.content.iter_chunked(READ_SIZE):
+        yield chunk
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """The whole body, but never more than `limit` + 1 bytes (the caller checks the size)."""
+    data = bytearray()
+    while len(data) <= limit:
+        chunk = await request.content.read(limit + 1 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+def content_length(request: web.Request) -> int | None:
+    value = request.headers.get("Content-Length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+class Unsatisfiable(Exception):
+    pass
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The one range of a `Range: bytes=...` header as (start, end inclusive), or None for the
+    whole body (no header, several ranges, or a header we ignore as RFC 9110 allows).
+    Raise Unsatisfiable when no byte of the range exists."""
+    if not header:
+        return None
+    match = _RANGE.match(header.strip())
+    if not match:
+        return None
+    first, last = match.groups()
+    if not first and not last:
+        return None
+    if not first:
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if end < start:
+        return None
+    if start >= size:
+        raise Unsatisfiable
+    return start, min(end, size - 1)
+
+
+def etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate.startswith("W/"):
+            candidate = candidate[2:]
+        if candidate == "*" or candidate.strip('"') == etag:
+            return True
+    return False
+
+
+async def send_file(
+    request: web.Request,
+    response: web.StreamResponse,
+    path: Path,
+    offset: int,
+    count: int,
+) -> web.StreamResponse:
+    """Send `count` bytes of `path` from `offset` with the kernel's sendfile."""
+    file = await asyncio.to_thread(open, path, "rb")
+    try:
+        response.content_length = count
+        await response.prepare(request)
+        if request.method == "HEAD" or count == 0:
+            await response.write_eof()
+            return response
+        transport = request.transport
+        if transport is None:
+            raise ConnectionResetError("connection lost")
+        await request.writer.drain()
+        try:
+            await asyncio.get_running_loop().sendfile(transport, file, offset, count)
+        except NotImplementedError:
+            await asyncio.to_thread(file.seek, offset)
+            remaining = count
+            while remaining:
+                chunk = await asyncio.to_thread(file.read, min(READ_SIZE, remaining))
+                if not chunk:
+                    raise ConnectionResetError("file shorter than expected") from None
+                await response.write(chunk)
+                remaining -= len(chunk)
+        await response.write_eof()
+        return response
+    finally:
+        file.close()

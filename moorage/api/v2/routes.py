@@ -1,0 +1,104 @@
+"""Every /v2/ route, declared once.
+
+Repository names contain slashes, so routing matches the known suffix of the path and takes
+what stands before it as the name, which is then checked against the grammar. Each route says
+which access each method needs; the auth layer reads that table.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from moorage.api.v2 import blobs, discovery, manifests, uploads
+from moorage.content import names
+from moorage.errors import RegistryError, Unsupported
+
+Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    pattern: re.Pattern[str]
+    methods: dict[str, tuple[Handler, str | None]]  # method -> (handler, access needed)
+
+
+def _route(name: str, pattern: str, **methods: tuple[Handler, str | None]) -> Route:
+    return Route(name, re.compile(f"^{pattern}$"), methods)
+
+
+_NAME = r"(?P<name>.+)"
+ROUTES: tuple[Route, ...] = (
+    _route("base", r"/?", GET=(discovery.base, None), HEAD=(discovery.base, None)),
+    _route("catalog", r"/_catalog", GET=(discovery.catalog, "catalog")),
+    _route(
+        "upload",
+        rf"/{_NAME}/blobs/uploads/(?P<uuid>[^/]+)",
+        GET=(uploads.status, "pull"),
+        PATCH=(uploads.patch, "push"),
+        PUT=(uploads.put, "push"),
+        DELETE=(uploads.cancel, "push"),
+    ),
+    _route("uploads", rf"/{_NAME}/blobs/uploads/?", POST=(uploads.start, "push")),
+    _route(
+        "blob",
+        rf"/{_NAME}/blobs/(?P<digest>[^/]+)",
+        GET=(blobs.get, "pull"),
+        HEAD=(blobs.get, "pull"),
+        DELETE=(blobs.delete, "delete"),
+    ),
+    _route(
+        "manifest",
+        rf"/{_NAME}/manifests/(?P<reference>[^/]+)",
+        GET=(manifests.get, "pull"),
+        HEAD=(manifests.get, "pull"),
+        PUT=(manifests.put, "push"),
+        DELETE=(manifests.delete, "delete"),
+    ),
+    _route("tags", rf"/{_NAME}/tags/list", GET=(discovery.tags, "pull")),
+    _route(
+        "referrers",
+        rf"/{_NAME}/referrers/(?P<digest>[^/]+)",
+        GET=(discovery.referrers, "pull"),
+    ),
+)
+
+
+def match(path: str) -> tuple[Route, dict[str, str]] | None:
+    for route in ROUTES:
+        found = route.pattern.match(path)
+        if found:
+            return route, found.groupdict()
+    return None
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    tail = request.path[len("/v2") :]
+    found = match(tail)
+    if found is None:
+        raise _NotFound()
+    route, params = found
+    entry = route.methods.get(request.method)
+    if entry is None:
+        allowed = ", ".join(sorted(route.methods))
+        error = Unsupported("method not allowed", {"method": request.method})
+        error.headers["Allow"] = allowed
+        raise error
+    handler, _access = entry
+    if "name" in params:
+        request["v2.name"] = params["name"]
+        params["repository"] = names.canonical_repository(params["name"])
+    return await handler(request, params)
+
+
+class _NotFound(RegistryError):
+    code, status, default_message = "NAME_UNKNOWN", 404, "no such endpoint"
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_route("*", "/v2", dispatch)
+    app.router.add_route("*", "/v2/{tail:.*}", dispatch)

@@ -1,0 +1,57 @@
+"""Wiring: builds storage, metadata and the content layer from the settings, and the routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from moorage.api.context import REGISTRY, SETTINGS
+from moorage.api.v2 import errors as v2_errors
+from moorage.api.v2 import routes as v2_routes
+from moorage.config import Settings
+from moorage.content.registry import Registry
+from moorage.metadata import MetadataStore
+from moorage.storage.filesystem import FilesystemDriver
+
+log = logging.getLogger("moorage")
+
+EXPIRY_INTERVAL = 300.0
+
+
+async def _expire_uploads(registry: Registry) -> None:
+    while True:
+        await asyncio.sleep(EXPIRY_INTERVAL)
+        try:
+            dropped = await registry.blobs.expire()
+            if dropped:
+                log.info("expired upload sessions", extra={"count": dropped})
+        except Exception:
+            log.exception("upload expiry failed")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[v2_errors.errors_middleware])
+    app[SETTINGS] = settings
+    app.on_response_prepare.append(v2_errors.add_version_header)
+    v2_routes.setup(app)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        settings.datadir.mkdir(parents=True, exist_ok=True)
+        storage = FilesystemDriver(settings.blob_root)
+        metadata = MetadataStore(settings.metadata_url)
+        await metadata.open()
+        registry = Registry(settings, storage, metadata)
+        app[REGISTRY] = registry
+        expiry = asyncio.create_task(_expire_uploads(registry))
+        yield
+        expiry.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await expiry
+        await registry.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,341 @@
+"""Blobs and upload sessions.
+
+A blob becomes visible only after its digest is verified and its bytes are committed
+atomically (rename into the content-addressed key, then one metadata transaction that links it
+and ends the session). Sessions live in metadata + storage, never only in a process's memory,
+so any worker or node can continue one. See docs/design/uploads.md for the races.
+
+Hashing: Python's hashlib cannot serialise a hash state, so each process keeps the running
+hasher of the sessions it last wrote to, keyed by session and offset. A write that arrives at a
+process whose hasher is not at the session's offset (another worker wrote in between, or the
+server restarted) re-hashes the stored bytes once, then continues incrementally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from moorage.content import digest as digests
+from moorage.content.digest import Hasher
+from moorage.errors import (
+    BlobUnknown,
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    DigestInvalid,
+    RangeInvalid,
+    SizeInvalid,
+)
+from moorage.metadata import BlobRow, MetadataStore, UploadRow
+from moorage.storage import StorageDriver, StorageError, Writer, paths
+
+# Bytes handed to the disk and the hasher at a time: large enough that the thread hop and
+# syscalls are noise, small enough to keep memory flat.
+WRITE_SIZE = 1 << 20
+LEASE_SECONDS = 90.0
+LEASE_RENEW_SECONDS = 30.0
+HASHER_CACHE = 4096
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+Body = AsyncIterator[bytes]
+CanPull = Callable[[str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Blob:
+    digest: str
+    size: int
+    path: Path | None
+    storage_key: str
+
+
+@dataclass(slots=True)
+class _Lease:
+    token: str
+    offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadState:
+    id: str
+    repository: str
+    offset: int
+
+
+class RangeMismatch(RangeInvalid):
+    """An upload write that does not start at the session's offset (416)."""
+
+    def __init__(self, state: UploadState) -> None:
+        super().__init__(detail={"offset": state.offset})
+        self.state = state
+
+
+class BlobService:
+    def __init__(self, storage: StorageDriver, metadata: MetadataStore, upload_ttl: int) -> None:
+        self.storage = storage
+        self.metadata = metadata
+        self.upload_ttl = upload_ttl
+        self._hashers: OrderedDict[str, Hasher] = OrderedDict()
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def get(self, repository: str, digest: str) -> Blob:
+        digests.parse(digest)
+        row = await self.metadata.repository_blob(repository, digest)
+        if row is None:
+            raise BlobUnknown(detail={"digest": digest})
+        return Blob(row.digest, row.size, self.storage.local_path(row.storage_key), row.storage_key)
+
+    def read(self, blob: Blob, offset: int, length: int) -> AsyncIterator[bytes]:
+        return self.storage.read(blob.storage_key, offset, length)
+
+    async def delete(self, repository: str, digest: str) -> None:
+        digests.parse(digest)
+        if not await self.metadata.unlink_blob(repository, digest):
+            raise BlobUnknown(detail={"digest": digest})
+
+    async def mount(
+        self, repository: str, digest: str, source: str | None, can_pull: CanPull
+    ) -> bool:
+        """Link `digest` from `source` (or, with source None, from any repository the caller
+        may pull) into `repository`. False when that cannot be done, whatever the reason."""
+        if not digests.is_valid(digest):
+            return False
+        if source is not None:
+            candidates = [source]
+        else:
+            candidates = await self.metadata.repositories_with_blob(digest)
+        for name in candidates:
+            if not can_pull(name):
+                continue
+            row = await self.metadata.repository_blob(name, digest)
+            if row is not None:
+                await self.metadata.link_blobs(repository, [row])
+                return True
+        return False
+
+    # -- upload sessions -----------------------------------------------------------------
+
+    async def start(self, repository: str) -> UploadState:
+        session_id = str(uuid.uuid4())
+        await self.metadata.create_upload(session_id, repository)
+        return UploadState(session_id, repository, 0)
+
+    async def _session(self, repository: str, session_id: str) -> UploadRow:
+        if not _UUID.match(session_id):
+            raise BlobUploadUnknown(detail={"uuid": session_id})
+        row = await self.metadata.upload(session_id)
+        if row is None or row.repository != repository:
+            raise BlobUploadUnknown(detail={"uuid": session_id})
+        if row.updated < time.time() - self.upload_ttl:
+            await self._drop(session_id)
+            raise BlobUploadUnknown(detail={"uuid": session_id})
+        return row
+
+    async def status(self, repository: str, session_id: str) -> UploadState:
+        row = await self._session(repository, session_id)
+        return UploadState(row.id, row.repository, row.offset)
+
+    async def cancel(self, repository: str, session_id: str) -> None:
+        await self._session(repository, session_id)
+        await self._drop(session_id)
+
+    async def _drop(self, session_id: str) -> None:
+        self._hashers.pop(session_id, None)
+        await self.metadata.delete_upload(session_id)
+        await self.storage.delete(paths.upload(session_id))
+
+    async def expire(self) -> int:
+        """Drop sessions idle past the TTL; returns how many."""
+        stale = await self.metadata.stale_uploads(time.time() - self.upload_ttl)
+        for session_id in stale:
+            await self._drop(session_id)
+        return len(stale)
+
+    async def append(
+        self,
+        repository: str,
+        session_id: str,
+        body: Body,
+        content_range: tuple[int, int] | None,
+        content_length: int | None,
+    ) -> UploadState:
+        """PATCH: append a chunk (or, with no range, the whole body) at the session's offset."""
+        row = await self._session(repository, session_id)
+        state = UploadState(row.id, row.repository, row.offset)
+        start = self._check_range(state, content_range, content_length)
+        async with self._lease(state, start) as lease:
+            lease.offset = await self._stream(state.id, start, body, content_range, lease)
+        return UploadState(row.id, row.repository, lease.offset)
+
+    async def finish(
+        self,
+        repository: str,
+        session_id: str,
+        expected: list[str],
+        body: Body | None,
+        content_range: tuple[int, int] | None,
+        content_length: int | None,
+    ) -> str:
+        """PUT: take the optional last chunk, verify every expected digest, commit the blob.
+
+        Returns the digest to address the blob by (the first expected one). A digest that does
+        not match ends the session."""
+        row = await self._session(repository, session_id)
+        state = UploadState(row.id, row.repository, row.offset)
+        if not expected:
+            raise DigestInvalid("digest missing")
+        parsed = [digests.parse(d) for d in expected]
+        start = self._check_range(state, content_range, content_length)
+        async with self._lease(state, start) as lease:
+            lease.offset = await self._stream(state.id, start, body, content_range, lease)
+            try:
+                return await self._commit(state.id, repository, lease.offset, parsed)
+            except DigestInvalid:
+                await self._drop(session_id)
+                raise
+
+    async def upload(self, repository: str, digest: str, body: Body, length: int | None) -> str:
+        """Single-POST upload: the whole blob in one request; nothing stays on failure."""
+        expected = digests.parse(digest)
+        state = await self.start(repository)
+        try:
+            async with self._lease(state, 0) as lease:
+                size = await self._stream(state.id, 0, body, None, lease)
+                if length is not None and size != length:
+                    raise SizeInvalid(detail={"expected": length, "received": size})
+                return await self._commit(state.id, repository, size, [expected])
+        except BaseException:
+            await asyncio.shield(self._drop(state.id))
+            raise
+
+    @staticmethod
+    def _check_range(
+        state: UploadState, content_range: tuple[int, int] | None, content_length: int | None
+    ) -> int:
+        if content_range is None:
+            return state.offset
+        start, end = content_range
+        if start != state.offset or start > end:
+            raise RangeMismatch(state)
+        if content_length is not None and content_length != end - start + 1:
+            raise SizeInvalid(detail={"range": f"{start}-{end}", "length": content_length})
+        return start
+
+    @asynccontextmanager
+    async def _lease(self, state: UploadState, start: int) -> AsyncIterator[_Lease]:
+        """Hold the session's write lease: one writer at a time, at the expected offset.
+
+        On exit the lease is released with `lease.offset` as the new offset (None: unchanged).
+        A session finished inside has no row left, so the release is a no-op."""
+        lease = _Lease(uuid.uuid4().hex, start)
+        if not await self.metadata.acquire_upload(
+            state.id, start, lease.token, time.time() + LEASE_SECONDS
+        ):
+            current = await self.metadata.upload(state.id)
+            if current is None:
+                raise BlobUploadUnknown(detail={"uuid": state.id})
+            raise RangeMismatch(UploadState(state.id, state.repository, current.offset))
+        lease.offset = None
+        try:
+            yield lease
+        except BaseException:
+            self._hashers.pop(state.id, None)
+            lease.offset = None
+            raise
+        finally:
+            await asyncio.shield(self.metadata.release_upload(state.id, lease.token, lease.offset))
+
+    async def _stream(
+        self,
+        session_id: str,
+        start: int,
+        body: Body | None,
+        content_range: tuple[int, int] | None,
+        lease: _Lease,
+    ) -> int:
+        """Append `body` at `start`, hashing as it goes; returns the new offset."""
+        hasher = await self._hasher(session_id, start)
+        try:
+            writer = await self.storage.writer(paths.upload(session_id), start)
+        except StorageError as exc:
+            raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
+        received = 0
+        renewed = time.monotonic()
+        pending = bytearray()
+        try:
+            if body is not None:
+                async for chunk in body:
+                    pending += chunk
+                    if len(pending) >= WRITE_SIZE:
+                        block, pending = bytes(pending), bytearray()
+                        await self._put(writer, hasher, block)
+                        received += len(block)
+                    if time.monotonic() - renewed > LEASE_RENEW_SECONDS:
+                        renewed = time.monotonic()
+                        await self.metadata.renew_upload(
+                            session_id, lease.token, time.time() + LEASE_SECONDS
+                        )
+            if pending:
+                await self._put(writer, hasher, bytes(pending))
+                received += len(pending)
+        finally:
+            await writer.close()
+        if content_range is not None and received != content_range[1] - content_range[0] + 1:
+            span = f"{content_range[0]}-{content_range[1]}"
+            raise SizeInvalid(detail={"range": span, "received": received})
+        self._remember(session_id, hasher)
+        return start + received
+
+    @staticmethod
+    async def _put(writer: Writer, hasher: Hasher, block: bytes) -> None:
+        # Hash and write side by side on two threads (hashlib releases the GIL).
+        await asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
+
+    def _remember(self, session_id: str, hasher: Hasher) -> None:
+        self._hashers[session_id] = hasher
+        self._hashers.move_to_end(session_id)
+        while len(self._hashers) > HASHER_CACHE:
+            self._hashers.popitem(last=False)
+
+    async def _hasher(
+        self, session_id: str, offset: int, algorithms: tuple[str, ...] = ()
+    ) -> Hasher:
+        cached = self._hashers.pop(session_id, None)
+        if cached is not None and cached.size == offset and all(map(cached.has, algorithms)):
+            return cached
+        hasher = Hasher(algorithms)
+        if offset:
+            async for chunk in self.storage.read(paths.upload(session_id), 0, offset):
+                await asyncio.to_thread(hasher.update, chunk)
+            if hasher.size != offset:
+                raise BlobUploadInvalid("upload data lost", {"uuid": session_id})
+        return hasher
+
+    async def _commit(
+        self, session_id: str, repository: str, size: int, expected: list[digests.Digest]
+    ) -> str:
+        algorithms = tuple(sorted({d.algorithm for d in expected}))
+        hasher = await self._hasher(session_id, size, algorithms)
+        self._hashers.pop(session_id, None)
+        for want in expected:
+            got = hasher.digest(want.algorithm)
+            if got != str(want):
+                raise DigestInvalid(detail={"expected": str(want), "computed": got})
+        sha256 = hasher.digest("sha256")
+        key = paths.blob(sha256.partition(":")[2])
+        await self.storage.commit(paths.upload(session_id), key)
+        rows = {str(d): BlobRow(str(d), key, size) for d in expected}
+        rows.setdefault(sha256, BlobRow(sha256, key, size))
+        await self.metadata.finish_upload(session_id, repository, rows.values())
+        return str(expected[0])
+
+    async def linked(self, repository: str, wanted: Iterable[str]) -> set[str]:
+        return await self.metadata.linked_blobs(repository, wanted)

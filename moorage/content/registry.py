@@ -1,0 +1,220 @@
+"""The content layer's front door: what protocol handlers call.
+
+`Registry` owns the blob service (blobs and uploads) and the manifest, tag, catalog and
+referrers operations. Repository names arrive canonical (see `names.canonical_repository`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from moorage.config import Settings
+from moorage.content import digest as digests
+from moorage.content import manifests, names
+from moorage.content.blobs import BlobService
+from moorage.errors import (
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    RegistryErrors,
+    TagInvalid,
+    Unsupported,
+)
+from moorage.metadata import ManifestRow, MetadataStore
+from moorage.storage import StorageDriver
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    content: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult:
+    digest: str
+    subject: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[str]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReferrersPage:
+    descriptors: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Registry:
+    def __init__(self, settings: Settings, storage: StorageDriver, metadata: MetadataStore):
+        self.settings = settings
+        self.metadata = metadata
+        self.blobs = BlobService(storage, metadata, settings.uploads.ttl)
+
+    async def close(self) -> None:
+        await self.metadata.close()
+
+    # -- manifests -----------------------------------------------------------------------
+
+    async def get_manifest(self, repository: str, reference: str) -> StoredManifest:
+        if ":" in reference:
+            digests.parse(reference)
+            row = await self.metadata.manifest(repository, reference)
+        elif names.is_tag(reference):
+            row = await self.metadata.tagged_manifest(repository, reference)
+        else:
+            row = None
+        if row is None:
+            raise ManifestUnknown(detail={"reference": reference})
+        return StoredManifest(row.digest, row.media_type, row.content)
+
+    async def put_manifest(
+        self, repository: str, reference: str, content_type: str | None, content: bytes
+    ) -> PutResult:
+        by_digest = ":" in reference
+        wanted = digests.parse(reference) if by_digest else None
+        if not by_digest:
+            names.check_tag(reference)
+        manifest = manifests.parse(
+            content,
+            content_type,
+            self.settings.manifests.maxsize,
+            self.settings.manifests.schema1,
+        )
+        if manifest.schema1_name is not None:
+            self._check_schema1_names(repository, reference if not by_digest else None, manifest)
+        digest = manifest.digest(wanted.algorithm if wanted else "sha256")
+        if wanted is not None and digest != str(wanted):
+            raise DigestInvalid(detail={"expected": str(wanted), "computed": digest})
+        await self._check_references(repository, manifest)
+        row = ManifestRow(
+            digest,
+            manifest.media_type,
+            manifest.content,
+            manifest.subject,
+            manifest.artifact_type,
+            manifest.annotations,
+        )
+        await self.metadata.put_manifest(
+            repository, row, manifest.references, None if by_digest else reference
+        )
+        return PutResult(digest, manifest.subject)
+
+    @staticmethod
+    def _check_schema1_names(
+        repository: str, tag: str | None, manifest: manifests.Manifest
+    ) -> None:
+        name = manifest.schema1_name or ""
+        try:
+            same = names.canonical_repository(name) == repository
+        except NameInvalid:
+            same = False
+        if not same:
+            raise NameInvalid("manifest name does not match the repository", {"name": name})
+        if tag is not None and manifest.schema1_tag != tag:
+            raise TagInvalid(detail={"tag": manifest.schema1_tag})
+
+    async def _check_references(self, repository: str, manifest: manifests.Manifest) -> None:
+        missing: list[str] = []
+        if manifest.blobs:
+            linked = await self.blobs.linked(repository, manifest.blobs)
+            missing += [d for d in manifest.blobs if d not in linked]
+        if manifest.manifests:
+            present = await self.metadata.existing_manifests(repository, manifest.manifests)
+            missing += [d for d in manifest.manifests if d not in present]
+        if missing:
+            raise RegistryErrors([ManifestBlobUnknown(detail={"digest": d}) for d in missing])
+
+    async def delete_manifest(self, repository: str, reference: str) -> None:
+        if not self.settings.deletes.enabled:
+            raise Unsupported("deletes are disabled")
+        if ":" in reference:
+            digests.parse(reference)
+            deleted = await self.metadata.delete_manifest(repository, reference)
+        else:
+            deleted = names.is_tag(reference) and await self.metadata.delete_tag(
+                repository, reference
+            )
+        if not deleted:
+            if not await self.metadata.repository_exists(repository):
+                raise NameUnknown(detail={"name": repository})
+            raise ManifestUnknown(detail={"reference": reference})
+
+    async def delete_blob(self, repository: str, digest: str) -> None:
+        if not self.settings.deletes.enabled:
+            raise Unsupported("deletes are disabled")
+        await self.blobs.delete(repository, digest)
+
+    # -- discovery -----------------------------------------------------------------------
+
+    async def tags(self, repository: str, last: str | None, limit: int) -> Page:
+        found = await self.metadata.list_tags(repository, last, limit + 1)
+        if found is None:
+            raise NameUnknown(detail={"name": repository})
+        return Page(found[:limit], len(found) > limit)
+
+    async def catalog(self, last: str | None, limit: int) -> Page:
+        found = await self.metadata.list_repositories(last, limit + 1)
+        return Page(found[:limit], len(found) > limit)
+
+    async def referrers(
+        self, repository: str, subject: str, artifact_type: str | None, cursor: str | None
+    ) -> ReferrersPage:
+        parsed = digests.parse(subject)
+        limit = self.settings.pagination.referrersmax
+        after = _decode_cursor(cursor)
+        rows = await self.metadata.referrers(repository, subject, artifact_type, after, limit + 1)
+        descriptors = [
+            manifests.referrer_descriptor(
+                row.media_type, row.digest, len(row.content), row.artifact_type, row.annotations
+            )
+            for row, _ in rows[:limit]
+        ]
+        next_cursor = None
+        if len(rows) > limit:
+            last_row, created = rows[limit - 1]
+            next_cursor = f"{created!r}_{last_row.digest}"
+        elif after is None:
+            extra = await self._fallback_referrers(repository, parsed, descriptors)
+            if artifact_type is not None:
+                extra = [d for d in extra if d.get("artifactType") == artifact_type]
+            descriptors += extra
+        return ReferrersPage(descriptors, next_cursor)
+
+    async def _fallback_referrers(
+        self, repository: str, subject: digests.Digest, known: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """Entries of a pre-existing `<alg>-<hex>` fallback tag (clients that predate the
+        referrers API keep an index of referrers there)."""
+        row = await self.metadata.tagged_manifest(repository, f"{subject.algorithm}-{subject.hex}")
+        if row is None or row.media_type not in manifests.INDEX_TYPES:
+            return []
+        seen = {d["digest"] for d in known}
+        try:
+            entries = json.loads(row.content).get("manifests") or []
+        except ValueError:
+            return []
+        extra = []
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get("digest") not in seen:
+                seen.add(entry.get("digest"))
+                extra.append(entry)
+        return extra
+
+
+def _decode_cursor(cursor: str | None) -> tuple[float, str] | None:
+    if not cursor:
+        return None
+    created, _, digest = cursor.partition("_")
+    try:
+        return float(created), digest
+    except ValueError:
+        return None

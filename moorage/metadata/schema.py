@@ -1,0 +1,107 @@
+"""The tables. One row per fact; every hot lookup is one indexed query.
+
+- repositories: name <-> id.
+- blobs: every addressable digest with its size and the sha256 key its bytes live under.
+- repository_blobs: which repository may serve which blob (isolation and GC roots).
+- manifests: per repository, the bytes exactly as pushed plus what the referrers API needs.
+- manifest_references: what a manifest points at (layers, config, children), for GC.
+- tags: repository + name -> manifest digest.
+- uploads: upload sessions (offset and a short write lease), shared by every worker and node.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+schema_info = Table(
+    "schema_info",
+    metadata,
+    Column("version", Integer, primary_key=True),
+)
+
+repositories = Table(
+    "repositories",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("created", Float, nullable=False),
+)
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("digest", String(200), primary_key=True),
+    Column("storage_key", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+repository_blobs = Table(
+    "repository_blobs",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("digest", String(200), ForeignKey("blobs.digest"), primary_key=True),
+    Column("created", Float, nullable=False),
+)
+
+manifests = Table(
+    "manifests",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("digest", String(200), primary_key=True),
+    Column("media_type", String(255), nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("subject", String(200), nullable=True),
+    Column("artifact_type", String(255), nullable=True),
+    Column("annotations", Text, nullable=True),
+    Column("created", Float, nullable=False),
+    Index("manifests_subject", "repository_id", "subject", "created"),
+)
+
+manifest_references = Table(
+    "manifest_references",
+    metadata,
+    Column("repository_id", Integer, primary_key=True),
+    Column("digest", String(200), primary_key=True),
+    Column("child", String(200), primary_key=True),
+    Index("manifest_references_child", "child"),
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("digest", String(200), nullable=False),
+    Column("updated", Float, nullable=False),
+    Index("tags_digest", "repository_id", "digest"),
+)
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("repository", String(255), nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("lease", String(64), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Index("uploads_updated", "updated"),
+)

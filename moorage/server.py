@@ -1,0 +1,144 @@
+"""Serving: one listening socket, one or several worker processes, graceful shutdown.
+
+The parent binds the socket, then either serves itself (one worker) or forks workers that all
+accept on it. No state lives only in one worker (upload sessions are in metadata + storage),
+so any worker can take any request. SIGTERM/SIGINT stop accepting new connections and let
+in-flight requests finish (up to SHUTDOWN_TIMEOUT seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from aiohttp import web
+
+from moorage.app import create_app
+from moorage.config import Settings
+
+log = logging.getLogger("moorage.server")
+
+SHUTDOWN_TIMEOUT = 60.0
+BACKLOG = 1024
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(settings: Settings) -> socket.socket:
+    host = settings.host
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, settings.port))
+    sock.listen(BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def _serve(settings: Settings, sock: socket.socket) -> None:
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("moorage.access") if settings.log.accesslog else None,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+    )
+    await runner.setup()
+    site = web.SockSite(runner, sock)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("serving on %s (pid %d)", settings.listen, os.getpid())
+    await stop.wait()
+    log.info("shutting down (pid %d)", os.getpid())
+    await runner.cleanup()
+
+
+def _worker(settings: Settings, sock: socket.socket) -> int:
+    try:
+        asyncio.run(_serve(settings, sock))
+    except Exception:
+        log.exception("worker failed")
+        return 1
+    return 0
+
+
+def _fork(settings: Settings, sock: socket.socket) -> int:
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os._exit(_worker(settings, sock))
+    return pid
+
+
+def _supervise(settings: Settings, sock: socket.socket) -> int:
+    stopping = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    children: set[int] = set()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for _ in range(settings.workers):
+        children.add(_fork(settings, sock))
+    failures: list[float] = []
+    status = 0
+    while children:
+        try:
+            pid, code = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        children.discard(pid)
+        if stopping:
+            continue
+        exit_code = os.waitstatus_to_exitcode(code)
+        log.error("worker %d exited with %d; starting another", pid, exit_code)
+        now = time.monotonic()
+        failures = [t for t in failures if now - t < 60] + [now]
+        if len(failures) > 5 * settings.workers:
+            log.error("workers keep dying; giving up")
+            status = 1
+            on_signal(signal.SIGTERM, None)
+            continue
+        children.add(_fork(settings, sock))
+    return status
+
+
+def run(settings: Settings) -> int:
+    if not _is_loopback(settings.host):
+        print(
+            "\n*** WARNING: Moorage is listening on "
+            f"{settings.listen} with NO AUTHENTICATION: anyone who can reach this address can "
+            "push, overwrite and delete images. ***\n",
+            file=sys.stderr,
+            flush=True,
+        )
+    settings.datadir.mkdir(parents=True, exist_ok=True)
+    sock = bind(settings)
+    if settings.workers == 1:
+        return _worker(settings, sock)
+    return _supervise(settings, sock)

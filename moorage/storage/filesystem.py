@@ -1,0 +1,164 @@
+"""The filesystem driver: objects are files below a root directory.
+
+Blocking file calls run in the default thread pool so the event loop never waits on a disk.
+Commits are `fsync` + `rename` + `fsync(dir)`: after a crash a key either holds its whole
+object or does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import BinaryIO
+
+from moorage.storage.base import PathNotFound, StorageError
+
+READ_SIZE = 1 << 20
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileWriter:
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        self._file = file
+        self._size = size
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(self._file.write, data)
+        self._size += len(data)
+
+    def _close(self) -> None:
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        finally:
+            self._file.close()
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._close)
+
+
+class FilesystemDriver:
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if not key or any(p in ("", ".", "..") or "\0" in p for p in parts):
+            raise StorageError(f"invalid storage key {key!r}")
+        return self.root.joinpath(*parts)
+
+    async def stat(self, key: str) -> int | None:
+        try:
+            return (await asyncio.to_thread(os.stat, self._path(key))).st_size
+        except FileNotFoundError:
+            return None
+
+    def local_path(self, key: str) -> Path | None:
+        return self._path(key)
+
+    async def read(
+        self, key: str, offset: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        try:
+            file = await asyncio.to_thread(open, self._path(key), "rb")
+        except FileNotFoundError as exc:
+            raise PathNotFound(key) from exc
+        try:
+            file.seek(offset)
+            remaining = length
+            while remaining is None or remaining > 0:
+                size = READ_SIZE if remaining is None else min(READ_SIZE, remaining)
+                chunk = await asyncio.to_thread(file.read, size)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+        finally:
+            file.close()
+
+    async def get(self, key: str) -> bytes:
+        try:
+            return await asyncio.to_thread(self._path(key).read_bytes)
+        except FileNotFoundError as exc:
+            raise PathNotFound(key) from exc
+
+    def _put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+
+    async def put(self, key: str, data: bytes) -> None:
+        await asyncio.to_thread(self._put, key, data)
+
+    def _open_at(self, key: str, offset: int) -> FileWriter:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        file = os.fdopen(fd, "wb", buffering=0)
+        size = os.fstat(fd).st_size
+        if size < offset:
+            file.close()
+            raise StorageError(f"{key} holds {size} bytes, cannot append at {offset}")
+        os.ftruncate(fd, offset)
+        file.seek(offset)
+        return FileWriter(file, offset)
+
+    async def writer(self, key: str, offset: int) -> FileWriter:
+        return await asyncio.to_thread(self._open_at, key, offset)
+
+    def _commit(self, source: str, target: str) -> None:
+        src, dst = self._path(source), self._path(target)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if dst.exists():
+                src.unlink()
+                return
+            with open(src, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(src, dst)
+        except FileNotFoundError as exc:
+            raise PathNotFound(source) from exc
+        _fsync_dir(dst.parent)
+
+    async def commit(self, source: str, target: str) -> None:
+        await asyncio.to_thread(self._commit, source, target)
+
+    def _delete(self, key: str) -> None:
+        path = self._path(key)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete, key)
+
+    async def list(self, prefix: str) -> list[str]:
+        path = self._path(prefix)
+        try:
+            names = await asyncio.to_thread(os.listdir, path)
+        except FileNotFoundError:
+            return []
+        return sorted(f"{prefix}/{name}" for name in names if not name.startswith("."))

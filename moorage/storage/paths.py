@@ -1,0 +1,23 @@
+"""Where things live in storage. The one place keys are computed.
+
+    <root>/
+    ├── blobs/
+    │   └── sha256/<first two hex>/<hex>     committed blobs, immutable, content-addressed
+    └── uploads/
+        └── <session uuid>                   bytes received so far for one upload session
+
+Blobs are keyed by their sha256 whatever digest they were pushed under (a sha512 upload is
+indexed under both digests in metadata and stored once).
+"""
+
+from __future__ import annotations
+
+UPLOADS = "uploads"
+
+
+def blob(sha256_hex: str) -> str:
+    return f"blobs/sha256/{sha256_hex[:2]}/{sha256_hex}"
+
+
+def upload(session_id: str) -> str:
+    return f"{UPLOADS}/{session_id}"
