@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Install Moorage into ./.venv and start it with the embedded defaults
-# (127.0.0.1:5000, filesystem blobs and SQLite under ./moorage-data).
+# (127.0.0.1:5000, filesystem blobs and SQLite under ./moorage-data). Extra arguments go to
+# `moorage serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q .
-exec .venv/bin/moorage serve "$@"
+source scripts/venv.sh
+pip install -q --upgrade pip
+pip install -q .
+exec moorage serve "$@"
