@@ -1,0 +1,53 @@
+"""Settings: defaults < YAML file < MOORAGE_* environment < flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from moorage import config
+
+
+def test_defaults_need_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = config.load()
+    assert settings.listen == "127.0.0.1:5000"
+    assert settings.datadir == Path("moorage-data")
+    assert settings.metadata_url.startswith("sqlite+aiosqlite:///")
+    assert settings.blob_root == Path("moorage-data/storage")
+    assert settings.manifests.maxsize == 4 * 1024 * 1024
+    assert settings.mount.automatic is False
+
+
+def test_file_then_env_then_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file = tmp_path / "moorage.yaml"
+    file.write_text(
+        "listen: 127.0.0.1:6000\nworkers: 3\nuploads: {ttl: 999}\nmanifests: {schema1: false}\n"
+    )
+    monkeypatch.setenv("MOORAGE_UPLOADS_TTL", "120")
+    monkeypatch.setenv("MOORAGE_STORAGE_ROOTDIRECTORY", str(tmp_path / "blobs"))
+    settings = config.load(file, workers=2)
+    assert settings.listen == "127.0.0.1:6000"  # file
+    assert settings.manifests.schema1 is False  # file, nested
+    assert settings.uploads.ttl == 120  # env beats file
+    assert settings.storage.rootdirectory == tmp_path / "blobs"  # env, nested
+    assert settings.workers == 2  # flag beats file
+
+
+def test_bad_file_is_a_clear_error(tmp_path: Path) -> None:
+    file = tmp_path / "bad.yaml"
+    file.write_text("workers: many\n")
+    with pytest.raises(config.ConfigError, match="workers"):
+        config.load(file)
+    file.write_text("- a list\n")
+    with pytest.raises(config.ConfigError, match="mapping"):
+        config.load(file)
+    file.write_text("unknownkey: 1\n")
+    with pytest.raises(config.ConfigError, match="unknownkey"):
+        config.load(file)
+
+
+def test_listen_must_be_host_port() -> None:
+    with pytest.raises(config.ConfigError, match="HOST:PORT"):
+        config.load(listen="localhost")
+    assert config.load(listen="[::1]:5001").host == "::1"
