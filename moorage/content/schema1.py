@@ -67,6 +67,7 @@ _RSA_HASHES: Final[dict[str, hashes.HashAlgorithm]] = {
     "RS512": hashes.SHA512(),
 }
 
+_RSA_MAX_BITS: Final = 16384
 _B64URL = re.compile(r"[A-Za-z0-9_-]*={0,2}")
 
 
@@ -106,7 +107,7 @@ def verify(raw: bytes) -> Schema1:
     """
     manifest = _load_object(raw, "manifest")
     if not _is_int(manifest.get("schemaVersion"), 1):
-        raise ManifestInvalid("schemaVersion must be 1", {"schemaVersion": 1})
+        raise ManifestInvalid("schemaVersion must be 1")
     entries = manifest.get(SIGNATURES_KEY)
     if not isinstance(entries, list) or not entries:
         raise ManifestInvalid("schema1 manifest has no signatures")
@@ -288,6 +289,10 @@ def _key_from_jwk(data: dict[str, Any]) -> PublicKey:
     if kty == "RSA":
         n = int.from_bytes(_jwk_bytes(data, "n"), "big")
         e = int.from_bytes(_jwk_bytes(data, "e"), "big")
+        # Bounds keep a hostile key from making verification slow: OpenSSL's own modulus
+        # ceiling, and libtrust's 4-byte exponent.
+        if n.bit_length() > _RSA_MAX_BITS or e >= 2**32:
+            raise ValueError("RSA key is too large")
         return rsa.RSAPublicNumbers(e, n).public_key()
     raise ValueError(f"unsupported key type {kty!r}")
 
