@@ -9,9 +9,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from moorage.api.context import REGISTRY, SETTINGS
+from moorage.api import token as token_endpoint
+from moorage.api.context import AUTH, REGISTRY, SETTINGS
 from moorage.api.v2 import errors as v2_errors
 from moorage.api.v2 import routes as v2_routes
+from moorage.auth.service import Authenticator
 from moorage.config import Settings
 from moorage.content.registry import Registry
 from moorage.metadata import MetadataStore
@@ -36,6 +38,9 @@ async def _expire_uploads(registry: Registry) -> None:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[v2_errors.errors_middleware])
     app[SETTINGS] = settings
+    app[AUTH] = Authenticator(settings)
+    if app[AUTH].issues_tokens:
+        token_endpoint.setup(app)
     app.on_response_prepare.append(v2_errors.add_version_header)
     v2_routes.setup(app)
 

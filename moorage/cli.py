@@ -27,14 +27,56 @@ def main() -> None:
     help="YAML configuration file.",
 )
 @click.option("--workers", type=int, help="Worker processes serving the one port.")
+@click.option(
+    "--htpasswd",
+    type=click.Path(path_type=Path),
+    help="Turn on authentication with the users of this htpasswd file (basic).",
+)
+@click.option(
+    "--auth",
+    "auth_mode",
+    type=click.Choice(["none", "basic", "token"]),
+    help="Authentication mode; with --htpasswd the default is basic.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(path_type=Path, exists=True),
+    help="Serve HTTPS with this certificate chain (PEM).",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(path_type=Path, exists=True),
+    help="The private key of --tls-cert (PEM).",
+)
 def serve(
-    listen: str | None, data_dir: Path | None, config_file: Path | None, workers: int | None
+    listen: str | None,
+    data_dir: Path | None,
+    config_file: Path | None,
+    workers: int | None,
+    htpasswd: Path | None,
+    auth_mode: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
 ) -> None:
     """Run the registry (embedded defaults: filesystem blobs, SQLite, ./moorage-data)."""
     from moorage.server import run
 
+    auth: dict[str, object] = {}
+    if htpasswd is not None:
+        auth["htpasswd"] = htpasswd
+        auth["mode"] = auth_mode or "basic"
+    elif auth_mode is not None:
+        auth["mode"] = auth_mode
+    tls = {k: v for k, v in (("certificate", tls_cert), ("key", tls_key)) if v is not None}
     try:
-        settings = config.load(config_file, listen=listen, datadir=data_dir, workers=workers)
+        settings = config.load(
+            config_file,
+            listen=listen,
+            datadir=data_dir,
+            workers=workers,
+            auth=auth or None,
+            tls=tls or None,
+        )
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     logging.basicConfig(
@@ -59,3 +101,80 @@ def config_check(config_file: Path) -> None:
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(settings.model_dump_json(indent=2))
+
+
+@main.group()
+def user() -> None:
+    """Manage the users of an htpasswd file (bcrypt entries)."""
+
+
+def _htpasswd_path(path: Path | None, config_file: Path | None) -> Path:
+    if path is not None:
+        return path
+    settings = config.load(config_file)
+    if settings.auth.htpasswd is None:
+        raise click.ClickException("no htpasswd file: pass --htpasswd or set auth.htpasswd")
+    return settings.auth.htpasswd
+
+
+_file_option = click.option(
+    "--htpasswd",
+    "path",
+    type=click.Path(path_type=Path),
+    help="The htpasswd file (default: auth.htpasswd of the config).",
+)
+_config_option = click.option(
+    "--config", "config_file", type=click.Path(path_type=Path, exists=True)
+)
+
+
+@user.command("add")
+@click.argument("name")
+@_file_option
+@_config_option
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input.")
+def user_add(name: str, path: Path | None, config_file: Path | None, password_stdin: bool) -> None:
+    """Add a user, or change the password of an existing one."""
+    from moorage.auth import htpasswd
+
+    if not htpasswd.valid_user_name(name):
+        raise click.ClickException("a user name cannot be empty or contain ':'")
+    if password_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if not password:
+        raise click.ClickException("the password cannot be empty")
+    target = _htpasswd_path(path, config_file)
+    entries = htpasswd.read(target)
+    existed = name in entries
+    entries[name] = htpasswd.hash_password(password)
+    htpasswd.write(target, entries)
+    click.echo(f"{'updated' if existed else 'added'} {name} in {target}")
+
+
+@user.command("remove")
+@click.argument("name")
+@_file_option
+@_config_option
+def user_remove(name: str, path: Path | None, config_file: Path | None) -> None:
+    """Remove a user."""
+    from moorage.auth import htpasswd
+
+    target = _htpasswd_path(path, config_file)
+    entries = htpasswd.read(target)
+    if entries.pop(name, None) is None:
+        raise click.ClickException(f"no user {name} in {target}")
+    htpasswd.write(target, entries)
+    click.echo(f"removed {name} from {target}")
+
+
+@user.command("list")
+@_file_option
+@_config_option
+def user_list(path: Path | None, config_file: Path | None) -> None:
+    """List the users."""
+    from moorage.auth import htpasswd
+
+    for name in sorted(htpasswd.read(_htpasswd_path(path, config_file))):
+        click.echo(name)

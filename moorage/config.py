@@ -63,6 +63,56 @@ class PaginationSettings(_Section):
     referrersmax: int = Field(default=1000, ge=1)
 
 
+Action = Literal["pull", "push", "delete", "*"]
+
+
+class AccessRule(_Section):
+    """Who may do what on which repositories. A request is allowed the union of the actions
+    of every rule that matches it. `repository` is a glob (`*` crosses `/`); in `users`,
+    `"*"` is any authenticated user and `"anonymous"` is a caller with no credentials."""
+
+    repository: str = "*"
+    users: list[str] = []
+    groups: list[str] = []
+    actions: list[Action] = ["pull"]
+
+
+class TokenSettings(_Section):
+    # Issuer and service (audience) of the tokens; must match an external token server's.
+    issuer: str = "moorage"
+    service: str = "moorage"
+    # The token endpoint announced in challenges. Unset: the built-in one at /auth/token.
+    realm: str | None = None
+    # Signing key of the built-in token server; created on first start when unset.
+    key: Path | None = None
+    # Trust for an external token server: PEM public keys and/or a certificate bundle.
+    publickeys: list[Path] = []
+    rootcertbundle: Path | None = None
+    expiration: int = Field(default=300, ge=60, le=86400)
+
+
+class AuthSettings(_Section):
+    mode: Literal["none", "basic", "token"] = "none"
+    htpasswd: Path | None = None
+    realm: str = "Moorage"
+    groups: dict[str, list[str]] = {}
+    # Users who see every repository in the catalog.
+    admins: list[str] = []
+    # Let callers without credentials pull everything (added to the default rules).
+    anonymouspull: bool = False
+    # Empty: authenticated users may pull, push and delete everywhere.
+    rules: list[AccessRule] = []
+    token: TokenSettings = TokenSettings()
+    # Failed logins allowed per user and per client address within `window` seconds.
+    maxfailures: int = Field(default=10, ge=1)
+    window: int = Field(default=60, ge=1)
+
+
+class TLSSettings(_Section):
+    certificate: Path | None = None
+    key: Path | None = None
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     accesslog: bool = False
@@ -89,6 +139,8 @@ class Settings(BaseSettings):
     mount: MountSettings = MountSettings()
     pagination: PaginationSettings = PaginationSettings()
     log: LogSettings = LogSettings()
+    auth: AuthSettings = AuthSettings()
+    tls: TLSSettings = TLSSettings()
 
     @field_validator("listen")
     @classmethod

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 
@@ -49,6 +50,28 @@ def bind(settings: Settings) -> socket.socket:
     return sock
 
 
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    cert, key = settings.tls.certificate, settings.tls.key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ValueError("TLS needs both a certificate and a key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def _reload_tls(settings: Settings, context: ssl.SSLContext) -> None:
+    # Loading into the live context: new handshakes use the new pair, open connections go on.
+    assert settings.tls.certificate is not None and settings.tls.key is not None
+    try:
+        context.load_cert_chain(settings.tls.certificate, settings.tls.key)
+        log.info("reloaded TLS certificate %s", settings.tls.certificate)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("TLS reload failed, keeping the old certificate: %s", exc)
+
+
 async def _serve(settings: Settings, sock: socket.socket) -> None:
     app = create_app(settings)
     runner = web.AppRunner(
@@ -58,12 +81,17 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     await runner.setup()
-    site = web.SockSite(runner, sock)
+    context = tls_context(settings)
+    site = web.SockSite(runner, sock, ssl_context=context)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if context is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_tls, settings, context)
+    else:
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
     log.info("serving on %s (pid %d)", settings.listen, os.getpid())
     await stop.wait()
     log.info("shutting down (pid %d)", os.getpid())
@@ -82,8 +110,8 @@ def _worker(settings: Settings, sock: socket.socket) -> int:
 def _fork(settings: Settings, sock: socket.socket) -> int:
     pid = os.fork()
     if pid == 0:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
         os._exit(_worker(settings, sock))
     return pid
 
@@ -98,9 +126,15 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
 
+    def forward(signum: int, _frame: object) -> None:
+        for child in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signum)
+
     children: set[int] = set()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, forward)
     for _ in range(settings.workers):
         children.add(_fork(settings, sock))
     failures: list[float] = []
@@ -129,7 +163,7 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
 
 
 def run(settings: Settings) -> int:
-    if not _is_loopback(settings.host):
+    if settings.auth.mode == "none" and not _is_loopback(settings.host):
         print(
             "\n*** WARNING: Moorage is listening on "
             f"{settings.listen} with NO AUTHENTICATION: anyone who can reach this address can "
@@ -138,6 +172,7 @@ def run(settings: Settings) -> int:
             flush=True,
         )
     settings.datadir.mkdir(parents=True, exist_ok=True)
+    tls_context(settings)  # fail before forking when the certificate or key is unusable
     sock = bind(settings)
     if settings.workers == 1:
         return _worker(settings, sock)

@@ -7,6 +7,7 @@ referrers operations. Repository names arrive canonical (see `names.canonical_re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,9 +162,23 @@ class Registry:
             raise NameUnknown(detail={"name": repository})
         return Page(found[:limit], len(found) > limit)
 
-    async def catalog(self, last: str | None, limit: int) -> Page:
-        found = await self.metadata.list_repositories(last, limit + 1)
-        return Page(found[:limit], len(found) > limit)
+    async def catalog(
+        self, last: str | None, limit: int, visible: Callable[[str], bool] | None = None
+    ) -> Page:
+        """Repositories with content, in byte order after `last`; only those `visible`
+        accepts when given (fetched in batches until the page is full)."""
+        if visible is None:
+            found = await self.metadata.list_repositories(last, limit + 1)
+            return Page(found[:limit], len(found) > limit)
+        page: list[str] = []
+        batch = max(limit + 1, 100)
+        while len(page) <= limit:
+            found = await self.metadata.list_repositories(last, batch)
+            page += [name for name in found if visible(name)]
+            if len(found) < batch:
+                break
+            last = found[-1]
+        return Page(page[:limit], len(page) > limit)
 
     async def referrers(
         self, repository: str, subject: str, artifact_type: str | None, cursor: str | None

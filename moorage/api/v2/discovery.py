@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from moorage.api.auth import authenticator, identify
 from moorage.api.context import registry, settings
 from moorage.content import manifests
 from moorage.errors import PaginationNumberInvalid
@@ -47,7 +48,15 @@ async def tags(request: web.Request, params: dict[str, str]) -> web.StreamRespon
 async def catalog(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     pagination = settings(request).pagination
     limit = _page_size(request, pagination.catalogdefault, pagination.catalogmax)
-    page = await registry(request).catalog(request.query.get("last"), limit)
+    identity = await identify(request)
+    auth = authenticator(request)
+
+    def visible(repository: str) -> bool:
+        return auth.may_list(identity, repository)
+
+    page = await registry(request).catalog(
+        request.query.get("last"), limit, visible if auth.catalog_filter(identity) else None
+    )
     headers = {}
     if page.more and page.items:
         headers["Link"] = _link("/v2/_catalog", {"n": str(limit), "last": page.items[-1]})

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from moorage.api.auth import authorize
 from moorage.api.v2 import blobs, discovery, manifests, uploads
+from moorage.auth.access import Scope
 from moorage.content import names
 from moorage.errors import RegistryError, Unsupported
 
@@ -41,7 +43,9 @@ ROUTES: tuple[Route, ...] = (
         GET=(uploads.status, "pull"),
         PATCH=(uploads.patch, "push"),
         PUT=(uploads.put, "push"),
-        DELETE=(uploads.cancel, "push"),
+        # Cancelling needs push only: containers/image cancels unused sessions with a
+        # push-only token after a mount attempt answered 202.
+        DELETE=(uploads.cancel, "push-only"),
     ),
     _route("uploads", rf"/{_NAME}/blobs/uploads/?", POST=(uploads.start, "push")),
     _route(
@@ -88,11 +92,30 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         error = Unsupported("method not allowed", {"method": request.method})
         error.headers["Allow"] = allowed
         raise error
-    handler, _access = entry
+    handler, access = entry
     if "name" in params:
         request["v2.name"] = params["name"]
         params["repository"] = names.canonical_repository(params["name"])
+    await authorize(request, _scopes(access, params.get("repository")))
     return await handler(request, params)
+
+
+# What each access name needs, as Distribution maps it: writing needs pull and push.
+_ACTIONS = {
+    "pull": frozenset({"pull"}),
+    "push": frozenset({"pull", "push"}),
+    "push-only": frozenset({"push"}),
+    "delete": frozenset({"delete"}),
+}
+
+
+def _scopes(access: str | None, repository: str | None) -> list[Scope]:
+    if access is None:
+        return []
+    if access == "catalog":
+        return [Scope("registry", "catalog", frozenset({"*"}))]
+    assert repository is not None
+    return [Scope("repository", repository, _ACTIONS[access])]
 
 
 class _NotFound(RegistryError):

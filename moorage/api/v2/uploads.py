@@ -7,6 +7,7 @@ import re
 from aiohttp import web
 
 from moorage.api import http
+from moorage.api.auth import authenticator, identify
 from moorage.api.context import registry, settings
 from moorage.api.v2.errors import upload_headers
 from moorage.content import names
@@ -33,11 +34,6 @@ def _accepted(name: str, state: UploadState, status: int = 202) -> web.Response:
     return web.Response(status=status, headers=headers)
 
 
-def _can_pull(_repository: str) -> bool:
-    # Every repository is readable until access rules exist; the hook is where they plug in.
-    return True
-
-
 async def start(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     name, repository = params["name"], params["repository"]
     reg = registry(request)
@@ -52,8 +48,17 @@ async def start(request: web.Request, params: dict[str, str]) -> web.StreamRespo
                 source = None
         wanted = source_name is not None and source is not None
         automatic = source_name is None and settings(request).mount.automatic
-        if (wanted or automatic) and await reg.blobs.mount(repository, mount, source, _can_pull):
-            return _created(name, mount)
+        if wanted or automatic:
+            # A source the caller cannot pull is treated like an absent blob: a plain 202
+            # session, so nothing leaks about what other repositories hold.
+            identity = await identify(request)
+            auth = authenticator(request)
+
+            def can_pull(other: str) -> bool:
+                return auth.can_pull(identity, other)
+
+            if await reg.blobs.mount(repository, mount, source, can_pull):
+                return _created(name, mount)
     digest = request.query.get("digest")
     if digest is not None:
         stored = await reg.blobs.upload(
