@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Install what the tests need on a fresh Debian 12 machine, as root. Safe to run again.
+#
+#   apt: the real clients tests/clients drives (skopeo, podman, buildah, umoci, docker.io with
+#        its dockerd), busybox-static (the binary in the runnable test image), jq, curl, openssl.
+#   pip: Moorage itself, editable, with its [test] extras (pytest, python-dxf, ruff, mypy, ...).
+#
+# Python packages go into the active virtualenv when there is one (scripts/test.sh puts ./.venv
+# first on PATH); otherwise into ./.venv when the interpreter is Debian's externally managed
+# one; otherwise into the `python3` found on PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "install-test-deps.sh: run as root" >&2
+  exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+APT_PACKAGES=(
+  # containers/image clients; podman and buildah need a CNI plugin set and uidmap, and we run
+  # them with the vfs driver, so no fuse-overlayfs.
+  skopeo podman buildah umoci containernetworking-plugins uidmap
+  # Docker Engine 20.10 (dockerd + CLI, pulls containerd, runc, iptables, tini).
+  docker.io
+  busybox-static
+  jq curl openssl ca-certificates
+  # ./.venv, when the system Python is the one we install into (see below)
+  python3 python3-venv
+)
+
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
+
+in_venv() {
+  python3 -c 'import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)' 2>/dev/null
+}
+externally_managed() {
+  python3 - <<'EOF' 2>/dev/null
+import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)
+EOF
+}
+
+if ! in_venv && externally_managed; then
+  # shellcheck source=scripts/venv.sh
+  source scripts/venv.sh
+fi
+
+python3 -m pip install -q -e '.[test]'
+
+# Report what was installed, so a failed run shows what is missing.
+for bin in skopeo podman buildah umoci dockerd docker busybox jq curl openssl; do
+  command -v "$bin" >/dev/null || { echo "install-test-deps.sh: $bin missing" >&2; exit 1; }
+done
+PYTHON="$(command -v python3)"
+(cd / && "$PYTHON" -c 'import dxf, pytest, moorage') || {
+  echo "install-test-deps.sh: python packages missing" >&2
+  exit 1
+}
+echo "test dependencies installed ($(python3 -c 'import sys; print(sys.prefix)'))"
