@@ -57,11 +57,11 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
             raise Unsatisfiable
         return max(0, size - suffix), size - 1
     start = int(first)
-    end = int(last) if last else size - 1
-    if end < start:
+    if last and int(last) < start:
         return None
     if start >= size:
         raise Unsatisfiable
+    end = int(last) if last else size - 1
     return start, min(end, size - 1)
 
 
