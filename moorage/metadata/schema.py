@@ -105,3 +105,60 @@ uploads = Table(
     Column("lease_until", Float, nullable=True),
     Index("uploads_updated", "updated"),
 )
+
+# -- the legacy v1 protocol ------------------------------------------------------------------
+# v1 images live in one global id namespace; `v1_links` says which repositories an image
+# belongs to (who may read it). Layer bytes are ordinary blobs (`blob_digest`).
+
+v1_images = Table(
+    "v1_images",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("json", LargeBinary, nullable=False),
+    Column("parent", String(64), nullable=True),
+    # uploading -> uploaded -> complete; only complete images are ever served.
+    Column("state", String(16), nullable=False),
+    # Bumped by every PUT json on an incomplete image: a layer or checksum PUT that started
+    # under an older generation must not commit.
+    Column("generation", Integer, nullable=False),
+    Column("depth", Integer, nullable=False),
+    Column("blob_digest", String(200), nullable=True),
+    Column("diff_id", String(200), nullable=True),
+    Column("payload_checksum", String(200), nullable=True),
+    Column("tarsum", String(200), nullable=True),
+    Column("client_checksum", String(200), nullable=True),
+    Column("size", BigInteger, nullable=True),
+    Column("compressed", Integer, nullable=True),
+    Column("uploader", String(255), nullable=True),
+    Column("updated", Float, nullable=False),
+    Index("v1_images_parent", "parent"),
+)
+
+v1_links = Table(
+    "v1_links",
+    metadata,
+    Column("image_id", String(64), primary_key=True),
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Index("v1_links_repository", "repository_id"),
+)
+
+v1_sessions = Table(
+    "v1_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("repository", String(255), nullable=False),
+    Column("principal", String(255), nullable=True),
+    Column("images", Text, nullable=False),
+    Column("expires", Float, nullable=False),
+    Index("v1_sessions_repository", "repository"),
+)
+
+# Which v1 image a manifest shows as (its top layer), per repository: written when a v1 tag
+# is set, or when v1 ids are first derived for a manifest pushed through v2.
+v1_manifest_images = Table(
+    "v1_manifest_images",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("manifest_digest", String(200), primary_key=True),
+    Column("image_id", String(64), nullable=False),
+)

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from moorage.metadata import schema as t
+from moorage.metadata.v1 import V1Queries
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +72,7 @@ def _sqlite_engine(url: str, immediate: bool) -> AsyncEngine:
     return engine
 
 
-class MetadataStore:
+class MetadataStore(V1Queries):
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"

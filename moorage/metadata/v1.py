@@ -1,0 +1,426 @@
+"""Queries for the legacy v1 protocol: images, their links to repositories, push sessions.
+
+A mixin of `MetadataStore` (it uses the store's engines); kept apart so each file stays about
+one thing. State changes that race (a re-sent image JSON against a streaming layer) are
+compare-and-set on the image's `generation`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from sqlalchemy import delete, insert, literal, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from moorage.metadata import schema as t
+
+V1State = Literal["uploading", "uploaded", "complete"]
+
+
+@dataclass(frozen=True, slots=True)
+class V1ImageRow:
+    id: str
+    json: bytes
+    parent: str | None
+    state: str
+    generation: int
+    depth: int
+    blob_digest: str | None
+    diff_id: str | None
+    payload_checksum: str | None
+    tarsum: str | None
+    client_checksum: str | None
+    size: int | None
+    compressed: bool | None
+    uploader: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LayerSums:
+    blob_digest: str
+    storage_key: str
+    diff_id: str
+    payload_checksum: str
+    tarsum: str
+    size: int
+    compressed: bool
+
+
+_IMAGE_COLUMNS = (
+    t.v1_images.c.id,
+    t.v1_images.c.json,
+    t.v1_images.c.parent,
+    t.v1_images.c.state,
+    t.v1_images.c.generation,
+    t.v1_images.c.depth,
+    t.v1_images.c.blob_digest,
+    t.v1_images.c.diff_id,
+    t.v1_images.c.payload_checksum,
+    t.v1_images.c.tarsum,
+    t.v1_images.c.client_checksum,
+    t.v1_images.c.size,
+    t.v1_images.c.compressed,
+    t.v1_images.c.uploader,
+)
+
+
+def _row(row: Any) -> V1ImageRow:
+    values = list(row)
+    values[1] = bytes(values[1])
+    values[12] = None if values[12] is None else bool(values[12])
+    return V1ImageRow(*values)
+
+
+class V1Queries:
+    if TYPE_CHECKING:  # provided by MetadataStore
+
+        def _reading(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+        def _writing(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
+        async def _repository_id(
+            self, conn: AsyncConnection, name: str, create: bool
+        ) -> int | None: ...
+        async def _link(
+            self, conn: AsyncConnection, repository: str, rows: Iterable[Any]
+        ) -> None: ...
+
+    # -- images --------------------------------------------------------------------------
+
+    async def v1_image(self, image_id: str) -> V1ImageRow | None:
+        async with self._reading() as conn:
+            row = (
+                await conn.execute(select(*_IMAGE_COLUMNS).where(t.v1_images.c.id == image_id))
+            ).first()
+        return _row(row) if row else None
+
+    async def v1_ancestry(self, image_id: str) -> list[V1ImageRow]:
+        """The image and its ancestors, self first, in one recursive query."""
+        i = t.v1_images
+        chain = select(*_IMAGE_COLUMNS, literal(0).label("step")).where(i.c.id == image_id)
+        chain_cte = chain.cte("chain", recursive=True)
+        parent = i.alias("parent_image")
+        parent_columns = [parent.c[c.name] for c in _IMAGE_COLUMNS]
+        chain_cte = chain_cte.union_all(
+            select(*parent_columns, (chain_cte.c.step + 1).label("step"))
+            .join(chain_cte, parent.c.id == chain_cte.c.parent)
+            .where(chain_cte.c.step < 2000)
+        )
+        query = select(*[chain_cte.c[c.name] for c in _IMAGE_COLUMNS]).order_by(chain_cte.c.step)
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [_row(r) for r in rows]
+
+    async def v1_put_json(
+        self, image_id: str, body: bytes, parent: str | None, depth: int, uploader: str | None
+    ) -> int | None:
+        """Start (or restart) an image upload; returns its generation, or None if the image
+        is already complete (complete images never change)."""
+        i = t.v1_images
+        now = time.time()
+        async with self._writing() as conn:
+            found = (
+                await conn.execute(select(i.c.state, i.c.generation).where(i.c.id == image_id))
+            ).first()
+            if found is not None and found[0] == "complete":
+                return None
+            values: dict[str, Any] = {
+                "json": body,
+                "parent": parent,
+                "state": "uploading",
+                "depth": depth,
+                "blob_digest": None,
+                "diff_id": None,
+                "payload_checksum": None,
+                "tarsum": None,
+                "client_checksum": None,
+                "size": None,
+                "compressed": None,
+                "uploader": uploader,
+                "updated": now,
+            }
+            if found is None:
+                await conn.execute(insert(i).values(id=image_id, generation=1, **values))
+                return 1
+            generation = int(found[1]) + 1
+            await conn.execute(
+                update(i).where(i.c.id == image_id).values(generation=generation, **values)
+            )
+            return generation
+
+    async def v1_layer_uploaded(self, image_id: str, generation: int, sums: LayerSums) -> bool:
+        """Record a fully received layer, unless the upload was restarted meanwhile. The
+        layer blob is recorded too (it is not linked to any repository yet)."""
+        i = t.v1_images
+        async with self._writing() as conn:
+            result = await conn.execute(
+                update(i)
+                .where(
+                    i.c.id == image_id,
+                    i.c.generation == generation,
+                    i.c.state.in_(("uploading", "uploaded")),
+                )
+                .values(
+                    state="uploaded",
+                    blob_digest=sums.blob_digest,
+                    diff_id=sums.diff_id,
+                    payload_checksum=sums.payload_checksum,
+                    tarsum=sums.tarsum,
+                    size=sums.size,
+                    compressed=int(sums.compressed),
+                    updated=time.time(),
+                )
+            )
+            if not result.rowcount:
+                return False
+            known = select(t.blobs.c.digest).where(t.blobs.c.digest == sums.blob_digest)
+            if (await conn.execute(known)).first() is None:
+                await conn.execute(
+                    insert(t.blobs).values(
+                        digest=sums.blob_digest,
+                        storage_key=sums.storage_key,
+                        size=sums.size,
+                        created=time.time(),
+                    )
+                )
+            return True
+
+    async def v1_complete(
+        self, image_id: str, generation: int, client_checksum: str | None, repository: str | None
+    ) -> bool:
+        """Make an uploaded image complete and link it (and its ancestors) into
+        `repository`, in one transaction."""
+        i = t.v1_images
+        async with self._writing() as conn:
+            result = await conn.execute(
+                update(i)
+                .where(i.c.id == image_id, i.c.generation == generation, i.c.state == "uploaded")
+                .values(state="complete", client_checksum=client_checksum, updated=time.time())
+            )
+            if not result.rowcount:
+                return False
+            if repository is not None:
+                await self._v1_link(conn, repository, [image_id])
+            return True
+
+    async def _v1_link(self, conn: AsyncConnection, repository: str, ids: list[str]) -> None:
+        """Link images and their ancestors into a repository (v1 links and layer blobs)."""
+        repo_id = await self._repository_id(conn, repository, create=True)
+        i = t.v1_images
+        seen: set[str] = set()
+        pending = list(ids)
+        blobs: list[str] = []
+        while pending:
+            image_id = pending.pop()
+            if image_id in seen:
+                continue
+            seen.add(image_id)
+            row = (
+                await conn.execute(select(i.c.parent, i.c.blob_digest).where(i.c.id == image_id))
+            ).first()
+            if row is None:
+                continue
+            if row[1]:
+                blobs.append(row[1])
+            if row[0]:
+                pending.append(row[0])
+        linked = set(
+            (
+                await conn.execute(
+                    select(t.v1_links.c.image_id).where(
+                        t.v1_links.c.repository_id == repo_id, t.v1_links.c.image_id.in_(seen)
+                    )
+                )
+            ).scalars()
+        )
+        new = sorted(seen - linked)
+        if new:
+            await conn.execute(
+                insert(t.v1_links), [{"image_id": x, "repository_id": repo_id} for x in new]
+            )
+        if blobs:
+            rows = (
+                await conn.execute(
+                    select(t.blobs.c.digest, t.blobs.c.storage_key, t.blobs.c.size).where(
+                        t.blobs.c.digest.in_(blobs)
+                    )
+                )
+            ).all()
+            await self._link(conn, repository, [_BlobLike(*r) for r in rows])
+
+    async def v1_link(self, repository: str, ids: list[str]) -> None:
+        async with self._writing() as conn:
+            await self._v1_link(conn, repository, ids)
+
+    async def v1_repositories_of(self, image_id: str) -> list[str]:
+        r, link = t.repositories, t.v1_links
+        query = (
+            select(r.c.name)
+            .join(link, link.c.repository_id == r.c.id)
+            .where(link.c.image_id == image_id)
+            .order_by(r.c.name)
+        )
+        async with self._reading() as conn:
+            return list((await conn.execute(query)).scalars())
+
+    async def v1_images_of(self, repository: str) -> list[tuple[str, str | None]]:
+        """(id, checksum) of the complete images linked to a repository."""
+        r, link, i = t.repositories, t.v1_links, t.v1_images
+        query = (
+            select(i.c.id, i.c.client_checksum, i.c.payload_checksum)
+            .join(link, link.c.image_id == i.c.id)
+            .join(r, r.c.id == link.c.repository_id)
+            .where(r.c.name == repository, i.c.state == "complete")
+            .order_by(i.c.id)
+        )
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return [(row[0], row[1] or row[2]) for row in rows]
+
+    async def v1_insert_complete(self, images: list[dict[str, Any]]) -> None:
+        """Record complete images derived from v2 content (ignored when already known)."""
+        if not images:
+            return
+        i = t.v1_images
+        async with self._writing() as conn:
+            known = set(
+                (
+                    await conn.execute(select(i.c.id).where(i.c.id.in_([x["id"] for x in images])))
+                ).scalars()
+            )
+            for image in images:
+                if image["id"] in known:
+                    continue
+                await conn.execute(
+                    insert(i).values(state="complete", generation=1, updated=time.time(), **image)
+                )
+
+    # -- the v2 view of v1 images --------------------------------------------------------
+
+    async def v1_manifest_images(self, repository: str, digests: list[str]) -> dict[str, str]:
+        m, r = t.v1_manifest_images, t.repositories
+        if not digests:
+            return {}
+        query = (
+            select(m.c.manifest_digest, m.c.image_id)
+            .join(r, r.c.id == m.c.repository_id)
+            .where(r.c.name == repository, m.c.manifest_digest.in_(digests))
+        )
+        async with self._reading() as conn:
+            return {row[0]: row[1] for row in (await conn.execute(query)).all()}
+
+    async def v1_set_manifest_image(
+        self, repository: str, manifest_digest: str, image_id: str
+    ) -> None:
+        m = t.v1_manifest_images
+        async with self._writing() as conn:
+            repo_id = await self._repository_id(conn, repository, create=True)
+            where = (m.c.repository_id == repo_id, m.c.manifest_digest == manifest_digest)
+            if (await conn.execute(select(m.c.image_id).where(*where))).first() is None:
+                await conn.execute(
+                    insert(m).values(
+                        repository_id=repo_id, manifest_digest=manifest_digest, image_id=image_id
+                    )
+                )
+
+    # -- push sessions -------------------------------------------------------------------
+
+    async def v1_open_session(
+        self,
+        session_id: str,
+        repository: str,
+        principal: str | None,
+        images: list[str],
+        expires: float,
+    ) -> None:
+        async with self._writing() as conn:
+            await conn.execute(delete(t.v1_sessions).where(t.v1_sessions.c.expires < time.time()))
+            await conn.execute(
+                insert(t.v1_sessions).values(
+                    id=session_id,
+                    repository=repository,
+                    principal=principal,
+                    images=json.dumps(sorted(set(images))),
+                    expires=expires,
+                )
+            )
+
+    async def v1_session_repositories(self, image_id: str, principal: str | None) -> list[str]:
+        """Repositories of the principal's live push sessions that declared `image_id`."""
+        s = t.v1_sessions
+        query = select(s.c.repository, s.c.images).where(s.c.expires >= time.time())
+        query = query.where(
+            s.c.principal.is_(None) if principal is None else s.c.principal == principal
+        )
+        async with self._reading() as conn:
+            rows = (await conn.execute(query)).all()
+        return sorted({row[0] for row in rows if image_id in json.loads(row[1])})
+
+    async def v1_close_sessions(self, repository: str, principal: str | None) -> None:
+        s = t.v1_sessions
+        who = s.c.principal.is_(None) if principal is None else s.c.principal == principal
+        async with self._writing() as conn:
+            await conn.execute(delete(s).where(s.c.repository == repository, who))
+
+    # -- repositories --------------------------------------------------------------------
+
+    async def tag_digests(self, repository: str) -> dict[str, str] | None:
+        """tag -> manifest digest; None if the repository does not exist."""
+        tg = t.tags
+        async with self._reading() as conn:
+            repo_id = await self._repository_id(conn, repository, create=False)
+            if repo_id is None:
+                return None
+            rows = (
+                await conn.execute(
+                    select(tg.c.name, tg.c.digest).where(tg.c.repository_id == repo_id)
+                )
+            ).all()
+        return {row[0]: row[1] for row in rows}
+
+    async def delete_repository(self, repository: str) -> bool:
+        """Remove a repository with its tags, manifests, links and sessions. Blob bytes and
+        v1 images stay for garbage collection (other repositories may share them)."""
+        async with self._writing() as conn:
+            repo_id = await self._repository_id(conn, repository, create=False)
+            if repo_id is None:
+                return False
+            for table in (
+                t.tags,
+                t.manifests,
+                t.manifest_references,
+                t.repository_blobs,
+                t.v1_links,
+                t.v1_manifest_images,
+            ):
+                await conn.execute(delete(table).where(table.c.repository_id == repo_id))
+            await conn.execute(
+                delete(t.v1_sessions).where(t.v1_sessions.c.repository == repository)
+            )
+            await conn.execute(delete(t.repositories).where(t.repositories.c.id == repo_id))
+            return True
+
+    async def search_repositories(self, term: str, limit: int) -> list[str]:
+        """Repositories with content whose name contains `term` (case-insensitive)."""
+        r = t.repositories
+        query = select(r.c.name).where(r.c.name.ilike(f"%{_escape_like(term)}%", escape="\\"))
+        query = query.order_by(r.c.name).limit(limit)
+        async with self._reading() as conn:
+            return list((await conn.execute(query)).scalars())
+
+
+@dataclass(frozen=True, slots=True)
+class _BlobLike:
+    digest: str
+    storage_key: str
+    size: int
+
+
+def _escape_like(term: str) -> str:
+    return term.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+__all__ = ["LayerSums", "V1ImageRow", "V1Queries", "V1State"]
