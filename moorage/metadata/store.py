@@ -118,6 +118,10 @@ class MetadataStore(V1Queries):
         result = await conn.execute(insert(t.repositories).values(name=name, created=time.time()))
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
+    async def ensure_repository(self, name: str) -> None:
+        async with self._writing() as conn:
+            await self._repository_id(conn, name, create=True)
+
     async def repository_exists(self, name: str) -> bool:
         async with self._reading() as conn:
             return await self._repository_id(conn, name, create=False) is not None
