@@ -7,17 +7,27 @@ written outside temp dirs except the blob-info cache containers/image keeps as r
 /run/docker/plugins, which dockerd always creates (removed again if we created it and it is
 empty).
 
+Auth and TLS: `tls_ca` is a throw-away CA, `htpasswd` a users file made with `moorage user
+add`, and `moorage_server(...)` starts further servers (basic or token auth, HTTPS with a
+certificate of that CA) for one test. Clients trust the CA the way users do: `--cert-dir` for
+skopeo, `/etc/containers/certs.d/HOST:PORT/ca.crt` for podman and
+`/etc/docker/certs.d/HOST:PORT/ca.crt` for docker (`certs_d`, removed again after the test).
+
 A missing client binary fails the test: these tests are the proof that clients work.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -27,8 +37,14 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,9 +63,9 @@ def require_binary(name: str) -> str:
     return path
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
@@ -128,12 +144,25 @@ class HTTPResponse:
 
 
 @dataclass
+class ServerCert:
+    """A server certificate and its key, as PEM files the server reads."""
+
+    cert: Path
+    key: Path
+    serial: int
+
+
+@dataclass
 class Registry:
-    url: str  # http://127.0.0.1:PORT
+    url: str  # http(s)://127.0.0.1:PORT
     host: str  # 127.0.0.1:PORT
     pid: int
     data_dir: Path
     log: Path
+    # HTTPS only: the CA certificate that verifies the server, and the server's own pair.
+    ca: Path | None = None
+    tls: ServerCert | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def ref(self, repo: str, tag: str | None = None, digest: str | None = None) -> str:
         """docker:// reference for skopeo and friends."""
@@ -146,14 +175,27 @@ class Registry:
             return f"{base}@{digest}"
         return f"{base}:{tag}" if tag else base
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A verifying client context that trusts only the test CA (None over plain HTTP)."""
+        return ssl.create_default_context(cafile=str(self.ca)) if self.ca else None
+
     def request(
-        self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b""
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        auth: tuple[str, str] | None = None,
     ) -> HTTPResponse:
-        """A raw HTTP request (no proxy), for checking what clients left behind."""
+        """A raw HTTP(S) request (no proxy, certificate verified), for checking what clients
+        left behind. `auth` sends Basic credentials."""
+        headers = dict(headers or {})
+        if auth is not None:
+            headers["Authorization"] = basic_auth(*auth)
         req = urllib.request.Request(
-            self.url + path, data=body or None, method=method, headers=headers or {}
+            self.url + path, data=body or None, method=method, headers=headers
         )
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        opener = _opener(self.ssl_context())
         try:
             with opener.open(req, timeout=30) as resp:
                 return HTTPResponse(resp.status, dict(resp.headers.items()), resp.read())
@@ -164,9 +206,27 @@ class Registry:
         return f"--- moorage log ({self.log}) ---\n{tail(self.log, lines)}"
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
+def basic_auth(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def _opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
+
+
+def _wait_ready(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    log: Path,
+    context: ssl.SSLContext | None = None,
+    ready: Sequence[int] = (200,),
+) -> None:
+    """Wait until /v2/ answers with one of `ready` (401 when auth is on)."""
     deadline = time.monotonic() + SERVER_START_TIMEOUT
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    opener = _opener(context)
     last: object = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -175,55 +235,353 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log: Path) -> None:
             )
         try:
             with opener.open(url + "/v2/", timeout=2) as resp:
-                if resp.status == 200:
+                if resp.status in ready:
                     return
                 last = resp.status
         except urllib.error.HTTPError as e:
+            if e.code in ready:
+                return
             last = e.code
         except OSError as e:
             last = e
         time.sleep(0.1)
     raise AssertionError(
-        f"moorage serve did not answer 200 on /v2/ within {SERVER_START_TIMEOUT}s "
-        f"(last: {last})\n{tail(log)}"
+        f"moorage serve did not answer {'/'.join(map(str, ready))} on /v2/ within "
+        f"{SERVER_START_TIMEOUT}s (last: {last})\n{tail(log)}"
     )
 
 
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """`python -m moorage serve` on a free loopback port with a fresh data dir."""
-    base = tmp_path_factory.mktemp("moorage-server")
+@contextlib.contextmanager
+def serve(
+    base: Path,
+    *args: str | os.PathLike[str],
+    host: str = "127.0.0.1",
+    env: dict[str, str] | None = None,
+    ca: Path | None = None,
+    tls: ServerCert | None = None,
+    ready: Sequence[int] = (200,),
+) -> Iterator[Registry]:
+    """`python -m moorage serve --listen HOST:FREE_PORT --data-dir base/data ARGS...`, run in
+    `base` with its log in base/server.log; stopped by its PID on exit."""
+    base.mkdir(parents=True, exist_ok=True)
     data_dir = base / "data"
     log = base / "server.log"
-    port = free_port()
-    listen = f"127.0.0.1:{port}"
+    port = free_port(host)
+    listen = f"{host}:{port}"
+    scheme = "https" if tls else "http"
     # The repo root goes last on PYTHONPATH: the server runs from its temp dir, and works
     # whether or not the package is pip-installed.
     pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = clean_env(PYTHONPATH=os.pathsep.join([*pythonpath, str(REPO_ROOT)]))
+    server_env = clean_env(PYTHONPATH=os.pathsep.join([*pythonpath, str(REPO_ROOT)]))
+    server_env.update(env or {})
+    cmd: list[str | os.PathLike[str]] = [sys.executable, "-m", "moorage", "serve"]
+    cmd += ["--listen", listen, "--data-dir", data_dir]
+    if tls:
+        cmd += ["--tls-cert", tls.cert, "--tls-key", tls.key]
+    cmd += list(args)
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "moorage",
-                "serve",
-                "--listen",
-                listen,
-                "--data-dir",
-                str(data_dir),
-            ],
+            [os.fspath(c) for c in cmd],
             cwd=base,
-            env=env,
+            env=server_env,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_ready(proc, f"http://{listen}", log)
-        yield Registry(f"http://{listen}", listen, proc.pid, data_dir, log)
+        registry = Registry(
+            f"{scheme}://{listen}", listen, proc.pid, data_dir, log, ca=ca, tls=tls, proc=proc
+        )
+        _wait_ready(proc, registry.url, log, registry.ssl_context(), ready)
+        yield registry
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """`python -m moorage serve` on a free loopback port with a fresh data dir."""
+    with serve(tmp_path_factory.mktemp("moorage-server")) as server:
+        yield server
+
+
+# ---------------------------------------------------------------------------------------------
+# TLS: a throw-away CA, and server certificates it signs
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file (mode 0600) by renaming a temp file over it: a reader never sees half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class CertAuthority:
+    """A self-signed EC P-256 CA. `cert_dir` holds only `ca.crt`, so it is a `--cert-dir` for
+    containers/image tools as it is."""
+
+    def __init__(self, directory: Path) -> None:
+        self.cert_dir = directory
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Moorage Test CA")])
+        now = _utcnow()
+        self.cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=2))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self.key.public_key()), critical=False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        self.ca_file = directory / "ca.crt"
+        directory.mkdir(parents=True, exist_ok=True)
+        self.ca_file.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+
+    def issue(
+        self,
+        cert_path: Path,
+        key_path: Path,
+        ips: Sequence[str] = ("127.0.0.1",),
+        serial: int | None = None,
+    ) -> ServerCert:
+        """A server certificate for `ips` (IP SANs) with a fresh key, each written over
+        cert_path/key_path by a rename."""
+        key = ec.generate_private_key(ec.SECP256R1())
+        serial = serial if serial is not None else x509.random_serial_number()
+        now = _utcnow()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ips[0])]))
+            .issuer_name(self.cert.subject)
+            .public_key(key.public_key())
+            .serial_number(serial)
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+                ),
+                critical=False,
+            )
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                critical=False,
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        _write_private(
+            key_path,
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            ),
+        )
+        _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        return ServerCert(cert_path, key_path, serial)
+
+
+def served_serial(host: str, port: int, ca_file: Path, timeout: float = 5.0) -> int:
+    """Serial number of the certificate a fresh TLS handshake gets (verified against the CA)."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=host) as conn,
+    ):
+        der = conn.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+@pytest.fixture(scope="session")
+def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> CertAuthority:
+    return CertAuthority(tmp_path_factory.mktemp("test-ca"))
+
+
+DOCKER_CERTS_D = Path("/etc/docker/certs.d")
+CONTAINERS_CERTS_D = Path("/etc/containers/certs.d")
+
+
+@pytest.fixture
+def certs_d() -> Iterator[Callable[[Path, str, Path], Path]]:
+    """`install(CERTS_D, "HOST:PORT", ca_file)` puts the CA at CERTS_D/HOST:PORT/ca.crt, the way
+    users make docker and containers/image trust a registry; removed (with every directory it
+    created) when the test ends."""
+    files: list[Path] = []
+    dirs: list[Path] = []
+
+    def install(root: Path, host: str, ca_file: Path) -> Path:
+        target = root / host
+        missing = [d for d in (*reversed(target.parents), target) if not d.exists()]
+        target.mkdir(parents=True, exist_ok=True)
+        dirs.extend(missing)
+        dest = target / "ca.crt"
+        assert not dest.exists(), f"{dest} already exists"
+        shutil.copyfile(ca_file, dest)
+        files.append(dest)
+        return dest
+
+    try:
+        yield install
+    finally:
+        for f in files:
+            with contextlib.suppress(FileNotFoundError):
+                f.unlink()
+        for d in reversed(dirs):
+            with contextlib.suppress(OSError):
+                d.rmdir()
+
+
+# ---------------------------------------------------------------------------------------------
+# Servers with authentication and/or TLS
+
+#: Users in the `htpasswd` fixture's file.
+USERS = {"alice": "wonderland-7 tea", "bob": "builder:42"}
+USER, PASSWORD = "alice", USERS["alice"]
+WRONG_PASSWORD = "not-her-password"
+
+
+@pytest.fixture(scope="session")
+def htpasswd(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An htpasswd file with USERS, made the way an operator does: `moorage user add`."""
+    path = tmp_path_factory.mktemp("auth") / "htpasswd"
+    pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = clean_env(PYTHONPATH=os.pathsep.join([*pythonpath, str(REPO_ROOT)]))
+    for user, password in USERS.items():
+        run(
+            [sys.executable, "-m", "moorage", "user", "add", user, "--htpasswd", path],
+            input=f"{password}\n".encode(),
+            env=env,
+            timeout=60,
+        )
+    return path
+
+
+AuthMode = Literal["none", "basic", "token"]
+
+
+class ServerFactory:
+    """Starts `moorage serve` processes for one test; all stopped (by PID) at its end."""
+
+    def __init__(self, base: Path, htpasswd: Path, ca: CertAuthority) -> None:
+        self.base = base
+        self.htpasswd = htpasswd
+        self.ca = ca
+        self.stack = contextlib.ExitStack()
+        self.count = 0
+
+    def __call__(
+        self,
+        auth: AuthMode = "none",
+        *,
+        tls: bool = True,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
+        args: Sequence[str] = (),
+    ) -> Registry:
+        """A new server: `auth` basic or token uses the `htpasswd` users; `tls` serves HTTPS
+        with a certificate for `host` signed by `tls_ca`; `config` goes to a YAML --config."""
+        self.count += 1
+        base = self.base / f"server{self.count}"
+        base.mkdir(parents=True)
+        cmd: list[str | os.PathLike[str]] = []
+        if auth != "none":
+            cmd += ["--htpasswd", self.htpasswd, "--auth", auth]
+        if config is not None:
+            config_file = base / "config.yml"
+            config_file.write_text(yaml.safe_dump(config))
+            cmd += ["--config", config_file]
+        cmd += list(args)
+        cert = None
+        if tls:
+            ips = [host] if host == "127.0.0.1" else [host, "127.0.0.1"]
+            cert = self.ca.issue(base / "tls" / "server.crt", base / "tls" / "server.key", ips)
+        return self.stack.enter_context(
+            serve(
+                base,
+                *cmd,
+                host=host,
+                env=env,
+                ca=self.ca.ca_file if tls else None,
+                tls=cert,
+                ready=(200,) if auth == "none" else (401,),
+            )
+        )
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+@pytest.fixture
+def moorage_server(
+    tmp_path: Path, htpasswd: Path, tls_ca: CertAuthority
+) -> Iterator[ServerFactory]:
+    factory = ServerFactory(tmp_path / "servers", htpasswd, tls_ca)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="session")
+def external_ipv4() -> str:
+    """A non-loopback IPv4 address of this machine, for docker TLS tests: dockerd always
+    treats 127.0.0.0/8 as an insecure registry (it would skip certificate verification), so a
+    server it must verify has to listen elsewhere. Connections to it stay on this machine."""
+    address = None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("198.51.100.1", 9))  # no packet is sent: this only picks a route
+            address = s.getsockname()[0]
+        except OSError:
+            pass
+    if address is None or ipaddress.ip_address(address).is_loopback:
+        pytest.skip("no non-loopback IPv4 address: dockerd verifies no certificate on 127/8")
+    return str(address)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,13 +598,18 @@ class ContainersTool:
     context: Callable[[], str]
 
     def __call__(
-        self, *args: str | os.PathLike[str], check: bool = True, timeout: float = COMMAND_TIMEOUT
+        self,
+        *args: str | os.PathLike[str],
+        check: bool = True,
+        timeout: float = COMMAND_TIMEOUT,
+        input: bytes | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return run(
             [self.binary, *self.global_args, *args],
             env=self.env,
             check=check,
             timeout=timeout,
+            input=input,
             context=self.context,
         )
 
@@ -362,6 +725,24 @@ def containers_run(tmp_path: Path, registry: Registry) -> Iterator[ContainersRun
 
 
 @pytest.fixture
+def containers_for(tmp_path: Path) -> Iterator[Callable[[Registry], ContainersRun]]:
+    """`containers_for(server)`: skopeo/podman/buildah state for a server of this test
+    (`containers_run` is bound to the session's plain-HTTP server)."""
+    runs: list[ContainersRun] = []
+
+    def make(server: Registry) -> ContainersRun:
+        state = ContainersRun(tmp_path / f"containers-{len(runs)}", server)
+        runs.append(state)
+        return state
+
+    try:
+        yield make
+    finally:
+        for state in runs:
+            state.cleanup()
+
+
+@pytest.fixture
 def skopeo(containers_run: ContainersRun) -> ContainersTool:
     return containers_run.skopeo()
 
@@ -398,13 +779,18 @@ class Docker:
         )
 
     def __call__(
-        self, *args: str | os.PathLike[str], check: bool = True, timeout: float = COMMAND_TIMEOUT
+        self,
+        *args: str | os.PathLike[str],
+        check: bool = True,
+        timeout: float = COMMAND_TIMEOUT,
+        input: bytes | None = None,
     ) -> subprocess.CompletedProcess[str]:
         return run(
             [self.binary, *args],
             env=self.env,
             check=check,
             timeout=timeout,
+            input=input,
             context=lambda: (
                 f"--- dockerd log ---\n{tail(self.log, 20)}\n{self.registry.log_tail()}"
             ),
