@@ -1,0 +1,1 @@
+"""Process-level tests: a real `moorage serve` process, killed, restarted and measured."""
