@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, REGISTRY, SETTINGS
@@ -24,6 +25,24 @@ log = logging.getLogger("moorage")
 EXPIRY_INTERVAL = 300.0
 
 
+class InFlight:
+    """Counts requests being served, so a shutdown can wait for them to finish."""
+
+    def __init__(self) -> None:
+        self.active = 0
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        self.active += 1
+        try:
+            return await handler(request)
+        finally:
+            self.active -= 1
+
+
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+
+
 async def _expire_uploads(registry: Registry) -> None:
     while True:
         await asyncio.sleep(EXPIRY_INTERVAL)
@@ -36,7 +55,9 @@ async def _expire_uploads(registry: Registry) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[v2_errors.errors_middleware])
+    in_flight = InFlight()
+    app = web.Application(middlewares=[in_flight.middleware, v2_errors.errors_middleware])
+    app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
     app[AUTH] = Authenticator(settings)
     if app[AUTH].issues_tokens:

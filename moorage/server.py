@@ -17,11 +17,13 @@ import signal
 import socket
 import ssl
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from aiohttp import web
 
-from moorage.app import create_app
+from moorage.app import IN_FLIGHT, create_app
 from moorage.config import Settings
 
 log = logging.getLogger("moorage.server")
@@ -63,10 +65,18 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def _reload_tls(settings: Settings, context: ssl.SSLContext) -> None:
-    # Loading into the live context: new handshakes use the new pair, open connections go on.
+    """Load the certificate and key again into the live context: new handshakes use the new
+    pair, open connections go on. The pair is read once and tried on a scratch context first,
+    so a half-replaced pair (a certificate without its key yet) keeps the old one in use."""
     assert settings.tls.certificate is not None and settings.tls.key is not None
     try:
-        context.load_cert_chain(settings.tls.certificate, settings.tls.key)
+        with tempfile.TemporaryDirectory() as scratch:
+            cert = Path(scratch, "cert.pem")
+            key = Path(scratch, "key.pem")
+            cert.write_bytes(settings.tls.certificate.read_bytes())
+            key.write_bytes(settings.tls.key.read_bytes())
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+            context.load_cert_chain(cert, key)
         log.info("reloaded TLS certificate %s", settings.tls.certificate)
     except (OSError, ssl.SSLError) as exc:
         log.error("TLS reload failed, keeping the old certificate: %s", exc)
@@ -95,6 +105,13 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     log.info("serving on %s (pid %d)", settings.listen, os.getpid())
     await stop.wait()
     log.info("shutting down (pid %d)", os.getpid())
+    # Stop accepting first and let requests in flight (an upload still streaming its body)
+    # finish; aiohttp's own shutdown would discard their remaining bytes.
+    await site.stop()
+    in_flight = app[IN_FLIGHT]
+    deadline = loop.time() + SHUTDOWN_TIMEOUT
+    while in_flight.active and loop.time() < deadline:
+        await asyncio.sleep(0.05)
     await runner.cleanup()
 
 

@@ -1,43 +1,160 @@
-"""Shared fixtures: an in-process registry per test, on its own data directory."""
+"""Shared fixtures: an in-process registry per test, on its own data directory.
+
+Every test that uses `client` (or `make_client` without its own `auth` settings) runs twice:
+once with no authentication and once with token authentication on, where the test client
+behaves like a real one: it asks the built-in token server for a token covering what each
+request needs, with a user's Basic credentials, and sends it as a Bearer token.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
+from moorage.api.v2.routes import match
 from moorage.app import create_app
+from moorage.auth import htpasswd
 from moorage.config import Settings
+from moorage.content import names
+from moorage.errors import NameInvalid
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 
+USER, PASSWORD = "tester", "test-password"
+# What each access name of the route table needs in a token (mirrors the registry's mapping).
+_ACTIONS = {"pull": "pull", "push": "pull,push", "push-only": "push", "delete": "delete"}
+
+
+@pytest.fixture(scope="session")
+def htpasswd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("auth") / "htpasswd"
+    htpasswd.write(path, {USER: htpasswd.hash_password(PASSWORD)})
+    return path
+
+
+def _scopes(method: str, target: str) -> list[str] | None:
+    """The token scopes a v2 request needs; None when it is not a v2 route."""
+    parts = urlsplit(target)
+    if not parts.path.startswith("/v2"):
+        return None
+    found = match(parts.path[len("/v2") :])
+    if found is None:
+        return []
+    route, params = found
+    entry = route.methods.get(method)
+    if entry is None or entry[1] is None:
+        return []
+    access = entry[1]
+    if access == "catalog":
+        return ["registry:catalog:*"]
+    try:
+        repository = names.canonical_repository(params["name"])
+    except NameInvalid:
+        return []
+    scopes = [f"repository:{repository}:{_ACTIONS[access]}"]
+    source = parse_qs(parts.query).get("from")
+    if source:
+        try:
+            scopes.append(f"repository:{names.canonical_repository(source[0])}:pull")
+        except NameInvalid:
+            pass
+    return scopes
+
+
+class TokenAuth:
+    """A client-side middleware that fetches and caches Bearer tokens, as docker does."""
+
+    def __init__(self) -> None:
+        self.base = ""
+        self._cache: dict[str, str] = {}
+
+    async def header(self, method: str, target: str) -> str | None:
+        scopes = _scopes(method, target)
+        if scopes is None:
+            return None
+        key = " ".join(scopes)
+        if key not in self._cache:
+            query = [("service", "moorage")] + [("scope", s) for s in scopes]
+            basic = {"Authorization": aiohttp.encode_basic_auth(USER, PASSWORD)}
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"{self.base}/auth/token", params=query, headers=basic) as resp,
+            ):
+                assert resp.status == 200, await resp.text()
+                self._cache[key] = (await resp.json())["token"]
+        return f"Bearer {self._cache[key]}"
+
+    async def __call__(
+        self, request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        if "Authorization" not in request.headers:
+            target = request.url.raw_path_qs
+            value = await self.header(request.method, target)
+            if value is not None:
+                request.headers["Authorization"] = value
+        return await handler(request)
+
+
+@pytest.fixture(params=["none", "token"])
+def auth_mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def _start(
+    aiohttp_client: Any, settings: Settings, token_client: bool
+) -> TestClient[Any, Any]:
+    if not token_client:
+        return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
+    auth = TokenAuth()
+    client: TestClient[Any, Any] = await aiohttp_client(
+        create_app(settings), middlewares=(auth,)
+    )
+    auth.base = str(client.make_url("")).rstrip("/")
+    client.auth_header = auth.header  # type: ignore[attr-defined]
+    return client
+
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, auth_mode: str, htpasswd_file: Path) -> Settings:
+    if auth_mode == "token":
+        return Settings(
+            datadir=tmp_path / "data", auth={"mode": "token", "htpasswd": htpasswd_file}
+        )
     return Settings(datadir=tmp_path / "data")
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, tmp_path: Path) -> MakeClient:
+def make_client(
+    aiohttp_client: Any, tmp_path: Path, auth_mode: str, htpasswd_file: Path
+) -> MakeClient:
     """Start another in-process registry: `await make_client(deletes={"enabled": False})`.
 
-    Keyword arguments are Settings fields; by default each gets its own data directory.
-    """
+    Keyword arguments are Settings fields; by default each gets its own data directory. Unless
+    `auth` is given, the registry uses the test's auth mode (none, or token with a client that
+    fetches tokens itself)."""
     count = 0
 
     async def make(**overrides: Any) -> TestClient[Any, Any]:
         nonlocal count
         count += 1
         overrides.setdefault("datadir", tmp_path / f"data-{count}")
-        return await aiohttp_client(create_app(Settings(**overrides)))  # type: ignore[no-any-return]
+        # Tests that configure auth themselves drive it themselves.
+        token_client = "auth" not in overrides and auth_mode == "token"
+        if token_client:
+            overrides["auth"] = {"mode": "token", "htpasswd": htpasswd_file}
+        return await _start(aiohttp_client, Settings(**overrides), token_client)
 
     return make
 
 
 @pytest.fixture
-async def client(aiohttp_client: Any, settings: Settings) -> TestClient[Any, Any]:
-    """An aiohttp test client for a registry with the embedded defaults."""
-    return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
+async def client(aiohttp_client: Any, settings: Settings, auth_mode: str) -> TestClient[Any, Any]:
+    """An aiohttp test client for a registry with the embedded defaults (and, in the token
+    run, token authentication)."""
+    return await _start(aiohttp_client, settings, auth_mode == "token")

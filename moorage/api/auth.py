@@ -77,10 +77,14 @@ async def identify(request: web.Request) -> Identity:
     return identity
 
 
-async def authorize(request: web.Request, scopes: list[Scope]) -> Identity:
+async def authorize(
+    request: web.Request, scopes: list[Scope], shown: list[Scope] | None = None
+) -> Identity:
     """The caller's identity if it may take every action in `scopes`; else 401 or 403.
 
-    No scopes (the base endpoint) still needs an authenticated caller when auth is on."""
+    No scopes (the base endpoint) still needs an authenticated caller when auth is on.
+    `shown` are the scopes to name in a challenge (the repository as the client named it)."""
+    shown = scopes if shown is None else shown
     auth = authenticator(request)
     identity = await identify(request)
     if not auth.enabled:
@@ -92,7 +96,7 @@ async def authorize(request: web.Request, scopes: list[Scope]) -> Identity:
         return identity
     if auth.mode == "token":
         error = "insufficient_scope" if identity.token_access is not None else None
-        raise _unauthorized(request, scopes, "insufficient scope", error)
+        raise _unauthorized(request, shown, "insufficient scope", error)
     if identity.anonymous:
-        raise _unauthorized(request, scopes, "authentication required")
+        raise _unauthorized(request, shown, "authentication required")
     raise Denied(detail=[{"Type": s.type, "Name": s.name} for s in missing])

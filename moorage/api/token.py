@@ -110,6 +110,9 @@ async def post_token(request: web.Request) -> web.StreamResponse:
                 subject = auth.tokens.check_refresh(field.get("refresh_token", ""))
             except InvalidToken as exc:
                 raise BadCredentials(str(exc)) from exc
+            if auth.users is None or subject not in auth.users.users():
+                # A refresh token outlives nothing: removed users lose access at once.
+                raise BadCredentials("unknown user")
         else:
             return _error(400, "UNSUPPORTED", "unsupported_grant_type")
     except RateLimited as exc:

@@ -66,7 +66,9 @@ def default_rules(settings: AuthSettings) -> list[AccessRule]:
 class Policy:
     def __init__(self, settings: AuthSettings) -> None:
         self.enabled = settings.mode != "none"
-        self.rules = settings.rules or default_rules(settings)
+        self.rules = list(settings.rules) or default_rules(settings)
+        if settings.rules and settings.anonymouspull:
+            self.rules.append(AccessRule(repository="*", users=[ANONYMOUS], actions=["pull"]))
         self.groups = settings.groups
         self.admins = set(settings.admins)
 

@@ -11,6 +11,7 @@ registry can never mistake one for an access token.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import time
@@ -25,7 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from moorage.auth.access import Scope
 from moorage.config import TokenSettings
+from moorage.content.names import canonical_repository
 from moorage.content.schema1 import key_id
+from moorage.errors import NameInvalid
 
 ALGORITHMS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512"]
 LEEWAY = 30
@@ -82,6 +85,20 @@ def _load_public_keys(paths: list[Path]) -> list[PublicKey]:
             raise ValueError(f"{path}: unsupported key type")
         keys.append(key)
     return keys
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    if not constraints.ca:
+        return False
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return bool(usage.key_cert_sign)
 
 
 class TokenService:
@@ -167,6 +184,9 @@ class TokenService:
         except (ValueError, TypeError) as exc:
             raise InvalidToken("bad x5c chain") from exc
         now = time.time()
+        for intermediate in certs[1:]:
+            if not _is_ca(intermediate):
+                raise InvalidToken("certificate chain passes through a non-CA certificate")
         for cert, issuer in zip(certs, [*certs[1:], None], strict=True):
             if (
                 not cert.not_valid_before_utc.timestamp()
@@ -200,7 +220,8 @@ class TokenService:
                 audience=audience,
                 issuer=self.settings.issuer,
                 leeway=LEEWAY,
-                options={"require": ["exp", "iss", "aud"]},
+                # iat is informational (Distribution ignores it too); exp/nbf bound validity.
+                options={"require": ["exp", "iss", "aud"], "verify_iat": False},
             )
         except jwt.PyJWTError as exc:
             raise InvalidToken(str(exc)) from exc
@@ -220,6 +241,10 @@ class TokenService:
                 raise InvalidToken("access entry lacks type or name")
             if not isinstance(actions, list) or not all(isinstance(a, str) for a in actions):
                 raise InvalidToken("access entry actions are not strings")
+            if kind == "repository":
+                # `busybox` and `library/busybox` are one repository here.
+                with contextlib.suppress(NameInvalid):
+                    name = canonical_repository(name)
             key = (kind, name)
             access[key] = access.get(key, frozenset()) | frozenset(actions)
         subject = claims.get("sub") or ""

@@ -14,7 +14,9 @@ server restarted) re-hashes the stored bytes once, then continues incrementally.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import socket
 import time
 import uuid
 from collections import OrderedDict
@@ -45,6 +47,34 @@ HASHER_CACHE = 4096
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 Body = AsyncIterator[bytes]
+
+
+def _process_start(pid: int) -> str | None:
+    """The kernel's start time of a process (field 22 of /proc/PID/stat), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+# A lease names its holder: host, pid and the pid's start time, so a server restarted on the
+# same host can tell that a lease left by a killed process is dead without waiting it out.
+_HOST = socket.gethostname()
+_HOLDER = f"{_HOST}/{os.getpid()}/{_process_start(os.getpid())}"
+
+
+def _new_lease() -> str:
+    return f"{_HOLDER}/{uuid.uuid4().hex}"
+
+
+def _holder_dead(lease: str) -> bool:
+    host, _, rest = lease.partition("/")
+    pid, _, rest = rest.partition("/")
+    started, _, _ = rest.partition("/")
+    if host != _HOST or not pid.isdigit():
+        return False  # another node: only expiry can tell
+    return _process_start(int(pid)) != started
 CanPull = Callable[[str], bool]
 
 
@@ -235,14 +265,22 @@ class BlobService:
 
         On exit the lease is released with `lease.offset` as the new offset (None: unchanged).
         A session finished inside has no row left, so the release is a no-op."""
-        lease = _Lease(uuid.uuid4().hex, start)
-        if not await self.metadata.acquire_upload(
-            state.id, start, lease.token, time.time() + LEASE_SECONDS
-        ):
+        lease = _Lease(_new_lease(), start)
+        until = time.time() + LEASE_SECONDS
+        if not await self.metadata.acquire_upload(state.id, start, lease.token, until):
             current = await self.metadata.upload(state.id)
             if current is None:
                 raise BlobUploadUnknown(detail={"uuid": state.id})
-            raise RangeMismatch(UploadState(state.id, state.repository, current.offset))
+            stolen = (
+                current.offset == start
+                and current.lease is not None
+                and _holder_dead(current.lease)
+                and await self.metadata.steal_upload(
+                    state.id, start, current.lease, lease.token, until
+                )
+            )
+            if not stolen:
+                raise RangeMismatch(UploadState(state.id, state.repository, current.offset))
         lease.offset = None
         try:
             yield lease

@@ -101,7 +101,7 @@ uploads = Table(
     Column("offset", BigInteger, nullable=False),
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),
-    Column("lease", String(64), nullable=True),
+    Column("lease", String(255), nullable=True),
     Column("lease_until", Float, nullable=True),
     Index("uploads_updated", "updated"),
 )

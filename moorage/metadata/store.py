@@ -278,6 +278,19 @@ class MetadataStore(V1Queries):
             )
             return bool(result.rowcount)
 
+    async def steal_upload(
+        self, upload_id: str, offset: int, old: str, lease: str, until: float
+    ) -> bool:
+        """Take over a lease whose holder is known to be dead."""
+        u = t.uploads
+        async with self._writing() as conn:
+            result = await conn.execute(
+                update(u)
+                .where(u.c.id == upload_id, u.c.offset == offset, u.c.lease == old)
+                .values(lease=lease, lease_until=until, updated=time.time())
+            )
+            return bool(result.rowcount)
+
     async def renew_upload(self, upload_id: str, lease: str, until: float) -> bool:
         u = t.uploads
         async with self._writing() as conn:

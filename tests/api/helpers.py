@@ -393,6 +393,11 @@ async def raw_request(
     try:
         lines = [f"{method} {target} HTTP/1.1", f"Host: {server.host}:{server.port}"]
         lines.append("Connection: close")
+        auth_header = getattr(client, "auth_header", None)
+        if auth_header is not None and "Authorization" not in (headers or {}):
+            value = await auth_header(method, target)
+            if value is not None:
+                lines.append(f"Authorization: {value}")
         for key, value in (headers or {}).items():
             lines.append(f"{key}: {value}")
         if chunks is not None:

@@ -375,6 +375,8 @@ async def test_c62_idle_session_expires(make_client, tmp_path) -> None:  # type:
     partial = random_bytes(4096)
     assert (await _patch(client, location, partial)).status == 202
     assert stored_copies(datadir, partial) == 1
+    # Still there before the TTL (this also gives a token-auth client its token in real time).
+    assert (await client.get(location)).status == 204
     real_time = time.time
     with mock.patch("time.time", side_effect=lambda: real_time() + 120):
         resp = await _patch(client, location, CHUNK2, "4096-4105")

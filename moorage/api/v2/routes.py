@@ -96,7 +96,9 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if "name" in params:
         request["v2.name"] = params["name"]
         params["repository"] = names.canonical_repository(params["name"])
-    await authorize(request, _scopes(access, params.get("repository")))
+    await authorize(
+        request, _scopes(access, params.get("repository")), _scopes(access, params.get("name"))
+    )
     return await handler(request, params)
 
 

@@ -55,6 +55,8 @@ async def start(request: web.Request, params: dict[str, str]) -> web.StreamRespo
             auth = authenticator(request)
 
             def can_pull(other: str) -> bool:
+                if automatic:
+                    return auth.can_pull_by_rules(identity, other)
                 return auth.can_pull(identity, other)
 
             if await reg.blobs.mount(repository, mount, source, can_pull):
