@@ -8,6 +8,7 @@ request needs, with a user's Basic credentials, and sends it as a Bearer token.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -60,10 +61,8 @@ def _scopes(method: str, target: str) -> list[str] | None:
     scopes = [f"repository:{repository}:{_ACTIONS[access]}"]
     source = parse_qs(parts.query).get("from")
     if source:
-        try:
+        with contextlib.suppress(NameInvalid):
             scopes.append(f"repository:{names.canonical_repository(source[0])}:pull")
-        except NameInvalid:
-            pass
     return scopes
 
 
