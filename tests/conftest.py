@@ -111,9 +111,7 @@ async def _start(
     if not token_client:
         return await aiohttp_client(create_app(settings))  # type: ignore[no-any-return]
     auth = TokenAuth()
-    client: TestClient[Any, Any] = await aiohttp_client(
-        create_app(settings), middlewares=(auth,)
-    )
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(settings), middlewares=(auth,))
     auth.base = str(client.make_url("")).rstrip("/")
     client.auth_header = auth.header  # type: ignore[attr-defined]
     return client
