@@ -12,7 +12,6 @@ registry can never mistake one for an access token.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from moorage.config import TokenSettings
 from moorage.content.names import canonical_repository
 from moorage.content.schema1 import key_id
 from moorage.errors import NameInvalid
+from moorage.keys import load_or_create_ec_key
 
 ALGORITHMS = ["ES256", "ES384", "ES512", "RS256", "RS384", "RS512"]
 LEEWAY = 30
@@ -48,29 +48,7 @@ class Claims:
 
 
 def load_or_create_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ValueError(f"{path}: the token signing key must be an EC private key")
-        return key
-    key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    try:
-        os.link(tmp, path)  # first writer wins when several workers start at once
-    except FileExistsError:
-        pass
-    finally:
-        tmp.unlink()
-    return load_or_create_key(path)
+    return load_or_create_ec_key(path)
 
 
 def _load_public_keys(paths: list[Path]) -> list[PublicKey]:

@@ -75,6 +75,8 @@ def _holder_dead(lease: str) -> bool:
     if host != _HOST or not pid.isdigit():
         return False  # another node: only expiry can tell
     return _process_start(int(pid)) != started
+
+
 CanPull = Callable[[str], bool]
 
 

@@ -11,9 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from moorage.config import Settings
 from moorage.content import digest as digests
-from moorage.content import manifests, names
+from moorage.content import manifests, names, schema1, translate
 from moorage.content.blobs import BlobService
 from moorage.errors import (
     DigestInvalid,
@@ -25,8 +27,9 @@ from moorage.errors import (
     TagInvalid,
     Unsupported,
 )
-from moorage.metadata import ManifestRow, MetadataStore
-from moorage.storage import StorageDriver
+from moorage.keys import load_or_create_ec_key
+from moorage.metadata import BlobRow, ManifestRow, MetadataStore
+from moorage.storage import StorageDriver, paths
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,13 +62,28 @@ class Registry:
         self.settings = settings
         self.metadata = metadata
         self.blobs = BlobService(storage, metadata, settings.uploads.ttl)
+        self._signing_key: ec.EllipticCurvePrivateKey | None = None
 
     async def close(self) -> None:
         await self.metadata.close()
 
     # -- manifests -----------------------------------------------------------------------
 
-    async def get_manifest(self, repository: str, reference: str) -> StoredManifest:
+    async def get_manifest(
+        self, repository: str, reference: str, accept: list[str] | None = None
+    ) -> StoredManifest:
+        """The manifest by tag or digest, bytes as pushed. A client that takes only schema 1
+        (Docker 1.6-1.9, docker-registry-client: its `accept` names schema 1 and nothing
+        newer) gets an image manifest fetched by tag converted to a signed schema 1, as
+        Distribution 2.x does; every other client gets the stored manifest."""
+        stored = await self._stored_manifest(repository, reference)
+        if accept and ":" not in reference and _schema1_only(accept):
+            converted = await self._schema1_view(repository, reference, stored)
+            if converted is not None:
+                return converted
+        return stored
+
+    async def _stored_manifest(self, repository: str, reference: str) -> StoredManifest:
         if ":" in reference:
             digests.parse(reference)
             row = await self.metadata.manifest(repository, reference)
@@ -76,6 +94,44 @@ class Registry:
         if row is None:
             raise ManifestUnknown(detail={"reference": reference})
         return StoredManifest(row.digest, row.media_type, row.content)
+
+    async def _schema1_view(
+        self, repository: str, tag: str, stored: StoredManifest
+    ) -> StoredManifest | None:
+        if stored.media_type not in manifests.IMAGE_TYPES:
+            return None
+        document = json.loads(stored.content)
+        config_digest = (document.get("config") or {}).get("digest")
+        row = await self.metadata.blob(config_digest) if isinstance(config_digest, str) else None
+        if row is None:
+            return None
+        config = await self.blobs.storage.get(row.storage_key)
+        try:
+            payload = translate.schema1_from_v2(repository, tag, document, config)
+        except translate.TranslationError:
+            return None
+        if translate.EMPTY_LAYER_DIGEST.encode() in payload:
+            await self._ensure_empty_layer(repository)
+        signed = schema1.sign(payload, self._schema1_key())
+        return StoredManifest(digests.of(payload), manifests.SCHEMA1_SIGNED, signed)
+
+    def _schema1_key(self) -> ec.EllipticCurvePrivateKey:
+        if self._signing_key is None:
+            self._signing_key = load_or_create_ec_key(
+                self.settings.datadir / "auth" / "schema1-key.pem"
+            )
+        return self._signing_key
+
+    async def _ensure_empty_layer(self, repository: str) -> None:
+        """The empty gzip'ed tar that schema 1 uses for layerless history entries must be
+        pullable from the repository (Distribution writes it in the same way)."""
+        digest = translate.EMPTY_LAYER_DIGEST
+        key = paths.blob(digest.partition(":")[2])
+        if await self.blobs.storage.stat(key) is None:
+            await self.blobs.storage.put(key, translate.EMPTY_LAYER)
+        await self.metadata.link_blobs(
+            repository, [BlobRow(digest, key, len(translate.EMPTY_LAYER))]
+        )
 
     async def put_manifest(
         self, repository: str, reference: str, content_type: str | None, content: bytes
@@ -223,6 +279,14 @@ class Registry:
                 seen.add(entry.get("digest"))
                 extra.append(entry)
         return extra
+
+
+_NEWER = manifests.IMAGE_TYPES | manifests.INDEX_TYPES
+
+
+def _schema1_only(accept: list[str]) -> bool:
+    types = {a.split(";", 1)[0].strip().lower() for item in accept for a in item.split(",")}
+    return bool(types & manifests.SCHEMA1_TYPES) and not types & _NEWER
 
 
 def _decode_cursor(cursor: str | None) -> tuple[float, str] | None:

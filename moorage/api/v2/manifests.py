@@ -9,7 +9,9 @@ from moorage.api.context import registry, settings
 
 
 async def get(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
-    manifest = await registry(request).get_manifest(params["repository"], params["reference"])
+    manifest = await registry(request).get_manifest(
+        params["repository"], params["reference"], request.headers.getall("Accept", [])
+    )
     headers = {
         "Docker-Content-Digest": manifest.digest,
         "ETag": f'"{manifest.digest}"',
