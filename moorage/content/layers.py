@@ -1,0 +1,294 @@
+"""Every checksum of a v1 layer upload, computed in one pass while the body streams in.
+
+`LayerAnalyzer` is fed the request body (chunked framing already removed) piece by piece and
+computes, without a second read (v1 protocol sections 4.4.3, 5.1-5.3, 11):
+- the payload checksum `sha256(json || LF || body)` (`X-Docker-Checksum-Payload`);
+- the v2 blob digest `sha256(body)` and the body's length;
+- the v2 `diff_id` `sha256(decompressed tar)` and the decompressed length;
+- TarSum v0 with the image JSON as prefix (`X-Docker-Checksum`), and on request `tarsum.v1`
+  and `tarsum.dev` (no prefix, their usual use).
+
+The body must be a gzip-compressed or plain tar archive, told apart by magic bytes; bzip2, xz
+and zstd are refused (section 13), and so is anything that does not parse as tar. An empty tar
+stream (no entries, not even the end-of-archive blocks), plain or gzip'ed, is accepted as an
+archive with no entries, as Go's tar reader (Docker's pull side) reads it.
+
+Bounds, so that a hostile layer costs neither disk nor memory nor unbounded CPU: nothing is
+buffered beyond one decompression step (`step` bytes of output per zlib call); the
+decompressed stream may not exceed `max_uncompressed` bytes, nor, once past `ratio_floor`
+bytes, `max_ratio` times the compressed bytes received so far (a gzip bomb expands about
+1000:1; real layers rarely pass 10:1, though large zero-filled files can); tar extended headers
+and the number of entries are bounded as in `moorage.content.tarsum`. A limit hit raises
+`LayerTooLarge`, any other refusal `LayerInvalid`.
+
+Pure CPU and synchronous: meant to run in a worker thread (`asyncio.to_thread(a.update, c)`),
+one call at a time per analyzer. It does no I/O and does not store the layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass
+
+from moorage.content.tarsum import (
+    DEFAULT_MAX_ENTRIES,
+    DEFAULT_MAX_HEADER_RECORD,
+    TarError,
+    TarLimitError,
+    TarReader,
+    TarSum,
+    Version,
+    format_sum,
+)
+
+GiB = 1 << 30
+DEFAULT_MAX_UNCOMPRESSED = 64 * GiB
+DEFAULT_MAX_RATIO = 200
+DEFAULT_RATIO_FLOOR = 4 * GiB
+DEFAULT_STEP = 256 * 1024
+_INPUT_SLICE = 64 * 1024
+
+FORMAT_NOT_SUPPORTED = "Layer format not supported"
+TOO_LARGE = "Layer too large when decompressed"
+
+_GZIP = b"\x1f\x8b"
+_REFUSED = {
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+}
+_MAGIC_LEN = 6  # enough bytes to recognise every magic above
+
+
+class LayerInvalid(Exception):
+    """The layer is refused. `message` is the contract's client-facing error text (section
+    4.4.3), `detail` says what exactly was wrong; `str()` gives both."""
+
+    def __init__(self, detail: str, message: str = FORMAT_NOT_SUPPORTED) -> None:
+        super().__init__(f"{message}: {detail}")
+        self.message = message
+        self.detail = detail
+
+
+class LayerTooLarge(LayerInvalid):
+    """The layer exceeds a decompression or tar-parsing limit (a bomb, or a configured cap)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, TOO_LARGE)
+
+
+@dataclass(frozen=True, slots=True)
+class LayerSums:
+    payload_checksum: str  # "sha256:<hex>" of json || LF || body
+    blob_digest: str  # "sha256:<hex>" of the body as sent
+    diff_id: str  # "sha256:<hex>" of the decompressed tar stream
+    tarsum: str  # "tarsum+sha256:<hex>", Version 0 with the image JSON as prefix
+    size: int  # body bytes
+    uncompressed_size: int  # decompressed tar bytes (== size for a plain tar)
+    compressed: bool  # gzip (True) or plain tar (False)
+    entries: int  # tar entries
+    tarsum_v1: str | None = None  # "tarsum.v1+sha256:<hex>", no prefix; when requested
+    tarsum_dev: str | None = None  # "tarsum.dev+sha256:<hex>", no prefix; when requested
+
+
+def payload_checksum(image_json: bytes, body: bytes) -> str:
+    """The payload checksum of a whole body (section 5.1); `LayerAnalyzer` computes the same
+    incrementally."""
+    return "sha256:" + hashlib.sha256(image_json + b"\n" + body).hexdigest()
+
+
+class LayerAnalyzer:
+    """Feed the layer body with `update`, then call `finish` once at its end."""
+
+    def __init__(
+        self,
+        json_prefix: bytes,
+        *,
+        max_uncompressed: int = DEFAULT_MAX_UNCOMPRESSED,
+        max_ratio: int = DEFAULT_MAX_RATIO,
+        ratio_floor: int = DEFAULT_RATIO_FLOOR,
+        max_header_record: int = DEFAULT_MAX_HEADER_RECORD,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        extra_tarsums: bool = False,
+        step: int = DEFAULT_STEP,
+    ) -> None:
+        self._json = bytes(json_prefix)
+        self.max_uncompressed = max_uncompressed
+        self.max_ratio = max_ratio
+        self.ratio_floor = ratio_floor
+        self._step = step
+        self._payload = hashlib.sha256(self._json + b"\n")
+        self._blob = hashlib.sha256()
+        self._diff = hashlib.sha256()
+        self._size = 0
+        self._uncompressed = 0
+        self._head = bytearray()  # the first bytes, until the format is known
+        self._compressed: bool | None = None
+        self._inflate: zlib._Decompress | None = None
+        self._members = 0  # gzip members begun, counting the current one
+        self._member_fed = False  # whether the current member has been given input
+        self._tarsum = TarSum(Version.V0)
+        # tarsum.dev has the same rules as v1 in every version studied: one sum serves both.
+        self._tarsum_v1 = TarSum(Version.V1) if extra_tarsums else None
+        sinks = [self._tarsum] + ([self._tarsum_v1] if self._tarsum_v1 else [])
+        self._tar = TarReader(*sinks, max_header_record=max_header_record, max_entries=max_entries)
+        self._failed: LayerInvalid | None = None
+        self._finished = False
+
+    @property
+    def size(self) -> int:
+        """Body bytes received so far."""
+        return self._size
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._check_usable()
+        try:
+            self._update(memoryview(chunk).cast("B"))
+        except LayerInvalid as exc:
+            self._failed = exc
+            raise
+
+    def finish(self) -> LayerSums:
+        self._check_usable()
+        try:
+            sums = self._finish()
+        except LayerInvalid as exc:
+            self._failed = exc
+            raise
+        self._finished = True
+        return sums
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if self._finished:
+            raise RuntimeError("LayerAnalyzer used after finish()")
+
+    def _update(self, chunk: memoryview) -> None:
+        if not chunk:
+            return
+        self._payload.update(chunk)
+        self._blob.update(chunk)
+        self._size += len(chunk)
+        if self._compressed is None:
+            self._head += chunk
+            if len(self._head) < _MAGIC_LEN:
+                return
+            self._detect()
+            chunk = memoryview(bytes(self._head))
+            self._head = bytearray()
+        if self._compressed:
+            self._inflate_chunk(chunk)
+        else:
+            self._tar_chunk(chunk)
+
+    def _detect(self) -> None:
+        head = bytes(self._head)
+        for magic, name in _REFUSED.items():
+            if head.startswith(magic):
+                raise LayerInvalid(f"{name}-compressed layers are not accepted")
+        self._compressed = head.startswith(_GZIP)
+        if self._compressed:
+            self._new_member()
+
+    def _new_member(self) -> None:
+        self._inflate = _gzip_member()
+        self._members += 1
+        self._member_fed = False
+
+    def _inflate_chunk(self, chunk: memoryview) -> None:
+        # zlib copies the unconsumed input into a new bytes object after every bounded call;
+        # feeding small input slices keeps that copying small for highly compressed data.
+        for start in range(0, len(chunk), _INPUT_SLICE):
+            self._inflate_slice(chunk[start : start + _INPUT_SLICE])
+
+    def _inflate_slice(self, data: memoryview | bytes) -> None:
+        step = self._step
+        while True:
+            assert self._inflate is not None
+            inflate = self._inflate
+            self._member_fed = self._member_fed or bool(data)
+            try:
+                out = inflate.decompress(data, step)
+            except zlib.error as exc:
+                if self._members > 1:
+                    raise LayerInvalid(
+                        f"corrupt gzip member, or trailing data that is not one, after gzip "
+                        f"member {self._members - 1} ({exc})"
+                    ) from exc
+                raise LayerInvalid(f"corrupt gzip stream ({exc})") from exc
+            if out:
+                self._tar_chunk(memoryview(out))
+            if inflate.eof:
+                # Concatenated gzip members form one stream (Go's reader, used on pull, reads
+                # them all); anything else after a member is an error there, so here too.
+                data = inflate.unused_data
+                self._new_member()
+                if not data:
+                    return
+                continue
+            data = inflate.unconsumed_tail
+            # An output of exactly `step` bytes may leave output pending inside zlib even
+            # with no input left: call again until it returns less.
+            if not data and len(out) < step:
+                return
+
+    def _tar_chunk(self, data: memoryview) -> None:
+        self._uncompressed += len(data)
+        total = self._uncompressed
+        if total > self.max_uncompressed:
+            raise LayerTooLarge(
+                f"decompresses to more than the limit of {self.max_uncompressed} bytes"
+            )
+        if total > self.ratio_floor and total > self.max_ratio * self._size:
+            raise LayerTooLarge(
+                f"decompresses to {total} bytes from {self._size}, more than "
+                f"{self.max_ratio} times its size"
+            )
+        self._diff.update(data)
+        try:
+            self._tar.feed(data)
+        except TarLimitError as exc:
+            raise LayerTooLarge(str(exc)) from exc
+        except TarError as exc:
+            raise LayerInvalid(str(exc)) from exc
+
+    def _finish(self) -> LayerSums:
+        if self._compressed is None:
+            self._detect()
+            head, self._head = memoryview(bytes(self._head)), bytearray()
+            if head:
+                if self._compressed:
+                    self._inflate_chunk(head)
+                else:
+                    self._tar_chunk(head)
+        if self._compressed:
+            assert self._inflate is not None
+            # A fresh member object that has seen no input means the last member ended
+            # cleanly; one that has seen some but not reached its end is a cut stream.
+            if self._member_fed and not self._inflate.eof:
+                raise LayerInvalid("gzip stream is truncated")
+        try:
+            self._tar.close()
+        except TarError as exc:
+            raise LayerInvalid(str(exc)) from exc
+        v1 = self._tarsum_v1.hexdigest() if self._tarsum_v1 is not None else None
+        return LayerSums(
+            payload_checksum="sha256:" + self._payload.hexdigest(),
+            blob_digest="sha256:" + self._blob.hexdigest(),
+            diff_id="sha256:" + self._diff.hexdigest(),
+            tarsum=self._tarsum.sum(self._json),
+            size=self._size,
+            uncompressed_size=self._uncompressed,
+            compressed=bool(self._compressed),
+            entries=self._tarsum.entries,
+            tarsum_v1=format_sum(Version.V1, v1) if v1 is not None else None,
+            tarsum_dev=format_sum(Version.DEV, v1) if v1 is not None else None,
+        )
+
+
+def _gzip_member() -> zlib._Decompress:
+    return zlib.decompressobj(16 + zlib.MAX_WBITS)
