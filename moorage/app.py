@@ -11,12 +11,15 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage.api import token as token_endpoint
-from moorage.api.context import AUTH, REGISTRY, SETTINGS
+from moorage.api.context import AUTH, REGISTRY, SETTINGS, V1, V1TOKENS
+from moorage.api.v1 import routes as v1_routes
 from moorage.api.v2 import errors as v2_errors
 from moorage.api.v2 import routes as v2_routes
 from moorage.auth.service import Authenticator
+from moorage.auth.v1tokens import V1Tokens, load_or_create_secret
 from moorage.config import Settings
 from moorage.content.registry import Registry
+from moorage.content.v1 import V1Service
 from moorage.metadata import MetadataStore
 from moorage.storage.filesystem import FilesystemDriver
 
@@ -56,14 +59,23 @@ async def _expire_uploads(registry: Registry) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     in_flight = InFlight()
-    app = web.Application(middlewares=[in_flight.middleware, v2_errors.errors_middleware])
+    app = web.Application(
+        middlewares=[
+            in_flight.middleware,
+            v2_errors.errors_middleware,
+            v1_routes.errors_middleware,
+        ]
+    )
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
     app[AUTH] = Authenticator(settings)
+    app[V1TOKENS] = V1Tokens(load_or_create_secret(settings.datadir / "auth" / "v1-secret"))
     if app[AUTH].issues_tokens:
         token_endpoint.setup(app)
     app.on_response_prepare.append(v2_errors.add_version_header)
+    app.on_response_prepare.append(v1_routes.add_version_header)
     v2_routes.setup(app)
+    v1_routes.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings.datadir.mkdir(parents=True, exist_ok=True)
@@ -72,6 +84,7 @@ def create_app(settings: Settings) -> web.Application:
         await metadata.open()
         registry = Registry(settings, storage, metadata)
         app[REGISTRY] = registry
+        app[V1] = V1Service(registry)
         expiry = asyncio.create_task(_expire_uploads(registry))
         yield
         expiry.cancel()

@@ -5,12 +5,16 @@ from __future__ import annotations
 from aiohttp import web
 
 from moorage.auth.service import Authenticator
+from moorage.auth.v1tokens import V1Tokens
 from moorage.config import Settings
 from moorage.content.registry import Registry
+from moorage.content.v1 import V1Service
 
 REGISTRY = web.AppKey("registry", Registry)
 SETTINGS = web.AppKey("settings", Settings)
 AUTH = web.AppKey("auth", Authenticator)
+V1 = web.AppKey("v1", V1Service)
+V1TOKENS = web.AppKey("v1tokens", V1Tokens)
 
 
 def registry(request: web.Request) -> Registry:

@@ -1,0 +1,143 @@
+"""v1 image endpoints: json, layer, checksum, ancestry. Images carry no repository in their
+path: readability comes from the repositories an image is linked to, uploads from the
+caller's push sessions (contract section 9)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from moorage.api import http
+from moorage.api.context import V1
+from moorage.api.v1.access import Caller, V1Unauthorized, allowed, caller, readable, require
+from moorage.content.v1 import IMAGE_NOT_FOUND, V1Error, V1ImageRow
+
+JSON_LIMIT = 4 * 1024 * 1024
+EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def _cache_headers(who: Caller) -> dict[str, str]:
+    scope = "public" if who.open_mode or who.anonymous else "private"
+    return {
+        "Cache-Control": f"{scope}, max-age=31536000",
+        "Expires": "Fri, 01 Jan 2100 00:00:00 GMT",
+        "Last-Modified": EPOCH,
+    }
+
+
+async def _read(request: web.Request, image_id: str) -> tuple[Caller, V1ImageRow]:
+    who = await caller(request, token_route=True)
+    service = request.app[V1]
+    try:
+        row = await service.readable_image(image_id, readable(request, who))
+    except V1Error as exc:
+        if exc.status == 404 and not who.open_mode and who.anonymous:
+            raise V1Unauthorized("Token") from exc
+        raise
+    return who, row
+
+
+async def get_json(request: web.Request, image_id: str) -> web.StreamResponse:
+    who, row = await _read(request, image_id)
+    headers = _cache_headers(who)
+    headers["X-Docker-Size"] = str(row.size or 0)
+    if row.payload_checksum:
+        headers["X-Docker-Checksum-Payload"] = row.payload_checksum
+    checksum = row.client_checksum or row.tarsum
+    if checksum:
+        headers["X-Docker-Checksum"] = checksum
+    if request.headers.get("If-Modified-Since"):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=row.json, content_type="application/json", headers=headers)
+
+
+async def get_layer(request: web.Request, image_id: str) -> web.StreamResponse:
+    who, row = await _read(request, image_id)
+    service = request.app[V1]
+    blob = await service.layer(row)
+    headers = _cache_headers(who)
+    headers["Accept-Ranges"] = "bytes"
+    headers["Content-Type"] = "application/octet-stream"
+    if request.headers.get("If-Modified-Since"):
+        return web.Response(status=304, headers=headers)
+    try:
+        span = http.byte_range(request.headers.get("Range"), blob.size)
+    except http.Unsatisfiable:
+        headers["Content-Range"] = f"bytes */{blob.size}"
+        return web.Response(status=416, headers=headers)
+    status, offset, count = 200, 0, blob.size
+    if span is not None:
+        status, offset, count = 206, span[0], span[1] - span[0] + 1
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{blob.size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    if blob.path is not None:
+        return await http.send_file(request, response, blob.path, offset, count)
+    response.content_length = count
+    await response.prepare(request)
+    if request.method != "HEAD":
+        async for chunk in service.read(blob, offset, count):
+            await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def ancestry(request: web.Request, image_id: str) -> web.StreamResponse:
+    who = await caller(request, token_route=True)
+    try:
+        ids = await request.app[V1].ancestry(image_id, readable(request, who))
+    except V1Error as exc:
+        if exc.status == 404 and not who.open_mode and who.anonymous:
+            raise V1Unauthorized("Token") from exc
+        raise
+    return web.json_response(ids, headers=_cache_headers(who))
+
+
+async def _upload_context(request: web.Request, image_id: str) -> tuple[Caller, list[str]]:
+    """The repositories this upload belongs to (for linking); 401/403/400 when the caller
+    may not upload the image."""
+    who = await caller(request, token_route=True)
+    service = request.app[V1]
+    if who.open_mode:
+        return who, await service.may_upload(image_id, None)
+    if who.token is not None:
+        require(request, who, who.token.repository, "write", token_route=True)
+        sessions = await service.may_upload(image_id, who.user)
+        return who, [r for r in sessions if r == who.token.repository]
+    if who.anonymous:
+        raise V1Unauthorized("Token")
+    sessions = await service.may_upload(image_id, who.user)
+    writable = [r for r in sessions if allowed(request, who, r, "write")]
+    if sessions and not writable:
+        raise V1Error(403, "Access denied")
+    return who, writable
+
+
+async def put_json(request: web.Request, image_id: str) -> web.StreamResponse:
+    who, context = await _upload_context(request, image_id)
+    body = await http.read_limited(request, JSON_LIMIT)
+    if len(body) > JSON_LIMIT:
+        raise V1Error(413, "Image JSON too large")
+    if not who.open_mode and not context:
+        raise V1Error(400, "This image does not belong to the repository")
+    await request.app[V1].put_json(image_id, body, who.user, readable(request, who))
+    return web.json_response(True)
+
+
+async def put_layer(request: web.Request, image_id: str) -> web.StreamResponse:
+    who, context = await _upload_context(request, image_id)
+    if not who.open_mode and not context:
+        raise V1Error(*IMAGE_NOT_FOUND)
+    await request.app[V1].put_layer(image_id, http.body_chunks(request))
+    return web.json_response(True)
+
+
+async def put_checksum(request: web.Request, image_id: str) -> web.StreamResponse:
+    who, context = await _upload_context(request, image_id)
+    if not who.open_mode and not context:
+        raise V1Error(*IMAGE_NOT_FOUND)
+    await request.app[V1].put_checksum(
+        image_id,
+        request.headers.get("X-Docker-Checksum-Payload"),
+        request.headers.get("X-Docker-Checksum"),
+        context[0] if context else None,
+    )
+    return web.json_response(True)

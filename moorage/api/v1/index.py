@@ -1,0 +1,270 @@
+"""v1 index and repository endpoints: ping, users, search, push start/finish, image lists,
+tags, repository delete. Moorage is always standalone: it is its own index."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+from aiohttp import web
+
+from moorage.api import http
+from moorage.api.auth import authenticator, client_address
+from moorage.api.context import SETTINGS, V1, V1TOKENS
+from moorage.api.v1.access import Caller, V1Unauthorized, allowed, caller, readable, require
+from moorage.auth.service import BadCredentials, RateLimited, parse_basic
+from moorage.content.v1 import V1Error, check_tag, parse_image_list
+
+BODY_LIMIT = 16 * 1024 * 1024
+NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "-1"}
+
+
+def _json(value: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(value, separators=(",", ":"), sort_keys=True).encode(),
+        content_type="application/json",
+        headers={**NO_CACHE, **(headers or {})},
+    )
+
+
+def _endpoint(request: web.Request) -> str:
+    base = request.app[SETTINGS].baseurl
+    if base:
+        return base.split("://", 1)[-1].rstrip("/")
+    return request.host
+
+
+def _index_headers(
+    request: web.Request, who: Caller, repository: str, access: str, always: bool = False
+) -> dict[str, str]:
+    headers = {"X-Docker-Endpoints": _endpoint(request)}
+    wants = request.headers.get("X-Docker-Token", "").lower() == "true"
+    if wants or always:
+        token = request.app[V1TOKENS].issue(repository, access, who.user)
+        headers["X-Docker-Token"] = token
+        headers["WWW-Authenticate"] = f"Token {token}"
+    return headers
+
+
+async def _body(request: web.Request) -> bytes:
+    body = await http.read_limited(request, BODY_LIMIT)
+    if len(body) > BODY_LIMIT:
+        raise V1Error(413, "Request body too large")
+    return body
+
+
+# -- ping, users, search -----------------------------------------------------------------
+
+
+async def ping(request: web.Request) -> web.StreamResponse:
+    return _json(True, headers={"X-Docker-Registry-Standalone": "true"})
+
+
+async def register(request: web.Request) -> web.StreamResponse:
+    try:
+        document = json.loads(await _body(request) or b"null")
+    except ValueError as exc:
+        raise V1Error(400, "Error Decoding JSON") from exc
+    if not isinstance(document, dict):
+        raise V1Error(400, "Error Decoding JSON")
+    # Self-registration is off: 401 sends `docker login` on to the credential check.
+    raise V1Unauthorized(f'Basic realm="{authenticator(request).realm}"')
+
+
+async def login(request: web.Request) -> web.StreamResponse:
+    auth = authenticator(request)
+    if not auth.enabled:
+        return _json("OK")
+    challenge = f'Basic realm="{auth.realm}"'
+    header = request.headers.get("Authorization", "")
+    try:
+        credentials = parse_basic(header) if header else None
+        if credentials is None:
+            raise V1Unauthorized(challenge)
+        await auth.login(credentials, client_address(request))
+    except RateLimited as exc:
+        raise V1Error(429, str(exc)) from exc
+    except BadCredentials as exc:
+        raise V1Unauthorized(challenge) from exc
+    return _json("OK")
+
+
+async def update_user(request: web.Request, name: str) -> web.StreamResponse:
+    # Users are managed with `moorage user`; the v1 index call is not supported.
+    raise V1Error(405, "Method not allowed")
+
+
+async def search(request: web.Request) -> web.StreamResponse:
+    who = await caller(request, token_route=False)
+    term = request.query.get("q", "")
+    size = _number(request.query.get("n"), 25, 1, 100)
+    page = _number(request.query.get("page"), 1, 1, 1_000_000)
+
+    def visible(name: str) -> bool:
+        return allowed(request, who, name, "read")
+
+    found = await request.app[V1].search(term, visible)
+    chunk = found[(page - 1) * size : page * size]
+    results = [
+        {
+            "name": name,
+            "description": "",
+            "star_count": 0,
+            "is_official": False,
+            "is_trusted": False,
+            "is_automated": False,
+        }
+        for name in chunk
+    ]
+    return _json(
+        {
+            "query": term,
+            "num_results": len(found),
+            "num_pages": math.ceil(len(found) / size),
+            "page": page,
+            "page_size": size,
+            "results": results,
+        }
+    )
+
+
+def _number(value: str | None, default: int, low: int, high: int) -> int:
+    if value is None or not value.isdigit():
+        return default
+    return max(low, min(high, int(value)))
+
+
+# -- index: pushes, image lists, repository delete -----------------------------------------
+
+
+async def start_push(request: web.Request, repository: str) -> web.StreamResponse:
+    who = await caller(request, token_route=False)
+    require(request, who, repository, "write", token_route=False)
+    entries = parse_image_list(await _body(request))
+    service = request.app[V1]
+    await service.ensure_repository(repository)
+    await service.start_push(repository, who.user, entries)
+    return _json("", headers=_index_headers(request, who, repository, "write", always=True))
+
+
+async def finish_push(request: web.Request, repository: str) -> web.StreamResponse:
+    who = await caller(request, token_route=False)
+    require(request, who, repository, "write", token_route=False)
+    parse_image_list(await _body(request))
+    await request.app[V1].finish_push(repository, who.user)
+    return web.Response(status=204, headers=_index_headers(request, who, repository, "write"))
+
+
+async def list_images(request: web.Request, repository: str) -> web.StreamResponse:
+    who = await caller(request, token_route=False)
+    require(request, who, repository, "read", token_route=False)
+    listed = await request.app[V1].images(repository)
+    return _json(listed, headers=_index_headers(request, who, repository, "read"))
+
+
+async def delete_images(request: web.Request, repository: str) -> web.StreamResponse:
+    who = await caller(request, token_route=False)
+    require(request, who, repository, "delete", token_route=False)
+    await request.app[V1].images(repository)  # 404 when absent
+    return web.Response(status=204, headers=_index_headers(request, who, repository, "delete"))
+
+
+async def delete_repository(request: web.Request, repository: str) -> web.StreamResponse:
+    who = await caller(request, token_route=False)
+    require(request, who, repository, "delete", token_route=False)
+    await request.app[V1].delete_repository(repository)
+    headers = {}
+    if request.headers.get("X-Docker-Token", "").lower() == "true":
+        headers = _index_headers(request, who, repository, "delete")
+    return _json(True, headers=headers)
+
+
+# -- tags --------------------------------------------------------------------------------
+
+
+async def list_tags(request: web.Request, repository: str) -> web.StreamResponse:
+    who = await caller(request, token_route=True)
+    require(request, who, repository, "read", token_route=True)
+    return _json(await request.app[V1].tags(repository))
+
+
+async def get_tag(request: web.Request, repository: str, tag: str) -> web.StreamResponse:
+    who = await caller(request, token_route=True)
+    require(request, who, repository, "read", token_route=True)
+    return _json(await request.app[V1].tag(repository, tag))
+
+
+async def put_tag(request: web.Request, repository: str, tag: str) -> web.StreamResponse:
+    who = await caller(request, token_route=True)
+    require(request, who, repository, "write", token_route=True)
+    check_tag(tag)
+    try:
+        image_id = json.loads(await _body(request))
+    except ValueError as exc:
+        raise V1Error(400, "Invalid data") from exc
+    if not isinstance(image_id, str):
+        raise V1Error(400, "Invalid data")
+    await request.app[V1].set_tag(repository, tag, image_id, readable(request, who))
+    _remember_client(request, repository, tag)
+    return _json(True)
+
+
+async def delete_tag(request: web.Request, repository: str, tag: str) -> web.StreamResponse:
+    who = await caller(request, token_route=True)
+    try:
+        require(request, who, repository, "delete", token_route=True)
+    except V1Error:
+        # Deleting a tag also needs only write (as quay): a pusher may retract its own tag.
+        require(request, who, repository, "write", token_route=True)
+    await request.app[V1].delete_tag(repository, tag)
+    return _json(True)
+
+
+_CLIENTS: dict[tuple[str, str], dict[str, object]] = {}
+
+
+def _remember_client(request: web.Request, repository: str, tag: str) -> None:
+    """Tag metadata from the pushing client's User-Agent (informational, per process)."""
+    words = dict(
+        part.split("/", 1) for part in request.headers.get("User-Agent", "").split() if "/" in part
+    )
+    if len(_CLIENTS) > 10000:
+        _CLIENTS.clear()
+    _CLIENTS[(repository, tag)] = {
+        "last_update": int(time.time()),
+        "docker_version": words.get("docker"),
+        "docker_go_version": words.get("go"),
+        "arch": (words.get("arch") or "amd64").lower(),
+        "os": (words.get("os") or "linux").lower(),
+        "kernel": words.get("kernel"),
+    }
+
+
+def _client_info(repository: str, tag: str) -> dict[str, object]:
+    return _CLIENTS.get(
+        (repository, tag),
+        {
+            "last_update": None,
+            "docker_version": None,
+            "docker_go_version": None,
+            "arch": "amd64",
+            "os": "linux",
+            "kernel": None,
+        },
+    )
+
+
+async def tag_json(request: web.Request, repository: str, tag: str) -> web.StreamResponse:
+    who = await caller(request, token_route=True)
+    require(request, who, repository, "read", token_route=True)
+    await request.app[V1].tag(repository, tag)
+    return _json(_client_info(repository, tag))
+
+
+async def repository_json(request: web.Request, repository: str) -> web.StreamResponse:
+    who = await caller(request, token_route=True)
+    require(request, who, repository, "read", token_route=True)
+    await request.app[V1].tags(repository)
+    return _json(_client_info(repository, "latest"))

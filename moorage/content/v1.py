@@ -1,0 +1,474 @@
+"""The legacy v1 protocol's domain: images in a global id namespace, their layers and
+checksums, tags shared with v2, and the translation between the two views.
+
+An image is served only once complete (json, layer and a matching checksum). Layer bytes are
+ordinary content-addressed blobs, so a v1 image and a v2 manifest share them. A v1 tag write
+builds a Docker schema 2 manifest and sets the one tag both protocols read; a v2 manifest read
+through v1 gets deterministic v1 ids, persisted on first use. See
+docs/design/v1-v2-translation.md.
+
+Access decisions (who may read or upload which image) are taken by the caller and passed in
+as predicates; this module knows nothing of users or HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from moorage.content import digest as digests
+from moorage.content import layers, manifests, names, translate
+from moorage.content.blobs import Blob
+from moorage.content.layers import LayerAnalyzer, LayerInvalid
+from moorage.content.registry import Registry
+from moorage.errors import ManifestUnknown, RegistryError
+from moorage.metadata import BlobRow, LayerSums, ManifestRow, V1ImageRow
+from moorage.storage import paths
+
+IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
+MAX_JSON = 4 * 1024 * 1024
+MAX_DEPTH = 1000
+SESSION_SECONDS = 6 * 3600
+
+Readable = Callable[[list[str]], bool]  # repositories an image is linked to -> may read?
+
+
+class V1Error(Exception):
+    """A v1 protocol answer other than success: status and the flat error message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+__all__ = ["PushEntry", "V1Error", "V1ImageRow", "V1Service"]
+
+IMAGE_NOT_FOUND = (404, "Image not found")
+IMAGE_EXISTS = (409, "Image already exists")
+BEING_UPLOADED = (400, "Image is being uploaded, retry later")
+
+
+def check_image_id(image_id: str) -> str:
+    if not IMAGE_ID.match(image_id):
+        raise V1Error(404, "Invalid image ID")
+    return image_id
+
+
+def repository_name(raw: str) -> str:
+    """The v1 view of a name: one or two components, one-component names in `library/`."""
+    parts = raw.strip("/").split("/")
+    if not 1 <= len(parts) <= 2:
+        raise V1Error(400, "Invalid repository name")
+    try:
+        return names.canonical_repository("/".join(parts))
+    except RegistryError as exc:
+        raise V1Error(400, "Invalid repository name") from exc
+
+
+def check_tag(tag: str) -> str:
+    if not names.is_tag(tag):
+        raise V1Error(400, "Invalid tag name (must match ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$)")
+    return tag
+
+
+@dataclass(frozen=True, slots=True)
+class PushEntry:
+    id: str
+    tag: str | None
+    checksum: str | None
+
+
+def parse_image_list(body: bytes) -> list[PushEntry]:
+    """The JSON array of `PUT /v1/repositories/R/` and `.../images` bodies."""
+    if not body.strip():
+        return []
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise V1Error(400, "Error Decoding JSON") from exc
+    if not isinstance(document, list):
+        raise V1Error(400, "Invalid data")
+    entries = []
+    for item in document:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            raise V1Error(400, "Invalid data")
+        if not IMAGE_ID.match(item["id"]):
+            raise V1Error(400, "Invalid data")
+        tag, checksum = item.get("Tag"), item.get("checksum")
+        if tag is not None and not isinstance(tag, str):
+            raise V1Error(400, "Invalid data")
+        if checksum is not None and not isinstance(checksum, str):
+            raise V1Error(400, "Invalid data")
+        entries.append(PushEntry(item["id"], tag, checksum))
+    return entries
+
+
+def _rfc3339(value: str) -> bool:
+    text = value.strip()
+    if not re.match(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}", text):
+        return False
+    text = re.sub(r"(\.\d{1,6})\d*", r"\1", text).replace("Z", "+00:00").replace("z", "+00:00")
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_image_json(image_id: str, body: bytes) -> dict[str, Any]:
+    if len(body) > MAX_JSON:
+        raise V1Error(413, "Image JSON too large")
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise V1Error(400, "Invalid JSON") from exc
+    if not isinstance(document, dict):
+        raise V1Error(400, "Invalid JSON")
+    if "id" not in document:
+        raise V1Error(400, "Missing key `id' in JSON")
+    if document["id"] != image_id:
+        raise V1Error(400, "JSON data contains invalid id")
+    parent = document.get("parent")
+    if parent is not None and not (isinstance(parent, str) and IMAGE_ID.match(parent)):
+        raise V1Error(400, "Invalid JSON")
+    created = document.get("created")
+    if created is not None and not (isinstance(created, str) and _rfc3339(created)):
+        raise V1Error(400, "Invalid JSON")
+    return document
+
+
+class V1Service:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.metadata = registry.metadata
+        self.storage = registry.blobs.storage
+
+    # -- reading images ------------------------------------------------------------------
+
+    async def readable_image(self, image_id: str, readable: Readable) -> V1ImageRow:
+        """A complete image the caller may read; 404 (or 400 while uploading, for callers who
+        could see it) otherwise. Unknown and unreadable look the same."""
+        check_image_id(image_id)
+        row = await self.metadata.v1_image(image_id)
+        if row is None:
+            raise V1Error(*IMAGE_NOT_FOUND)
+        if row.state != "complete":
+            raise V1Error(*BEING_UPLOADED) if readable([]) else V1Error(*IMAGE_NOT_FOUND)
+        if not readable(await self.metadata.v1_repositories_of(image_id)):
+            raise V1Error(*IMAGE_NOT_FOUND)
+        return row
+
+    async def ancestry(self, image_id: str, readable: Readable) -> list[str]:
+        await self.readable_image(image_id, readable)
+        return [row.id for row in await self.metadata.v1_ancestry(image_id)]
+
+    async def layer(self, row: V1ImageRow) -> Blob:
+        assert row.blob_digest is not None and row.size is not None
+        blob = await self.metadata.blob(row.blob_digest)
+        if blob is None:
+            raise V1Error(*IMAGE_NOT_FOUND)
+        path = self.storage.local_path(blob.storage_key)
+        return Blob(blob.digest, blob.size, path, blob.storage_key)
+
+    def read(self, blob: Blob, offset: int, length: int) -> AsyncIterator[bytes]:
+        return self.storage.read(blob.storage_key, offset, length)
+
+    # -- uploading images ----------------------------------------------------------------
+
+    async def put_json(
+        self, image_id: str, body: bytes, uploader: str | None, readable: Readable
+    ) -> None:
+        check_image_id(image_id)
+        document = parse_image_json(image_id, body)
+        parent_id = document.get("parent")
+        depth = 1
+        if parent_id is not None:
+            parent = await self.metadata.v1_image(parent_id)
+            if parent is None or parent_id == image_id or parent.state != "complete":
+                raise V1Error(400, "Image depends on a non existing parent")
+            if not readable(await self.metadata.v1_repositories_of(parent_id)):
+                raise V1Error(400, "Image depends on an unauthorized parent")
+            depth = parent.depth + 1
+            if depth > MAX_DEPTH:
+                raise V1Error(400, "Image ancestry too deep")
+        generation = await self.metadata.v1_put_json(image_id, body, parent_id, depth, uploader)
+        if generation is None:
+            raise V1Error(*IMAGE_EXISTS)
+
+    async def put_layer(self, image_id: str, body: AsyncIterator[bytes]) -> None:
+        """Stream a layer in, computing every checksum on the way; the bytes land at their
+        content-addressed key only once whole, and the image records them only if no newer
+        `PUT json` restarted the upload meanwhile."""
+        check_image_id(image_id)
+        row = await self.metadata.v1_image(image_id)
+        if row is None:
+            raise V1Error(*IMAGE_NOT_FOUND)
+        if row.state == "complete":
+            raise V1Error(*IMAGE_EXISTS)
+        staging = paths.upload(str(uuid.uuid4()))
+        committed = False
+        try:
+            sums = await self._receive(staging, row.json, body)
+            key = paths.blob(sums.blob_digest.partition(":")[2])
+            await self.storage.commit(staging, key)
+            committed = True
+            recorded = await self.metadata.v1_layer_uploaded(
+                image_id,
+                row.generation,
+                LayerSums(
+                    sums.blob_digest,
+                    key,
+                    sums.diff_id,
+                    sums.payload_checksum,
+                    sums.tarsum,
+                    sums.size,
+                    sums.compressed,
+                ),
+            )
+        finally:
+            if not committed:
+                await asyncio.shield(self.storage.delete(staging))
+        if not recorded:
+            raise V1Error(409, "Image upload was restarted")
+
+    async def _receive(
+        self, staging: str, image_json: bytes, body: AsyncIterator[bytes]
+    ) -> layers.LayerSums:
+        analyzer = LayerAnalyzer(image_json)
+        writer = await self.storage.writer(staging, 0)
+        pending = bytearray()
+        try:
+            async for chunk in body:
+                pending += chunk
+                if len(pending) >= 1 << 20:
+                    block, pending = bytes(pending), bytearray()
+                    await asyncio.gather(
+                        asyncio.to_thread(analyzer.update, block), writer.write(block)
+                    )
+            if pending:
+                block = bytes(pending)
+                await asyncio.gather(asyncio.to_thread(analyzer.update, block), writer.write(block))
+            result = await asyncio.to_thread(analyzer.finish)
+        except LayerInvalid as exc:
+            raise V1Error(400, exc.message) from exc
+        finally:
+            await writer.close()
+        return result
+
+    async def put_checksum(
+        self,
+        image_id: str,
+        payload: str | None,
+        tarsum: str | None,
+        repository: str | None,
+    ) -> None:
+        """Confirm the layer against the client's checksums; completes the image and links
+        it (with its ancestors) into `repository`."""
+        check_image_id(image_id)
+        if not payload and not tarsum:
+            raise V1Error(400, "Missing Image's checksum")
+        row = await self.metadata.v1_image(image_id)
+        if row is None:
+            raise V1Error(*IMAGE_NOT_FOUND)
+        if row.state == "complete":
+            raise V1Error(409, "Cannot set this image checksum")
+        if row.state != "uploaded" or row.payload_checksum is None:
+            raise V1Error(400, "Image layer not uploaded")
+        computed = row.payload_checksum.lower()
+        if payload:
+            ok = payload.strip().lower() == computed
+        else:
+            assert tarsum is not None
+            claimed = tarsum.strip().lower()
+            ok = claimed in {computed, (row.tarsum or "").lower()}
+        if not ok:
+            raise V1Error(400, "Checksum mismatch")
+        if not await self.metadata.v1_complete(image_id, row.generation, tarsum, repository):
+            raise V1Error(409, "Image upload was restarted")
+
+    # -- repositories and tags -----------------------------------------------------------
+
+    async def start_push(
+        self, repository: str, principal: str | None, entries: list[PushEntry]
+    ) -> None:
+        await self.metadata.v1_open_session(
+            uuid.uuid4().hex,
+            repository,
+            principal,
+            [e.id for e in entries],
+            time.time() + SESSION_SECONDS,
+        )
+
+    async def may_upload(self, image_id: str, principal: str | None) -> list[str]:
+        """Repositories of the principal's live push sessions that declared the image."""
+        return await self.metadata.v1_session_repositories(image_id, principal)
+
+    async def finish_push(self, repository: str, principal: str | None) -> None:
+        if not await self.metadata.repository_exists(repository):
+            raise V1Error(404, "Repository not found")
+        await self.metadata.v1_close_sessions(repository, principal)
+
+    async def ensure_repository(self, repository: str) -> None:
+        await self.metadata.ensure_repository(repository)
+
+    async def images(self, repository: str) -> list[dict[str, str]]:
+        if not await self.metadata.repository_exists(repository):
+            raise V1Error(404, "Repository not found")
+        await self.tags(repository)  # derives v1 views of v2-pushed tags
+        listed = []
+        for image_id, checksum in await self.metadata.v1_images_of(repository):
+            entry = {"id": image_id}
+            if checksum:
+                entry["checksum"] = checksum
+            listed.append(entry)
+        return listed
+
+    async def tags(self, repository: str) -> dict[str, str]:
+        """tag -> v1 image id, for every tag whose manifest has a v1 view."""
+        found = await self.metadata.tag_digests(repository)
+        if found is None:
+            raise V1Error(404, "Repository not found")
+        mapped = await self.metadata.v1_manifest_images(repository, sorted(set(found.values())))
+        result = {}
+        for tag, manifest_digest in sorted(found.items()):
+            image_id = mapped.get(manifest_digest)
+            if image_id is None:
+                image_id = await self._derive(repository, manifest_digest)
+                if image_id is None:
+                    continue
+                mapped[manifest_digest] = image_id
+            result[tag] = image_id
+        return result
+
+    async def tag(self, repository: str, tag: str) -> str:
+        check_tag(tag)
+        try:
+            tags = await self.tags(repository)
+        except V1Error as exc:
+            raise V1Error(404, "Tag not found") from exc
+        if tag not in tags:
+            raise V1Error(404, "Tag not found")
+        return tags[tag]
+
+    async def set_tag(self, repository: str, tag: str, image_id: str, readable: Readable) -> None:
+        """Point a tag (shared with v2) at a complete image: build its v2 manifest from the
+        ancestry, store config and manifest, link image and layers, move the tag."""
+        check_tag(tag)
+        if not IMAGE_ID.match(image_id):
+            raise V1Error(*IMAGE_NOT_FOUND)
+        row = await self.metadata.v1_image(image_id)
+        if row is None:
+            raise V1Error(*IMAGE_NOT_FOUND)
+        if row.state != "complete":
+            raise V1Error(*BEING_UPLOADED)
+        if not readable(await self.metadata.v1_repositories_of(image_id)):
+            raise V1Error(*IMAGE_NOT_FOUND)
+        ancestry = list(reversed(await self.metadata.v1_ancestry(image_id)))
+        built = translate.v1_to_v2(
+            [
+                translate.V1Layer(
+                    r.id,
+                    r.json,
+                    r.blob_digest or "",
+                    r.size or 0,
+                    r.diff_id or "",
+                    bool(r.compressed),
+                )
+                for r in ancestry
+            ]
+        )
+        config_key = paths.blob(built.config_digest.partition(":")[2])
+        await self.storage.put(config_key, built.config)
+        await self.metadata.link_blobs(
+            repository, [BlobRow(built.config_digest, config_key, len(built.config))]
+        )
+        await self.metadata.v1_link(repository, [image_id])
+        manifest = manifests.parse(built.manifest, None, MAX_JSON, schema1=False)
+        await self.metadata.put_manifest(
+            repository,
+            ManifestRow(built.manifest_digest, manifest.media_type, built.manifest),
+            manifest.references,
+            tag,
+        )
+        await self.metadata.v1_set_manifest_image(repository, built.manifest_digest, image_id)
+
+    async def delete_tag(self, repository: str, tag: str) -> None:
+        check_tag(tag)
+        if not await self.metadata.delete_tag(repository, tag):
+            raise V1Error(404, "Tag not found")
+
+    async def delete_repository(self, repository: str) -> None:
+        if not await self.metadata.delete_repository(repository):
+            raise V1Error(404, "Repository not found")
+
+    async def search(self, term: str, visible: Callable[[str], bool]) -> list[str]:
+        found = await self.metadata.search_repositories(term, 100_000)
+        return [name for name in found if visible(name)]
+
+    # -- the v1 view of v2 content -------------------------------------------------------
+
+    async def _derive(self, repository: str, manifest_digest: str) -> str | None:
+        """Give a v2-pushed manifest its v1 images (deterministic ids), persist them and the
+        mapping; None when the manifest has no v1 form (artifacts, schema 1)."""
+        try:
+            stored = await self.registry.get_manifest(repository, manifest_digest)
+        except ManifestUnknown:
+            return None
+        if stored.media_type in manifests.INDEX_TYPES:
+            child = _platform_child(json.loads(stored.content))
+            if child is None:
+                return None
+            try:
+                stored = await self.registry.get_manifest(repository, child)
+            except ManifestUnknown:
+                return None
+        if stored.media_type not in manifests.IMAGE_TYPES:
+            return None
+        document = json.loads(stored.content)
+        config_digest = document.get("config", {}).get("digest")
+        if not isinstance(config_digest, str) or not digests.is_valid(config_digest):
+            return None
+        config_row = await self.metadata.blob(config_digest)
+        if config_row is None:
+            return None
+        config = await self.storage.get(config_row.storage_key)
+        try:
+            derived = translate.v2_to_v1(document, config)
+        except (ValueError, KeyError, TypeError):
+            return None
+        if not derived:
+            return None
+        await self.metadata.v1_insert_complete(
+            [
+                {
+                    "id": image.id,
+                    "json": image.json,
+                    "parent": image.parent,
+                    "depth": depth,
+                    "blob_digest": image.blob_digest,
+                    "size": image.size,
+                }
+                for depth, image in enumerate(derived, 1)
+            ]
+        )
+        top = derived[-1].id
+        await self.metadata.v1_link(repository, [top])
+        await self.metadata.v1_set_manifest_image(repository, manifest_digest, top)
+        return top
+
+
+def _platform_child(index: dict[str, Any]) -> str | None:
+    children = [c for c in index.get("manifests") or [] if isinstance(c, dict)]
+    for child in children:
+        platform = child.get("platform") or {}
+        if platform.get("os") == "linux" and platform.get("architecture") == "amd64":
+            return str(child.get("digest"))
+    return None
