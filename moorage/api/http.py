@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -111,3 +111,33 @@ async def send_file(
         return response
     finally:
         file.close()
+
+
+async def send_bytes(
+    request: web.Request,
+    headers: dict[str, str],
+    size: int,
+    path: Path | None,
+    read: Callable[[int, int], AsyncIterator[bytes]],
+) -> web.StreamResponse:
+    """Answer a GET/HEAD for stored bytes: the whole body (200), one `Range` (206), or 416;
+    zero-copy from `path` when the bytes are a local file, else streamed from `read`."""
+    try:
+        span = byte_range(request.headers.get("Range"), size)
+    except Unsatisfiable:
+        headers["Content-Range"] = f"bytes */{size}"
+        return web.Response(status=416, headers=headers)
+    status, offset, count = 200, 0, size
+    if span is not None:
+        status, offset, count = 206, span[0], span[1] - span[0] + 1
+        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{size}"
+    response = web.StreamResponse(status=status, headers=headers)
+    if path is not None:
+        return await send_file(request, response, path, offset, count)
+    response.content_length = count
+    await response.prepare(request)
+    if request.method != "HEAD":
+        async for chunk in read(offset, count):
+            await response.write(chunk)
+    await response.write_eof()
+    return response

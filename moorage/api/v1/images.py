@@ -4,6 +4,8 @@ caller's push sessions (contract section 9)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from moorage.api import http
@@ -59,25 +61,11 @@ async def get_layer(request: web.Request, image_id: str) -> web.StreamResponse:
     headers["Content-Type"] = "application/octet-stream"
     if request.headers.get("If-Modified-Since"):
         return web.Response(status=304, headers=headers)
-    try:
-        span = http.byte_range(request.headers.get("Range"), blob.size)
-    except http.Unsatisfiable:
-        headers["Content-Range"] = f"bytes */{blob.size}"
-        return web.Response(status=416, headers=headers)
-    status, offset, count = 200, 0, blob.size
-    if span is not None:
-        status, offset, count = 206, span[0], span[1] - span[0] + 1
-        headers["Content-Range"] = f"bytes {span[0]}-{span[1]}/{blob.size}"
-    response = web.StreamResponse(status=status, headers=headers)
-    if blob.path is not None:
-        return await http.send_file(request, response, blob.path, offset, count)
-    response.content_length = count
-    await response.prepare(request)
-    if request.method != "HEAD":
-        async for chunk in service.read(blob, offset, count):
-            await response.write(chunk)
-    await response.write_eof()
-    return response
+
+    def read(offset: int, count: int) -> AsyncIterator[bytes]:
+        return service.read(blob, offset, count)
+
+    return await http.send_bytes(request, headers, blob.size, blob.path, read)
 
 
 async def ancestry(request: web.Request, image_id: str) -> web.StreamResponse:
