@@ -1,13 +1,13 @@
 """Access checks for protocol handlers: who is calling, and 401/403 when they may not.
 
-The caller's identity is resolved once per request and kept in `request["identity"]`.
+The caller's identity is resolved once per request and kept in `request[IDENTITY]`.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from moorage.api.context import AUTH, settings
+from moorage.api.context import AUTH, IDENTITY, settings
 from moorage.auth.access import Identity, Scope
 from moorage.auth.service import Authenticator, BadCredentials, RateLimited
 from moorage.errors import Denied, RegistryError, TooManyRequests, Unauthorized
@@ -58,9 +58,8 @@ def _unauthorized(
 
 
 async def identify(request: web.Request) -> Identity:
-    cached = request.get("identity")
-    if isinstance(cached, Identity):
-        return cached
+    if IDENTITY in request:
+        return request[IDENTITY]
     auth = authenticator(request)
     try:
         identity = await auth.identify(
@@ -73,7 +72,7 @@ async def identify(request: web.Request) -> Identity:
     except BadCredentials as exc:
         kind = "invalid_token" if auth.mode == "token" else None
         raise _unauthorized(request, [], str(exc), kind) from exc
-    request["identity"] = identity
+    request[IDENTITY] = identity
     return identity
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from moorage.auth.access import Identity
 from moorage.auth.service import Authenticator
 from moorage.auth.v1tokens import V1Tokens
 from moorage.config import Settings
@@ -15,6 +16,10 @@ SETTINGS = web.AppKey("settings", Settings)
 AUTH = web.AppKey("auth", Authenticator)
 V1 = web.AppKey("v1", V1Service)
 V1TOKENS = web.AppKey("v1tokens", V1Tokens)
+
+# Per-request state, resolved once.
+IDENTITY = web.RequestKey("identity", Identity)
+V2_NAME = web.RequestKey("v2_name", str)
 
 
 def registry(request: web.Request) -> Registry:

@@ -47,18 +47,20 @@ class Caller:
         return self.user is None
 
 
+CALLER = web.RequestKey("v1_caller", Caller)
+
+
 def _challenge(request: web.Request, token_route: bool) -> str:
     return "Token" if token_route else f'Basic realm="{authenticator(request).realm}"'
 
 
 async def caller(request: web.Request, token_route: bool) -> Caller:
-    cached = request.get("v1.caller")
-    if isinstance(cached, Caller):
-        return cached
+    if CALLER in request:
+        return request[CALLER]
     auth = authenticator(request)
     if not auth.enabled:
         result = Caller(None, open_mode=True)
-        request["v1.caller"] = result
+        request[CALLER] = result
         return result
     header = request.headers.get("Authorization", "").strip()
     result = Caller(None)
@@ -80,7 +82,7 @@ async def caller(request: web.Request, token_route: bool) -> Caller:
         raise V1Error(429, str(exc)) from exc
     except (BadCredentials, BadToken, InvalidToken) as exc:
         raise V1Unauthorized(_challenge(request, token_route)) from exc
-    request["v1.caller"] = result
+    request[CALLER] = result
     return result
 
 

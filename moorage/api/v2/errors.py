@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from moorage.api.context import V2_NAME
 from moorage.content.blobs import RangeMismatch
 from moorage.errors import RegistryError, RegistryErrors
 
@@ -43,7 +44,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         response = await handler(request)
     except RangeMismatch as exc:
-        name = request.get("v2.name", "")
+        name = request.get(V2_NAME, "")
         response = web.Response(
             status=416, headers=upload_headers(name, exc.state.id, exc.state.offset)
         )

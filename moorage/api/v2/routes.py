@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from moorage.api.auth import authorize
+from moorage.api.context import V2_NAME
 from moorage.api.v2 import blobs, discovery, manifests, uploads
 from moorage.auth.access import Scope
 from moorage.content import names
@@ -94,7 +95,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise error
     handler, access = entry
     if "name" in params:
-        request["v2.name"] = params["name"]
+        request[V2_NAME] = params["name"]
         params["repository"] = names.canonical_repository(params["name"])
     await authorize(
         request, _scopes(access, params.get("repository")), _scopes(access, params.get("name"))
