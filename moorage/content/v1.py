@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import uuid
@@ -31,6 +32,8 @@ from moorage.content.registry import Registry
 from moorage.errors import ManifestUnknown, RegistryError
 from moorage.metadata import BlobRow, LayerSums, ManifestRow, V1ImageRow
 from moorage.storage import paths
+
+log = logging.getLogger("moorage.content.v1")
 
 IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_JSON = 4 * 1024 * 1024
@@ -446,7 +449,7 @@ class V1Service:
             return None
         if not derived:
             return None
-        await self.metadata.v1_insert_complete(
+        consistent = await self.metadata.v1_insert_complete(
             [
                 {
                     "id": image.id,
@@ -459,6 +462,9 @@ class V1Service:
                 for depth, image in enumerate(derived, 1)
             ]
         )
+        if not consistent:
+            log.warning("v1 id already used by other content", extra={"manifest": manifest_digest})
+            return None
         top = derived[-1].id
         await self.metadata.v1_link(repository, [top])
         await self.metadata.v1_set_manifest_image(repository, manifest_digest, top)

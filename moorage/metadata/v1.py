@@ -280,23 +280,38 @@ class V1Queries:
             rows = (await conn.execute(query)).all()
         return [(row[0], row[1] or row[2]) for row in rows]
 
-    async def v1_insert_complete(self, images: list[dict[str, Any]]) -> None:
-        """Record complete images derived from v2 content (ignored when already known)."""
+    async def v1_insert_complete(self, images: list[dict[str, Any]]) -> bool:
+        """Record complete images derived from v2 content. An id already known must hold the
+        very same JSON and layer (else someone pushed other content under a predictable id
+        first): then nothing is written and False comes back."""
         if not images:
-            return
+            return True
         i = t.v1_images
         async with self._writing() as conn:
-            known = set(
-                (
-                    await conn.execute(select(i.c.id).where(i.c.id.in_([x["id"] for x in images])))
-                ).scalars()
-            )
-            for image in images:
-                if image["id"] in known:
-                    continue
+            rows = (
                 await conn.execute(
-                    insert(i).values(state="complete", generation=1, updated=time.time(), **image)
+                    select(i.c.id, i.c.json, i.c.blob_digest, i.c.state).where(
+                        i.c.id.in_([x["id"] for x in images])
+                    )
                 )
+            ).all()
+            known = {row[0]: row for row in rows}
+            for image in images:
+                row = known.get(image["id"])
+                if row is not None and (
+                    bytes(row[1]) != image["json"]
+                    or row[2] != image["blob_digest"]
+                    or row[3] != "complete"
+                ):
+                    return False
+            for image in images:
+                if image["id"] not in known:
+                    await conn.execute(
+                        insert(i).values(
+                            state="complete", generation=1, updated=time.time(), **image
+                        )
+                    )
+            return True
 
     # -- the v2 view of v1 images --------------------------------------------------------
 
