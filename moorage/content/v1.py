@@ -202,11 +202,26 @@ class V1Service:
             depth = parent.depth + 1
             if depth > MAX_DEPTH:
                 raise V1Error(400, "Image ancestry too deep")
+        existing = await self.metadata.v1_image(image_id)
+        if (
+            existing is not None
+            and existing.state == "complete"
+            and uploader is not None
+            and not readable(await self.metadata.v1_repositories_of(image_id))
+        ):
+            # Someone else's image: answering 409 would reveal it and let the caller tag what
+            # it never proved to have. A shadow upload must reproduce the exact bytes instead.
+            if body != existing.json:
+                raise V1Error(400, "Checksum mismatch")
+            await self.metadata.v1_start_proof(image_id, uploader, time.time() + SESSION_SECONDS)
+            return
         generation = await self.metadata.v1_put_json(image_id, body, parent_id, depth, uploader)
         if generation is None:
             raise V1Error(*IMAGE_EXISTS)
 
-    async def put_layer(self, image_id: str, body: AsyncIterator[bytes]) -> None:
+    async def put_layer(
+        self, image_id: str, body: AsyncIterator[bytes], uploader: str | None = None
+    ) -> None:
         """Stream a layer in, computing every checksum on the way; the bytes land at their
         content-addressed key only once whole, and the image records them only if no newer
         `PUT json` restarted the upload meanwhile."""
@@ -215,6 +230,9 @@ class V1Service:
         if row is None:
             raise V1Error(*IMAGE_NOT_FOUND)
         if row.state == "complete":
+            if uploader is not None and (await self.metadata.v1_proof(image_id, uploader))[0]:
+                await self._prove_layer(row, body, uploader)
+                return
             raise V1Error(*IMAGE_EXISTS)
         staging = paths.upload(str(uuid.uuid4()))
         committed = False
@@ -241,6 +259,19 @@ class V1Service:
                 await asyncio.shield(self.storage.delete(staging))
         if not recorded:
             raise V1Error(409, "Image upload was restarted")
+
+    async def _prove_layer(
+        self, row: V1ImageRow, body: AsyncIterator[bytes], uploader: str
+    ) -> None:
+        """Hash a shadow upload without keeping it: only its payload checksum matters."""
+        analyzer = LayerAnalyzer(row.json)
+        try:
+            async for chunk in body:
+                await asyncio.to_thread(analyzer.update, chunk)
+            sums = await asyncio.to_thread(analyzer.finish)
+        except LayerInvalid as exc:
+            raise V1Error(400, exc.message) from exc
+        await self.metadata.v1_set_proof(row.id, uploader, sums.payload_checksum)
 
     async def _receive(
         self, staging: str, image_json: bytes, body: AsyncIterator[bytes]
@@ -272,6 +303,7 @@ class V1Service:
         payload: str | None,
         tarsum: str | None,
         repository: str | None,
+        uploader: str | None = None,
     ) -> None:
         """Confirm the layer against the client's checksums; completes the image and links
         it (with its ancestors) into `repository`."""
@@ -281,6 +313,11 @@ class V1Service:
         row = await self.metadata.v1_image(image_id)
         if row is None:
             raise V1Error(*IMAGE_NOT_FOUND)
+        if row.state == "complete" and uploader is not None:
+            exists, proved = await self.metadata.v1_proof(image_id, uploader)
+            if exists:
+                await self._finish_proof(row, proved, payload, uploader, repository)
+                return
         if row.state == "complete":
             raise V1Error(409, "Cannot set this image checksum")
         if row.state != "uploaded" or row.payload_checksum is None:
@@ -296,6 +333,23 @@ class V1Service:
             raise V1Error(400, "Checksum mismatch")
         if not await self.metadata.v1_complete(image_id, row.generation, tarsum, repository):
             raise V1Error(409, "Image upload was restarted")
+
+    async def _finish_proof(
+        self,
+        row: V1ImageRow,
+        proved: str | None,
+        payload: str | None,
+        uploader: str,
+        repository: str | None,
+    ) -> None:
+        if proved is None:
+            raise V1Error(400, "Image layer not uploaded")
+        claimed = (payload or "").strip().lower()
+        if proved != row.payload_checksum or (claimed and claimed != proved):
+            raise V1Error(400, "Checksum mismatch")
+        await self.metadata.v1_end_proof(row.id, uploader)
+        if repository is not None:
+            await self.metadata.v1_link(repository, [row.id])
 
     # -- repositories and tags -----------------------------------------------------------
 

@@ -162,3 +162,14 @@ v1_manifest_images = Table(
     Column("manifest_digest", String(200), primary_key=True),
     Column("image_id", String(64), nullable=False),
 )
+
+# Proof-of-possession uploads (v1 contract 9.4): a caller re-uploads an image that exists but
+# that they may not read; a matching payload checksum earns a link, nothing else changes.
+v1_proofs = Table(
+    "v1_proofs",
+    metadata,
+    Column("image_id", String(64), primary_key=True),
+    Column("principal", String(255), primary_key=True),
+    Column("payload_checksum", String(200), nullable=True),
+    Column("expires", Float, nullable=False),
+)

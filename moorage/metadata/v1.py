@@ -313,6 +313,44 @@ class V1Queries:
                     )
             return True
 
+    # -- proof-of-possession uploads -----------------------------------------------------
+
+    async def v1_start_proof(self, image_id: str, principal: str, expires: float) -> None:
+        p = t.v1_proofs
+        async with self._writing() as conn:
+            await conn.execute(
+                delete(p).where(p.c.image_id == image_id, p.c.principal == principal)
+            )
+            await conn.execute(
+                insert(p).values(image_id=image_id, principal=principal, expires=expires)
+            )
+
+    async def v1_proof(self, image_id: str, principal: str) -> tuple[bool, str | None]:
+        """(a live proof upload exists, the payload checksum its layer produced)."""
+        p = t.v1_proofs
+        query = select(p.c.payload_checksum).where(
+            p.c.image_id == image_id, p.c.principal == principal, p.c.expires >= time.time()
+        )
+        async with self._reading() as conn:
+            row = (await conn.execute(query)).first()
+        return (row is not None, row[0] if row else None)
+
+    async def v1_set_proof(self, image_id: str, principal: str, payload: str) -> None:
+        p = t.v1_proofs
+        async with self._writing() as conn:
+            await conn.execute(
+                update(p)
+                .where(p.c.image_id == image_id, p.c.principal == principal)
+                .values(payload_checksum=payload)
+            )
+
+    async def v1_end_proof(self, image_id: str, principal: str) -> None:
+        p = t.v1_proofs
+        async with self._writing() as conn:
+            await conn.execute(
+                delete(p).where(p.c.image_id == image_id, p.c.principal == principal)
+            )
+
     # -- the v2 view of v1 images --------------------------------------------------------
 
     async def v1_manifest_images(self, repository: str, digests: list[str]) -> dict[str, str]:

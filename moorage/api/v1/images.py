@@ -114,7 +114,7 @@ async def put_layer(request: web.Request, image_id: str) -> web.StreamResponse:
     who, context = await _upload_context(request, image_id)
     if not who.open_mode and not context:
         raise V1Error(*IMAGE_NOT_FOUND)
-    await request.app[V1].put_layer(image_id, http.body_chunks(request))
+    await request.app[V1].put_layer(image_id, http.body_chunks(request), who.user)
     return web.json_response(True)
 
 
@@ -127,5 +127,6 @@ async def put_checksum(request: web.Request, image_id: str) -> web.StreamRespons
         request.headers.get("X-Docker-Checksum-Payload"),
         request.headers.get("X-Docker-Checksum"),
         context[0] if context else None,
+        who.user,
     )
     return web.json_response(True)
