@@ -53,6 +53,7 @@ STOP_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 300.0
 DOCKERD_START_TIMEOUT = 60.0
 
+LOOPBACK = "127.0.0.1"  # the only address a test server listens on
 _NO_PROXY = "127.0.0.1,localhost"
 _PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
@@ -63,9 +64,9 @@ def require_binary(name: str) -> str:
     return path
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
+        s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
 
 
@@ -255,19 +256,19 @@ def _wait_ready(
 def serve(
     base: Path,
     *args: str | os.PathLike[str],
-    host: str = "127.0.0.1",
     env: dict[str, str] | None = None,
     ca: Path | None = None,
     tls: ServerCert | None = None,
     ready: Sequence[int] = (200,),
 ) -> Iterator[Registry]:
-    """`python -m moorage serve --listen HOST:FREE_PORT --data-dir base/data ARGS...`, run in
-    `base` with its log in base/server.log; stopped by its PID on exit."""
+    """`python -m moorage serve --listen 127.0.0.1:FREE_PORT --data-dir base/data ARGS...`, run
+    in `base` with its log in base/server.log; stopped by its PID on exit. Test servers listen
+    on loopback only."""
     base.mkdir(parents=True, exist_ok=True)
     data_dir = base / "data"
     log = base / "server.log"
-    port = free_port(host)
-    listen = f"{host}:{port}"
+    port = free_port()
+    listen = f"{LOOPBACK}:{port}"
     scheme = "https" if tls else "http"
     # The repo root goes last on PYTHONPATH: the server runs from its temp dir, and works
     # whether or not the package is pip-installed.
@@ -518,13 +519,12 @@ class ServerFactory:
         auth: AuthMode = "none",
         *,
         tls: bool = True,
-        host: str = "127.0.0.1",
         env: dict[str, str] | None = None,
         config: dict[str, Any] | None = None,
         args: Sequence[str] = (),
     ) -> Registry:
         """A new server: `auth` basic or token uses the `htpasswd` users; `tls` serves HTTPS
-        with a certificate for `host` signed by `tls_ca`; `config` goes to a YAML --config."""
+        with a certificate for 127.0.0.1 signed by `tls_ca`; `config` goes to a YAML --config."""
         self.count += 1
         base = self.base / f"server{self.count}"
         base.mkdir(parents=True)
@@ -538,13 +538,13 @@ class ServerFactory:
         cmd += list(args)
         cert = None
         if tls:
-            ips = [host] if host == "127.0.0.1" else [host, "127.0.0.1"]
-            cert = self.ca.issue(base / "tls" / "server.crt", base / "tls" / "server.key", ips)
+            cert = self.ca.issue(
+                base / "tls" / "server.crt", base / "tls" / "server.key", [LOOPBACK]
+            )
         return self.stack.enter_context(
             serve(
                 base,
                 *cmd,
-                host=host,
                 env=env,
                 ca=self.ca.ca_file if tls else None,
                 tls=cert,
@@ -565,23 +565,6 @@ def moorage_server(
         yield factory
     finally:
         factory.close()
-
-
-@pytest.fixture(scope="session")
-def external_ipv4() -> str:
-    """A non-loopback IPv4 address of this machine, for docker TLS tests: dockerd always
-    treats 127.0.0.0/8 as an insecure registry (it would skip certificate verification), so a
-    server it must verify has to listen elsewhere. Connections to it stay on this machine."""
-    address = None
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        try:
-            s.connect(("198.51.100.1", 9))  # no packet is sent: this only picks a route
-            address = s.getsockname()[0]
-        except OSError:
-            pass
-    if address is None or ipaddress.ip_address(address).is_loopback:
-        pytest.skip("no non-loopback IPv4 address: dockerd verifies no certificate on 127/8")
-    return str(address)
 
 
 # ---------------------------------------------------------------------------------------------
