@@ -127,8 +127,10 @@ def _worker(settings: Settings, sock: socket.socket) -> int:
 def _fork(settings: Settings, sock: socket.socket) -> int:
     pid = os.fork()
     if pid == 0:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        # A reload forwarded before the worker installs its handler must not kill it.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         os._exit(_worker(settings, sock))
     return pid
 
