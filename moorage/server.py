@@ -193,6 +193,7 @@ def run(settings: Settings) -> int:
     settings.datadir.mkdir(parents=True, exist_ok=True)
     tls_context(settings)  # fail before forking when the certificate or key is unusable
     sock = bind(settings)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload handler is installed
     if settings.workers == 1:
         return _worker(settings, sock)
     return _supervise(settings, sock)
