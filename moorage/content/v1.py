@@ -428,20 +428,25 @@ class V1Service:
             raise V1Error(*BEING_UPLOADED)
         if not readable(await self.metadata.v1_repositories_of(image_id)):
             raise V1Error(*IMAGE_NOT_FOUND)
+        if await self._retag_v2_manifest(repository, tag, image_id):
+            return
         ancestry = list(reversed(await self.metadata.v1_ancestry(image_id)))
-        built = translate.v1_to_v2(
-            [
-                translate.V1Layer(
-                    r.id,
-                    r.json,
-                    r.blob_digest or "",
-                    r.size or 0,
-                    r.diff_id or "",
-                    bool(r.compressed),
-                )
-                for r in ancestry
-            ]
-        )
+        try:
+            built = translate.v1_to_v2(
+                [
+                    translate.V1Layer(
+                        r.id,
+                        r.json,
+                        r.blob_digest or "",
+                        r.size or 0,
+                        r.diff_id or "",
+                        bool(r.compressed),
+                    )
+                    for r in ancestry
+                ]
+            )
+        except translate.TranslationError as exc:
+            raise V1Error(400, f"Image cannot be tagged through v1: {exc}") from exc
         config_key = paths.blob(built.config_digest.partition(":")[2])
         await self.storage.put(config_key, built.config)
         await self.metadata.link_blobs(
@@ -456,6 +461,30 @@ class V1Service:
             tag,
         )
         await self.metadata.v1_set_manifest_image(repository, built.manifest_digest, image_id)
+
+    async def _retag_v2_manifest(self, repository: str, tag: str, image_id: str) -> bool:
+        """An image that is the v1 view of a v2 manifest gets that very manifest (same digest)
+        rather than a rebuilt one."""
+        for source, digest in await self.metadata.v1_manifests_of_image(image_id):
+            try:
+                stored = await self.registry.get_manifest(source, digest)
+            except ManifestUnknown:
+                continue
+            manifest = manifests.parse(stored.content, stored.media_type, MAX_JSON, schema1=True)
+            rows = [await self.metadata.blob(d) for d in manifest.blobs]
+            if any(row is None for row in rows) or manifest.manifests:
+                continue
+            await self.metadata.link_blobs(repository, [r for r in rows if r is not None])
+            await self.metadata.v1_link(repository, [image_id])
+            await self.metadata.put_manifest(
+                repository,
+                ManifestRow(digest, stored.media_type, stored.content),
+                manifest.references,
+                tag,
+            )
+            await self.metadata.v1_set_manifest_image(repository, digest, image_id)
+            return True
+        return False
 
     async def delete_tag(self, repository: str, tag: str) -> None:
         check_tag(tag)
@@ -503,6 +532,8 @@ class V1Service:
             return None
         if not derived:
             return None
+        diff_ids = json.loads(config).get("rootfs", {}).get("diff_ids") or []
+        layer_types = [str(layer.get("mediaType", "")) for layer in document.get("layers", [])]
         consistent = await self.metadata.v1_insert_complete(
             [
                 {
@@ -512,6 +543,10 @@ class V1Service:
                     "depth": depth,
                     "blob_digest": image.blob_digest,
                     "size": image.size,
+                    "diff_id": diff_ids[depth - 1] if depth <= len(diff_ids) else None,
+                    "compressed": int(
+                        depth <= len(layer_types) and layer_types[depth - 1].endswith("gzip")
+                    ),
                 }
                 for depth, image in enumerate(derived, 1)
             ]

@@ -365,6 +365,18 @@ class V1Queries:
         async with self._reading() as conn:
             return {row[0]: row[1] for row in (await conn.execute(query)).all()}
 
+    async def v1_manifests_of_image(self, image_id: str) -> list[tuple[str, str]]:
+        """(repository, manifest digest) of the manifests whose v1 view is this image."""
+        m, r = t.v1_manifest_images, t.repositories
+        query = (
+            select(r.c.name, m.c.manifest_digest)
+            .join(r, r.c.id == m.c.repository_id)
+            .where(m.c.image_id == image_id)
+            .order_by(r.c.name)
+        )
+        async with self._reading() as conn:
+            return [(row[0], row[1]) for row in (await conn.execute(query)).all()]
+
     async def v1_set_manifest_image(
         self, repository: str, manifest_digest: str, image_id: str
     ) -> None:

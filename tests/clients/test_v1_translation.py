@@ -422,6 +422,7 @@ def test_docker_built_image_round_trips_through_v1(
     context = tmp_path / "context"
     context.mkdir()
     (context / "busybox").write_bytes(busybox_path().read_bytes())
+    (context / "busybox").chmod(0o755)  # COPY keeps the mode: it must be executable
     (context / "Dockerfile").write_text(
         "FROM scratch\n"
         "COPY busybox /bin/busybox\n"
