@@ -85,13 +85,14 @@ async def send_file(
     count: int,
 ) -> web.StreamResponse:
     """Send `count` bytes of `path` from `offset` with the kernel's sendfile."""
+    response.content_length = count
+    if request.method == "HEAD" or count == 0:
+        await response.prepare(request)
+        await response.write_eof()
+        return response
     file = await asyncio.to_thread(open, path, "rb")
     try:
-        response.content_length = count
         await response.prepare(request)
-        if request.method == "HEAD" or count == 0:
-            await response.write_eof()
-            return response
         transport = request.transport
         if transport is None:
             raise ConnectionResetError("connection lost")

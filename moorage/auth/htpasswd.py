@@ -83,6 +83,14 @@ class Htpasswd:
             with self._lock:
                 self._verified.clear()
 
+    def set_password(self, user: str, password: str) -> None:
+        """Change a user's password in the file (blocking: bcrypt)."""
+        entries = read(self.path)
+        entries[user] = hash_password(password)
+        write(self.path, entries)
+        self._mtime = None  # re-read even if the mtime did not move
+        self._reload()
+
     def users(self) -> list[str]:
         self._reload()
         return sorted(self._entries)

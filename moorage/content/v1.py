@@ -140,10 +140,10 @@ def parse_image_json(image_id: str, body: bytes) -> dict[str, Any]:
     if document["id"] != image_id:
         raise V1Error(400, "JSON data contains invalid id")
     parent = document.get("parent")
-    if parent is not None and not (isinstance(parent, str) and IMAGE_ID.match(parent)):
+    if "parent" in document and not (isinstance(parent, str) and IMAGE_ID.match(parent)):
         raise V1Error(400, "Invalid JSON")
     created = document.get("created")
-    if created is not None and not (isinstance(created, str) and _rfc3339(created)):
+    if "created" in document and not (isinstance(created, str) and _rfc3339(created)):
         raise V1Error(400, "Invalid JSON")
     return document
 
@@ -156,21 +156,29 @@ class V1Service:
 
     # -- reading images ------------------------------------------------------------------
 
-    async def readable_image(self, image_id: str, readable: Readable) -> V1ImageRow:
-        """A complete image the caller may read; 404 (or 400 while uploading, for callers who
-        could see it) otherwise. Unknown and unreadable look the same."""
+    async def readable_image(
+        self, image_id: str, readable: Readable, uploader: str | None = None
+    ) -> V1ImageRow:
+        """A complete image the caller may read; 404 otherwise (unknown and unreadable look
+        the same), or 400 while uploading for callers who may see the upload: everyone in
+        open mode, else the callers whose live push session declared the image."""
         check_image_id(image_id)
         row = await self.metadata.v1_image(image_id)
         if row is None:
             raise V1Error(*IMAGE_NOT_FOUND)
         if row.state != "complete":
-            raise V1Error(*BEING_UPLOADED) if readable([]) else V1Error(*IMAGE_NOT_FOUND)
+            visible = readable([]) or (
+                uploader is not None and bool(await self.may_upload(image_id, uploader))
+            )
+            raise V1Error(*BEING_UPLOADED) if visible else V1Error(*IMAGE_NOT_FOUND)
         if not readable(await self.metadata.v1_repositories_of(image_id)):
             raise V1Error(*IMAGE_NOT_FOUND)
         return row
 
-    async def ancestry(self, image_id: str, readable: Readable) -> list[str]:
-        await self.readable_image(image_id, readable)
+    async def ancestry(
+        self, image_id: str, readable: Readable, uploader: str | None = None
+    ) -> list[str]:
+        await self.readable_image(image_id, readable, uploader)
         return [row.id for row in await self.metadata.v1_ancestry(image_id)]
 
     async def layer(self, row: V1ImageRow) -> Blob:
@@ -368,9 +376,13 @@ class V1Service:
         """Repositories of the principal's live push sessions that declared the image."""
         return await self.metadata.v1_session_repositories(image_id, principal)
 
-    async def finish_push(self, repository: str, principal: str | None) -> None:
+    async def finish_push(
+        self, repository: str, principal: str | None, entries: list[PushEntry]
+    ) -> None:
         if not await self.metadata.repository_exists(repository):
             raise V1Error(404, "Repository not found")
+        checksums = {e.id: e.checksum for e in entries if e.checksum}
+        await self.metadata.v1_record_checksums(repository, checksums)
         await self.metadata.v1_close_sessions(repository, principal)
 
     async def ensure_repository(self, repository: str) -> None:
@@ -485,6 +497,12 @@ class V1Service:
             await self.metadata.v1_set_manifest_image(repository, digest, image_id)
             return True
         return False
+
+    async def set_tag_info(self, repository: str, tag: str, info: dict[str, Any]) -> None:
+        await self.metadata.v1_set_tag_info(repository, tag, info)
+
+    async def tag_info(self, repository: str, tag: str) -> dict[str, Any] | None:
+        return await self.metadata.v1_tag_info(repository, tag)
 
     async def delete_tag(self, repository: str, tag: str) -> None:
         check_tag(tag)

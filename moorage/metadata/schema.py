@@ -173,3 +173,13 @@ v1_proofs = Table(
     Column("payload_checksum", String(200), nullable=True),
     Column("expires", Float, nullable=False),
 )
+
+# What the client that last set a v1 tag said about itself (User-Agent), served by
+# `GET /v1/repositories/R/tags/T/json`; informational.
+v1_tag_info = Table(
+    "v1_tag_info",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("tag", String(128), primary_key=True),
+    Column("info", Text, nullable=False),
+)

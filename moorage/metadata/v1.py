@@ -255,6 +255,53 @@ class V1Queries:
         async with self._writing() as conn:
             await self._v1_link(conn, repository, ids)
 
+    async def v1_record_checksums(self, repository: str, checksums: dict[str, str]) -> None:
+        """Remember the checksums a client reported in its final image list, for complete
+        images linked to the repository (informational: served back in image lists)."""
+        if not checksums:
+            return
+        i, link = t.v1_images, t.v1_links
+        async with self._writing() as conn:
+            repo_id = await self._repository_id(conn, repository, create=False)
+            if repo_id is None:
+                return
+            linked = set(
+                (
+                    await conn.execute(
+                        select(link.c.image_id).where(
+                            link.c.repository_id == repo_id, link.c.image_id.in_(checksums)
+                        )
+                    )
+                ).scalars()
+            )
+            for image_id in sorted(linked):
+                await conn.execute(
+                    update(i)
+                    .where(i.c.id == image_id, i.c.state == "complete")
+                    .values(client_checksum=checksums[image_id])
+                )
+
+    async def v1_set_tag_info(self, repository: str, tag: str, info: dict[str, Any]) -> None:
+        ti = t.v1_tag_info
+        async with self._writing() as conn:
+            repo_id = await self._repository_id(conn, repository, create=True)
+            await conn.execute(delete(ti).where(ti.c.repository_id == repo_id, ti.c.tag == tag))
+            await conn.execute(
+                insert(ti).values(repository_id=repo_id, tag=tag, info=json.dumps(info))
+            )
+
+    async def v1_tag_info(self, repository: str, tag: str) -> dict[str, Any] | None:
+        ti, r = t.v1_tag_info, t.repositories
+        query = (
+            select(ti.c.info)
+            .join(r, r.c.id == ti.c.repository_id)
+            .where(r.c.name == repository, ti.c.tag == tag)
+        )
+        async with self._reading() as conn:
+            row = (await conn.execute(query)).first()
+        info: dict[str, Any] | None = json.loads(row[0]) if row else None
+        return info
+
     async def v1_repositories_of(self, image_id: str) -> list[str]:
         r, link = t.repositories, t.v1_links
         query = (
@@ -460,6 +507,7 @@ class V1Queries:
                 t.repository_blobs,
                 t.v1_links,
                 t.v1_manifest_images,
+                t.v1_tag_info,
             ):
                 await conn.execute(delete(table).where(table.c.repository_id == repo_id))
             await conn.execute(

@@ -30,7 +30,7 @@ async def _read(request: web.Request, image_id: str) -> tuple[Caller, V1ImageRow
     who = await caller(request, token_route=True)
     service = request.app[V1]
     try:
-        row = await service.readable_image(image_id, readable(request, who))
+        row = await service.readable_image(image_id, readable(request, who), who.user)
     except V1Error as exc:
         if exc.status == 404 and not who.open_mode and who.anonymous:
             raise V1Unauthorized("Token") from exc
@@ -71,7 +71,7 @@ async def get_layer(request: web.Request, image_id: str) -> web.StreamResponse:
 async def ancestry(request: web.Request, image_id: str) -> web.StreamResponse:
     who = await caller(request, token_route=True)
     try:
-        ids = await request.app[V1].ancestry(image_id, readable(request, who))
+        ids = await request.app[V1].ancestry(image_id, readable(request, who), who.user)
     except V1Error as exc:
         if exc.status == 404 and not who.open_mode and who.anonymous:
             raise V1Unauthorized("Token") from exc

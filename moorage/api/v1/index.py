@@ -3,6 +3,7 @@ tags, repository delete. Moorage is always standalone: it is its own index."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -92,8 +93,37 @@ async def login(request: web.Request) -> web.StreamResponse:
 
 
 async def update_user(request: web.Request, name: str) -> web.StreamResponse:
-    # Users are managed with `moorage user`; the v1 index call is not supported.
-    raise V1Error(405, "Method not allowed")
+    """Index "update user": a user changes their own password (the e-mail is not kept)."""
+    auth = authenticator(request)
+    challenge = f'Basic realm="{auth.realm}"'
+    if not auth.enabled or auth.users is None:
+        raise V1Error(404, "User not found")
+    header = request.headers.get("Authorization", "")
+    try:
+        credentials = parse_basic(header) if header else None
+        if credentials is None:
+            raise V1Unauthorized(challenge)
+        user = await auth.login(credentials, client_address(request))
+    except RateLimited as exc:
+        raise V1Error(429, str(exc)) from exc
+    except BadCredentials as exc:
+        raise V1Unauthorized(challenge) from exc
+    try:
+        document = json.loads(await _body(request))
+    except ValueError as exc:
+        raise V1Error(400, "Error Decoding JSON") from exc
+    if not isinstance(document, dict):
+        raise V1Error(400, "Invalid data")
+    if name not in auth.users.users():
+        raise V1Error(404, "User not found")
+    if user != name:
+        raise V1Error(403, "Access denied")
+    password = document.get("password")
+    if password is not None:
+        if not isinstance(password, str) or len(password) < 5:
+            raise V1Error(400, "Password too short")
+        await asyncio.to_thread(auth.users.set_password, name, password)
+    return web.Response(status=204)
 
 
 async def search(request: web.Request) -> web.StreamResponse:
@@ -152,8 +182,8 @@ async def start_push(request: web.Request, repository: str) -> web.StreamRespons
 async def finish_push(request: web.Request, repository: str) -> web.StreamResponse:
     who = await caller(request, token_route=False)
     require(request, who, repository, "write", token_route=False)
-    parse_image_list(await _body(request))
-    await request.app[V1].finish_push(repository, who.user)
+    entries = parse_image_list(await _body(request))
+    await request.app[V1].finish_push(repository, who.user, entries)
     return web.Response(status=204, headers=_index_headers(request, who, repository, "write"))
 
 
@@ -207,7 +237,7 @@ async def put_tag(request: web.Request, repository: str, tag: str) -> web.Stream
     if not isinstance(image_id, str):
         raise V1Error(400, "Invalid data")
     await request.app[V1].set_tag(repository, tag, image_id, readable(request, who))
-    _remember_client(request, repository, tag)
+    await request.app[V1].set_tag_info(repository, tag, _client_from(request))
     return _json(True)
 
 
@@ -222,17 +252,22 @@ async def delete_tag(request: web.Request, repository: str, tag: str) -> web.Str
     return _json(True)
 
 
-_CLIENTS: dict[tuple[str, str], dict[str, object]] = {}
+_UNKNOWN_CLIENT: dict[str, object] = {
+    "last_update": None,
+    "docker_version": None,
+    "docker_go_version": None,
+    "arch": "amd64",
+    "os": "linux",
+    "kernel": None,
+}
 
 
-def _remember_client(request: web.Request, repository: str, tag: str) -> None:
-    """Tag metadata from the pushing client's User-Agent (informational, per process)."""
+def _client_from(request: web.Request) -> dict[str, object]:
+    """Tag metadata from the pushing client's User-Agent (`docker/1.2.0 go/go1.3.1 ...`)."""
     words = dict(
         part.split("/", 1) for part in request.headers.get("User-Agent", "").split() if "/" in part
     )
-    if len(_CLIENTS) > 10000:
-        _CLIENTS.clear()
-    _CLIENTS[(repository, tag)] = {
+    return {
         "last_update": int(time.time()),
         "docker_version": words.get("docker"),
         "docker_go_version": words.get("go"),
@@ -242,29 +277,15 @@ def _remember_client(request: web.Request, repository: str, tag: str) -> None:
     }
 
 
-def _client_info(repository: str, tag: str) -> dict[str, object]:
-    return _CLIENTS.get(
-        (repository, tag),
-        {
-            "last_update": None,
-            "docker_version": None,
-            "docker_go_version": None,
-            "arch": "amd64",
-            "os": "linux",
-            "kernel": None,
-        },
-    )
-
-
 async def tag_json(request: web.Request, repository: str, tag: str) -> web.StreamResponse:
     who = await caller(request, token_route=True)
     require(request, who, repository, "read", token_route=True)
     await request.app[V1].tag(repository, tag)
-    return _json(_client_info(repository, tag))
+    return _json(await request.app[V1].tag_info(repository, tag) or _UNKNOWN_CLIENT)
 
 
 async def repository_json(request: web.Request, repository: str) -> web.StreamResponse:
     who = await caller(request, token_route=True)
     require(request, who, repository, "read", token_route=True)
     await request.app[V1].tags(repository)
-    return _json(_client_info(repository, "latest"))
+    return _json(await request.app[V1].tag_info(repository, "latest") or _UNKNOWN_CLIENT)
