@@ -1,0 +1,311 @@
+"""The two registries under test, started from scratch in temporary directories, and a sampler
+of their resource use (RSS and CPU over the whole process tree)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DISTRIBUTION_BIN = "/usr/bin/docker-registry"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One registry process (tree) listening on 127.0.0.1:<free port>."""
+
+    name = "?"
+    label = "?"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = f"127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = root / "server.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env(),
+                cwd=self.root,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.url + "/v2/", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"{self.name} did not answer /v2/ in {timeout}s:\n{self.log_tail()}")
+        if isinstance(self, Moorage):
+            # Wait for every worker to be forked, so the tree is complete when sampled.
+            while len(self.processes()) < self.workers + (1 if self.workers > 1 else 0):
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Only our own tree: the session we started it in.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def processes(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        try:
+            top = psutil.Process(self.proc.pid)
+            return [top, *top.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def version(self) -> str:
+        return "?"
+
+
+class Moorage(Server):
+    name = "moorage"
+    label = "Moorage"
+
+    def __init__(self, root: Path, workers: int, rev: str | None = None) -> None:
+        super().__init__(root)
+        self.workers = workers
+        self.rev = rev
+        self.source = REPO_ROOT
+        if rev is not None:
+            # A clean copy of that commit's package, so other people's uncommitted changes in
+            # a shared checkout are not what gets measured.
+            self.source = root / "source"
+            self.source.mkdir(parents=True, exist_ok=True)
+            archive = subprocess.run(
+                ["git", "-C", str(REPO_ROOT), "archive", rev, "moorage"],
+                capture_output=True,
+                check=True,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(self.source)], input=archive, check=True)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "moorage",
+            "serve",
+            "--listen",
+            self.host,
+            "--data-dir",
+            str(self.root / "data"),
+            "--workers",
+            str(self.workers),
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["MOORAGE_LOG_LEVEL"] = "warning"
+        env["PYTHONPATH"] = str(self.source) + os.pathsep + env.get("PYTHONPATH", "")
+        return env
+
+    def version(self) -> str:
+        def git(*args: str) -> str:
+            try:
+                return subprocess.run(
+                    ["git", "-C", str(REPO_ROOT), *args],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.strip()
+            except (OSError, subprocess.CalledProcessError):
+                return "?"
+
+        if self.rev is not None:
+            where = f"commit {git('rev-parse', '--short', self.rev)} (clean export)"
+        else:
+            dirty = " + uncommitted changes" if git("status", "--porcelain", "moorage") else ""
+            where = f"working tree at {git('rev-parse', '--short', 'HEAD')}{dirty}"
+        return f"moorage {where}, python {sys.version.split()[0]}, {self.workers} workers"
+
+
+class Distribution(Server):
+    name = "distribution"
+    label = "Distribution"
+
+    def command(self) -> list[str]:
+        config = self.root / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n"
+            "  level: warn\n"
+            "  accesslog:\n"
+            "    disabled: true\n"
+            "storage:\n"
+            "  filesystem:\n"
+            f"    rootdirectory: {self.root / 'data'}\n"
+            "  delete:\n"
+            "    enabled: true\n"
+            "http:\n"
+            f"  addr: {self.host}\n"
+        )
+        return [DISTRIBUTION_BIN, "serve", str(config)]
+
+    def version(self) -> str:
+        try:
+            out = subprocess.run(
+                [DISTRIBUTION_BIN, "--version"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            out = "?"
+        return out
+
+
+def pss(pid: int) -> int | None:
+    """Proportional set size in bytes (from /proc/PID/smaps_rollup: cheaper than psutil's
+    memory_full_info, which reads all of smaps)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all cores), for measuring what other
+    processes take while we run."""
+    t = psutil.cpu_times()
+    return t.user + t.nice + t.system + t.irq + t.softirq
+
+
+@dataclass
+class Usage:
+    peak_rss: int = 0  # bytes, whole tree at one instant
+    peak_rss_process: int = 0  # bytes, the largest single process
+    peak_pss: int = 0  # bytes, whole tree: shared pages split between the processes sharing them
+    cpu_seconds: float = 0.0  # user + system, whole tree
+    samples: int = 0
+    wall: float = 0.0
+    machine_busy_s: float = 0.0  # CPU seconds the whole machine was busy meanwhile
+
+
+@dataclass
+class Monitor:
+    """Samples a server's process tree every `interval` seconds while active (a context manager):
+    the peak summed RSS and the CPU seconds the tree spent meanwhile."""
+
+    server: Server
+    interval: float = 0.05
+    usage: Usage = field(default_factory=Usage)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _procs: dict[int, psutil.Process] = field(default_factory=dict)
+    _first: dict[int, float] = field(default_factory=dict)
+    _last: dict[int, float] = field(default_factory=dict)
+
+    def _sample(self, initial: bool = False) -> None:
+        total = pss_total = 0
+        for proc in self.server.processes():
+            pid = proc.pid
+            proc = self._procs.setdefault(pid, proc)
+            try:
+                with proc.oneshot():
+                    rss = proc.memory_info().rss
+                    cpu = proc.cpu_times()
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            cpu_s = cpu.user + cpu.system
+            if pid not in self._first:
+                self._first[pid] = cpu_s if initial else 0.0
+            self._last[pid] = cpu_s
+            total += rss
+            pss_total += pss(pid) or rss
+            self.usage.peak_rss_process = max(self.usage.peak_rss_process, rss)
+        self.usage.peak_rss = max(self.usage.peak_rss, total)
+        self.usage.peak_pss = max(self.usage.peak_pss, pss_total)
+        self.usage.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> Monitor:
+        self._start = time.perf_counter()
+        self._busy0 = busy_seconds()
+        self._sample(initial=True)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join()
+        self._sample()
+        self.usage.cpu_seconds = sum(self._last[p] - self._first[p] for p in self._last)
+        self.usage.wall = time.perf_counter() - self._start
+        self.usage.machine_busy_s = busy_seconds() - self._busy0
+
+
+class ClientUsage:
+    """CPU seconds the benchmark client itself spent (this process and the tools it waited for:
+    curl, wrk, skopeo), to tell a client-bound run from a server-bound one."""
+
+    def __enter__(self) -> ClientUsage:
+        self._t0 = os.times()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        t1 = os.times()
+        t0 = self._t0
+        self.cpu_seconds = (
+            (t1.user - t0.user)
+            + (t1.system - t0.system)
+            + (t1.children_user - t0.children_user)
+            + (t1.children_system - t0.children_system)
+        )

@@ -1,0 +1,834 @@
+"""The workloads. Each one is run against both registries in alternation by bench.py.
+
+Life cycle, driven by bench.py for every workload:
+
+    prepare(ctx)                       once, shared data (not timed)
+    setup(ctx, server)                 once per server (not timed; may report "setup" metrics)
+    for each round r:
+        prepare_round(ctx, r)          shared data for the round (not timed)
+        for each server (A, B):
+            run(ctx, server, r)        THE TIMED PART -> {metric: value}; RSS/CPU sampled
+            verify(ctx, server, r)     correctness checks on what run did (not timed)
+        finish_round(ctx, r)
+    teardown(ctx)
+
+`run` raises BenchError on any wrong status or digest; so does `verify`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import client
+from client import BenchError
+from datagen import (
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    OCI_MANIFEST,
+    Blob,
+    Image,
+    build_image,
+    layer_sizes,
+    sha256_digest,
+    verify_layout,
+)
+from servers import Server
+
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+MANIFEST_ACCEPT = ", ".join(
+    [
+        OCI_MANIFEST,
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and durations: `full` (the default) or `quick` (CI: proves the script works)."""
+
+    name: str
+    rounds: int
+    big_blob: int
+    many_blob: int
+    many_clients: int
+    many_repeat: int  # each client pulls the blob this many times
+    uploads: int
+    upload_size: int
+    upload_chunk: int
+    image_layers: int
+    layer_min: int
+    layer_max: int
+    wrk_seconds: float
+    wrk_connections: int
+    wrk_threads: int
+    populate: int
+    populate_concurrency: int
+
+
+FULL = Profile(
+    name="full",
+    rounds=3,
+    big_blob=1 * GiB,
+    many_blob=64 * MiB,
+    many_clients=32,
+    many_repeat=2,
+    uploads=200,
+    upload_size=8 * MiB,
+    upload_chunk=1 * MiB,
+    image_layers=40,
+    layer_min=256 * KiB,
+    layer_max=8 * MiB,
+    wrk_seconds=10,
+    wrk_connections=64,
+    wrk_threads=2,
+    populate=10_000,
+    populate_concurrency=32,
+)
+QUICK = Profile(
+    name="quick",
+    rounds=1,
+    big_blob=64 * MiB,
+    many_blob=4 * MiB,
+    many_clients=32,
+    many_repeat=1,
+    uploads=40,
+    upload_size=2 * MiB,
+    upload_chunk=512 * KiB,
+    image_layers=40,
+    layer_min=4 * KiB,
+    layer_max=64 * KiB,
+    wrk_seconds=2,
+    wrk_connections=64,
+    wrk_threads=2,
+    populate=100,
+    populate_concurrency=16,
+)
+
+
+@dataclass
+class Context:
+    profile: Profile
+    tmp: Path
+    session: aiohttp.ClientSession
+    # Per-server state shared between workloads (the small image, populated repositories).
+    state: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def of(self, server: Server) -> dict[str, Any]:
+        return self.state.setdefault(server.name, {})
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    unit: str
+    better: str  # "higher" or "lower"
+    # An absolute target besides the ratio: (">=" or "<=", value in `unit`).
+    target: tuple[str, float] | None = None
+
+
+MBPS = "MB/s"  # 10^6 bytes per second
+
+
+def mbps(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds / 1e6
+
+
+class Workload:
+    name = "?"
+    title = "?"
+    metrics: tuple[Metric, ...] = ()
+    setup_metrics: tuple[Metric, ...] = ()
+    # Peak RSS target (MiB) for the whole Moorage process tree during `run`, if any.
+    rss_target_mib: float | None = None
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        return None
+
+    def describe(self, p: Profile) -> str:
+        return ""
+
+    async def prepare(self, ctx: Context) -> None:
+        pass
+
+    async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
+        return {}
+
+    async def prepare_round(self, ctx: Context, r: int) -> None:
+        pass
+
+    async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        pass
+
+    async def finish_round(self, ctx: Context, r: int) -> None:
+        pass
+
+    async def teardown(self, ctx: Context) -> None:
+        pass
+
+
+def _fmt_size(n: int) -> str:
+    for unit, size in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} B"
+
+
+# --- large blobs -----------------------------------------------------------------------------
+
+
+class BlobPush(Workload):
+    name = "blob_push"
+    title = "Push one large blob"
+    metrics = (Metric("push_mbps", "push", MBPS, "higher", (">=", 1000.0)),)
+    rss_target_mib = 150
+
+    def describe(self, p: Profile) -> str:
+        return (
+            f"one {_fmt_size(p.big_blob)} blob, monolithic: POST, then PUT ?digest= with the "
+            "body streamed by curl from a file (page cache)"
+        )
+
+    async def prepare_round(self, ctx: Context, r: int) -> None:
+        self.path = ctx.tmp / "big-push.bin"
+        self.blob = Blob(f"big-push-{r}", ctx.profile.big_blob)
+        await asyncio.to_thread(self.blob.write, self.path)
+
+    async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
+        repo = f"bench/big-push-{r}"
+        t0 = time.perf_counter()
+        location = await client.start_upload(ctx.session, server, repo)
+        await client.curl_put_file(location, self.blob.digest, self.path)
+        return {"push_mbps": mbps(self.blob.size, time.perf_counter() - t0)}
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        await client.head_blob(
+            ctx.session, server, f"bench/big-push-{r}", self.blob.digest, self.blob.size
+        )
+
+    async def finish_round(self, ctx: Context, r: int) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class BlobPull(Workload):
+    name = "blob_pull"
+    title = "Pull one large blob"
+    metrics = (Metric("pull_mbps", "pull", MBPS, "higher", (">=", 1000.0)),)
+    rss_target_mib = 150
+    repo = "bench/big-pull"
+
+    def describe(self, p: Profile) -> str:
+        return (
+            f"one {_fmt_size(p.big_blob)} blob, plain GET by curl to /dev/null; then an untimed "
+            "GET hashed by the client checks the digest"
+        )
+
+    async def prepare(self, ctx: Context) -> None:
+        self.path = ctx.tmp / "big-pull.bin"
+        self.blob = Blob("big-pull", ctx.profile.big_blob)
+        await asyncio.to_thread(self.blob.write, self.path)
+
+    async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
+        location = await client.start_upload(ctx.session, server, self.repo)
+        await client.curl_put_file(location, self.blob.digest, self.path)
+        return {}
+
+    async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
+        url = f"{server.url}/v2/{self.repo}/blobs/{self.blob.digest}"
+        t0 = time.perf_counter()
+        await client.curl_get([url], self.blob.size)
+        return {"pull_mbps": mbps(self.blob.size, time.perf_counter() - t0)}
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        url = f"{server.url}/v2/{self.repo}/blobs/{self.blob.digest}"
+        digest, size, resp = await client.fetch_digest(ctx.session, url)
+        if (digest, size) != (self.blob.digest, self.blob.size):
+            raise BenchError(f"GET {url}: got {digest} ({size} bytes)")
+        client.check_digest_header(resp, self.blob.digest)
+
+    async def teardown(self, ctx: Context) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+class ConcurrentPulls(Workload):
+    name = "concurrent_pulls"
+    title = "Concurrent pulls of one blob"
+    metrics = (Metric("aggregate_mbps", "aggregate", MBPS, "higher"),)
+    repo = "bench/many-pull"
+
+    def describe(self, p: Profile) -> str:
+        return (
+            f"{p.many_clients} concurrent GETs of one {_fmt_size(p.many_blob)} blob "
+            f"({p.many_clients * p.many_repeat} in all, {p.many_clients} at a time, one curl "
+            "--parallel); aggregate bytes / wall time"
+        )
+
+    async def prepare(self, ctx: Context) -> None:
+        self.path = ctx.tmp / "many-pull.bin"
+        self.blob = Blob("many-pull", ctx.profile.many_blob)
+        await asyncio.to_thread(self.blob.write, self.path)
+
+    async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
+        location = await client.start_upload(ctx.session, server, self.repo)
+        await client.curl_put_file(location, self.blob.digest, self.path)
+        return {}
+
+    async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
+        p = ctx.profile
+        url = f"{server.url}/v2/{self.repo}/blobs/{self.blob.digest}"
+        count = p.many_clients * p.many_repeat
+        t0 = time.perf_counter()
+        await client.curl_get([url] * count, self.blob.size, parallel=p.many_clients)
+        return {"aggregate_mbps": mbps(self.blob.size * count, time.perf_counter() - t0)}
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        url = f"{server.url}/v2/{self.repo}/blobs/{self.blob.digest}"
+        digest, size, _ = await client.fetch_digest(ctx.session, url)
+        if (digest, size) != (self.blob.digest, self.blob.size):
+            raise BenchError(f"GET {url}: got {digest} ({size} bytes)")
+
+    async def teardown(self, ctx: Context) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+# --- chunked uploads -------------------------------------------------------------------------
+
+
+class ChunkedUploads(Workload):
+    name = "chunked_uploads"
+    title = "Concurrent chunked uploads"
+    metrics = (
+        Metric("uploads_per_s", "uploads", "uploads/s", "higher"),
+        Metric("upload_mbps", "throughput", MBPS, "higher"),
+    )
+
+    def describe(self, p: Profile) -> str:
+        return (
+            f"{p.uploads} concurrent uploads of {_fmt_size(p.upload_size)}, each POST, "
+            f"{p.upload_size // p.upload_chunk} PATCHes of {_fmt_size(p.upload_chunk)} "
+            "(Content-Range start-end, following the latest Location), PUT ?digest= (aiohttp)"
+        )
+
+    async def prepare_round(self, ctx: Context, r: int) -> None:
+        p = ctx.profile
+        self.blobs = [Blob(f"up-{r}-{i}", p.upload_size, p.upload_chunk) for i in range(p.uploads)]
+
+        def digests() -> None:
+            for b in self.blobs:
+                _ = b.digest
+
+        await asyncio.to_thread(digests)
+
+    async def _one(self, ctx: Context, server: Server, repo: str, blob: Blob) -> None:
+        session = ctx.session
+        location = await client.start_upload(session, server, repo)
+        offset = 0
+        for i in range(blob.nblocks):
+            data = blob.chunk(i)
+            end = offset + len(data) - 1
+            async with session.patch(
+                client.URL(location, encoded=True),
+                data=data,
+                headers={"Content-Type": client.OCTET, "Content-Range": f"{offset}-{end}"},
+            ) as resp:
+                await client.expect(resp, 202)
+                location = client.absolute(server, resp.headers["Location"])
+                if resp.headers.get("Range") != f"0-{end}":
+                    raise BenchError(f"PATCH {resp.url}: Range {resp.headers.get('Range')}")
+            offset = end + 1
+        async with session.put(client.with_digest(location, blob.digest)) as resp:
+            await client.expect(resp, 201)
+            client.check_digest_header(resp, blob.digest)
+
+    async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
+        repo = f"bench/chunked-{r}"
+        t0 = time.perf_counter()
+        await asyncio.gather(*(self._one(ctx, server, repo, b) for b in self.blobs))
+        elapsed = time.perf_counter() - t0
+        total = sum(b.size for b in self.blobs)
+        return {"uploads_per_s": len(self.blobs) / elapsed, "upload_mbps": mbps(total, elapsed)}
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        repo = f"bench/chunked-{r}"
+        sem = asyncio.Semaphore(32)
+
+        async def one(b: Blob) -> None:
+            async with sem:
+                await client.head_blob(ctx.session, server, repo, b.digest, b.size)
+
+        await asyncio.gather(*(one(b) for b in self.blobs))
+        # And the content of one of them, end to end.
+        b = self.blobs[len(self.blobs) // 2]
+        digest, size, _ = await client.fetch_digest(
+            ctx.session, f"{server.url}/v2/{repo}/blobs/{b.digest}"
+        )
+        if (digest, size) != (b.digest, b.size):
+            raise BenchError(f"chunked upload {b.digest} reads back as {digest} ({size} bytes)")
+
+
+# --- a many-layer image with skopeo ----------------------------------------------------------
+
+SKOPEO = ["skopeo", "--insecure-policy", "copy", "--quiet"]
+
+
+def _sizes(p: Profile) -> list[int]:
+    return layer_sizes(p.image_layers, p.layer_min, p.layer_max)
+
+
+def _image_desc(p: Profile) -> str:
+    total = sum(_sizes(p))
+    return (
+        f"{p.image_layers} layers of {_fmt_size(p.layer_min)}-{_fmt_size(p.layer_max)} "
+        f"({total / MiB:.0f} MiB in all, tar + gzip level 0), OCI layout, skopeo copy"
+    )
+
+
+class ImagePush(Workload):
+    name = "image_push"
+    title = "Push a many-layer image (skopeo)"
+    metrics = (Metric("push_s", "push", "s", "lower"),)
+
+    def describe(self, p: Profile) -> str:
+        return _image_desc(p) + " oci: -> docker:// into a new repository; new layers each round"
+
+    async def prepare_round(self, ctx: Context, r: int) -> None:
+        layout = ctx.tmp / f"image-push-{r}"
+        self.image: Image = await asyncio.to_thread(
+            build_image, layout, "v1", f"image-push-{r}", _sizes(ctx.profile)
+        )
+
+    async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        await client.run_tool(
+            *SKOPEO,
+            "--dest-tls-verify=false",
+            self.image.ref,
+            f"docker://{server.host}/bench/image-push-{r}:v1",
+        )
+        return {"push_s": time.perf_counter() - t0}
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        url = f"{server.url}/v2/bench/image-push-{r}/manifests/v1"
+        digest, _, resp = await client.fetch_digest(
+            ctx.session, url, headers={"Accept": MANIFEST_ACCEPT}
+        )
+        if digest != self.image.manifest.digest:
+            raise BenchError(f"GET {url}: manifest {digest}, pushed {self.image.manifest.digest}")
+        client.check_digest_header(resp, digest)
+        for layer in (self.image.config, *self.image.layers):
+            await client.head_blob(
+                ctx.session, server, f"bench/image-push-{r}", layer.digest, layer.size
+            )
+
+    async def finish_round(self, ctx: Context, r: int) -> None:
+        shutil.rmtree(self.image.layout, ignore_errors=True)
+
+
+class ImagePull(Workload):
+    name = "image_pull"
+    title = "Pull a many-layer image (skopeo)"
+    metrics = (Metric("pull_s", "pull", "s", "lower"),)
+    repo = "bench/image-pull"
+
+    def describe(self, p: Profile) -> str:
+        return _image_desc(p) + " docker:// -> a new oci: layout; pulled layout re-hashed"
+
+    async def prepare(self, ctx: Context) -> None:
+        self.image: Image = await asyncio.to_thread(
+            build_image, ctx.tmp / "image-pull-src", "v1", "image-pull", _sizes(ctx.profile)
+        )
+
+    async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
+        await client.run_tool(
+            *SKOPEO,
+            "--dest-tls-verify=false",
+            self.image.ref,
+            f"docker://{server.host}/{self.repo}:v1",
+        )
+        return {}
+
+    def _dest(self, ctx: Context, server: Server, r: int) -> Path:
+        return ctx.tmp / f"image-pull-{server.name}-{r}"
+
+    async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
+        dest = self._dest(ctx, server, r)
+        t0 = time.perf_counter()
+        await client.run_tool(
+            *SKOPEO,
+            "--src-tls-verify=false",
+            f"docker://{server.host}/{self.repo}:v1",
+            f"oci:{dest}:v1",
+        )
+        return {"pull_s": time.perf_counter() - t0}
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        dest = self._dest(ctx, server, r)
+        try:
+            await asyncio.to_thread(verify_layout, dest, "v1", self.image.manifest.digest)
+        except AssertionError as exc:
+            raise BenchError(f"skopeo pull from {server.name}: {exc}") from None
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
+
+    async def teardown(self, ctx: Context) -> None:
+        shutil.rmtree(self.image.layout, ignore_errors=True)
+
+
+# --- small requests under load (wrk) ---------------------------------------------------------
+
+SMALL_REPO = "bench/small"
+
+
+@dataclass(frozen=True)
+class SmallImage:
+    config: bytes
+    config_digest: str
+    layer: bytes
+    layer_digest: str
+    manifest: bytes
+    manifest_digest: str
+
+
+def _small_image() -> SmallImage:
+    import gzip
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        payload = Blob("small-layer", 4 * KiB, 1 * KiB)
+        data = b"".join(payload.chunks())
+        info = tarfile.TarInfo("hello.bin")
+        info.size = len(data)
+        info.mtime = 1704067200
+        tar.addfile(info, io.BytesIO(data))
+    tar_bytes = raw.getvalue()
+    layer = gzip.compress(tar_bytes, compresslevel=0, mtime=0)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar_bytes)]},
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": sha256_digest(config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": OCI_LAYER_GZIP, "digest": sha256_digest(layer), "size": len(layer)}
+            ],
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    ).encode()
+    return SmallImage(
+        config,
+        sha256_digest(config),
+        layer,
+        sha256_digest(layer),
+        manifest,
+        sha256_digest(manifest),
+    )
+
+
+SMALL = _small_image()
+
+
+async def ensure_small(ctx: Context, server: Server) -> None:
+    """Push the small image to bench/small:latest once per server."""
+    state = ctx.of(server)
+    if state.get("small"):
+        return
+    await client.push_bytes(ctx.session, server, SMALL_REPO, SMALL.config)
+    await client.push_bytes(ctx.session, server, SMALL_REPO, SMALL.layer)
+    await client.push_manifest(
+        ctx.session, server, SMALL_REPO, "latest", SMALL.manifest, OCI_MANIFEST
+    )
+    state["small"] = True
+
+
+async def bounded(limit: int, coros: list[Any]) -> None:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(coro: Any) -> None:
+        async with sem:
+            await coro
+
+    await asyncio.gather(*(one(c) for c in coros))
+
+
+class _WrkWorkload(Workload):
+    method = "GET"
+    tool = "wrk"
+    metrics = (
+        Metric("req_per_s", "throughput", "req/s", "higher"),
+        Metric("p99_ms", "p99 latency", "ms", "lower"),
+    )
+
+    def path(self, ctx: Context) -> str:
+        raise NotImplementedError
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+    def describe(self, p: Profile) -> str:
+        if self.tool == "hey":
+            return f"hey -c {p.wrk_connections} -z {p.wrk_seconds:g}s -m {self.method}: "
+        return f"wrk -t{p.wrk_threads} -c{p.wrk_connections} -d{p.wrk_seconds:g}s --latency: "
+
+    async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
+        p = ctx.profile
+        if self.tool == "hey":
+            stats = await client.hey(
+                server.url + self.path(ctx),
+                method=self.method,
+                headers=self.headers(),
+                duration=p.wrk_seconds,
+                connections=p.wrk_connections,
+            )
+            return {"req_per_s": stats["req_per_s"], "p99_ms": stats["p99_ms"]}
+        stats = await client.wrk(
+            server.url + self.path(ctx),
+            ctx.tmp,
+            method=self.method,
+            headers=self.headers(),
+            duration=p.wrk_seconds,
+            connections=p.wrk_connections,
+            threads=p.wrk_threads,
+        )
+        out = {"req_per_s": stats["req_per_s"], "p99_ms": stats["p99_ms"]}
+        if stats.get("timeouts"):
+            out["timeouts"] = stats["timeouts"]
+        return out
+
+
+class ManifestGet(_WrkWorkload):
+    name = "manifest_get"
+    title = "Manifest GET by tag"
+    metrics = (
+        Metric("req_per_s", "throughput", "req/s", "higher", (">=", 5000.0)),
+        Metric("p99_ms", "p99 latency", "ms", "lower"),
+    )
+
+    def describe(self, p: Profile) -> str:
+        return super().describe(p) + "GET /v2/bench/small/manifests/latest, Accept: OCI + Docker"
+
+    def path(self, ctx: Context) -> str:
+        return f"/v2/{SMALL_REPO}/manifests/latest"
+
+    def headers(self) -> dict[str, str]:
+        return {"Accept": MANIFEST_ACCEPT}
+
+    async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
+        await ensure_small(ctx, server)
+        await self.verify(ctx, server, -1)
+        return {}
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        url = server.url + self.path(ctx)
+        digest, _, resp = await client.fetch_digest(ctx.session, url, self.headers())
+        if digest != SMALL.manifest_digest:
+            raise BenchError(f"GET {url}: body {digest}, expected {SMALL.manifest_digest}")
+        client.check_digest_header(resp, digest)
+        if resp.headers.get("Content-Type") != OCI_MANIFEST:
+            raise BenchError(f"GET {url}: Content-Type {resp.headers.get('Content-Type')}")
+
+
+class BlobHead(_WrkWorkload):
+    name = "blob_head"
+    title = "Blob HEAD"
+    method = "HEAD"
+    # wrk 4.1 cannot time HEAD: it waits for the body that Content-Length announces.
+    tool = "hey"
+
+    def describe(self, p: Profile) -> str:
+        return super().describe(p) + "HEAD /v2/bench/small/blobs/<layer digest>"
+
+    def path(self, ctx: Context) -> str:
+        return f"/v2/{SMALL_REPO}/blobs/{SMALL.layer_digest}"
+
+    async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
+        await ensure_small(ctx, server)
+        await self.verify(ctx, server, -1)
+        return {}
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        await client.head_blob(
+            ctx.session, server, SMALL_REPO, SMALL.layer_digest, len(SMALL.layer)
+        )
+
+
+class _Populated(_WrkWorkload):
+    """A wrk workload over a registry populated with `profile.populate` items through the API
+    (a bounded pool of `populate_concurrency` requests). bench.py times the first tenth on each
+    server alone (the "populate" rate reported) and then adds the rest to both servers at once,
+    untimed, to keep the run short."""
+
+    noun = "items"
+    setup_metrics = (Metric("populate_per_s", "populate (first 10%)", "items/s", "higher"),)
+
+    def items(self, ctx: Context) -> list[str]:
+        raise NotImplementedError
+
+    async def add(self, ctx: Context, server: Server, item: str) -> None:
+        raise NotImplementedError
+
+    def sample_size(self, ctx: Context) -> int:
+        return max(1, ctx.profile.populate // 10)
+
+    async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
+        await ensure_small(ctx, server)
+        return {}
+
+    async def populate(self, ctx: Context, server: Server, items: list[str]) -> None:
+        await bounded(ctx.profile.populate_concurrency, [self.add(ctx, server, i) for i in items])
+
+
+TAGS_REPO = "bench/tags"
+
+
+class TagsList(_Populated):
+    name = "tags_list"
+    title = "Tag listing"
+    noun = "tags"
+    setup_metrics = (Metric("populate_per_s", "populate (first 10%)", "tags/s", "higher"),)
+
+    def describe(self, p: Profile) -> str:
+        return (
+            super().describe(p)
+            + f"GET /v2/{TAGS_REPO}/tags/list (no n: the whole list) on a repository with "
+            f"{p.populate:,} tags (populated with {p.populate_concurrency} concurrent manifest "
+            "PUTs of one manifest)"
+        )
+
+    def items(self, ctx: Context) -> list[str]:
+        return [f"t{i:05d}" for i in range(ctx.profile.populate)]
+
+    def path(self, ctx: Context) -> str:
+        return f"/v2/{TAGS_REPO}/tags/list"
+
+    async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
+        await ensure_small(ctx, server)
+        for digest in (SMALL.config_digest, SMALL.layer_digest):
+            await client.mount(ctx.session, server, TAGS_REPO, digest, SMALL_REPO)
+        return {}
+
+    async def add(self, ctx: Context, server: Server, item: str) -> None:
+        await client.push_manifest(
+            ctx.session, server, TAGS_REPO, item, SMALL.manifest, OCI_MANIFEST
+        )
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        url = server.url + self.path(ctx)
+        async with ctx.session.get(url) as resp:
+            await client.expect(resp, 200)
+            body = await resp.json(content_type=None)
+        if sorted(body.get("tags") or []) != self.items(ctx) or "Link" in resp.headers:
+            raise BenchError(
+                f"GET {url}: {len(body.get('tags') or [])} tags, expected {ctx.profile.populate}"
+            )
+
+
+class Catalog(_Populated):
+    name = "catalog"
+    title = "Catalog page"
+    noun = "repositories"
+    setup_metrics = (Metric("populate_per_s", "populate (first 10%)", "repos/s", "higher"),)
+
+    def items(self, ctx: Context) -> list[str]:
+        return [f"bench/r/{i:05d}" for i in range(ctx.profile.populate)]
+
+    def page(self, ctx: Context) -> tuple[str, int, list[str]]:
+        """The middle page: (last, n, the names expected)."""
+        repos = self.items(ctx)
+        n = min(100, len(repos) // 4)
+        mid = len(repos) // 2
+        return repos[mid - 1], n, repos[mid : mid + n]
+
+    def describe(self, p: Profile) -> str:
+        n = min(100, p.populate // 4)
+        return (
+            super().describe(p)
+            + f"GET /v2/_catalog?n={n}&last=<the middle one> on a registry with {p.populate:,} "
+            f"repositories (populated with {p.populate_concurrency} concurrent repositories: "
+            "two cross-repository mounts and a manifest PUT each)"
+        )
+
+    def path(self, ctx: Context) -> str:
+        last, n, _ = self.page(ctx)
+        return f"/v2/_catalog?n={n}&last={last}"
+
+    async def add(self, ctx: Context, server: Server, item: str) -> None:
+        for digest in (SMALL.config_digest, SMALL.layer_digest):
+            await client.mount(ctx.session, server, item, digest, SMALL_REPO)
+        await client.push_manifest(
+            ctx.session, server, item, "latest", SMALL.manifest, OCI_MANIFEST
+        )
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        url = server.url + self.path(ctx)
+        _, _, expected = self.page(ctx)
+        async with ctx.session.get(url) as resp:
+            await client.expect(resp, 200)
+            body = await resp.json(content_type=None)
+        if body.get("repositories") != expected:
+            got = body.get("repositories") or []
+            raise BenchError(f"GET {url}: {got[:3]}... ({len(got)}), expected {expected[:3]}...")
+
+
+# --- the legacy v1 protocol (hook) -----------------------------------------------------------
+
+
+class V1PushPull(Workload):
+    """HOOK for the v1 push/pull workload, to be filled in when Moorage serves the v1 protocol.
+
+    Plan: push an image of a few layers through v1 (PUT /v1/repositories/<name>/, then for
+    each layer PUT /v1/images/<id>/json, /layer, /checksum, then PUT .../tags/<tag>) and pull
+    it back (GET .../tags, /v1/images/<id>/ancestry, /json, /layer), timing each, with
+    `metrics = (Metric("push_s", ...), Metric("pull_s", ...))`. Distribution has no v1, so set
+    `servers = ("moorage",)`: bench.py then runs it on Moorage alone and reports no ratio
+    (compare against Moorage's own v2 numbers instead). Until then skip_reason() keeps it out.
+    """
+
+    name = "v1_push_pull"
+    title = "v1 push and pull"
+    servers = ("moorage",)
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        return "not written yet (hook: workloads.V1PushPull)"
+
+
+ALL: tuple[type[Workload], ...] = (
+    BlobPush,
+    BlobPull,
+    ConcurrentPulls,
+    ChunkedUploads,
+    ImagePush,
+    ImagePull,
+    ManifestGet,
+    BlobHead,
+    TagsList,
+    Catalog,
+    V1PushPull,
+)
