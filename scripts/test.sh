@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test run on a fresh Debian machine, as root: install the test dependencies (apt
 # packages and the clients; pip packages into ./.venv), then lint, type-check, check the layer
-# contracts and run every test. Extra arguments go to pytest.
+# contracts and run every test, then the benchmark's quick mode. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/venv.sh
@@ -11,3 +11,7 @@ ruff format --check moorage tests
 mypy
 lint-imports
 python -m pytest -q -ra "$@"
+# The benchmark's quick mode: proves bench/ still works (no assertions on timings).
+bench_out=$(mktemp -d)
+trap 'rm -rf "$bench_out"' EXIT
+bash bench/run.sh --quick --out "$bench_out/results.json"
