@@ -26,6 +26,7 @@ from moorage.storage.filesystem import FilesystemDriver
 log = logging.getLogger("moorage")
 
 EXPIRY_INTERVAL = 300.0
+READ_BUFSIZE = 4 << 20
 
 
 class InFlight:
@@ -64,7 +65,10 @@ def create_app(settings: Settings) -> web.Application:
             in_flight.middleware,
             v2_errors.errors_middleware,
             v1_routes.errors_middleware,
-        ]
+        ],
+        # Request bodies are read in large pieces: with aiohttp's default 64 KiB buffer a
+        # streamed layer pauses and resumes the socket every 128 KiB.
+        handler_args={"read_bufsize": READ_BUFSIZE},
     )
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings

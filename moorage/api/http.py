@@ -15,7 +15,7 @@ _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     """The request body as it arrives (chunked transfer-encoding included)."""
-    async for chunk in request.content.iter_chunked(READ_SIZE):
+    async for chunk in request.content.iter_any():
         yield chunk
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from moorage.content import digest as digests
+from moorage.content import streams
 from moorage.content.digest import Hasher
 from moorage.errors import (
     BlobUnknown,
@@ -36,11 +37,8 @@ from moorage.errors import (
     SizeInvalid,
 )
 from moorage.metadata import BlobRow, MetadataStore, UploadRow
-from moorage.storage import StorageDriver, StorageError, Writer, paths
+from moorage.storage import StorageDriver, StorageError, paths
 
-# Bytes handed to the disk and the hasher at a time: large enough that the thread hop and
-# syscalls are noise, small enough to keep memory flat.
-WRITE_SIZE = 1 << 20
 LEASE_SECONDS = 90.0
 LEASE_RENEW_SECONDS = 30.0
 HASHER_CACHE = 4096
@@ -307,25 +305,20 @@ class BlobService:
             writer = await self.storage.writer(paths.upload(session_id), start)
         except StorageError as exc:
             raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
-        received = 0
         renewed = time.monotonic()
-        pending = bytearray()
+
+        async def process(block: bytes) -> None:
+            nonlocal renewed
+            # Hash and write side by side on two threads (hashlib releases the GIL).
+            await asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
+            if time.monotonic() - renewed > LEASE_RENEW_SECONDS:
+                renewed = time.monotonic()
+                await self.metadata.renew_upload(
+                    session_id, lease.token, time.time() + LEASE_SECONDS
+                )
+
         try:
-            if body is not None:
-                async for chunk in body:
-                    pending += chunk
-                    if len(pending) >= WRITE_SIZE:
-                        block, pending = bytes(pending), bytearray()
-                        await self._put(writer, hasher, block)
-                        received += len(block)
-                    if time.monotonic() - renewed > LEASE_RENEW_SECONDS:
-                        renewed = time.monotonic()
-                        await self.metadata.renew_upload(
-                            session_id, lease.token, time.time() + LEASE_SECONDS
-                        )
-            if pending:
-                await self._put(writer, hasher, bytes(pending))
-                received += len(pending)
+            received = await streams.pipelined(body, process) if body is not None else 0
         finally:
             await writer.close()
         if content_range is not None and received != content_range[1] - content_range[0] + 1:
@@ -333,11 +326,6 @@ class BlobService:
             raise SizeInvalid(detail={"range": span, "received": received})
         self._remember(session_id, hasher)
         return start + received
-
-    @staticmethod
-    async def _put(writer: Writer, hasher: Hasher, block: bytes) -> None:
-        # Hash and write side by side on two threads (hashlib releases the GIL).
-        await asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
 
     def _remember(self, session_id: str, hasher: Hasher) -> None:
         self._hashers[session_id] = hasher

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import Any
 
 from moorage.content import digest as digests
-from moorage.content import layers, manifests, names, translate
+from moorage.content import layers, manifests, names, streams, translate
 from moorage.content.blobs import Blob
 from moorage.content.layers import LayerAnalyzer, LayerInvalid
 from moorage.content.registry import Registry
@@ -286,18 +286,12 @@ class V1Service:
     ) -> layers.LayerSums:
         analyzer = LayerAnalyzer(image_json)
         writer = await self.storage.writer(staging, 0)
-        pending = bytearray()
+
+        async def process(block: bytes) -> None:
+            await asyncio.gather(asyncio.to_thread(analyzer.update, block), writer.write(block))
+
         try:
-            async for chunk in body:
-                pending += chunk
-                if len(pending) >= 1 << 20:
-                    block, pending = bytes(pending), bytearray()
-                    await asyncio.gather(
-                        asyncio.to_thread(analyzer.update, block), writer.write(block)
-                    )
-            if pending:
-                block = bytes(pending)
-                await asyncio.gather(asyncio.to_thread(analyzer.update, block), writer.write(block))
+            await streams.pipelined(body, process)
             result = await asyncio.to_thread(analyzer.finish)
         except LayerInvalid as exc:
             raise V1Error(400, exc.message) from exc

@@ -29,7 +29,7 @@ class Writer(Protocol):
     async def write(self, data: bytes) -> None: ...
 
     async def close(self) -> None:
-        """Flush what was written; the object keeps it (durable once this returns)."""
+        """Finish writing; the object keeps what was written (durable only after commit)."""
 
 
 class StorageDriver(Protocol):

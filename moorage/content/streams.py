@@ -1,0 +1,51 @@
+"""Moving request bodies through hashing and storage without stalls or extra copies.
+
+A body arrives in network-sized pieces. They are grouped into blocks of about a megabyte (one
+join, no repeated copying) and each block is handed to a processing step (hash + write, on
+threads) while the next block is being read: the network, the hashers and the disk work side
+by side, and memory stays at about two blocks whatever the body's size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+BLOCK_SIZE = 1 << 20
+
+
+async def blocks(body: AsyncIterator[bytes], size: int = BLOCK_SIZE) -> AsyncIterator[bytes]:
+    parts: list[bytes] = []
+    held = 0
+    async for chunk in body:
+        parts.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            parts, held = [], 0
+    if parts:
+        yield b"".join(parts)
+
+
+async def pipelined(body: AsyncIterator[bytes], process: Callable[[bytes], Awaitable[None]]) -> int:
+    """Run `process` on each block of `body`, one block in flight while the next is read.
+    Returns the number of bytes processed; an error in `process` or in the body stops it."""
+    pending: asyncio.Future[None] | None = None
+    total = 0
+    try:
+        async for block in blocks(body):
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(process(block))
+            total += len(block)
+        if pending is not None:
+            finished, pending = pending, None
+            await finished
+    finally:
+        if pending is not None:
+            # Let the step in flight finish (its threads cannot be interrupted) before the
+            # caller closes what it writes to.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await pending
+    return total
