@@ -21,6 +21,7 @@ from sqlalchemy import (
     Executable,
     Result,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -86,6 +87,35 @@ def _sqlite_engine(url: str, immediate: bool) -> AsyncEngine:
     return engine
 
 
+# The hot lookups, built once (building a select and its cache key costs more than running it).
+_REPOSITORY_BLOB = (
+    select(t.blobs.c.digest, t.blobs.c.storage_key, t.blobs.c.size)
+    .join(t.repository_blobs, t.repository_blobs.c.digest == t.blobs.c.digest)
+    .join(t.repositories, t.repositories.c.id == t.repository_blobs.c.repository_id)
+    .where(t.repositories.c.name == bindparam("repository"))
+    .where(t.blobs.c.digest == bindparam("digest"))
+)
+_MANIFEST = (
+    select(t.manifests.c.digest, t.manifests.c.media_type, t.manifests.c.content)
+    .join(t.repositories, t.repositories.c.id == t.manifests.c.repository_id)
+    .where(t.repositories.c.name == bindparam("repository"))
+    .where(t.manifests.c.digest == bindparam("digest"))
+)
+_TAGGED_MANIFEST = (
+    select(t.manifests.c.digest, t.manifests.c.media_type, t.manifests.c.content)
+    .join(t.repositories, t.repositories.c.id == t.tags.c.repository_id)
+    .join(
+        t.manifests,
+        and_(
+            t.manifests.c.repository_id == t.tags.c.repository_id,
+            t.manifests.c.digest == t.tags.c.digest,
+        ),
+    )
+    .where(t.repositories.c.name == bindparam("repository"))
+    .where(t.tags.c.name == bindparam("tag"))
+)
+
+
 def _sqlite_reader(url: str) -> Engine:
     """A synchronous engine for SQLite reads. An indexed SQLite read takes tens of
     microseconds, far less than a hop to aiosqlite's thread and back, so hot lookups (a
@@ -109,8 +139,10 @@ class _InlineConnection:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    async def execute(self, statement: Executable) -> Result[Any]:
-        return self._conn.execute(statement)
+    async def execute(
+        self, statement: Executable, parameters: dict[str, Any] | None = None
+    ) -> Result[Any]:
+        return self._conn.execute(statement, parameters)
 
 
 class MetadataStore(V1Queries):
@@ -190,15 +222,9 @@ class MetadataStore(V1Queries):
 
     async def repository_blob(self, repository: str, digest: str) -> BlobRow | None:
         """The blob `digest` if `repository` may serve it: one indexed query."""
-        b, rb, r = t.blobs, t.repository_blobs, t.repositories
-        query = (
-            select(b.c.digest, b.c.storage_key, b.c.size)
-            .join(rb, rb.c.digest == b.c.digest)
-            .join(r, r.c.id == rb.c.repository_id)
-            .where(r.c.name == repository, b.c.digest == digest)
-        )
         async with self._reading() as conn:
-            row = (await conn.execute(query)).first()
+            params = {"repository": repository, "digest": digest}
+            row = (await conn.execute(_REPOSITORY_BLOB, params)).first()
         return BlobRow(*row) if row else None
 
     async def blob(self, digest: str) -> BlobRow | None:
@@ -372,26 +398,15 @@ class MetadataStore(V1Queries):
     # -- manifests and tags --------------------------------------------------------------
 
     async def manifest(self, repository: str, digest: str) -> ManifestRow | None:
-        m, r = t.manifests, t.repositories
-        query = (
-            select(m.c.digest, m.c.media_type, m.c.content)
-            .join(r, r.c.id == m.c.repository_id)
-            .where(r.c.name == repository, m.c.digest == digest)
-        )
         async with self._reading() as conn:
-            row = (await conn.execute(query)).first()
+            params = {"repository": repository, "digest": digest}
+            row = (await conn.execute(_MANIFEST, params)).first()
         return ManifestRow(row[0], row[1], bytes(row[2])) if row else None
 
     async def tagged_manifest(self, repository: str, tag: str) -> ManifestRow | None:
-        m, r, tg = t.manifests, t.repositories, t.tags
-        query = (
-            select(m.c.digest, m.c.media_type, m.c.content)
-            .join(r, r.c.id == tg.c.repository_id)
-            .join(m, and_(m.c.repository_id == tg.c.repository_id, m.c.digest == tg.c.digest))
-            .where(r.c.name == repository, tg.c.name == tag)
-        )
         async with self._reading() as conn:
-            row = (await conn.execute(query)).first()
+            params = {"repository": repository, "tag": tag}
+            row = (await conn.execute(_TAGGED_MANIFEST, params)).first()
         return ManifestRow(row[0], row[1], bytes(row[2])) if row else None
 
     async def existing_manifests(self, repository: str, digests: Iterable[str]) -> set[str]:
