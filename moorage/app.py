@@ -26,7 +26,7 @@ from moorage.storage.filesystem import FilesystemDriver
 log = logging.getLogger("moorage")
 
 EXPIRY_INTERVAL = 300.0
-READ_BUFSIZE = 4 << 20
+READ_BUFSIZE = 1 << 20
 
 
 class InFlight:
