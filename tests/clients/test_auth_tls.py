@@ -504,6 +504,12 @@ def test_sighup_reloads_the_certificate(
     server = moorage_server("basic", args=["--workers", str(workers)])
     assert server.tls is not None and server.proc is not None and server.ca is not None
     host, port = _host_port(server)
+    # The port answers as soon as one worker serves: wait for every worker before the reload
+    # (a worker still starting reads the new files itself and logs no reload).
+    deadline = time.monotonic() + 30
+    while server.log.read_text().count("serving on") < workers:
+        assert time.monotonic() < deadline, server.log_tail()
+        time.sleep(0.05)
     old = server.tls.serial
     assert _serials(server, 4) == [old] * 4
 
