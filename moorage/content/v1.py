@@ -370,11 +370,14 @@ class V1Service:
         """Repositories of the principal's live push sessions that declared the image."""
         return await self.metadata.v1_session_repositories(image_id, principal)
 
+    async def require_repository(self, repository: str) -> None:
+        if not await self.metadata.repository_exists(repository):
+            raise V1Error(404, "Repository not found")
+
     async def finish_push(
         self, repository: str, principal: str | None, entries: list[PushEntry]
     ) -> None:
-        if not await self.metadata.repository_exists(repository):
-            raise V1Error(404, "Repository not found")
+        await self.require_repository(repository)
         checksums = {e.id: e.checksum for e in entries if e.checksum}
         await self.metadata.v1_record_checksums(repository, checksums)
         await self.metadata.v1_close_sessions(repository, principal)
@@ -383,8 +386,7 @@ class V1Service:
         await self.metadata.ensure_repository(repository)
 
     async def images(self, repository: str) -> list[dict[str, str]]:
-        if not await self.metadata.repository_exists(repository):
-            raise V1Error(404, "Repository not found")
+        await self.require_repository(repository)
         await self.tags(repository)  # derives v1 views of v2-pushed tags
         listed = []
         for image_id, checksum in await self.metadata.v1_images_of(repository):

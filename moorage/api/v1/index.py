@@ -197,7 +197,7 @@ async def list_images(request: web.Request, repository: str) -> web.StreamRespon
 async def delete_images(request: web.Request, repository: str) -> web.StreamResponse:
     who = await caller(request, token_route=False)
     require(request, who, repository, "delete", token_route=False)
-    await request.app[V1].images(repository)  # 404 when absent
+    await request.app[V1].require_repository(repository)
     return web.Response(status=204, headers=_index_headers(request, who, repository, "delete"))
 
 
