@@ -17,7 +17,7 @@ from pathlib import Path
 
 _LINE = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # A thread parked on one of these source lines is waiting, not working: the event loop in
-# epoll, aiosqlite's and the default executor's threads waiting for work. py-spy's own idle
+# epoll, the SQLite writer's and the default executor's threads waiting for work. py-spy's own idle
 # detection misses them with --nonblocking, so they are dropped here.
 _IDLE_SOURCE = re.compile(r"\.poll\(|\bwork_queue\.get\(|\btx\.get\(|waiter\.acquire\(")
 
@@ -86,7 +86,7 @@ _SCAFFOLD = re.compile(
 )
 # Leaves that stand for C code called from Python: name what that C code is.
 _C_CALLS = {
-    "_connection_worker_thread (aiosqlite/core.py)": "[SQLite C calls, aiosqlite's thread]",
+    "_SQLiteWriter._transaction (moorage/metadata/store.py)": "[SQLite C calls, writer thread]",
     "_WorkItem.run (concurrent/futures/thread.py)": "[C calls in the default thread pool]",
 }
 

@@ -33,7 +33,7 @@ class StorageSettings(_Section):
 
 
 class MetadataSettings(_Section):
-    # SQLAlchemy async URL; defaults to SQLite at <datadir>/metadata.db when unset.
+    # SQLAlchemy URL; defaults to SQLite at <datadir>/metadata.db when unset.
     url: str | None = None
 
 
@@ -164,7 +164,7 @@ class Settings(BaseSettings):
 
     @property
     def metadata_url(self) -> str:
-        return self.metadata.url or f"sqlite+aiosqlite:///{(self.datadir / 'metadata.db')}"
+        return self.metadata.url or f"sqlite:///{(self.datadir / 'metadata.db')}"
 
     @classmethod
     def settings_customise_sources(

@@ -13,7 +13,7 @@ def test_defaults_need_no_file(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = config.load()
     assert settings.listen == "127.0.0.1:5000"
     assert settings.datadir == Path("moorage-data")
-    assert settings.metadata_url.startswith("sqlite+aiosqlite:///")
+    assert settings.metadata_url.startswith("sqlite:///")
     assert settings.blob_root == Path("moorage-data/storage")
     assert settings.manifests.maxsize == 4 * 1024 * 1024
     assert settings.mount.automatic is False

@@ -14,13 +14,14 @@ server restarted) re-hashes the stored bytes once, then continues incrementally.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,7 +268,8 @@ class BlobService:
         A session finished inside has no row left, so the release is a no-op."""
         lease = _Lease(_new_lease(), start)
         until = time.time() + LEASE_SECONDS
-        if not await self.metadata.acquire_upload(state.id, start, lease.token, until):
+        acquire = self.metadata.acquire_upload(state.id, start, lease.token, until)
+        if not await self._settle(state.id, lease.token, acquire):
             current = await self.metadata.upload(state.id)
             if current is None:
                 raise BlobUploadUnknown(detail={"uuid": state.id})
@@ -275,8 +277,10 @@ class BlobService:
                 current.offset == start
                 and current.lease is not None
                 and _holder_dead(current.lease)
-                and await self.metadata.steal_upload(
-                    state.id, start, current.lease, lease.token, until
+                and await self._settle(
+                    state.id,
+                    lease.token,
+                    self.metadata.steal_upload(state.id, start, current.lease, lease.token, until),
                 )
             )
             if not stolen:
@@ -290,6 +294,23 @@ class BlobService:
             raise
         finally:
             await asyncio.shield(self.metadata.release_upload(state.id, lease.token, lease.offset))
+
+    async def _settle(self, session_id: str, token: str, take: Awaitable[bool]) -> bool:
+        """Await a lease-taking write. If the request is cancelled meanwhile (the client hung
+        up), the write still lands: wait for it and give the lease back, so that a lease is
+        never left held by a request that is gone."""
+        taking = asyncio.ensure_future(take)
+        try:
+            return await asyncio.shield(taking)
+        except asyncio.CancelledError:
+
+            async def give_back() -> None:
+                with contextlib.suppress(Exception):
+                    if await taking:
+                        await self.metadata.release_upload(session_id, token, None)
+
+            await asyncio.shield(give_back())
+            raise
 
     async def _stream(
         self,

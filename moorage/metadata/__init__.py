@@ -1,4 +1,4 @@
-"""Facts: tables and queries (SQLAlchemy Core, async) on SQLite or PostgreSQL.
+"""Facts: tables and queries (SQLAlchemy Core) on SQLite or PostgreSQL, behind an async store.
 
 Knows nothing of HTTP and nothing of bytes in storage.
 """

@@ -1,25 +1,33 @@
 """Queries over the tables of `schema.py`, as one async store object.
 
-SQLite (the default) runs in WAL mode; reads use plain deferred transactions and never block,
-writes take the write lock up front (`BEGIN IMMEDIATE`) so that concurrent writers from
-several worker processes queue on the busy timeout instead of failing half-way.
+Every query is a plain function of a synchronous SQLAlchemy `Connection`; the store decides
+where it runs:
+
+- SQLite (the default), in WAL mode. Reads run inline on the event loop: an indexed read takes
+  tens of microseconds, far less than a hop to a thread and back, and WAL readers never wait
+  for writers. Writes run one at a time per process on a dedicated thread, each transaction
+  whole in one call (`BEGIN IMMEDIATE` ... `COMMIT`), so SQLite's one write lock is held only
+  for the SQL itself, never across event-loop turns; workers in other processes queue on it
+  through a lock file, woken as soon as it is free (see `_SQLiteWriter`).
+- Any other database: an async engine, with each function run through `run_sync`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
+import os
 import time
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
-    Executable,
-    Result,
     and_,
     bindparam,
     create_engine,
@@ -33,10 +41,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from moorage.metadata import schema as t
 from moorage.metadata.v1 import V1Queries
+
+T = TypeVar("T")
+Work = Callable[[Connection], T]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,26 +78,6 @@ class UploadRow:
     lease_until: float | None
 
 
-def _sqlite_engine(url: str, immediate: bool) -> AsyncEngine:
-    engine = create_async_engine(url, pool_size=8, max_overflow=8)
-
-    @event.listens_for(engine.sync_engine, "connect")
-    def _connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # let SQLAlchemy's begin event issue BEGIN
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=60000")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.close()
-
-    @event.listens_for(engine.sync_engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
-
-    return engine
-
-
 # The hot lookups, built once (building a select and its cache key costs more than running it).
 _REPOSITORY_BLOB = (
     select(t.blobs.c.digest, t.blobs.c.storage_key, t.blobs.c.size)
@@ -114,98 +105,163 @@ _TAGGED_MANIFEST = (
     .where(t.repositories.c.name == bindparam("repository"))
     .where(t.tags.c.name == bindparam("tag"))
 )
+_UPLOAD = select(
+    t.uploads.c.id,
+    t.uploads.c.repository,
+    t.uploads.c.offset,
+    t.uploads.c.created,
+    t.uploads.c.updated,
+    t.uploads.c.lease,
+    t.uploads.c.lease_until,
+).where(t.uploads.c.id == bindparam("id"))
 
 
-def _sqlite_reader(url: str) -> Engine:
-    """A synchronous engine for SQLite reads. An indexed SQLite read takes tens of
-    microseconds, far less than a hop to aiosqlite's thread and back, so hot lookups (a
-    manifest by tag, a blob's size) run inline on the event loop. In WAL mode readers never
-    wait for writers."""
-    engine = create_engine(url.replace("+aiosqlite", "", 1), pool_size=4, max_overflow=4)
+def _sqlite_engine(url: str, *pragmas: str, pool_size: int, immediate: bool = False) -> Engine:
+    engine = create_engine(url, pool_size=pool_size, max_overflow=0)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # no implicit BEGINs: see the begin event below
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA busy_timeout=5000")
-        cursor.execute("PRAGMA query_only=ON")
+        for pragma in pragmas:
+            cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
+
+    if immediate:
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
-class _InlineConnection:
-    """The part of AsyncConnection the queries use, over a synchronous connection."""
+class _SQLiteWriter:
+    """SQLite write transactions: one at a time per process, each run whole on one thread.
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    A transaction whose statements are awaited one by one holds SQLite's write lock across
+    event-loop turns, while the loop serves other requests; every other writer meanwhile
+    sleeps in SQLite's busy handler (1 ms, 2 ms, 5 ms ... 100 ms between retries). Here a
+    transaction is one function call on this process's writer thread, so the lock is held for
+    the SQL alone (tens to hundreds of microseconds). Writers in other worker processes queue
+    on an advisory lock file first (`flock`), which wakes the next one as soon as the lock is
+    free; SQLite's busy timeout stays as the backstop for any other writer."""
 
-    async def execute(
-        self, statement: Executable, parameters: dict[str, Any] | None = None
-    ) -> Result[Any]:
-        return self._conn.execute(statement, parameters)
+    def __init__(self, url: str, lock_path: Path) -> None:
+        self._engine = _sqlite_engine(
+            url,
+            "journal_mode=WAL",
+            "synchronous=NORMAL",
+            "busy_timeout=60000",
+            "foreign_keys=ON",
+            pool_size=1,
+            immediate=True,
+        )
+        self._lock_path = lock_path
+        self._lock_fd: int | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="moorage-sqlite-writer")
+
+    def _transaction(self, work: Work[T]) -> T:
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            with self._engine.begin() as conn:
+                return work(conn)
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    async def run(self, work: Work[T]) -> T:
+        """Run `work` in one write transaction. Once started it runs to the end (commit or
+        rollback) even if the caller is cancelled."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, self._transaction, work)
+
+    def _close(self) -> None:
+        self._engine.dispose()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def close(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._thread, self._close)
+        self._thread.shutdown(wait=True)
 
 
 class MetadataStore(V1Queries):
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self._writer: _SQLiteWriter | None = None
+        self._reader: Engine | None = None
+        self._async: AsyncEngine | None = None
         if self.is_sqlite:
-            if parsed.database:
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-            self._read = _sqlite_engine(url, immediate=False)
-            self._write = _sqlite_engine(url, immediate=True)
-            self._inline: Engine | None = _sqlite_reader(url)
+            if not parsed.database or parsed.database == ":memory:":
+                raise ValueError("SQLite metadata needs a file (readers and the writer share it)")
+            database = Path(parsed.database)
+            database.parent.mkdir(parents=True, exist_ok=True)
+            sync_url = parsed.set(drivername="sqlite").render_as_string(hide_password=False)
+            self._writer = _SQLiteWriter(sync_url, database.with_name(database.name + "-lock"))
+            self._reader = _sqlite_engine(
+                sync_url, "busy_timeout=5000", "query_only=ON", pool_size=4
+            )
         else:
-            self._read = self._write = create_async_engine(url, pool_size=10, max_overflow=10)
-            self._inline = None
+            self._async = create_async_engine(url, pool_size=10, max_overflow=10)
 
     async def open(self) -> None:
-        async with self._write.begin() as conn:
-            await conn.run_sync(t.metadata.create_all)
-            version = (await conn.execute(select(t.schema_info.c.version))).scalar()
+        def create(conn: Connection) -> None:
+            t.metadata.create_all(conn)
+            version = conn.execute(select(t.schema_info.c.version)).scalar()
             if version is None:
-                await conn.execute(insert(t.schema_info).values(version=t.SCHEMA_VERSION))
+                conn.execute(insert(t.schema_info).values(version=t.SCHEMA_VERSION))
             elif version > t.SCHEMA_VERSION:
                 raise RuntimeError(f"metadata schema {version} is newer than this Moorage")
 
+        await self._write(create)
+
     async def close(self) -> None:
-        if self._inline is not None:
-            self._inline.dispose()
-        await self._read.dispose()
-        if self._write is not self._read:
-            await self._write.dispose()
+        if self._writer is not None:
+            await self._writer.close()
+        if self._reader is not None:
+            self._reader.dispose()
+        if self._async is not None:
+            await self._async.dispose()
 
-    @asynccontextmanager
-    async def _reading(self) -> AsyncIterator[AsyncConnection]:
-        if self._inline is not None:
-            with self._inline.connect() as conn:
-                yield _InlineConnection(conn)  # type: ignore[misc]
-            return
-        async with self._read.connect() as conn:
-            yield conn
+    async def _read(self, work: Work[T]) -> T:
+        """Run `work` on a reading connection (no transaction is held open after it)."""
+        if self._reader is not None:
+            with self._reader.connect() as conn:
+                return work(conn)
+        assert self._async is not None
+        async with self._async.connect() as aconn:
+            return await aconn.run_sync(work)
 
-    @asynccontextmanager
-    async def _writing(self) -> AsyncIterator[AsyncConnection]:
-        async with self._write.begin() as conn:
-            yield conn
+    async def _write(self, work: Work[T]) -> T:
+        """Run `work` in one write transaction: all of it commits, or none of it."""
+        if self._writer is not None:
+            return await self._writer.run(work)
+        assert self._async is not None
+        async with self._async.begin() as aconn:
+            return await aconn.run_sync(work)
 
     # -- repositories ------------------------------------------------------------------
 
-    async def _repository_id(self, conn: AsyncConnection, name: str, create: bool) -> int | None:
+    @staticmethod
+    def _repository_id(conn: Connection, name: str, create: bool) -> int | None:
         query = select(t.repositories.c.id).where(t.repositories.c.name == name)
-        found = (await conn.execute(query)).scalar()
+        found = conn.execute(query).scalar()
         if found is not None or not create:
             return found
-        result = await conn.execute(insert(t.repositories).values(name=name, created=time.time()))
+        result = conn.execute(insert(t.repositories).values(name=name, created=time.time()))
         return int(result.inserted_primary_key[0])  # type: ignore[index]
 
     async def ensure_repository(self, name: str) -> None:
-        async with self._writing() as conn:
-            await self._repository_id(conn, name, create=True)
+        await self._write(lambda conn: self._repository_id(conn, name, create=True))
 
     async def repository_exists(self, name: str) -> bool:
-        async with self._reading() as conn:
-            return await self._repository_id(conn, name, create=False) is not None
+        found = await self._read(lambda conn: self._repository_id(conn, name, create=False))
+        return found is not None
 
     async def list_repositories(self, last: str | None, limit: int) -> list[str]:
         r = t.repositories
@@ -215,38 +271,34 @@ class MetadataStore(V1Queries):
         query = select(r.c.name).where(has_content).order_by(r.c.name).limit(limit)
         if last is not None:
             query = query.where(r.c.name > last)
-        async with self._reading() as conn:
-            return list((await conn.execute(query)).scalars())
+        return await self._read(lambda conn: list(conn.execute(query).scalars()))
 
     # -- blobs ---------------------------------------------------------------------------
 
     async def repository_blob(self, repository: str, digest: str) -> BlobRow | None:
         """The blob `digest` if `repository` may serve it: one indexed query."""
-        async with self._reading() as conn:
-            params = {"repository": repository, "digest": digest}
-            row = (await conn.execute(_REPOSITORY_BLOB, params)).first()
+        params = {"repository": repository, "digest": digest}
+        row = await self._read(lambda conn: conn.execute(_REPOSITORY_BLOB, params).first())
         return BlobRow(*row) if row else None
 
     async def blob(self, digest: str) -> BlobRow | None:
         query = select(t.blobs.c.digest, t.blobs.c.storage_key, t.blobs.c.size).where(
             t.blobs.c.digest == digest
         )
-        async with self._reading() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._read(lambda conn: conn.execute(query).first())
         return BlobRow(*row) if row else None
 
     async def link_blobs(self, repository: str, rows: Iterable[BlobRow]) -> None:
         """Record the blobs (if new) and link them into `repository`, in one transaction."""
-        async with self._writing() as conn:
-            await self._link(conn, repository, rows)
+        await self._write(lambda conn: self._link(conn, repository, rows))
 
-    async def _link(self, conn: AsyncConnection, repository: str, rows: Iterable[BlobRow]) -> None:
+    def _link(self, conn: Connection, repository: str, rows: Iterable[BlobRow]) -> None:
         now = time.time()
-        repo_id = await self._repository_id(conn, repository, create=True)
+        repo_id = self._repository_id(conn, repository, create=True)
         for row in rows:
             known = select(t.blobs.c.digest).where(t.blobs.c.digest == row.digest)
-            if (await conn.execute(known)).first() is None:
-                await conn.execute(
+            if conn.execute(known).first() is None:
+                conn.execute(
                     insert(t.blobs).values(
                         digest=row.digest,
                         storage_key=row.storage_key,
@@ -258,25 +310,27 @@ class MetadataStore(V1Queries):
                 t.repository_blobs.c.repository_id == repo_id,
                 t.repository_blobs.c.digest == row.digest,
             )
-            if (await conn.execute(linked)).first() is None:
-                await conn.execute(
+            if conn.execute(linked).first() is None:
+                conn.execute(
                     insert(t.repository_blobs).values(
                         repository_id=repo_id, digest=row.digest, created=now
                     )
                 )
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
-        async with self._writing() as conn:
-            repo_id = await self._repository_id(conn, repository, create=False)
+        def work(conn: Connection) -> bool:
+            repo_id = self._repository_id(conn, repository, create=False)
             if repo_id is None:
                 return False
-            result = await conn.execute(
+            result = conn.execute(
                 delete(t.repository_blobs).where(
                     t.repository_blobs.c.repository_id == repo_id,
                     t.repository_blobs.c.digest == digest,
                 )
             )
             return bool(result.rowcount)
+
+        return await self._write(work)
 
     async def repositories_with_blob(self, digest: str) -> list[str]:
         r, rb = t.repositories, t.repository_blobs
@@ -286,8 +340,7 @@ class MetadataStore(V1Queries):
             .where(rb.c.digest == digest)
             .order_by(r.c.name)
         )
-        async with self._reading() as conn:
-            return list((await conn.execute(query)).scalars())
+        return await self._read(lambda conn: list(conn.execute(query).scalars()))
 
     async def linked_blobs(self, repository: str, digests: Iterable[str]) -> set[str]:
         wanted = set(digests)
@@ -299,47 +352,34 @@ class MetadataStore(V1Queries):
             .join(r, r.c.id == rb.c.repository_id)
             .where(r.c.name == repository, rb.c.digest.in_(wanted))
         )
-        async with self._reading() as conn:
-            return set((await conn.execute(query)).scalars())
+        return await self._read(lambda conn: set(conn.execute(query).scalars()))
 
     # -- uploads -------------------------------------------------------------------------
 
     async def create_upload(self, upload_id: str, repository: str) -> None:
         now = time.time()
-        async with self._writing() as conn:
-            await conn.execute(
-                insert(t.uploads).values(
-                    id=upload_id, repository=repository, offset=0, created=now, updated=now
-                )
-            )
+        statement = insert(t.uploads).values(
+            id=upload_id, repository=repository, offset=0, created=now, updated=now
+        )
+        await self._write(lambda conn: conn.execute(statement))
 
     async def upload(self, upload_id: str) -> UploadRow | None:
-        u = t.uploads
-        query = select(
-            u.c.id,
-            u.c.repository,
-            u.c.offset,
-            u.c.created,
-            u.c.updated,
-            u.c.lease,
-            u.c.lease_until,
-        ).where(u.c.id == upload_id)
-        async with self._reading() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._read(lambda conn: conn.execute(_UPLOAD, {"id": upload_id}).first())
         return UploadRow(*row) if row else None
+
+    async def _update_upload(self, statement: Any) -> bool:
+        return bool(await self._write(lambda conn: conn.execute(statement).rowcount))
 
     async def acquire_upload(self, upload_id: str, offset: int, lease: str, until: float) -> bool:
         """Take the session's write lease if it is at `offset` and nobody else holds it."""
         u = t.uploads
         now = time.time()
         free = (u.c.lease.is_(None)) | (u.c.lease_until < now)
-        async with self._writing() as conn:
-            result = await conn.execute(
-                update(u)
-                .where(u.c.id == upload_id, u.c.offset == offset, free)
-                .values(lease=lease, lease_until=until, updated=now)
-            )
-            return bool(result.rowcount)
+        return await self._update_upload(
+            update(u)
+            .where(u.c.id == upload_id, u.c.offset == offset, free)
+            .values(lease=lease, lease_until=until, updated=now)
+        )
 
     async def release_upload(self, upload_id: str, lease: str, offset: int | None) -> bool:
         """Give the lease back, recording the new offset (None: unchanged)."""
@@ -347,43 +387,38 @@ class MetadataStore(V1Queries):
         values: dict[str, Any] = {"lease": None, "lease_until": None, "updated": time.time()}
         if offset is not None:
             values["offset"] = offset
-        async with self._writing() as conn:
-            result = await conn.execute(
-                update(u).where(u.c.id == upload_id, u.c.lease == lease).values(**values)
-            )
-            return bool(result.rowcount)
+        return await self._update_upload(
+            update(u).where(u.c.id == upload_id, u.c.lease == lease).values(**values)
+        )
 
     async def steal_upload(
         self, upload_id: str, offset: int, old: str, lease: str, until: float
     ) -> bool:
         """Take over a lease whose holder is known to be dead."""
         u = t.uploads
-        async with self._writing() as conn:
-            result = await conn.execute(
-                update(u)
-                .where(u.c.id == upload_id, u.c.offset == offset, u.c.lease == old)
-                .values(lease=lease, lease_until=until, updated=time.time())
-            )
-            return bool(result.rowcount)
+        return await self._update_upload(
+            update(u)
+            .where(u.c.id == upload_id, u.c.offset == offset, u.c.lease == old)
+            .values(lease=lease, lease_until=until, updated=time.time())
+        )
 
     async def renew_upload(self, upload_id: str, lease: str, until: float) -> bool:
         u = t.uploads
-        async with self._writing() as conn:
-            result = await conn.execute(
-                update(u).where(u.c.id == upload_id, u.c.lease == lease).values(lease_until=until)
-            )
-            return bool(result.rowcount)
+        return await self._update_upload(
+            update(u).where(u.c.id == upload_id, u.c.lease == lease).values(lease_until=until)
+        )
 
     async def finish_upload(self, upload_id: str, repository: str, rows: Iterable[BlobRow]) -> None:
         """End the session and link its blob, in one transaction."""
-        async with self._writing() as conn:
-            await self._link(conn, repository, rows)
-            await conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id))
+
+        def work(conn: Connection) -> None:
+            self._link(conn, repository, rows)
+            conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id))
+
+        await self._write(work)
 
     async def delete_upload(self, upload_id: str) -> bool:
-        async with self._writing() as conn:
-            result = await conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id))
-            return bool(result.rowcount)
+        return await self._update_upload(delete(t.uploads).where(t.uploads.c.id == upload_id))
 
     async def stale_uploads(self, idle_before: float, limit: int = 1000) -> list[str]:
         query = (
@@ -392,21 +427,18 @@ class MetadataStore(V1Queries):
             .order_by(t.uploads.c.updated)
             .limit(limit)
         )
-        async with self._reading() as conn:
-            return list((await conn.execute(query)).scalars())
+        return await self._read(lambda conn: list(conn.execute(query).scalars()))
 
     # -- manifests and tags --------------------------------------------------------------
 
     async def manifest(self, repository: str, digest: str) -> ManifestRow | None:
-        async with self._reading() as conn:
-            params = {"repository": repository, "digest": digest}
-            row = (await conn.execute(_MANIFEST, params)).first()
+        params = {"repository": repository, "digest": digest}
+        row = await self._read(lambda conn: conn.execute(_MANIFEST, params).first())
         return ManifestRow(row[0], row[1], bytes(row[2])) if row else None
 
     async def tagged_manifest(self, repository: str, tag: str) -> ManifestRow | None:
-        async with self._reading() as conn:
-            params = {"repository": repository, "tag": tag}
-            row = (await conn.execute(_TAGGED_MANIFEST, params)).first()
+        params = {"repository": repository, "tag": tag}
+        row = await self._read(lambda conn: conn.execute(_TAGGED_MANIFEST, params).first())
         return ManifestRow(row[0], row[1], bytes(row[2])) if row else None
 
     async def existing_manifests(self, repository: str, digests: Iterable[str]) -> set[str]:
@@ -419,8 +451,7 @@ class MetadataStore(V1Queries):
             .join(r, r.c.id == m.c.repository_id)
             .where(r.c.name == repository, m.c.digest.in_(wanted))
         )
-        async with self._reading() as conn:
-            return set((await conn.execute(query)).scalars())
+        return await self._read(lambda conn: set(conn.execute(query).scalars()))
 
     async def put_manifest(
         self,
@@ -431,14 +462,16 @@ class MetadataStore(V1Queries):
     ) -> None:
         """Store a manifest (idempotent) and optionally point a tag at it, atomically."""
         now = time.time()
-        async with self._writing() as conn:
-            repo_id = await self._repository_id(conn, repository, create=True)
+        children = sorted(set(references))
+
+        def work(conn: Connection) -> None:
+            repo_id = self._repository_id(conn, repository, create=True)
             m = t.manifests
             present = select(m.c.digest).where(
                 m.c.repository_id == repo_id, m.c.digest == row.digest
             )
-            if (await conn.execute(present)).first() is None:
-                await conn.execute(
+            if conn.execute(present).first() is None:
+                conn.execute(
                     insert(m).values(
                         repository_id=repo_id,
                         digest=row.digest,
@@ -450,9 +483,8 @@ class MetadataStore(V1Queries):
                         created=now,
                     )
                 )
-                children = sorted(set(references))
                 if children:
-                    await conn.execute(
+                    conn.execute(
                         insert(t.manifest_references),
                         [
                             {"repository_id": repo_id, "digest": row.digest, "child": child}
@@ -461,61 +493,69 @@ class MetadataStore(V1Queries):
                     )
             if tag is not None:
                 tg = t.tags
-                moved = await conn.execute(
+                moved = conn.execute(
                     update(tg)
                     .where(tg.c.repository_id == repo_id, tg.c.name == tag)
                     .values(digest=row.digest, updated=now)
                 )
                 if not moved.rowcount:
-                    await conn.execute(
+                    conn.execute(
                         insert(tg).values(
                             repository_id=repo_id, name=tag, digest=row.digest, updated=now
                         )
                     )
 
+        await self._write(work)
+
     async def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete a manifest and every tag pointing at it."""
-        async with self._writing() as conn:
-            repo_id = await self._repository_id(conn, repository, create=False)
+
+        def work(conn: Connection) -> bool:
+            repo_id = self._repository_id(conn, repository, create=False)
             if repo_id is None:
                 return False
             m = t.manifests
-            result = await conn.execute(
+            result = conn.execute(
                 delete(m).where(m.c.repository_id == repo_id, m.c.digest == digest)
             )
             if not result.rowcount:
                 return False
-            await conn.execute(
+            conn.execute(
                 delete(t.tags).where(t.tags.c.repository_id == repo_id, t.tags.c.digest == digest)
             )
             mr = t.manifest_references
-            await conn.execute(
-                delete(mr).where(mr.c.repository_id == repo_id, mr.c.digest == digest)
-            )
+            conn.execute(delete(mr).where(mr.c.repository_id == repo_id, mr.c.digest == digest))
             return True
 
+        return await self._write(work)
+
     async def delete_tag(self, repository: str, tag: str) -> bool:
-        async with self._writing() as conn:
-            repo_id = await self._repository_id(conn, repository, create=False)
+        def work(conn: Connection) -> bool:
+            repo_id = self._repository_id(conn, repository, create=False)
             if repo_id is None:
                 return False
-            result = await conn.execute(
+            result = conn.execute(
                 delete(t.tags).where(t.tags.c.repository_id == repo_id, t.tags.c.name == tag)
             )
             return bool(result.rowcount)
 
+        return await self._write(work)
+
     async def list_tags(self, repository: str, last: str | None, limit: int) -> list[str] | None:
         """Tags in byte order after `last`; None if the repository does not exist."""
         tg = t.tags
-        async with self._reading() as conn:
-            repo_id = await self._repository_id(conn, repository, create=False)
+
+        def work(conn: Connection) -> list[str] | None:
+            repo_id = self._repository_id(conn, repository, create=False)
             if repo_id is None:
                 return None
             query = select(tg.c.name).where(tg.c.repository_id == repo_id)
             if last is not None:
                 query = query.where(tg.c.name > last)
             query = query.order_by(tg.c.name).limit(limit)
-            return list((await conn.execute(query)).scalars())
+            return list(conn.execute(query).scalars())
+
+        return await self._read(work)
 
     async def tags_of(self, repository: str, digest: str) -> list[str]:
         tg, r = t.tags, t.repositories
@@ -524,8 +564,7 @@ class MetadataStore(V1Queries):
             .join(r, r.c.id == tg.c.repository_id)
             .where(r.c.name == repository, tg.c.digest == digest)
         )
-        async with self._reading() as conn:
-            return list((await conn.execute(query)).scalars())
+        return await self._read(lambda conn: list(conn.execute(query).scalars()))
 
     async def referrers(
         self,
@@ -558,8 +597,7 @@ class MetadataStore(V1Queries):
             query = query.where(
                 (m.c.created > after[0]) | ((m.c.created == after[0]) & (m.c.digest > after[1]))
             )
-        async with self._reading() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._read(lambda conn: conn.execute(query).all())
         return [
             (
                 ManifestRow(
@@ -577,9 +615,9 @@ class MetadataStore(V1Queries):
 
     async def count(self, table: str) -> int:
         """Row count of one table (for tests and diagnostics)."""
-        async with self._reading() as conn:
-            result = await conn.execute(select(func.count()).select_from(t.metadata.tables[table]))
-            return int(result.scalar() or 0)
+        query = select(func.count()).select_from(t.metadata.tables[table])
+        found: int | None = await self._read(lambda conn: conn.execute(query).scalar())
+        return found or 0
 
 
 __all__ = ["BlobRow", "IntegrityError", "ManifestRow", "MetadataStore", "UploadRow"]

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from sqlalchemy import delete, insert, literal, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, delete, insert, literal, select, update
 
 from moorage.metadata import schema as t
 
 V1State = Literal["uploading", "uploaded", "complete"]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,22 +78,17 @@ def _row(row: Any) -> V1ImageRow:
 class V1Queries:
     if TYPE_CHECKING:  # provided by MetadataStore
 
-        def _reading(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
-        def _writing(self) -> AbstractAsyncContextManager[AsyncConnection]: ...
-        async def _repository_id(
-            self, conn: AsyncConnection, name: str, create: bool
-        ) -> int | None: ...
-        async def _link(
-            self, conn: AsyncConnection, repository: str, rows: Iterable[Any]
-        ) -> None: ...
+        async def _read(self, work: Callable[[Connection], T]) -> T: ...
+        async def _write(self, work: Callable[[Connection], T]) -> T: ...
+        @staticmethod
+        def _repository_id(conn: Connection, name: str, create: bool) -> int | None: ...
+        def _link(self, conn: Connection, repository: str, rows: Iterable[Any]) -> None: ...
 
     # -- images --------------------------------------------------------------------------
 
     async def v1_image(self, image_id: str) -> V1ImageRow | None:
-        async with self._reading() as conn:
-            row = (
-                await conn.execute(select(*_IMAGE_COLUMNS).where(t.v1_images.c.id == image_id))
-            ).first()
+        query = select(*_IMAGE_COLUMNS).where(t.v1_images.c.id == image_id)
+        row = await self._read(lambda conn: conn.execute(query).first())
         return _row(row) if row else None
 
     async def v1_ancestry(self, image_id: str) -> list[V1ImageRow]:
@@ -110,8 +104,7 @@ class V1Queries:
             .where(chain_cte.c.step < 2000)
         )
         query = select(*[chain_cte.c[c.name] for c in _IMAGE_COLUMNS]).order_by(chain_cte.c.step)
-        async with self._reading() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._read(lambda conn: conn.execute(query).all())
         return [_row(r) for r in rows]
 
     async def v1_put_json(
@@ -121,9 +114,10 @@ class V1Queries:
         is already complete (complete images never change)."""
         i = t.v1_images
         now = time.time()
-        async with self._writing() as conn:
-            found = (
-                await conn.execute(select(i.c.state, i.c.generation).where(i.c.id == image_id))
+
+        def work(conn: Connection) -> int | None:
+            found = conn.execute(
+                select(i.c.state, i.c.generation).where(i.c.id == image_id)
             ).first()
             if found is not None and found[0] == "complete":
                 return None
@@ -143,20 +137,23 @@ class V1Queries:
                 "updated": now,
             }
             if found is None:
-                await conn.execute(insert(i).values(id=image_id, generation=1, **values))
+                conn.execute(insert(i).values(id=image_id, generation=1, **values))
                 return 1
             generation = int(found[1]) + 1
-            await conn.execute(
+            conn.execute(
                 update(i).where(i.c.id == image_id).values(generation=generation, **values)
             )
             return generation
+
+        return await self._write(work)
 
     async def v1_layer_uploaded(self, image_id: str, generation: int, sums: LayerSums) -> bool:
         """Record a fully received layer, unless the upload was restarted meanwhile. The
         layer blob is recorded too (it is not linked to any repository yet)."""
         i = t.v1_images
-        async with self._writing() as conn:
-            result = await conn.execute(
+
+        def work(conn: Connection) -> bool:
+            result = conn.execute(
                 update(i)
                 .where(
                     i.c.id == image_id,
@@ -177,8 +174,8 @@ class V1Queries:
             if not result.rowcount:
                 return False
             known = select(t.blobs.c.digest).where(t.blobs.c.digest == sums.blob_digest)
-            if (await conn.execute(known)).first() is None:
-                await conn.execute(
+            if conn.execute(known).first() is None:
+                conn.execute(
                     insert(t.blobs).values(
                         digest=sums.blob_digest,
                         storage_key=sums.storage_key,
@@ -188,14 +185,17 @@ class V1Queries:
                 )
             return True
 
+        return await self._write(work)
+
     async def v1_complete(
         self, image_id: str, generation: int, client_checksum: str | None, repository: str | None
     ) -> bool:
         """Make an uploaded image complete and link it (and its ancestors) into
         `repository`, in one transaction."""
         i = t.v1_images
-        async with self._writing() as conn:
-            result = await conn.execute(
+
+        def work(conn: Connection) -> bool:
+            result = conn.execute(
                 update(i)
                 .where(i.c.id == image_id, i.c.generation == generation, i.c.state == "uploaded")
                 .values(state="complete", client_checksum=client_checksum, updated=time.time())
@@ -203,12 +203,14 @@ class V1Queries:
             if not result.rowcount:
                 return False
             if repository is not None:
-                await self._v1_link(conn, repository, [image_id])
+                self._v1_link(conn, repository, [image_id])
             return True
 
-    async def _v1_link(self, conn: AsyncConnection, repository: str, ids: list[str]) -> None:
+        return await self._write(work)
+
+    def _v1_link(self, conn: Connection, repository: str, ids: list[str]) -> None:
         """Link images and their ancestors into a repository (v1 links and layer blobs)."""
-        repo_id = await self._repository_id(conn, repository, create=True)
+        repo_id = self._repository_id(conn, repository, create=True)
         i = t.v1_images
         seen: set[str] = set()
         pending = list(ids)
@@ -218,8 +220,8 @@ class V1Queries:
             if image_id in seen:
                 continue
             seen.add(image_id)
-            row = (
-                await conn.execute(select(i.c.parent, i.c.blob_digest).where(i.c.id == image_id))
+            row = conn.execute(
+                select(i.c.parent, i.c.blob_digest).where(i.c.id == image_id)
             ).first()
             if row is None:
                 continue
@@ -228,32 +230,27 @@ class V1Queries:
             if row[0]:
                 pending.append(row[0])
         linked = set(
-            (
-                await conn.execute(
-                    select(t.v1_links.c.image_id).where(
-                        t.v1_links.c.repository_id == repo_id, t.v1_links.c.image_id.in_(seen)
-                    )
+            conn.execute(
+                select(t.v1_links.c.image_id).where(
+                    t.v1_links.c.repository_id == repo_id, t.v1_links.c.image_id.in_(seen)
                 )
             ).scalars()
         )
         new = sorted(seen - linked)
         if new:
-            await conn.execute(
+            conn.execute(
                 insert(t.v1_links), [{"image_id": x, "repository_id": repo_id} for x in new]
             )
         if blobs:
-            rows = (
-                await conn.execute(
-                    select(t.blobs.c.digest, t.blobs.c.storage_key, t.blobs.c.size).where(
-                        t.blobs.c.digest.in_(blobs)
-                    )
+            rows = conn.execute(
+                select(t.blobs.c.digest, t.blobs.c.storage_key, t.blobs.c.size).where(
+                    t.blobs.c.digest.in_(blobs)
                 )
             ).all()
-            await self._link(conn, repository, [_BlobLike(*r) for r in rows])
+            self._link(conn, repository, [_BlobLike(*r) for r in rows])
 
     async def v1_link(self, repository: str, ids: list[str]) -> None:
-        async with self._writing() as conn:
-            await self._v1_link(conn, repository, ids)
+        await self._write(lambda conn: self._v1_link(conn, repository, ids))
 
     async def v1_record_checksums(self, repository: str, checksums: dict[str, str]) -> None:
         """Remember the checksums a client reported in its final image list, for complete
@@ -261,34 +258,36 @@ class V1Queries:
         if not checksums:
             return
         i, link = t.v1_images, t.v1_links
-        async with self._writing() as conn:
-            repo_id = await self._repository_id(conn, repository, create=False)
+
+        def work(conn: Connection) -> None:
+            repo_id = self._repository_id(conn, repository, create=False)
             if repo_id is None:
                 return
             linked = set(
-                (
-                    await conn.execute(
-                        select(link.c.image_id).where(
-                            link.c.repository_id == repo_id, link.c.image_id.in_(checksums)
-                        )
+                conn.execute(
+                    select(link.c.image_id).where(
+                        link.c.repository_id == repo_id, link.c.image_id.in_(checksums)
                     )
                 ).scalars()
             )
             for image_id in sorted(linked):
-                await conn.execute(
+                conn.execute(
                     update(i)
                     .where(i.c.id == image_id, i.c.state == "complete")
                     .values(client_checksum=checksums[image_id])
                 )
 
+        await self._write(work)
+
     async def v1_set_tag_info(self, repository: str, tag: str, info: dict[str, Any]) -> None:
         ti = t.v1_tag_info
-        async with self._writing() as conn:
-            repo_id = await self._repository_id(conn, repository, create=True)
-            await conn.execute(delete(ti).where(ti.c.repository_id == repo_id, ti.c.tag == tag))
-            await conn.execute(
-                insert(ti).values(repository_id=repo_id, tag=tag, info=json.dumps(info))
-            )
+
+        def work(conn: Connection) -> None:
+            repo_id = self._repository_id(conn, repository, create=True)
+            conn.execute(delete(ti).where(ti.c.repository_id == repo_id, ti.c.tag == tag))
+            conn.execute(insert(ti).values(repository_id=repo_id, tag=tag, info=json.dumps(info)))
+
+        await self._write(work)
 
     async def v1_tag_info(self, repository: str, tag: str) -> dict[str, Any] | None:
         ti, r = t.v1_tag_info, t.repositories
@@ -297,8 +296,7 @@ class V1Queries:
             .join(r, r.c.id == ti.c.repository_id)
             .where(r.c.name == repository, ti.c.tag == tag)
         )
-        async with self._reading() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._read(lambda conn: conn.execute(query).first())
         info: dict[str, Any] | None = json.loads(row[0]) if row else None
         return info
 
@@ -310,8 +308,7 @@ class V1Queries:
             .where(link.c.image_id == image_id)
             .order_by(r.c.name)
         )
-        async with self._reading() as conn:
-            return list((await conn.execute(query)).scalars())
+        return await self._read(lambda conn: list(conn.execute(query).scalars()))
 
     async def v1_images_of(self, repository: str) -> list[tuple[str, str | None]]:
         """(id, checksum) of the complete images linked to a repository."""
@@ -323,8 +320,7 @@ class V1Queries:
             .where(r.c.name == repository, i.c.state == "complete")
             .order_by(i.c.id)
         )
-        async with self._reading() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._read(lambda conn: conn.execute(query).all())
         return [(row[0], row[1] or row[2]) for row in rows]
 
     async def v1_insert_complete(self, images: list[dict[str, Any]]) -> bool:
@@ -334,12 +330,11 @@ class V1Queries:
         if not images:
             return True
         i = t.v1_images
-        async with self._writing() as conn:
-            rows = (
-                await conn.execute(
-                    select(i.c.id, i.c.json, i.c.blob_digest, i.c.state).where(
-                        i.c.id.in_([x["id"] for x in images])
-                    )
+
+        def work(conn: Connection) -> bool:
+            rows = conn.execute(
+                select(i.c.id, i.c.json, i.c.blob_digest, i.c.state).where(
+                    i.c.id.in_([x["id"] for x in images])
                 )
             ).all()
             known = {row[0]: row for row in rows}
@@ -353,24 +348,25 @@ class V1Queries:
                     return False
             for image in images:
                 if image["id"] not in known:
-                    await conn.execute(
+                    conn.execute(
                         insert(i).values(
                             state="complete", generation=1, updated=time.time(), **image
                         )
                     )
             return True
 
+        return await self._write(work)
+
     # -- proof-of-possession uploads -----------------------------------------------------
 
     async def v1_start_proof(self, image_id: str, principal: str, expires: float) -> None:
         p = t.v1_proofs
-        async with self._writing() as conn:
-            await conn.execute(
-                delete(p).where(p.c.image_id == image_id, p.c.principal == principal)
-            )
-            await conn.execute(
-                insert(p).values(image_id=image_id, principal=principal, expires=expires)
-            )
+
+        def work(conn: Connection) -> None:
+            conn.execute(delete(p).where(p.c.image_id == image_id, p.c.principal == principal))
+            conn.execute(insert(p).values(image_id=image_id, principal=principal, expires=expires))
+
+        await self._write(work)
 
     async def v1_proof(self, image_id: str, principal: str) -> tuple[bool, str | None]:
         """(a live proof upload exists, the payload checksum its layer produced)."""
@@ -378,25 +374,22 @@ class V1Queries:
         query = select(p.c.payload_checksum).where(
             p.c.image_id == image_id, p.c.principal == principal, p.c.expires >= time.time()
         )
-        async with self._reading() as conn:
-            row = (await conn.execute(query)).first()
+        row = await self._read(lambda conn: conn.execute(query).first())
         return (row is not None, row[0] if row else None)
 
     async def v1_set_proof(self, image_id: str, principal: str, payload: str) -> None:
         p = t.v1_proofs
-        async with self._writing() as conn:
-            await conn.execute(
-                update(p)
-                .where(p.c.image_id == image_id, p.c.principal == principal)
-                .values(payload_checksum=payload)
-            )
+        statement = (
+            update(p)
+            .where(p.c.image_id == image_id, p.c.principal == principal)
+            .values(payload_checksum=payload)
+        )
+        await self._write(lambda conn: conn.execute(statement))
 
     async def v1_end_proof(self, image_id: str, principal: str) -> None:
         p = t.v1_proofs
-        async with self._writing() as conn:
-            await conn.execute(
-                delete(p).where(p.c.image_id == image_id, p.c.principal == principal)
-            )
+        statement = delete(p).where(p.c.image_id == image_id, p.c.principal == principal)
+        await self._write(lambda conn: conn.execute(statement))
 
     # -- the v2 view of v1 images --------------------------------------------------------
 
@@ -409,8 +402,8 @@ class V1Queries:
             .join(r, r.c.id == m.c.repository_id)
             .where(r.c.name == repository, m.c.manifest_digest.in_(digests))
         )
-        async with self._reading() as conn:
-            return {row[0]: row[1] for row in (await conn.execute(query)).all()}
+        rows = await self._read(lambda conn: conn.execute(query).all())
+        return {row[0]: row[1] for row in rows}
 
     async def v1_manifests_of_image(self, image_id: str) -> list[tuple[str, str]]:
         """(repository, manifest digest) of the manifests whose v1 view is this image."""
@@ -421,22 +414,25 @@ class V1Queries:
             .where(m.c.image_id == image_id)
             .order_by(r.c.name)
         )
-        async with self._reading() as conn:
-            return [(row[0], row[1]) for row in (await conn.execute(query)).all()]
+        rows = await self._read(lambda conn: conn.execute(query).all())
+        return [(row[0], row[1]) for row in rows]
 
     async def v1_set_manifest_image(
         self, repository: str, manifest_digest: str, image_id: str
     ) -> None:
         m = t.v1_manifest_images
-        async with self._writing() as conn:
-            repo_id = await self._repository_id(conn, repository, create=True)
+
+        def work(conn: Connection) -> None:
+            repo_id = self._repository_id(conn, repository, create=True)
             where = (m.c.repository_id == repo_id, m.c.manifest_digest == manifest_digest)
-            if (await conn.execute(select(m.c.image_id).where(*where))).first() is None:
-                await conn.execute(
+            if conn.execute(select(m.c.image_id).where(*where)).first() is None:
+                conn.execute(
                     insert(m).values(
                         repository_id=repo_id, manifest_digest=manifest_digest, image_id=image_id
                     )
                 )
+
+        await self._write(work)
 
     # -- push sessions -------------------------------------------------------------------
 
@@ -448,9 +444,9 @@ class V1Queries:
         images: list[str],
         expires: float,
     ) -> None:
-        async with self._writing() as conn:
-            await conn.execute(delete(t.v1_sessions).where(t.v1_sessions.c.expires < time.time()))
-            await conn.execute(
+        def work(conn: Connection) -> None:
+            conn.execute(delete(t.v1_sessions).where(t.v1_sessions.c.expires < time.time()))
+            conn.execute(
                 insert(t.v1_sessions).values(
                     id=session_id,
                     repository=repository,
@@ -460,6 +456,8 @@ class V1Queries:
                 )
             )
 
+        await self._write(work)
+
     async def v1_session_repositories(self, image_id: str, principal: str | None) -> list[str]:
         """Repositories of the principal's live push sessions that declared `image_id`."""
         s = t.v1_sessions
@@ -467,37 +465,36 @@ class V1Queries:
         query = query.where(
             s.c.principal.is_(None) if principal is None else s.c.principal == principal
         )
-        async with self._reading() as conn:
-            rows = (await conn.execute(query)).all()
+        rows = await self._read(lambda conn: conn.execute(query).all())
         return sorted({row[0] for row in rows if image_id in json.loads(row[1])})
 
     async def v1_close_sessions(self, repository: str, principal: str | None) -> None:
         s = t.v1_sessions
         who = s.c.principal.is_(None) if principal is None else s.c.principal == principal
-        async with self._writing() as conn:
-            await conn.execute(delete(s).where(s.c.repository == repository, who))
+        statement = delete(s).where(s.c.repository == repository, who)
+        await self._write(lambda conn: conn.execute(statement))
 
     # -- repositories --------------------------------------------------------------------
 
     async def tag_digests(self, repository: str) -> dict[str, str] | None:
         """tag -> manifest digest; None if the repository does not exist."""
         tg = t.tags
-        async with self._reading() as conn:
-            repo_id = await self._repository_id(conn, repository, create=False)
+
+        def work(conn: Connection) -> dict[str, str] | None:
+            repo_id = self._repository_id(conn, repository, create=False)
             if repo_id is None:
                 return None
-            rows = (
-                await conn.execute(
-                    select(tg.c.name, tg.c.digest).where(tg.c.repository_id == repo_id)
-                )
-            ).all()
-        return {row[0]: row[1] for row in rows}
+            query = select(tg.c.name, tg.c.digest).where(tg.c.repository_id == repo_id)
+            return {row[0]: row[1] for row in conn.execute(query).all()}
+
+        return await self._read(work)
 
     async def delete_repository(self, repository: str) -> bool:
         """Remove a repository with its tags, manifests, links and sessions. Blob bytes and
         v1 images stay for garbage collection (other repositories may share them)."""
-        async with self._writing() as conn:
-            repo_id = await self._repository_id(conn, repository, create=False)
+
+        def work(conn: Connection) -> bool:
+            repo_id = self._repository_id(conn, repository, create=False)
             if repo_id is None:
                 return False
             for table in (
@@ -509,20 +506,19 @@ class V1Queries:
                 t.v1_manifest_images,
                 t.v1_tag_info,
             ):
-                await conn.execute(delete(table).where(table.c.repository_id == repo_id))
-            await conn.execute(
-                delete(t.v1_sessions).where(t.v1_sessions.c.repository == repository)
-            )
-            await conn.execute(delete(t.repositories).where(t.repositories.c.id == repo_id))
+                conn.execute(delete(table).where(table.c.repository_id == repo_id))
+            conn.execute(delete(t.v1_sessions).where(t.v1_sessions.c.repository == repository))
+            conn.execute(delete(t.repositories).where(t.repositories.c.id == repo_id))
             return True
+
+        return await self._write(work)
 
     async def search_repositories(self, term: str, limit: int) -> list[str]:
         """Repositories with content whose name contains `term` (case-insensitive)."""
         r = t.repositories
         query = select(r.c.name).where(r.c.name.ilike(f"%{_escape_like(term)}%", escape="\\"))
         query = query.order_by(r.c.name).limit(limit)
-        async with self._reading() as conn:
-            return list((await conn.execute(query)).scalars())
+        return await self._read(lambda conn: list(conn.execute(query).scalars()))
 
 
 @dataclass(frozen=True, slots=True)
