@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -41,10 +41,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from moorage.metadata import schema as t
 from moorage.metadata.v1 import V1Queries
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
 Work = Callable[[Connection], T]
@@ -207,6 +209,9 @@ class MetadataStore(V1Queries):
                 sync_url, "busy_timeout=5000", "query_only=ON", pool_size=4
             )
         else:
+            # Imported here: the async extension (and greenlet) costs every process ~6 MiB.
+            from sqlalchemy.ext.asyncio import create_async_engine
+
             self._async = create_async_engine(url, pool_size=10, max_overflow=10)
 
     async def open(self) -> None:
