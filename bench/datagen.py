@@ -194,6 +194,67 @@ def _write_layer(layout: Path, name: str, content: Blob) -> tuple[Descriptor, st
     return Descriptor(OCI_LAYER_GZIP, digest, outer.size), "sha256:" + inner.hash.hexdigest()
 
 
+class _HashingReader(_Reader):
+    """A _Reader that also feeds what it hands out to `sink`."""
+
+    def __init__(self, blob: Blob, sink: hashlib._Hash) -> None:
+        super().__init__(blob)
+        self.hash = sink
+
+    def read(self, n: int = -1) -> bytes:
+        data = super().read(n)
+        self.hash.update(data)
+        return data
+
+
+@dataclass(frozen=True)
+class V1Layer:
+    """A v1 layer file and the checksums a Docker 1.x client sends or a registry computes."""
+
+    path: Path
+    digest: str  # sha256 of the bytes sent (the v2 blob digest)
+    size: int
+    diff_id: str  # sha256 of the uncompressed tar
+    payload: str  # X-Docker-Checksum-Payload: sha256(JSON || LF || layer)
+    tarsum: str  # X-Docker-Checksum: TarSum v0 with the JSON as prefix
+
+
+def write_v1_layer(path: Path, name: str, content: Blob, image_json: bytes) -> V1Layer:
+    """Write a v1 layer to `path` in one pass: a gzip-0 tar holding `name` with `content`,
+    hashed on the way for the v1 checksums of the image whose JSON is `image_json` (contract
+    v1-protocol.md 5.1 and 5.2; one regular file, so TarSum v0 is one entry sum)."""
+    info = tarfile.TarInfo(name)
+    info.size = content.size
+    info.mtime = EPOCH
+    info.mode = 0o644
+    info.uname = info.gname = "root"
+    header = (
+        f"name{info.name}mode{info.mode}uid{info.uid}gid{info.gid}size{info.size}"
+        f"mtime{info.mtime}typeflag{info.type.decode()}linkname{info.linkname}"
+        f"uname{info.uname}gname{info.gname}devmajor0devminor0"
+    )
+    entry = hashlib.sha256(header.encode())
+    with open(path, "wb") as raw:
+        blob = _HashingWriter(raw)
+        payload = _HashingWriter(blob)
+        payload.hash = hashlib.sha256(image_json + b"\n")
+        with gzip.GzipFile(filename="", mode="wb", fileobj=payload, compresslevel=0, mtime=0) as gz:
+            inner = _HashingWriter(gz)
+            with tarfile.open(
+                fileobj=inner, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=BLOCK
+            ) as tar:
+                tar.addfile(info, _HashingReader(content, entry))
+    tarsum = hashlib.sha256(image_json + entry.hexdigest().encode())
+    return V1Layer(
+        path,
+        "sha256:" + blob.hash.hexdigest(),
+        blob.size,
+        "sha256:" + inner.hash.hexdigest(),
+        "sha256:" + payload.hash.hexdigest(),
+        "tarsum+sha256:" + tarsum.hexdigest(),
+    )
+
+
 def build_image(layout: Path, tag: str, seed: str, layer_sizes: list[int]) -> Image:
     """Write an image with one layer per size into the OCI layout `layout` (created)."""
     (layout / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
