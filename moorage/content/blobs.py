@@ -6,9 +6,11 @@ and ends the session). Sessions live in metadata + storage, never only in a proc
 so any worker or node can continue one. See docs/design/uploads.md for the races.
 
 Hashing: Python's hashlib cannot serialise a hash state, so each process keeps the running
-hasher of the sessions it last wrote to, keyed by session and offset. A write that arrives at a
-process whose hasher is not at the session's offset (another worker wrote in between, or the
-server restarted) re-hashes the stored bytes once, then continues incrementally.
+hasher of the sessions it last wrote to, with the byte count it has seen. A write that arrives
+at a process whose hasher is behind the session's offset (another worker wrote in between)
+first hashes the stored bytes it has not seen; with no hasher (a restart) it hashes them all.
+Bytes below a session's offset never change, so a hasher behind it is still a hasher of its
+prefix.
 """
 
 from __future__ import annotations
@@ -293,7 +295,11 @@ class BlobService:
             lease.offset = None
             raise
         finally:
-            await asyncio.shield(self.metadata.release_upload(state.id, lease.token, lease.offset))
+            released = self.metadata.release_upload(state.id, lease.token, lease.offset)
+            if not await asyncio.shield(released) and lease.offset is not None:
+                # The lease was lost (expired and taken over): what this writer hashed may not
+                # be what the session holds.
+                self._hashers.pop(state.id, None)
 
     async def _settle(self, session_id: str, token: str, take: Awaitable[bool]) -> bool:
         """Await a lease-taking write. If the request is cancelled meanwhile (the client hung
@@ -357,12 +363,14 @@ class BlobService:
     async def _hasher(
         self, session_id: str, offset: int, algorithms: tuple[str, ...] = ()
     ) -> Hasher:
-        cached = self._hashers.pop(session_id, None)
-        if cached is not None and cached.size == offset and all(map(cached.has, algorithms)):
-            return cached
-        hasher = Hasher(algorithms)
-        if offset:
-            async for chunk in self.storage.read(paths.upload(session_id), 0, offset):
+        """A hasher of the session's bytes [0, offset): this process's cached one, brought up
+        to `offset` from storage when other writers went on meanwhile, else a new one."""
+        hasher = self._hashers.pop(session_id, None)
+        if hasher is None or hasher.size > offset or not all(map(hasher.has, algorithms)):
+            hasher = Hasher(algorithms)
+        if hasher.size < offset:
+            start = hasher.size
+            async for chunk in self.storage.read(paths.upload(session_id), start, offset - start):
                 await asyncio.to_thread(hasher.update, chunk)
             if hasher.size != offset:
                 raise BlobUploadInvalid("upload data lost", {"uuid": session_id})

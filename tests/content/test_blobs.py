@@ -1,0 +1,80 @@
+"""BlobService upload sessions continued by several processes (two services over one store)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from moorage.content.blobs import BlobService
+from moorage.metadata import MetadataStore
+from moorage.storage import paths
+from moorage.storage.filesystem import FilesystemDriver
+
+
+class RecordingDriver(FilesystemDriver):
+    """The filesystem driver, noting which upload bytes are read back (for hashing)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.upload_reads: list[tuple[int, int | None]] = []
+
+    def read(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        if key.startswith("uploads/"):
+            self.upload_reads.append((offset, length))
+        return super().read(key, offset, length)
+
+
+async def _body(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[MetadataStore]:
+    metadata = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
+    await metadata.open()
+    yield metadata
+    await metadata.close()
+
+
+async def test_workers_catch_up_on_bytes_they_have_not_seen(
+    tmp_path: Path, store: MetadataStore
+) -> None:
+    storage = RecordingDriver(tmp_path / "blobs")
+    a = BlobService(storage, store, upload_ttl=3600)  # two worker processes
+    b = BlobService(FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=3600)
+    chunks = [bytes([i]) * (1000 + i) for i in range(5)]
+    blob = b"".join(chunks)
+    state = await a.start("repo")
+    offset = 0
+    for writer, chunk in zip((a, b, b, a, a), chunks, strict=True):
+        end = offset + len(chunk) - 1
+        result = await writer.append("repo", state.id, _body(chunk), (offset, end), len(chunk))
+        offset = end + 1
+        assert result.offset == offset
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    assert await a.finish("repo", state.id, [digest], None, None, None) == digest
+    # `a` hashed chunk 0, then read back only chunks 1 and 2 (written by `b`), never chunk 0.
+    gap = len(chunks[0])
+    assert storage.upload_reads == [(gap, len(chunks[1]) + len(chunks[2]))]
+    found = await a.get("repo", digest)
+    assert found.size == len(blob)
+    assert b"".join([c async for c in a.read(found, 0, found.size)]) == blob
+
+
+async def test_a_restarted_worker_hashes_the_whole_prefix(
+    tmp_path: Path, store: MetadataStore
+) -> None:
+    first = BlobService(FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=3600)
+    state = await first.start("repo")
+    await first.append("repo", state.id, _body(b"x" * 5000), (0, 4999), 5000)
+    storage = RecordingDriver(tmp_path / "blobs")
+    restarted = BlobService(storage, store, upload_ttl=3600)
+    digest = "sha256:" + hashlib.sha256(b"x" * 5000 + b"y" * 10).hexdigest()
+    done = await restarted.finish("repo", state.id, [digest], _body(b"y" * 10), (5000, 5009), 10)
+    assert done == digest
+    assert storage.upload_reads == [(0, 5000)]
+    assert await store.upload(state.id) is None
+    assert not (tmp_path / "blobs" / paths.upload(state.id)).exists()
