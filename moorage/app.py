@@ -30,10 +30,11 @@ READ_BUFSIZE = 1 << 20
 
 
 class InFlight:
-    """Counts requests being served, so a shutdown can wait for them to finish."""
+    """Counts requests being served (so a shutdown can wait for them to finish) and served."""
 
     def __init__(self) -> None:
         self.active = 0
+        self.served = 0
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -42,6 +43,7 @@ class InFlight:
             return await handler(request)
         finally:
             self.active -= 1
+            self.served += 1
 
 
 IN_FLIGHT = web.AppKey("in_flight", InFlight)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import ipaddress
 import logging
 import os
@@ -23,13 +24,14 @@ from pathlib import Path
 
 from aiohttp import web
 
-from moorage.app import IN_FLIGHT, create_app
+from moorage.app import IN_FLIGHT, InFlight, create_app
 from moorage.config import Settings
 
 log = logging.getLogger("moorage.server")
 
 SHUTDOWN_TIMEOUT = 60.0
 BACKLOG = 1024
+TRIM_INTERVAL = 10.0
 
 
 def _is_loopback(host: str) -> bool:
@@ -82,6 +84,28 @@ def _reload_tls(settings: Settings, context: ssl.SSLContext) -> None:
         log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
 
+async def _give_back_memory(in_flight: InFlight) -> None:
+    """Every few seconds after requests were served, hand freed heap memory back to the system.
+
+    Request bodies pass through in blocks of about 1 MiB, which glibc serves from its heap once
+    its mmap threshold has adapted; freed, they stay with the process. In the benchmark, after
+    200 concurrent chunked uploads the two workers kept ~190 MiB they no longer used (the tree
+    stayed at 402 MiB; with this, 247). Serving those sizes with mmap instead (a fixed
+    M_MMAP_THRESHOLD) gives the memory back at once but costs page faults on every block: it
+    took ~40% off the speed of a 1 GiB push. `malloc_trim` once a burst is over costs nothing
+    on the hot path."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return  # not glibc
+    seen = in_flight.served
+    while True:
+        await asyncio.sleep(TRIM_INTERVAL)
+        if in_flight.served != seen:
+            seen = in_flight.served
+            await asyncio.to_thread(trim, 0)
+
+
 async def _serve(settings: Settings, sock: socket.socket) -> None:
     app = create_app(settings)
     runner = web.AppRunner(
@@ -102,9 +126,11 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, settings, context)
     else:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    trimmer = asyncio.create_task(_give_back_memory(app[IN_FLIGHT]))
     log.info("serving on %s (pid %d)", settings.listen, os.getpid())
     await stop.wait()
     log.info("shutting down (pid %d)", os.getpid())
+    trimmer.cancel()
     # Stop accepting first and let requests in flight (an upload still streaming its body)
     # finish; aiohttp's own shutdown would discard their remaining bytes.
     await site.stop()

@@ -116,3 +116,54 @@ async def test_1gib_upload_and_download_keep_rss_bounded(make_server: MakeServer
     assert upload_peak.peak < RSS_LIMIT, f"upload peak RSS {upload_peak.peak / MIB:.0f} MiB"
     assert download_peak.peak < RSS_LIMIT, f"download peak RSS {download_peak.peak / MIB:.0f} MiB"
     assert await server.stop() == 0, server.log_tail()
+
+
+BURST_UPLOADS = 100
+TRIM_WAIT = 30.0  # the server trims every 10 s after serving requests
+
+
+async def test_memory_of_a_burst_of_uploads_is_given_back(make_server: MakeServer) -> None:
+    """100 concurrent chunked uploads hold about 100 MiB of request bodies at once; once the
+    burst is over the worker hands that memory back instead of keeping it for good."""
+    server = make_server()
+    await server.start()
+    idle = server.rss()
+    seed_block = os.urandom(MIB)
+    peak = Peak(server.rss)
+
+    async def one(reg: Registry, i: int) -> None:
+        data = [i.to_bytes(8, "big") + bytes([j]) + seed_block[9:] for j in range(3)]
+        location = await reg.start_upload("memory/burst")
+        for j, block in enumerate(data):
+            location = await reg.patch(location, block, j * MIB)
+        await reg.finish(location, "sha256:" + hashlib.sha256(b"".join(data)).hexdigest())
+
+    connector = aiohttp.TCPConnector(limit=BURST_UPLOADS)
+    async with aiohttp.ClientSession(timeout=TIMEOUT, connector=connector) as session:
+        reg = Registry(session, server.url)
+        with peak.watching():
+            await asyncio.gather(*(one(reg, i) for i in range(BURST_UPLOADS)))
+        after = server.rss()
+        deadline = time.monotonic() + TRIM_WAIT
+        settled = after
+        while time.monotonic() < deadline:
+            await asyncio.sleep(1)
+            settled = server.rss()
+            if settled - idle < 32 * MIB:
+                break
+        # Every upload landed.
+        for i in (0, BURST_UPLOADS - 1):
+            data = b"".join(i.to_bytes(8, "big") + bytes([j]) + seed_block[9:] for j in range(3))
+            assert await reg.head_blob("memory/burst", sha256_of(data)) == 200
+
+    print(
+        f"\nRSS idle {idle / MIB:.0f} MiB, burst peak {peak.peak / MIB:.0f} MiB, "
+        f"right after {after / MIB:.0f} MiB, settled {settled / MIB:.0f} MiB"
+    )
+    assert peak.peak - idle > 48 * MIB, "the burst did not hold its bodies at once"
+    assert settled - idle < 32 * MIB, f"kept {(settled - idle) / MIB:.0f} MiB after the burst"
+    assert await server.stop() == 0, server.log_tail()
+
+
+def sha256_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
