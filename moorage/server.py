@@ -1,9 +1,10 @@
-"""Serving: one listening socket, one or several worker processes, graceful shutdown.
+"""Serving: listening sockets, one or several worker processes, graceful shutdown.
 
-The parent binds the socket, then either serves itself (one worker) or forks workers that all
-accept on it. No state lives only in one worker (upload sessions are in metadata + storage),
-so any worker can take any request. SIGTERM/SIGINT stop accepting new connections and let
-in-flight requests finish (up to SHUTDOWN_TIMEOUT seconds).
+The parent binds the listening socket(s), then either serves itself (one worker) or forks
+workers, each accepting on its own socket of the same port (SO_REUSEPORT, see `bind`). No state
+lives only in one worker (upload sessions are in metadata + storage), so any worker can take
+any request. SIGTERM/SIGINT stop accepting new connections and let in-flight requests finish
+(up to SHUTDOWN_TIMEOUT seconds).
 """
 
 from __future__ import annotations
@@ -43,15 +44,35 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def bind(settings: Settings) -> socket.socket:
+def _listener(settings: Settings, port: int, reuse_port: bool) -> socket.socket:
     host = settings.host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, settings.port))
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
     sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return sock
+
+
+def bind(settings: Settings, count: int = 1) -> list[socket.socket]:
+    """`count` listening sockets on the configured address, one per worker.
+
+    One socket shared by several workers balances badly: the worker that wakes first accepts
+    every connection waiting (asyncio takes up to 100 per wake-up), so a burst of keep-alive
+    connections (64 from wrk, a CI fleet starting pulls) can end up on one worker while the
+    others idle. With SO_REUSEPORT each worker has its own socket on the same port and the
+    kernel spreads new connections over them evenly. The parent binds them all before
+    forking, so a taken port fails at once, and keeps them open: a restarted worker takes over
+    its slot's socket with the connections queued on it."""
+    reuse_port = count > 1 and hasattr(socket, "SO_REUSEPORT")
+    first = _listener(settings, settings.port, reuse_port)
+    if not reuse_port:
+        return [first] * count
+    port = first.getsockname()[1]
+    return [first, *(_listener(settings, port, reuse_port) for _ in range(count - 1))]
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -150,18 +171,22 @@ def _worker(settings: Settings, sock: socket.socket) -> int:
     return 0
 
 
-def _fork(settings: Settings, sock: socket.socket) -> int:
+def _fork(settings: Settings, sockets: list[socket.socket], slot: int) -> int:
     pid = os.fork()
     if pid == 0:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         # A reload forwarded before the worker installs its handler must not kill it.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        sock = sockets[slot]
+        for other in sockets:
+            if other is not sock:
+                other.close()
         os._exit(_worker(settings, sock))
     return pid
 
 
-def _supervise(settings: Settings, sock: socket.socket) -> int:
+def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -176,12 +201,12 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
-    children: set[int] = set()
+    children: dict[int, int] = {}  # pid -> slot (which socket it serves)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, forward)
-    for _ in range(settings.workers):
-        children.add(_fork(settings, sock))
+    for slot in range(settings.workers):
+        children[_fork(settings, sockets, slot)] = slot
     failures: list[float] = []
     status = 0
     while children:
@@ -191,7 +216,9 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
             break
         except InterruptedError:
             continue
-        children.discard(pid)
+        if pid not in children:
+            continue
+        slot = children.pop(pid)
         if stopping:
             continue
         exit_code = os.waitstatus_to_exitcode(code)
@@ -203,7 +230,7 @@ def _supervise(settings: Settings, sock: socket.socket) -> int:
             status = 1
             on_signal(signal.SIGTERM, None)
             continue
-        children.add(_fork(settings, sock))
+        children[_fork(settings, sockets, slot)] = slot
     return status
 
 
@@ -218,8 +245,8 @@ def run(settings: Settings) -> int:
         )
     settings.datadir.mkdir(parents=True, exist_ok=True)
     tls_context(settings)  # fail before forking when the certificate or key is unusable
-    sock = bind(settings)
+    sockets = bind(settings, settings.workers)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload handler is installed
     if settings.workers == 1:
-        return _worker(settings, sock)
-    return _supervise(settings, sock)
+        return _worker(settings, sockets[0])
+    return _supervise(settings, sockets)

@@ -175,3 +175,78 @@ async def test_sigterm_lets_an_in_flight_upload_finish(
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         await Registry(session, server.url).assert_blob("workers/drain", digest, data)
     assert await server.stop() == 0, server.log_tail()
+
+
+CONNECTIONS = 64
+
+
+def _owners_of_new_connections(server: ServerProcess) -> Counter[int | None]:
+    """Open CONNECTIONS keep-alive connections at once, make one request on each, and count
+    which worker holds the server end of each (all still open)."""
+    conns = [
+        http.client.HTTPConnection("127.0.0.1", server.port, timeout=30) for _ in range(CONNECTIONS)
+    ]
+    try:
+        for conn in conns:
+            conn.connect()
+        for conn in conns:
+            conn.request("GET", "/v2/")
+        for conn in conns:
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.status == 200
+        ports = {conn.sock.getsockname()[1] for conn in conns if conn.sock is not None}
+        owners: Counter[int | None] = Counter()
+        for proc in server.processes()[1:]:
+            for c in proc.net_connections(kind="tcp"):
+                if c.raddr and c.raddr.port in ports and c.status == "ESTABLISHED":
+                    owners[proc.pid] += 1
+        return owners
+    finally:
+        for conn in conns:
+            conn.close()
+
+
+def _assert_spread(owners: Counter[int | None], workers: list[int]) -> None:
+    assert sum(owners.values()) == CONNECTIONS, owners
+    assert set(owners) == set(workers), (owners, workers)
+    # Even spreading by the kernel's hash: 64 over 2 workers gives each fewer than 16 with a
+    # probability of about 1e-5. A socket shared by both let one worker take nearly all.
+    assert min(owners.values()) >= CONNECTIONS // 4, owners
+
+
+async def test_keep_alive_connections_opened_at_once_are_spread_over_workers(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(workers=2)
+    await server.start()
+    workers = [p.pid for p in server.processes()[1:]]
+    assert len(workers) == 2
+    _assert_spread(await asyncio.to_thread(_owners_of_new_connections, server), workers)
+    assert await server.stop() == 0, server.log_tail()
+
+
+async def test_a_killed_worker_is_replaced_and_takes_its_share(make_server: MakeServer) -> None:
+    server = make_server(workers=2)
+    await server.start()
+    victim, survivor = (p.pid for p in server.processes()[1:])
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    workers: list[int] = []
+    while time.monotonic() < deadline:
+        workers = [p.pid for p in server.processes()[1:] if p.status() != "zombie"]
+        if len(workers) == 2 and victim not in workers:
+            break
+        await asyncio.sleep(0.1)
+    assert survivor in workers and victim not in workers and len(workers) == 2, workers
+    # The replacement serves (its socket was kept open by the supervisor): every request on
+    # every new connection is answered, and both workers take their share.
+    deadline = time.monotonic() + 30
+    while True:
+        owners = await asyncio.to_thread(_owners_of_new_connections, server)
+        if set(owners) == set(workers) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)  # the replacement may still be starting up
+    _assert_spread(owners, workers)
+    assert "starting another" in server.log_tail(200)
+    assert await server.stop() == 0, server.log_tail()
