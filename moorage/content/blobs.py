@@ -93,6 +93,7 @@ class Blob:
 class _Lease:
     token: str
     offset: int | None
+    ended: bool = False  # the session was committed: no row left to release
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,10 +231,12 @@ class BlobService:
         async with self._lease(state, start) as lease:
             lease.offset = await self._stream(state.id, start, body, content_range, lease)
             try:
-                return await self._commit(state.id, repository, lease.offset, parsed)
+                digest = await self._commit(state.id, repository, lease.offset, parsed)
             except DigestInvalid:
                 await self._drop(session_id)
                 raise
+            lease.ended = True
+            return digest
 
     async def upload(self, repository: str, digest: str, body: Body, length: int | None) -> str:
         """Single-POST upload: the whole blob in one request; nothing stays on failure."""
@@ -244,7 +247,9 @@ class BlobService:
                 size = await self._stream(state.id, 0, body, None, lease)
                 if length is not None and size != length:
                     raise SizeInvalid(detail={"expected": length, "received": size})
-                return await self._commit(state.id, repository, size, [expected])
+                digest = await self._commit(state.id, repository, size, [expected])
+                lease.ended = True
+                return digest
         except BaseException:
             await asyncio.shield(self._drop(state.id))
             raise
@@ -295,11 +300,12 @@ class BlobService:
             lease.offset = None
             raise
         finally:
-            released = self.metadata.release_upload(state.id, lease.token, lease.offset)
-            if not await asyncio.shield(released) and lease.offset is not None:
-                # The lease was lost (expired and taken over): what this writer hashed may not
-                # be what the session holds.
-                self._hashers.pop(state.id, None)
+            if not lease.ended:
+                released = self.metadata.release_upload(state.id, lease.token, lease.offset)
+                if not await asyncio.shield(released) and lease.offset is not None:
+                    # The lease was lost (expired and taken over): what this writer hashed may
+                    # not be what the session holds.
+                    self._hashers.pop(state.id, None)
 
     async def _settle(self, session_id: str, token: str, take: Awaitable[bool]) -> bool:
         """Await a lease-taking write. If the request is cancelled meanwhile (the client hung
@@ -326,7 +332,10 @@ class BlobService:
         content_range: tuple[int, int] | None,
         lease: _Lease,
     ) -> int:
-        """Append `body` at `start`, hashing as it goes; returns the new offset."""
+        """Append `body` at `start`, hashing as it goes; returns the new offset. With no body
+        nothing is touched: the commit drops whatever a failed write left past `start`."""
+        if body is None:
+            return start
         hasher = await self._hasher(session_id, start)
         try:
             writer = await self.storage.writer(paths.upload(session_id), start)
@@ -345,7 +354,7 @@ class BlobService:
                 )
 
         try:
-            received = await streams.pipelined(body, process) if body is not None else 0
+            received = await streams.pipelined(body, process)
         finally:
             await writer.close()
         if content_range is not None and received != content_range[1] - content_range[0] + 1:
@@ -388,7 +397,7 @@ class BlobService:
                 raise DigestInvalid(detail={"expected": str(want), "computed": got})
         sha256 = hasher.digest("sha256")
         key = paths.blob(sha256.partition(":")[2])
-        await self.storage.commit(paths.upload(session_id), key)
+        await self.storage.commit(paths.upload(session_id), key, size)
         rows = {str(d): BlobRow(str(d), key, size) for d in expected}
         rows.setdefault(sha256, BlobRow(sha256, key, size))
         await self.metadata.finish_upload(session_id, repository, rows.values())

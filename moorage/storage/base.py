@@ -51,9 +51,10 @@ class StorageDriver(Protocol):
     async def writer(self, key: str, offset: int) -> Writer:
         """Open `key` for appending at `offset`, dropping anything stored past it."""
 
-    async def commit(self, source: str, target: str) -> None:
-        """Atomically move `source` to `target`. Target content is content-addressed, so if it
-        already exists the source is simply dropped."""
+    async def commit(self, source: str, target: str, size: int | None = None) -> None:
+        """Atomically move `source` to `target`, keeping only its first `size` bytes when given
+        (what lies past them is a failed write's leftover). Target content is content-addressed,
+        so if it already exists the source is simply dropped."""
 
     async def delete(self, key: str) -> None:
         """Remove an object or a whole prefix; absent is not an error."""

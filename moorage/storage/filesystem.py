@@ -170,7 +170,7 @@ class FilesystemDriver:
     async def writer(self, key: str, offset: int) -> FileWriter:
         return await asyncio.to_thread(self._open_at, key, offset)
 
-    def _commit(self, source: str, target: str) -> None:
+    def _commit(self, source: str, target: str, size: int | None) -> None:
         src, dst = self._path(source), self._path(target)
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -178,14 +178,16 @@ class FilesystemDriver:
                 src.unlink()
                 return
             with open(src, "rb+") as f:
+                if size is not None:
+                    f.truncate(size)
                 os.fsync(f.fileno())
             os.replace(src, dst)
         except FileNotFoundError as exc:
             raise PathNotFound(source) from exc
         _fsync_dir(dst.parent)
 
-    async def commit(self, source: str, target: str) -> None:
-        await asyncio.to_thread(self._commit, source, target)
+    async def commit(self, source: str, target: str, size: int | None = None) -> None:
+        await asyncio.to_thread(self._commit, source, target, size)
 
     def _delete(self, key: str) -> None:
         path = self._path(key)

@@ -78,3 +78,20 @@ async def test_a_restarted_worker_hashes_the_whole_prefix(
     assert storage.upload_reads == [(0, 5000)]
     assert await store.upload(state.id) is None
     assert not (tmp_path / "blobs" / paths.upload(state.id)).exists()
+
+
+async def test_a_final_put_without_body_drops_a_failed_writes_leftovers(
+    tmp_path: Path, store: MetadataStore
+) -> None:
+    """A writer that died mid-chunk left bytes past the session's offset; a PUT with no body
+    commits exactly the bytes below the offset."""
+    service = BlobService(FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=3600)
+    state = await service.start("repo")
+    await service.append("repo", state.id, _body(b"kept" * 100), (0, 399), 400)
+    with open(tmp_path / "blobs" / paths.upload(state.id), "ab") as f:
+        f.write(b"half of a chunk that never completed")
+    digest = "sha256:" + hashlib.sha256(b"kept" * 100).hexdigest()
+    assert await service.finish("repo", state.id, [digest], None, None, None) == digest
+    blob = await service.get("repo", digest)
+    assert blob.size == 400
+    assert b"".join([c async for c in service.read(blob, 0, 1000)]) == b"kept" * 100
