@@ -98,6 +98,16 @@ class Runner:
         self.quiet_timeouts = 0
         self.results: dict[str, Any] = {}
 
+    def rounds_of(self, workload: wl.Workload) -> int:
+        """--rounds if given; else the profile's, raised to the workload's minimum in full
+        mode (runs of a couple of seconds vary by a third between rounds on a shared machine:
+        more of them make a steadier median)."""
+        if self.args.rounds:
+            return int(self.args.rounds)
+        if self.args.quick:
+            return self.profile.rounds
+        return max(self.profile.rounds, workload.min_rounds)
+
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -129,7 +139,9 @@ class Runner:
                 record["setup"][server.name] = await workload.setup(ctx, server)
             if isinstance(workload, wl._Populated):
                 await self.populate(workload, servers, ctx, record)
-            for r in range(self.rounds):
+            rounds = self.rounds_of(workload)
+            record["rounds"] = rounds
+            for r in range(rounds):
                 await workload.prepare_round(ctx, r)
                 for server in servers:
                     await asyncio.to_thread(os.sync)
@@ -170,7 +182,7 @@ class Runner:
                     )
                     record["client_cpu_s"][server.name].append(cu.cpu_seconds)
                     self.log(
-                        f"  round {r + 1}/{self.rounds} {server.name:12} {_fmt_dict(values)}  "
+                        f"  round {r + 1}/{rounds} {server.name:12} {_fmt_dict(values)}  "
                         f"rss {u.peak_rss / (1 << 20):.0f} MiB (pss {u.peak_pss / (1 << 20):.0f}), "
                         f"cpu {u.cpu_seconds:.2f} s, client {cu.cpu_seconds:.2f} s, "
                         f"others {others:.2f} s, in {u.wall:.2f} s"
@@ -380,9 +392,16 @@ def _target(metric: dict[str, Any]) -> str:
 
 def render(results: dict[str, Any]) -> str:
     """The Markdown report: the medians and ratios, then the resources per workload."""
+    default = results["rounds"]
+    more = [
+        f"{w['title']}: {w['rounds']}"
+        for w in results["workloads"].values()
+        if w.get("rounds", default) != default
+    ]
     lines = [
-        f"Profile {results['profile']['name']}, {results['rounds']} round(s) per workload, "
-        "medians; ratio = Moorage / Distribution.",
+        f"Profile {results['profile']['name']}, medians of {default} round(s) per workload"
+        + (f" (more for short ones: {'; '.join(more)})" if more else "")
+        + ", ratio = Moorage / Distribution.",
         "",
         "| Workload | Metric | Moorage | Distribution | Ratio | Target | Met |",
         "| --- | --- | ---: | ---: | ---: | --- | --- |",

@@ -166,6 +166,8 @@ class Workload:
     setup_metrics: tuple[Metric, ...] = ()
     # Peak RSS target (MiB) for the whole Moorage process tree during `run`, if any.
     rss_target_mib: float | None = None
+    # Rounds at least, in full mode (short runs are noisy: more rounds, steadier medians).
+    min_rounds = 3
 
     def skip_reason(self, ctx: Context) -> str | None:
         return None
@@ -239,6 +241,7 @@ class BlobPush(Workload):
 
 
 class BlobPull(Workload):
+    min_rounds = 5
     name = "blob_pull"
     title = "Pull one large blob"
     metrics = (Metric("pull_mbps", "pull", MBPS, "higher", (">=", 1000.0)),)
@@ -279,6 +282,7 @@ class BlobPull(Workload):
 
 
 class ConcurrentPulls(Workload):
+    min_rounds = 5
     name = "concurrent_pulls"
     title = "Concurrent pulls of one blob"
     metrics = (Metric("aggregate_mbps", "aggregate", MBPS, "higher"),)
@@ -412,6 +416,7 @@ def _image_desc(p: Profile) -> str:
 
 
 class ImagePush(Workload):
+    min_rounds = 5
     name = "image_push"
     title = "Push a many-layer image (skopeo)"
     metrics = (Metric("push_s", "push", "s", "lower"),)
@@ -453,6 +458,7 @@ class ImagePush(Workload):
 
 
 class ImagePull(Workload):
+    min_rounds = 5
     name = "image_pull"
     title = "Pull a many-layer image (skopeo)"
     metrics = (Metric("pull_s", "pull", "s", "lower"),)
@@ -895,6 +901,7 @@ class V1PushPull(Workload):
     store for both protocols). Distribution has no v1, so this runs on Moorage alone (no ratio:
     compare with Moorage's own v2 numbers)."""
 
+    min_rounds = 5
     name = "v1_push_pull"
     title = "v1 push and pull"
     servers = ("moorage",)
