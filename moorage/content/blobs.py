@@ -271,8 +271,8 @@ class BlobService:
     async def _lease(self, state: UploadState, start: int) -> AsyncIterator[_Lease]:
         """Hold the session's write lease: one writer at a time, at the expected offset.
 
-        On exit the lease is released with `lease.offset` as the new offset (None: unchanged).
-        A session finished inside has no row left, so the release is a no-op."""
+        On exit the lease is released with `lease.offset` as the new offset (None: unchanged),
+        unless the session was committed inside (`lease.ended`: no row is left)."""
         lease = _Lease(_new_lease(), start)
         until = time.time() + LEASE_SECONDS
         acquire = self.metadata.acquire_upload(state.id, start, lease.token, until)
@@ -334,8 +334,13 @@ class BlobService:
     ) -> int:
         """Append `body` at `start`, hashing as it goes; returns the new offset. With no body
         nothing is touched: the commit drops whatever a failed write left past `start`."""
-        if body is None:
-            return start
+        received = 0 if body is None else await self._append(session_id, start, body, lease)
+        if content_range is not None and received != content_range[1] - content_range[0] + 1:
+            span = f"{content_range[0]}-{content_range[1]}"
+            raise SizeInvalid(detail={"range": span, "received": received})
+        return start + received
+
+    async def _append(self, session_id: str, start: int, body: Body, lease: _Lease) -> int:
         hasher = await self._hasher(session_id, start)
         try:
             writer = await self.storage.writer(paths.upload(session_id), start)
@@ -357,11 +362,8 @@ class BlobService:
             received = await streams.pipelined(body, process)
         finally:
             await writer.close()
-        if content_range is not None and received != content_range[1] - content_range[0] + 1:
-            span = f"{content_range[0]}-{content_range[1]}"
-            raise SizeInvalid(detail={"range": span, "received": received})
         self._remember(session_id, hasher)
-        return start + received
+        return received
 
     def _remember(self, session_id: str, hasher: Hasher) -> None:
         self._hashers[session_id] = hasher
@@ -378,9 +380,12 @@ class BlobService:
         if hasher is None or hasher.size > offset or not all(map(hasher.has, algorithms)):
             hasher = Hasher(algorithms)
         if hasher.size < offset:
-            start = hasher.size
-            async for chunk in self.storage.read(paths.upload(session_id), start, offset - start):
-                await asyncio.to_thread(hasher.update, chunk)
+            start, key = hasher.size, paths.upload(session_id)
+            try:
+                async for chunk in self.storage.read(key, start, offset - start):
+                    await asyncio.to_thread(hasher.update, chunk)
+            except StorageError as exc:
+                raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
             if hasher.size != offset:
                 raise BlobUploadInvalid("upload data lost", {"uuid": session_id})
         return hasher
@@ -397,7 +402,10 @@ class BlobService:
                 raise DigestInvalid(detail={"expected": str(want), "computed": got})
         sha256 = hasher.digest("sha256")
         key = paths.blob(sha256.partition(":")[2])
-        await self.storage.commit(paths.upload(session_id), key, size)
+        try:
+            await self.storage.commit(paths.upload(session_id), key, size)
+        except StorageError as exc:
+            raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
         rows = {str(d): BlobRow(str(d), key, size) for d in expected}
         rows.setdefault(sha256, BlobRow(sha256, key, size))
         await self.metadata.finish_upload(session_id, repository, rows.values())

@@ -177,10 +177,15 @@ class FilesystemDriver:
             if dst.exists():
                 src.unlink()
                 return
-            with open(src, "rb+") as f:
+            if size == 0:  # an empty upload may never have had a byte written: make its file
+                src.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(src, os.O_RDWR | (os.O_CREAT if size == 0 else 0), 0o644)
+            try:
                 if size is not None:
-                    f.truncate(size)
-                os.fsync(f.fileno())
+                    os.ftruncate(fd, size)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(src, dst)
         except FileNotFoundError as exc:
             raise PathNotFound(source) from exc

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from moorage.content.blobs import BlobService
+from moorage.errors import BlobUploadInvalid
 from moorage.metadata import MetadataStore
 from moorage.storage import paths
 from moorage.storage.filesystem import FilesystemDriver
@@ -95,3 +96,20 @@ async def test_a_final_put_without_body_drops_a_failed_writes_leftovers(
     blob = await service.get("repo", digest)
     assert blob.size == 400
     assert b"".join([c async for c in service.read(blob, 0, 1000)]) == b"kept" * 100
+
+
+async def test_a_final_put_whose_upload_data_is_gone_is_upload_invalid(
+    tmp_path: Path, store: MetadataStore
+) -> None:
+    """The session row outlived its bytes (a crash between the rename and the metadata
+    commit): the PUT answers BLOB_UPLOAD_INVALID, whether or not this worker hashed them."""
+    for fresh_worker in (False, True):
+        service = BlobService(FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=3600)
+        state = await service.start("repo")
+        await service.append("repo", state.id, _body(b"z" * 100), (0, 99), 100)
+        (tmp_path / "blobs" / paths.upload(state.id)).unlink()
+        if fresh_worker:
+            service = BlobService(FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=3600)
+        digest = "sha256:" + hashlib.sha256(b"z" * 100).hexdigest()
+        with pytest.raises(BlobUploadInvalid):
+            await service.finish("repo", state.id, [digest], None, None, None)

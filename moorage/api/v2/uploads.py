@@ -96,7 +96,7 @@ async def put(request: web.Request, params: dict[str, str]) -> web.StreamRespons
         params["repository"],
         params["uuid"],
         request.query.getall("digest", []),
-        http.body_chunks(request),
+        http.body_chunks(request) if request.can_read_body else None,
         _content_range(request),
         http.content_length(request),
     )
