@@ -372,7 +372,8 @@ class MetadataStore(V1Queries):
         row = await self._read(lambda conn: conn.execute(_UPLOAD, {"id": upload_id}).first())
         return UploadRow(*row) if row else None
 
-    async def _update_upload(self, statement: Any) -> bool:
+    async def _changes_a_row(self, statement: Any) -> bool:
+        """Run one UPDATE or DELETE in its own write transaction: did it change a row?"""
         return bool(await self._write(lambda conn: conn.execute(statement).rowcount))
 
     async def acquire_upload(self, upload_id: str, offset: int, lease: str, until: float) -> bool:
@@ -380,7 +381,7 @@ class MetadataStore(V1Queries):
         u = t.uploads
         now = time.time()
         free = (u.c.lease.is_(None)) | (u.c.lease_until < now)
-        return await self._update_upload(
+        return await self._changes_a_row(
             update(u)
             .where(u.c.id == upload_id, u.c.offset == offset, free)
             .values(lease=lease, lease_until=until, updated=now)
@@ -392,7 +393,7 @@ class MetadataStore(V1Queries):
         values: dict[str, Any] = {"lease": None, "lease_until": None, "updated": time.time()}
         if offset is not None:
             values["offset"] = offset
-        return await self._update_upload(
+        return await self._changes_a_row(
             update(u).where(u.c.id == upload_id, u.c.lease == lease).values(**values)
         )
 
@@ -401,7 +402,7 @@ class MetadataStore(V1Queries):
     ) -> bool:
         """Take over a lease whose holder is known to be dead."""
         u = t.uploads
-        return await self._update_upload(
+        return await self._changes_a_row(
             update(u)
             .where(u.c.id == upload_id, u.c.offset == offset, u.c.lease == old)
             .values(lease=lease, lease_until=until, updated=time.time())
@@ -409,7 +410,7 @@ class MetadataStore(V1Queries):
 
     async def renew_upload(self, upload_id: str, lease: str, until: float) -> bool:
         u = t.uploads
-        return await self._update_upload(
+        return await self._changes_a_row(
             update(u).where(u.c.id == upload_id, u.c.lease == lease).values(lease_until=until)
         )
 
@@ -423,7 +424,7 @@ class MetadataStore(V1Queries):
         await self._write(work)
 
     async def delete_upload(self, upload_id: str) -> bool:
-        return await self._update_upload(delete(t.uploads).where(t.uploads.c.id == upload_id))
+        return await self._changes_a_row(delete(t.uploads).where(t.uploads.c.id == upload_id))
 
     async def stale_uploads(self, idle_before: float, limit: int = 1000) -> list[str]:
         query = (
