@@ -68,11 +68,14 @@ def bind(settings: Settings, count: int = 1) -> list[socket.socket]:
     forking, so a taken port fails at once, and keeps them open: a restarted worker takes over
     its slot's socket with the connections queued on it."""
     reuse_port = count > 1 and hasattr(socket, "SO_REUSEPORT")
-    first = _listener(settings, settings.port, reuse_port)
+    first = _listener(settings, settings.port, reuse_port=False)
     if not reuse_port:
         return [first] * count
+    # The plain socket just bound proves nobody listens on the port: sockets with SO_REUSEPORT
+    # alone would happily share it with another server started there by mistake.
     port = first.getsockname()[1]
-    return [first, *(_listener(settings, port, reuse_port) for _ in range(count - 1))]
+    first.close()
+    return [_listener(settings, port, reuse_port=True) for _ in range(count)]
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -13,6 +13,8 @@ import http.client
 import os
 import random
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -250,3 +252,24 @@ async def test_a_killed_worker_is_replaced_and_takes_its_share(make_server: Make
     _assert_spread(owners, workers)
     assert "starting another" in server.log_tail(200)
     assert await server.stop() == 0, server.log_tail()
+
+
+async def test_a_second_server_on_the_same_port_is_refused(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Each worker's socket has SO_REUSEPORT, which would let another server share the port;
+    a second `moorage serve` started there by mistake must fail instead of taking a share."""
+    first = make_server(workers=2)
+    await first.start()
+    for workers in (2, 1):
+        argv = [sys.executable, "-m", "moorage", "serve", "--listen", f"127.0.0.1:{first.port}"]
+        argv += ["--data-dir", str(tmp_path / f"second-{workers}"), "--workers", str(workers)]
+        second = await asyncio.to_thread(
+            subprocess.run, argv, capture_output=True, text=True, timeout=60, cwd=tmp_path
+        )
+        assert second.returncode != 0, "a second server started on a port in use"
+        assert "Address already in use" in second.stderr, second.stderr[-2000:]
+    # The first one still answers every connection.
+    owners = await asyncio.to_thread(_owners_of_new_connections, first)
+    assert sum(owners.values()) == CONNECTIONS
+    assert await first.stop() == 0, first.log_tail()
