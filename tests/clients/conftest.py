@@ -24,6 +24,7 @@ import datetime
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -742,6 +743,23 @@ def buildah(containers_run: ContainersRun) -> ContainersTool:
 
 # ---------------------------------------------------------------------------------------------
 # A private dockerd
+
+
+def pushed_digest(output: str, tag: str) -> str:
+    """The manifest digest in `docker push` output's `<tag>: digest: ... size: ...` line."""
+    m = re.search(rf"^{re.escape(tag)}: digest: (sha256:[0-9a-f]{{64}}) size: (\d+)$", output, re.M)
+    assert m, f"no digest line for {tag} in:\n{output}"
+    return m.group(1)
+
+
+def layer_statuses(output: str) -> dict[str, str]:
+    """`<short id>: <status>` lines of `docker push` progress output."""
+    statuses: dict[str, str] = {}
+    for line in output.splitlines():
+        m = re.match(r"^([0-9a-f]{12}): (.+)$", line.strip())
+        if m:
+            statuses[m.group(1)] = m.group(2)
+    return statuses
 
 
 @dataclass

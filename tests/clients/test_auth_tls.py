@@ -20,7 +20,6 @@ import dataclasses
 import http.client
 import json
 import os
-import re
 import signal
 import ssl
 import subprocess
@@ -46,6 +45,8 @@ from tests.clients.conftest import (
     Registry,
     ServerFactory,
     basic_auth,
+    layer_statuses,
+    pushed_digest,
     served_serial,
     tail,
 )
@@ -292,21 +293,6 @@ def test_podman_login_push_pull_and_logout(
 # docker: login with /etc/docker/certs.d, push, pull back, a second push that mounts, logout
 
 
-def _pushed_digest(output: str, tag: str) -> str:
-    m = re.search(rf"^{re.escape(tag)}: digest: (sha256:[0-9a-f]{{64}}) size: (\d+)$", output, re.M)
-    assert m, f"no digest line for {tag} in:\n{output}"
-    return m.group(1)
-
-
-def _layer_statuses(output: str) -> dict[str, str]:
-    statuses: dict[str, str] = {}
-    for line in output.splitlines():
-        m = re.match(r"^([0-9a-f]{12}): (.+)$", line.strip())
-        if m:
-            statuses[m.group(1)] = m.group(2)
-    return statuses
-
-
 def test_docker_login_push_pull_mount_and_logout(
     mode: AuthMode,
     moorage_server: ServerFactory,
@@ -365,8 +351,8 @@ def test_docker_login_push_pull_mount_and_logout(
         assert image_id == img.config.digest
         docker("tag", local, remote)
         pushed_out = docker("push", remote).stdout
-        digest = _pushed_digest(pushed_out, "v1")
-        statuses = _layer_statuses(pushed_out)
+        digest = pushed_digest(pushed_out, "v1")
+        statuses = layer_statuses(pushed_out)
         assert len(statuses) == len(img.layers), pushed_out
         assert set(statuses.values()) == {"Pushed"}, pushed_out
 
@@ -380,8 +366,8 @@ def test_docker_login_push_pull_mount_and_logout(
         # Same image to another repository: no layer data moves, each layer is mounted.
         docker("tag", remote, copy)
         second_out = docker("push", copy).stdout
-        assert _pushed_digest(second_out, "v1") == digest
-        statuses = _layer_statuses(second_out)
+        assert pushed_digest(second_out, "v1") == digest
+        statuses = layer_statuses(second_out)
         assert len(statuses) == len(img.layers), second_out
         assert set(statuses.values()) == {"Mounted from auth/docker"}, second_out
 

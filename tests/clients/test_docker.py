@@ -5,33 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 import pytest
 
-from tests.clients.conftest import ContainersTool, Docker, Registry
+from tests.clients.conftest import (
+    ContainersTool,
+    Docker,
+    Registry,
+    layer_statuses,
+    pushed_digest,
+)
 from tests.images import make_image
 
 pytestmark = pytest.mark.clients
 
 DOCKER_V2 = "application/vnd.docker.distribution.manifest.v2+json"
-
-
-def _pushed_digest(output: str, tag: str) -> str:
-    m = re.search(rf"^{re.escape(tag)}: digest: (sha256:[0-9a-f]{{64}}) size: (\d+)$", output, re.M)
-    assert m, f"no digest line for {tag} in:\n{output}"
-    return m.group(1)
-
-
-def _layer_statuses(output: str) -> dict[str, str]:
-    """`<short id>: <status>` lines of `docker push` progress output."""
-    statuses: dict[str, str] = {}
-    for line in output.splitlines():
-        m = re.match(r"^([0-9a-f]{12}): (.+)$", line.strip())
-        if m:
-            statuses[m.group(1)] = m.group(2)
-    return statuses
 
 
 def test_push_pull_and_mounting_second_push(
@@ -58,8 +47,8 @@ def test_push_pull_and_mounting_second_push(
 
         dockerd("tag", local, remote)
         pushed_out = dockerd("push", remote).stdout
-        digest = _pushed_digest(pushed_out, "v1")
-        statuses = _layer_statuses(pushed_out)
+        digest = pushed_digest(pushed_out, "v1")
+        statuses = layer_statuses(pushed_out)
         assert len(statuses) == len(img.layers), pushed_out
         assert set(statuses.values()) == {"Pushed"}, pushed_out
 
@@ -86,8 +75,8 @@ def test_push_pull_and_mounting_second_push(
         # mounts each layer from docker/img (or finds it already there).
         dockerd("tag", remote, copy)
         second_out = dockerd("push", copy).stdout
-        assert _pushed_digest(second_out, "v1") == digest
-        statuses = _layer_statuses(second_out)
+        assert pushed_digest(second_out, "v1") == digest
+        statuses = layer_statuses(second_out)
         assert len(statuses) == len(img.layers), second_out
         for short_id, status in statuses.items():
             assert status == "Mounted from docker/img" or status == "Layer already exists", (
