@@ -178,20 +178,13 @@ def _check_v1_layer(layer: V1Layer, index: int, ancestry: Sequence[V1Layer]) -> 
 
 def _history_from_v1(document: Mapping[str, Any]) -> dict[str, str]:
     # Field order is Docker's image.History; empty fields are left out.
-    entry: dict[str, str] = {}
-    created = _go_time(document.get("created"))
-    if created:
-        entry["created"] = created
-    author = _string(document.get("author"))
-    if author:
-        entry["author"] = author
-    created_by = _command(document.get("container_config"))
-    if created_by:
-        entry["created_by"] = created_by
-    comment = _string(document.get("comment"))
-    if comment:
-        entry["comment"] = comment
-    return entry
+    fields = (
+        ("created", _go_time(document.get("created"))),
+        ("author", _string(document.get("author"))),
+        ("created_by", _command(document.get("container_config"))),
+        ("comment", _string(document.get("comment"))),
+    )
+    return {name: value for name, value in fields if value}
 
 
 def _command(container_config: Any) -> str:

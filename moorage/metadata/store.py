@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
     and_,
     bindparam,
     create_engine,
@@ -255,6 +256,10 @@ class MetadataStore(V1Queries):
         async with self._async.connect() as aconn:
             return await aconn.run_sync(work)
 
+    async def _column(self, query: Select[Any]) -> list[Any]:
+        """The first column of every row of `query`."""
+        return await self._read(lambda conn: list(conn.execute(query).scalars()))
+
     def _drop_held(self) -> None:
         held, self._held = self._held, None
         if held is not None:
@@ -294,7 +299,7 @@ class MetadataStore(V1Queries):
         query = select(r.c.name).where(has_content).order_by(r.c.name).limit(limit)
         if last is not None:
             query = query.where(r.c.name > last)
-        return await self._read(lambda conn: list(conn.execute(query).scalars()))
+        return await self._column(query)
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -363,7 +368,7 @@ class MetadataStore(V1Queries):
             .where(rb.c.digest == digest)
             .order_by(r.c.name)
         )
-        return await self._read(lambda conn: list(conn.execute(query).scalars()))
+        return await self._column(query)
 
     async def linked_blobs(self, repository: str, digests: Iterable[str]) -> set[str]:
         wanted = set(digests)
@@ -375,7 +380,7 @@ class MetadataStore(V1Queries):
             .join(r, r.c.id == rb.c.repository_id)
             .where(r.c.name == repository, rb.c.digest.in_(wanted))
         )
-        return await self._read(lambda conn: set(conn.execute(query).scalars()))
+        return set(await self._column(query))
 
     # -- uploads -------------------------------------------------------------------------
 
@@ -451,7 +456,7 @@ class MetadataStore(V1Queries):
             .order_by(t.uploads.c.updated)
             .limit(limit)
         )
-        return await self._read(lambda conn: list(conn.execute(query).scalars()))
+        return await self._column(query)
 
     # -- manifests and tags --------------------------------------------------------------
 
@@ -475,7 +480,7 @@ class MetadataStore(V1Queries):
             .join(r, r.c.id == m.c.repository_id)
             .where(r.c.name == repository, m.c.digest.in_(wanted))
         )
-        return await self._read(lambda conn: set(conn.execute(query).scalars()))
+        return set(await self._column(query))
 
     async def put_manifest(
         self,
@@ -596,7 +601,7 @@ class MetadataStore(V1Queries):
             .join(r, r.c.id == tg.c.repository_id)
             .where(r.c.name == repository, tg.c.digest == digest)
         )
-        return await self._read(lambda conn: list(conn.execute(query).scalars()))
+        return await self._column(query)
 
     async def referrers(
         self,

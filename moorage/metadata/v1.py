@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from sqlalchemy import Connection, delete, insert, literal, select, update
+from sqlalchemy import Connection, Select, delete, insert, literal, select, update
 
 from moorage.metadata import schema as t
 
@@ -80,6 +80,7 @@ class V1Queries:
 
         async def _read(self, work: Callable[[Connection], T]) -> T: ...
         async def _write(self, work: Callable[[Connection], T]) -> T: ...
+        async def _column(self, query: Select[Any]) -> list[Any]: ...
         @staticmethod
         def _repository_id(conn: Connection, name: str, create: bool) -> int | None: ...
         def _link(self, conn: Connection, repository: str, rows: Iterable[Any]) -> None: ...
@@ -308,7 +309,7 @@ class V1Queries:
             .where(link.c.image_id == image_id)
             .order_by(r.c.name)
         )
-        return await self._read(lambda conn: list(conn.execute(query).scalars()))
+        return await self._column(query)
 
     async def v1_images_of(self, repository: str) -> list[tuple[str, str | None]]:
         """(id, checksum) of the complete images linked to a repository."""
@@ -518,7 +519,7 @@ class V1Queries:
         r = t.repositories
         query = select(r.c.name).where(r.c.name.ilike(f"%{_escape_like(term)}%", escape="\\"))
         query = query.order_by(r.c.name).limit(limit)
-        return await self._read(lambda conn: list(conn.execute(query).scalars()))
+        return await self._column(query)
 
 
 @dataclass(frozen=True, slots=True)
