@@ -28,7 +28,7 @@ class _Section(BaseModel):
 
 class StorageSettings(_Section):
     driver: Literal["filesystem"] = "filesystem"
-    # Defaults to <datadir>/blobs-store when unset.
+    # Defaults to <datadir>/storage when unset.
     rootdirectory: Path | None = None
 
 
@@ -40,6 +40,9 @@ class MetadataSettings(_Section):
 class UploadSettings(_Section):
     # Idle sessions older than this are gone (404 BLOB_UPLOAD_UNKNOWN) and their data freed.
     ttl: int = Field(default=24 * 3600, ge=60)
+    # A write (PATCH, PUT) holds the session's lease this long, renewed as data arrives; a
+    # writer that stalls past it loses the session to the next one.
+    lease: int = Field(default=90, ge=1)
 
 
 class ManifestSettings(_Section):

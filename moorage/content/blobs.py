@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from moorage.content import digest as digests
 from moorage.content import streams
@@ -39,15 +40,15 @@ from moorage.errors import (
     RangeInvalid,
     SizeInvalid,
 )
-from moorage.metadata import BlobRow, MetadataStore, UploadRow
-from moorage.storage import StorageDriver, StorageError, paths
+from moorage.metadata import BlobRow, LeaseTaken, MetadataStore, UploadRow
+from moorage.storage import StorageDriver, StorageError, Writer, paths
 
 LEASE_SECONDS = 90.0
-LEASE_RENEW_SECONDS = 30.0
 HASHER_CACHE = 4096
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 Body = AsyncIterator[bytes]
+T = TypeVar("T")
 
 
 def _process_start(pid: int) -> str | None:
@@ -60,13 +61,19 @@ def _process_start(pid: int) -> str | None:
 
 
 # A lease names its holder: host, pid and the pid's start time, so a server restarted on the
-# same host can tell that a lease left by a killed process is dead without waiting it out.
+# same host can tell that a lease left by a killed process is dead without waiting it out. The
+# pid is the worker's own, found when the lease is made: a module-level value would be the
+# supervisor's (workers are forked after import), which outlives a killed worker.
 _HOST = socket.gethostname()
-_HOLDER = f"{_HOST}/{os.getpid()}/{_process_start(os.getpid())}"
+_holder: tuple[int, str] | None = None
 
 
 def _new_lease() -> str:
-    return f"{_HOLDER}/{uuid.uuid4().hex}"
+    global _holder
+    pid = os.getpid()
+    if _holder is None or _holder[0] != pid:
+        _holder = (pid, f"{_HOST}/{pid}/{_process_start(pid)}")
+    return f"{_holder[1]}/{uuid.uuid4().hex}"
 
 
 def _holder_dead(lease: str) -> bool:
@@ -93,7 +100,12 @@ class Blob:
 class _Lease:
     token: str
     offset: int | None
+    renewed: float  # time.monotonic() when the lease was last taken or renewed (or just before)
     ended: bool = False  # the session was committed: no row left to release
+
+
+class LeaseLost(Exception):
+    """A writer found, before writing, that its lease ran out and was taken over."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,10 +124,18 @@ class RangeMismatch(RangeInvalid):
 
 
 class BlobService:
-    def __init__(self, storage: StorageDriver, metadata: MetadataStore, upload_ttl: int) -> None:
+    def __init__(
+        self,
+        storage: StorageDriver,
+        metadata: MetadataStore,
+        upload_ttl: int,
+        lease_seconds: float = LEASE_SECONDS,
+    ) -> None:
         self.storage = storage
         self.metadata = metadata
         self.upload_ttl = upload_ttl
+        self.lease_seconds = lease_seconds
+        self.renew_seconds = lease_seconds / 3
         self._hashers: OrderedDict[str, Hasher] = OrderedDict()
 
     # -- reading -------------------------------------------------------------------------
@@ -168,8 +188,8 @@ class BlobService:
         row = await self.metadata.upload(session_id)
         if row is None or row.repository != repository:
             raise BlobUploadUnknown(detail={"uuid": session_id})
-        if row.updated < time.time() - self.upload_ttl:
-            await self._drop(session_id)
+        # Idle past the TTL, unless a write holds its lease (a long chunk on a slow link).
+        if row.updated < time.time() - self.upload_ttl and await self._expire(session_id):
             raise BlobUploadUnknown(detail={"uuid": session_id})
         return row
 
@@ -187,11 +207,21 @@ class BlobService:
         await self.storage.delete(paths.upload(session_id))
 
     async def expire(self) -> int:
-        """Drop sessions idle past the TTL; returns how many."""
+        """Drop sessions idle past the TTL; returns how many. A session being written to is
+        not idle: its writer holds a live lease, and renewing it counts as activity."""
         stale = await self.metadata.stale_uploads(time.time() - self.upload_ttl)
+        dropped = 0
         for session_id in stale:
-            await self._drop(session_id)
-        return len(stale)
+            dropped += await self._expire(session_id)
+        return dropped
+
+    async def _expire(self, session_id: str) -> bool:
+        """Drop one session if it is still idle and unleased when the delete runs."""
+        if not await self.metadata.expire_upload(session_id, time.time() - self.upload_ttl):
+            return False
+        self._hashers.pop(session_id, None)
+        await self.storage.delete(paths.upload(session_id))
+        return True
 
     async def append(
         self,
@@ -205,8 +235,11 @@ class BlobService:
         row = await self._session(repository, session_id)
         state = UploadState(row.id, row.repository, row.offset)
         start = self._check_range(state, content_range, content_length)
-        async with self._lease(state, start) as lease:
-            lease.offset = await self._stream(state.id, start, body, content_range, lease)
+        try:
+            async with self._lease(state, start) as lease:
+                lease.offset = await self._stream(state.id, start, body, content_range, lease)
+        except LeaseLost:
+            raise await self._lost(state) from None
         return UploadState(row.id, row.repository, lease.offset)
 
     async def finish(
@@ -228,15 +261,26 @@ class BlobService:
             raise DigestInvalid("digest missing")
         parsed = [digests.parse(d) for d in expected]
         start = self._check_range(state, content_range, content_length)
-        async with self._lease(state, start) as lease:
-            lease.offset = await self._stream(state.id, start, body, content_range, lease)
-            try:
-                digest = await self._commit(state.id, repository, lease.offset, parsed)
-            except DigestInvalid:
-                await self._drop(session_id)
-                raise
-            lease.ended = True
-            return digest
+        try:
+            async with self._lease(state, start) as lease:
+                lease.offset = await self._stream(state.id, start, body, content_range, lease)
+                try:
+                    digest = await self._commit(state.id, repository, lease.offset, parsed)
+                except DigestInvalid:
+                    await self._drop(session_id)
+                    raise
+                lease.ended = True
+                return digest
+        except LeaseLost:
+            raise await self._lost(state) from None
+
+    async def _lost(self, state: UploadState) -> Exception:
+        """What a writer whose lease was taken over answers: the session's offset now (416),
+        or that the session is gone (the request that took over committed it)."""
+        current = await self.metadata.upload(state.id)
+        if current is None:
+            return BlobUploadUnknown(detail={"uuid": state.id})
+        return RangeMismatch(UploadState(state.id, state.repository, current.offset))
 
     async def upload(self, repository: str, digest: str, body: Body, length: int | None) -> str:
         """Single-POST upload: the whole blob in one request; nothing stays on failure."""
@@ -273,10 +317,11 @@ class BlobService:
 
         On exit the lease is released with `lease.offset` as the new offset (None: unchanged),
         unless the session was committed inside (`lease.ended`: no row is left)."""
-        lease = _Lease(_new_lease(), start)
-        until = time.time() + LEASE_SECONDS
+        lease = _Lease(_new_lease(), start, time.monotonic())
+        until = time.time() + self.lease_seconds
         acquire = self.metadata.acquire_upload(state.id, start, lease.token, until)
-        if not await self._settle(state.id, lease.token, acquire):
+        taken = await self._settle(state.id, lease.token, acquire)
+        if taken is None:
             current = await self.metadata.upload(state.id)
             if current is None:
                 raise BlobUploadUnknown(detail={"uuid": state.id})
@@ -294,6 +339,13 @@ class BlobService:
                 raise RangeMismatch(UploadState(state.id, state.repository, current.offset))
         lease.offset = None
         try:
+            if taken is LeaseTaken.EXPIRED:
+                # The last holder ran out of time without releasing: it may be stalled with
+                # the upload's file open and write again when it wakes up. Give the key a
+                # fresh file first, so whatever it writes lands where nothing reads.
+                self._hashers.pop(state.id, None)
+                writer = await self._open(state.id, start, detach=True)
+                await writer.close()
             yield lease
         except BaseException:
             self._hashers.pop(state.id, None)
@@ -307,7 +359,7 @@ class BlobService:
                     # not be what the session holds.
                     self._hashers.pop(state.id, None)
 
-    async def _settle(self, session_id: str, token: str, take: Awaitable[bool]) -> bool:
+    async def _settle(self, session_id: str, token: str, take: Awaitable[T]) -> T:
         """Await a lease-taking write. If the request is cancelled meanwhile (the client hung
         up), the write still lands: wait for it and give the lease back, so that a lease is
         never left held by a request that is gone."""
@@ -318,7 +370,7 @@ class BlobService:
 
             async def give_back() -> None:
                 with contextlib.suppress(Exception):
-                    if await taking:
+                    if await taking not in (None, False):
                         await self.metadata.release_upload(session_id, token, None)
 
             await asyncio.shield(give_back())
@@ -340,27 +392,58 @@ class BlobService:
             raise SizeInvalid(detail={"range": span, "received": received})
         return start + received
 
-    async def _append(self, session_id: str, start: int, body: Body, lease: _Lease) -> int:
-        hasher = await self._hasher(session_id, start)
+    async def _open(self, session_id: str, start: int, detach: bool = False) -> Writer:
         try:
-            writer = await self.storage.writer(paths.upload(session_id), start)
+            return await self.storage.writer(paths.upload(session_id), start, detach=detach)
         except StorageError as exc:
             raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
-        renewed = time.monotonic()
+
+    async def _append(self, session_id: str, start: int, body: Body, lease: _Lease) -> int:
+        hasher = await self._hasher(session_id, start)
+        writer = await self._open(session_id, start)
+        arrived = 0  # bytes of the body received so far
+
+        async def counted() -> Body:
+            nonlocal arrived
+            async for chunk in body:
+                arrived += len(chunk)
+                yield chunk
+
+        async def renew() -> None:
+            renewing = time.monotonic()
+            until = time.time() + self.lease_seconds
+            if not await self.metadata.renew_upload(session_id, lease.token, until):
+                raise LeaseLost(session_id)
+            lease.renewed = renewing
+
+        async def keep_alive() -> None:
+            """While the body makes progress, keep the lease (and so the session) alive, even
+            when a block takes longer than the lease to arrive (a slow link). A body that
+            stops making progress stops renewing: its lease runs out."""
+            seen = 0
+            while True:
+                await asyncio.sleep(self.renew_seconds)
+                if arrived != seen:
+                    seen = arrived
+                    await renew()
 
         async def process(block: bytes) -> None:
-            nonlocal renewed
+            # Before a byte is written, the lease must have time left: a writer that was
+            # stalled (a client that stopped sending) renews first, and stops if the lease
+            # has been taken over meanwhile. Renewing at a third of the lease leaves the
+            # write two thirds of it to land before anyone else may take the session.
+            if time.monotonic() - lease.renewed > self.renew_seconds:
+                await renew()
             # Hash and write side by side on two threads (hashlib releases the GIL).
             await asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
-            if time.monotonic() - renewed > LEASE_RENEW_SECONDS:
-                renewed = time.monotonic()
-                await self.metadata.renew_upload(
-                    session_id, lease.token, time.time() + LEASE_SECONDS
-                )
 
+        renewer = asyncio.create_task(keep_alive())
         try:
-            received = await streams.pipelined(body, process)
+            received = await streams.pipelined(counted(), process)
         finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
+                await renewer
             await writer.close()
         self._remember(session_id, hasher)
         return received

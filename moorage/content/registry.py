@@ -61,7 +61,7 @@ class Registry:
     def __init__(self, settings: Settings, storage: StorageDriver, metadata: MetadataStore):
         self.settings = settings
         self.metadata = metadata
-        self.blobs = BlobService(storage, metadata, settings.uploads.ttl)
+        self.blobs = BlobService(storage, metadata, settings.uploads.ttl, settings.uploads.lease)
         self._signing_key: ec.EllipticCurvePrivateKey | None = None
 
     async def close(self) -> None:

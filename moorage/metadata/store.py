@@ -15,6 +15,7 @@ where it runs:
 from __future__ import annotations
 
 import asyncio
+import enum
 import fcntl
 import json
 import os
@@ -70,6 +71,13 @@ class ManifestRow:
     annotations: dict[str, str] | None = None
 
 
+class LeaseTaken(enum.Enum):
+    """How an upload's write lease was had: nobody held it, or its holder let it run out."""
+
+    FREE = "free"
+    EXPIRED = "expired"
+
+
 @dataclass(frozen=True, slots=True)
 class UploadRow:
     id: str
@@ -117,6 +125,12 @@ _UPLOAD = select(
     t.uploads.c.lease,
     t.uploads.c.lease_until,
 ).where(t.uploads.c.id == bindparam("id"))
+
+
+def _lease_not_live(now: float) -> Any:
+    """No request holds the session's write lease (none taken, or it ran out)."""
+    u = t.uploads
+    return u.c.lease.is_(None) | (u.c.lease_until < now)
 
 
 def _sqlite_engine(url: str, *pragmas: str, pool_size: int, immediate: bool = False) -> Engine:
@@ -399,16 +413,22 @@ class MetadataStore(V1Queries):
         """Run one UPDATE or DELETE in its own write transaction: did it change a row?"""
         return bool(await self._write(lambda conn: conn.execute(statement).rowcount))
 
-    async def acquire_upload(self, upload_id: str, offset: int, lease: str, until: float) -> bool:
-        """Take the session's write lease if it is at `offset` and nobody else holds it."""
+    async def acquire_upload(
+        self, upload_id: str, offset: int, lease: str, until: float
+    ) -> LeaseTaken | None:
+        """Take the session's write lease if it is at `offset` and nobody holds it (FREE) or
+        its holder let it expire (EXPIRED: that holder may still have the upload's bytes open
+        for writing). None when the lease cannot be had."""
         u = t.uploads
         now = time.time()
-        free = (u.c.lease.is_(None)) | (u.c.lease_until < now)
-        return await self._changes_a_row(
-            update(u)
-            .where(u.c.id == upload_id, u.c.offset == offset, free)
-            .values(lease=lease, lease_until=until, updated=now)
-        )
+        values = {"lease": lease, "lease_until": until, "updated": now}
+        at = (u.c.id == upload_id, u.c.offset == offset)
+        if await self._changes_a_row(update(u).where(*at, u.c.lease.is_(None)).values(values)):
+            return LeaseTaken.FREE
+        expired = update(u).where(*at, u.c.lease.is_not(None), u.c.lease_until < now)
+        if await self._changes_a_row(expired.values(values)):
+            return LeaseTaken.EXPIRED
+        return None
 
     async def release_upload(self, upload_id: str, lease: str, offset: int | None) -> bool:
         """Give the lease back, recording the new offset (None: unchanged)."""
@@ -432,9 +452,12 @@ class MetadataStore(V1Queries):
         )
 
     async def renew_upload(self, upload_id: str, lease: str, until: float) -> bool:
+        """Extend a lease still held; a renewal is activity (the session is not idle)."""
         u = t.uploads
         return await self._changes_a_row(
-            update(u).where(u.c.id == upload_id, u.c.lease == lease).values(lease_until=until)
+            update(u)
+            .where(u.c.id == upload_id, u.c.lease == lease)
+            .values(lease_until=until, updated=time.time())
         )
 
     async def finish_upload(self, upload_id: str, repository: str, rows: Iterable[BlobRow]) -> None:
@@ -450,13 +473,25 @@ class MetadataStore(V1Queries):
         return await self._changes_a_row(delete(t.uploads).where(t.uploads.c.id == upload_id))
 
     async def stale_uploads(self, idle_before: float, limit: int = 1000) -> list[str]:
+        """Sessions idle since before `idle_before` that nobody is writing to."""
+        u = t.uploads
         query = (
-            select(t.uploads.c.id)
-            .where(t.uploads.c.updated < idle_before)
-            .order_by(t.uploads.c.updated)
+            select(u.c.id)
+            .where(u.c.updated < idle_before, _lease_not_live(time.time()))
+            .order_by(u.c.updated)
             .limit(limit)
         )
         return await self._column(query)
+
+    async def expire_upload(self, upload_id: str, idle_before: float) -> bool:
+        """Delete the session if it is still idle and unleased (checked in the deleting
+        statement itself, so a write that began since it was found keeps it)."""
+        u = t.uploads
+        return await self._changes_a_row(
+            delete(u).where(
+                u.c.id == upload_id, u.c.updated < idle_before, _lease_not_live(time.time())
+            )
+        )
 
     # -- manifests and tags --------------------------------------------------------------
 

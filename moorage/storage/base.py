@@ -48,8 +48,13 @@ class StorageDriver(Protocol):
     async def put(self, key: str, data: bytes) -> None:
         """Write a small object atomically."""
 
-    async def writer(self, key: str, offset: int) -> Writer:
-        """Open `key` for appending at `offset`, dropping anything stored past it."""
+    async def writer(self, key: str, offset: int, detach: bool = False) -> Writer:
+        """Open `key` for appending at `offset`, dropping anything stored past it.
+
+        `detach`: someone else may still hold the old object open for writing (a writer whose
+        lease ran out); first give `key` a new object with the first `offset` bytes, so that
+        nothing that one writes can land in what `key` holds. Content-addressed keys
+        (`paths.is_content_addressed`) are never opened for writing: StorageError."""
 
     async def commit(self, source: str, target: str, size: int | None = None) -> None:
         """Atomically move `source` to `target`, keeping only its first `size` bytes when given

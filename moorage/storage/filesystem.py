@@ -1,20 +1,24 @@
 """The filesystem driver: objects are files below a root directory.
 
 Blocking file calls run in the default thread pool so the event loop never waits on a disk.
-Commits are `fsync` + `rename` + `fsync(dir)`: after a crash a key either holds its whole
-object or does not exist.
+Commits are `fsync` + `link` + `fsync(dir)`: after a crash a key either holds its whole
+object or does not exist. Blob keys (`paths.is_content_addressed`) are write-once: no file at
+one is ever opened for writing or replaced once it is there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import os
 import shutil
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO
 
+from moorage.storage import paths
 from moorage.storage.base import PathNotFound, StorageError
 
 READ_SIZE = 1 << 20
@@ -28,6 +32,20 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _link_new(source: Path, target: Path) -> None:
+    """Make `target` name the file `source` names, unless `target` exists (then leave it)."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        # A filesystem without hard links: rename, which replaces an existing target.
+        if not target.exists():
+            os.replace(source, target)
 
 
 def _writeback_starter() -> Callable[[int, int, int], object] | None:
@@ -143,52 +161,95 @@ class FilesystemDriver:
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            if paths.is_content_addressed(key):
+                _link_new(tmp, path)  # a visible blob is never replaced
+            else:
+                os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         _fsync_dir(path.parent)
 
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, key, data)
 
-    def _open_at(self, key: str, offset: int) -> FileWriter:
+    def _open_at(self, key: str, offset: int, detach: bool) -> FileWriter:
+        if paths.is_content_addressed(key):
+            raise StorageError(f"{key} is content-addressed: never opened for writing")
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        if detach:
+            fd = self._detached_copy(key, path, offset)
+        else:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            size = os.fstat(fd).st_size
+            if size < offset:
+                os.close(fd)
+                raise StorageError(f"{key} holds {size} bytes, cannot append at {offset}")
+            os.ftruncate(fd, offset)
         file = os.fdopen(fd, "wb", buffering=0)
-        size = os.fstat(fd).st_size
-        if size < offset:
-            file.close()
-            raise StorageError(f"{key} holds {size} bytes, cannot append at {offset}")
-        os.ftruncate(fd, offset)
         file.seek(offset)
         return FileWriter(file, offset)
 
-    async def writer(self, key: str, offset: int) -> FileWriter:
-        return await asyncio.to_thread(self._open_at, key, offset)
+    def _detached_copy(self, key: str, path: Path, offset: int) -> int:
+        """Put a new file at `path` holding the first `offset` bytes of the old one, and
+        return it open for writing. Whoever still has the old file open (a writer that lost
+        its lease but has not noticed yet) now writes into a file that nothing reads."""
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            try:
+                source = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                if offset:
+                    raise StorageError(f"{key} is gone, cannot append at {offset}") from None
+            else:
+                try:
+                    copied = 0
+                    while copied < offset:
+                        n = os.copy_file_range(source, fd, offset - copied, copied, copied)
+                        if n == 0:
+                            raise StorageError(f"{key} holds {copied} bytes, not {offset}")
+                        copied += n
+                finally:
+                    os.close(source)
+            os.replace(tmp, path)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        return fd
+
+    async def writer(self, key: str, offset: int, detach: bool = False) -> FileWriter:
+        return await asyncio.to_thread(self._open_at, key, offset, detach)
 
     def _commit(self, source: str, target: str, size: int | None) -> None:
         src, dst = self._path(source), self._path(target)
+        if dst.exists():  # the same content is stored already: the upload is not needed
+            src.unlink(missing_ok=True)
+            return
         dst.parent.mkdir(parents=True, exist_ok=True)
+        if size == 0:  # an empty upload may never have had a byte written: make its file
+            src.parent.mkdir(parents=True, exist_ok=True)
         try:
-            if dst.exists():
-                src.unlink()
-                return
-            if size == 0:  # an empty upload may never have had a byte written: make its file
-                src.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(src, os.O_RDWR | (os.O_CREAT if size == 0 else 0), 0o644)
-            try:
-                if size is not None:
-                    os.ftruncate(fd, size)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(src, dst)
         except FileNotFoundError as exc:
             raise PathNotFound(source) from exc
+        try:
+            if size is not None:
+                os.ftruncate(fd, size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # link(2) never replaces: a blob that is already there (the same content, pushed
+        # before or concurrently) stays the very file readers may have open.
+        _link_new(src, dst)
+        src.unlink(missing_ok=True)
         _fsync_dir(dst.parent)
 
     async def commit(self, source: str, target: str, size: int | None = None) -> None:

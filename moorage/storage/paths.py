@@ -13,10 +13,17 @@ indexed under both digests in metadata and stored once).
 from __future__ import annotations
 
 UPLOADS = "uploads"
+BLOBS = "blobs"
 
 
 def blob(sha256_hex: str) -> str:
-    return f"blobs/sha256/{sha256_hex[:2]}/{sha256_hex}"
+    return f"{BLOBS}/sha256/{sha256_hex[:2]}/{sha256_hex}"
+
+
+def is_content_addressed(key: str) -> bool:
+    """Keys whose object, once there, never changes: written once, whole, never opened for
+    writing again."""
+    return key.startswith(f"{BLOBS}/")
 
 
 def upload(session_id: str) -> str:

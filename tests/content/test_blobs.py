@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from moorage.content.blobs import BlobService
-from moorage.errors import BlobUploadInvalid
+from moorage.errors import BlobUploadInvalid, RangeInvalid
 from moorage.metadata import MetadataStore
 from moorage.storage import paths
 from moorage.storage.filesystem import FilesystemDriver
@@ -113,3 +114,76 @@ async def test_a_final_put_whose_upload_data_is_gone_is_upload_invalid(
         digest = "sha256:" + hashlib.sha256(b"z" * 100).hexdigest()
         with pytest.raises(BlobUploadInvalid):
             await service.finish("repo", state.id, [digest], None, None, None)
+
+
+async def _slow_body(pieces: int, size: int, every: float) -> AsyncIterator[bytes]:
+    for _ in range(pieces):
+        await asyncio.sleep(every)
+        yield b"s" * size
+
+
+async def test_expiry_never_drops_a_session_being_written(
+    tmp_path: Path, store: MetadataStore
+) -> None:
+    """Issue 9 item 3: a TTL shorter than one slow PATCH. The body trickles in (far less than
+    a block, so nothing is written for seconds) while the expiry sweep runs again and again;
+    the session survives and commits. Renewing the lease is activity."""
+    service = BlobService(
+        FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=1, lease_seconds=1
+    )
+    state = await service.start("repo")
+    sweeps = 0
+
+    async def sweep() -> None:
+        nonlocal sweeps
+        while True:
+            assert await service.expire() == 0
+            sweeps += 1
+            await asyncio.sleep(0.1)
+
+    sweeper = asyncio.create_task(sweep())
+    try:
+        result = await service.append("repo", state.id, _slow_body(16, 100, 0.2), None, None)
+    finally:
+        sweeper.cancel()
+    assert result.offset == 1600
+    assert sweeps > 20
+    digest = "sha256:" + hashlib.sha256(b"s" * 1600).hexdigest()
+    assert await service.finish("repo", state.id, [digest], None, None, None) == digest
+
+
+async def test_an_idle_session_still_expires(tmp_path: Path, store: MetadataStore) -> None:
+    storage = FilesystemDriver(tmp_path / "blobs")
+    service = BlobService(storage, store, upload_ttl=1, lease_seconds=1)
+    state = await service.start("repo")
+    await service.append("repo", state.id, _body(b"x" * 10), None, None)
+    await asyncio.sleep(1.2)
+    assert await service.expire() == 1
+    assert await store.upload(state.id) is None
+    assert await storage.stat(paths.upload(state.id)) is None
+
+
+async def test_a_stalled_body_stops_renewing_and_loses_the_session(
+    tmp_path: Path, store: MetadataStore
+) -> None:
+    """The lease is kept by progress, not by the request existing: a body that stops keeps
+    nothing alive, and the stalled writer writes nothing after another took over."""
+    storage = FilesystemDriver(tmp_path / "blobs")
+    service = BlobService(storage, store, upload_ttl=3600, lease_seconds=1)
+    state = await service.start("repo")
+    resume = asyncio.Event()
+
+    async def stalling() -> AsyncIterator[bytes]:
+        yield b"a" * 100
+        await resume.wait()
+        yield b"b" * 100
+
+    stalled = asyncio.create_task(service.append("repo", state.id, stalling(), None, None))
+    await asyncio.sleep(2)
+    other = BlobService(storage, store, upload_ttl=3600, lease_seconds=1)
+    done = await other.append("repo", state.id, _body(b"c" * 10), (0, 9), 10)
+    assert done.offset == 10
+    resume.set()
+    with pytest.raises(RangeInvalid):
+        await stalled
+    assert await storage.get(paths.upload(state.id)) == b"c" * 10

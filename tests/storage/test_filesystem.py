@@ -77,3 +77,45 @@ async def test_delete_and_list(driver: FilesystemDriver) -> None:
 async def test_keys_cannot_escape_the_root(driver: FilesystemDriver, key: str) -> None:
     with pytest.raises(StorageError):
         await driver.put(key, b"x")
+
+
+async def test_a_detached_writer_leaves_the_old_holder_writing_into_nothing(
+    driver: FilesystemDriver,
+) -> None:
+    first = await driver.writer("uploads/x", 0)
+    await first.write(b"abc")
+    # The first writer stalls with its file open; a second one takes over at offset 3.
+    second = await driver.writer("uploads/x", 3, detach=True)
+    await second.write(b"DEF")
+    await second.close()
+    await first.write(b"late bytes from a writer that lost its lease")
+    await first.close()
+    assert await driver.get("uploads/x") == b"abcDEF"
+    await driver.commit("uploads/x", "blobs/sha256/ab/abcdef", 6)
+    assert await driver.get("blobs/sha256/ab/abcdef") == b"abcDEF"
+
+
+async def test_blob_keys_are_never_opened_for_writing_or_replaced(
+    driver: FilesystemDriver,
+) -> None:
+    key = "blobs/sha256/00/00ff"
+    await driver.put(key, b"first")
+    with pytest.raises(StorageError):
+        await driver.writer(key, 0)
+    await driver.put(key, b"other")  # content-addressed: what is there stays
+    assert await driver.get(key) == b"first"
+    inode = (driver.root / key).stat().st_ino
+    writer = await driver.writer("uploads/y", 0)
+    await writer.write(b"second")
+    await writer.close()
+    await driver.commit("uploads/y", key, 6)
+    assert await driver.get(key) == b"first"
+    assert (driver.root / key).stat().st_ino == inode
+    assert await driver.stat("uploads/y") is None
+
+
+async def test_committing_an_empty_upload_twice(driver: FilesystemDriver) -> None:
+    key = "blobs/sha256/e3/e3b0"
+    await driver.commit("uploads/a", key, 0)  # never had a byte written: no file
+    await driver.commit("uploads/b", key, 0)
+    assert await driver.get(key) == b""
