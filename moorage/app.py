@@ -12,6 +12,7 @@ from aiohttp.typedefs import Handler
 
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, REGISTRY, SETTINGS, V1, V1TOKENS
+from moorage.api.v1 import errors as v1_errors
 from moorage.api.v1 import routes as v1_routes
 from moorage.api.v2 import errors as v2_errors
 from moorage.api.v2 import routes as v2_routes
@@ -66,7 +67,7 @@ def create_app(settings: Settings) -> web.Application:
         middlewares=[
             in_flight.middleware,
             v2_errors.errors_middleware,
-            v1_routes.errors_middleware,
+            v1_errors.errors_middleware,
         ],
         # Request bodies are read in large pieces: with aiohttp's default 64 KiB buffer a
         # streamed layer pauses and resumes the socket every 128 KiB.

@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, Final, TypeGuard
 
 from moorage.content import digest as digests
-from moorage.content import schema1
+from moorage.content import jsondoc, schema1
 from moorage.content.manifests import DOCKER_MANIFEST
 
 DOCKER_CONFIG: Final = "application/vnd.docker.container.image.v1+json"
@@ -409,8 +409,8 @@ def _encoded(digest: str) -> str:
 
 def _load_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        value = jsondoc.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONInvalid: malformed, not UTF-8, or nested too deep
         raise TranslationError(f"{what} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise TranslationError(f"{what} is not a JSON object")

@@ -14,7 +14,6 @@ as predicates; this module knows nothing of users or HTTP.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time
@@ -25,11 +24,11 @@ from datetime import datetime
 from typing import Any
 
 from moorage.content import digest as digests
-from moorage.content import layers, manifests, names, streams, translate
+from moorage.content import jsondoc, layers, manifests, names, streams, translate
 from moorage.content.blobs import Blob
-from moorage.content.layers import LayerAnalyzer, LayerInvalid
+from moorage.content.layers import LayerAnalyzer
 from moorage.content.registry import Registry
-from moorage.errors import ManifestUnknown, RegistryError
+from moorage.errors import ManifestUnknown
 from moorage.metadata import BlobRow, LayerSums, ManifestRow, V1ImageRow
 from moorage.storage import paths
 
@@ -44,24 +43,108 @@ Readable = Callable[[list[str]], bool]  # repositories an image is linked to -> 
 
 
 class V1Error(Exception):
-    """A v1 protocol answer other than success: status and the flat error message."""
+    """A v1 request the domain refuses. Each subclass is one reason; the API layer's table
+    (`moorage.api.v1.errors`) gives it its wire status and message. `str()` is for logs."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+
+class ImageIdInvalid(V1Error):
+    """Not 64 lowercase hex."""
+
+
+class ImageNotFound(V1Error):
+    """Unknown, or not readable by the caller (the two look the same)."""
+
+
+class ImageExists(V1Error):
+    """The image is complete: it never changes again."""
+
+
+class ImageBeingUploaded(V1Error):
+    """Not complete yet, and the caller may see that."""
+
+
+class ImageJSONTooLarge(V1Error):
+    pass
+
+
+class ImageJSONInvalid(V1Error):
+    """Not a UTF-8 JSON object (or nested too deep), or a bad `parent`/`created`."""
+
+
+class ImageJSONMissingId(ImageJSONInvalid):
+    pass
+
+
+class ImageJSONWrongId(ImageJSONInvalid):
+    pass
+
+
+class ParentUnknown(V1Error):
+    """The parent is unknown, incomplete, or the image itself."""
+
+
+class ParentUnauthorized(V1Error):
+    pass
+
+
+class AncestryTooDeep(V1Error):
+    pass
+
+
+class ChecksumMissing(V1Error):
+    pass
+
+
+class ChecksumMismatch(V1Error):
+    pass
+
+
+class ChecksumAlreadySet(V1Error):
+    """A checksum for an image that is already complete."""
+
+
+class LayerNotUploaded(V1Error):
+    pass
+
+
+class UploadRestarted(V1Error):
+    """A newer `PUT json` restarted the upload while this request ran."""
+
+
+class BodyUndecodable(V1Error):
+    """A request body (image list, tag target, user record) that is not JSON."""
+
+
+class DataInvalid(V1Error):
+    """A request body that is JSON of the wrong shape."""
+
+
+class RepositoryNameInvalid(V1Error):
+    pass
+
+
+class RepositoryNotFound(V1Error):
+    pass
+
+
+class TagNameInvalid(V1Error):
+    pass
+
+
+class TagNotFound(V1Error):
+    pass
+
+
+class NotTaggable(V1Error):
+    """The image's ancestry has no v2 form (the reason is the message)."""
 
 
 __all__ = ["PushEntry", "V1Error", "V1ImageRow", "V1Service"]
 
-IMAGE_NOT_FOUND = (404, "Image not found")
-IMAGE_EXISTS = (409, "Image already exists")
-BEING_UPLOADED = (400, "Image is being uploaded, retry later")
-
 
 def check_image_id(image_id: str) -> str:
     if not IMAGE_ID.match(image_id):
-        raise V1Error(404, "Invalid image ID")
+        raise ImageIdInvalid(image_id)
     return image_id
 
 
@@ -69,17 +152,23 @@ def repository_name(raw: str) -> str:
     """The v1 view of a name: one or two components, one-component names in `library/`."""
     parts = raw.strip("/").split("/")
     if not 1 <= len(parts) <= 2:
-        raise V1Error(400, "Invalid repository name")
-    try:
-        return names.canonical_repository("/".join(parts))
-    except RegistryError as exc:
-        raise V1Error(400, "Invalid repository name") from exc
+        raise RepositoryNameInvalid(raw)
+    return names.canonical_repository("/".join(parts))  # NameInvalid: a RegistryError
 
 
 def check_tag(tag: str) -> str:
     if not names.is_tag(tag):
-        raise V1Error(400, "Invalid tag name (must match ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$)")
+        raise TagNameInvalid(tag)
     return tag
+
+
+@dataclass(frozen=True, slots=True)
+class _TagTarget:
+    """What a v1 tag write stores: the manifest, its references and the blobs to link."""
+
+    manifest: ManifestRow
+    references: list[str]
+    blobs: list[BlobRow]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,22 +183,22 @@ def parse_image_list(body: bytes) -> list[PushEntry]:
     if not body.strip():
         return []
     try:
-        document = json.loads(body)
+        document = jsondoc.loads(body)
     except ValueError as exc:
-        raise V1Error(400, "Error Decoding JSON") from exc
+        raise BodyUndecodable(str(exc)) from exc
     if not isinstance(document, list):
-        raise V1Error(400, "Invalid data")
+        raise DataInvalid("image list is not an array")
     entries = []
     for item in document:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
-            raise V1Error(400, "Invalid data")
+            raise DataInvalid("image list entry without an id")
         if not IMAGE_ID.match(item["id"]):
-            raise V1Error(400, "Invalid data")
+            raise DataInvalid("image list entry with an invalid id")
         tag, checksum = item.get("Tag"), item.get("checksum")
         if tag is not None and not isinstance(tag, str):
-            raise V1Error(400, "Invalid data")
+            raise DataInvalid("image list Tag is not a string")
         if checksum is not None and not isinstance(checksum, str):
-            raise V1Error(400, "Invalid data")
+            raise DataInvalid("image list checksum is not a string")
         entries.append(PushEntry(item["id"], tag, checksum))
     return entries
 
@@ -128,23 +217,23 @@ def _rfc3339(value: str) -> bool:
 
 def parse_image_json(image_id: str, body: bytes) -> dict[str, Any]:
     if len(body) > MAX_JSON:
-        raise V1Error(413, "Image JSON too large")
+        raise ImageJSONTooLarge(f"{len(body)} bytes")
     try:
-        document = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise V1Error(400, "Invalid JSON") from exc
+        document = jsondoc.loads(body.decode("utf-8"))
+    except ValueError as exc:  # JSONInvalid: malformed, not UTF-8, or nested too deep
+        raise ImageJSONInvalid(str(exc)) from exc
     if not isinstance(document, dict):
-        raise V1Error(400, "Invalid JSON")
+        raise ImageJSONInvalid("image JSON is not an object")
     if "id" not in document:
-        raise V1Error(400, "Missing key `id' in JSON")
+        raise ImageJSONMissingId(image_id)
     if document["id"] != image_id:
-        raise V1Error(400, "JSON data contains invalid id")
+        raise ImageJSONWrongId(image_id)
     parent = document.get("parent")
     if "parent" in document and not (isinstance(parent, str) and IMAGE_ID.match(parent)):
-        raise V1Error(400, "Invalid JSON")
+        raise ImageJSONInvalid("parent is not an image id")
     created = document.get("created")
     if "created" in document and not (isinstance(created, str) and _rfc3339(created)):
-        raise V1Error(400, "Invalid JSON")
+        raise ImageJSONInvalid("created is not an RFC 3339 time")
     return document
 
 
@@ -165,14 +254,14 @@ class V1Service:
         check_image_id(image_id)
         row = await self.metadata.v1_image(image_id)
         if row is None:
-            raise V1Error(*IMAGE_NOT_FOUND)
+            raise ImageNotFound(image_id)
         if row.state != "complete":
             visible = readable([]) or (
                 uploader is not None and bool(await self.may_upload(image_id, uploader))
             )
-            raise V1Error(*BEING_UPLOADED) if visible else V1Error(*IMAGE_NOT_FOUND)
+            raise ImageBeingUploaded(image_id) if visible else ImageNotFound(image_id)
         if not readable(await self.metadata.v1_repositories_of(image_id)):
-            raise V1Error(*IMAGE_NOT_FOUND)
+            raise ImageNotFound(image_id)
         return row
 
     async def ancestry(
@@ -185,7 +274,7 @@ class V1Service:
         assert row.blob_digest is not None and row.size is not None
         blob = await self.metadata.blob(row.blob_digest)
         if blob is None:
-            raise V1Error(*IMAGE_NOT_FOUND)
+            raise ImageNotFound(row.id)
         path = self.storage.local_path(blob.storage_key)
         return Blob(blob.digest, blob.size, path, blob.storage_key)
 
@@ -204,12 +293,12 @@ class V1Service:
         if parent_id is not None:
             parent = await self.metadata.v1_image(parent_id)
             if parent is None or parent_id == image_id or parent.state != "complete":
-                raise V1Error(400, "Image depends on a non existing parent")
+                raise ParentUnknown(parent_id)
             if not readable(await self.metadata.v1_repositories_of(parent_id)):
-                raise V1Error(400, "Image depends on an unauthorized parent")
+                raise ParentUnauthorized(parent_id)
             depth = parent.depth + 1
             if depth > MAX_DEPTH:
-                raise V1Error(400, "Image ancestry too deep")
+                raise AncestryTooDeep(image_id)
         existing = await self.metadata.v1_image(image_id)
         if (
             existing is not None
@@ -220,12 +309,12 @@ class V1Service:
             # Someone else's image: answering 409 would reveal it and let the caller tag what
             # it never proved to have. A shadow upload must reproduce the exact bytes instead.
             if body != existing.json:
-                raise V1Error(400, "Checksum mismatch")
+                raise ChecksumMismatch(image_id)
             await self.metadata.v1_start_proof(image_id, uploader, time.time() + SESSION_SECONDS)
             return
         generation = await self.metadata.v1_put_json(image_id, body, parent_id, depth, uploader)
         if generation is None:
-            raise V1Error(*IMAGE_EXISTS)
+            raise ImageExists(image_id)
 
     async def put_layer(
         self, image_id: str, body: AsyncIterator[bytes], uploader: str | None = None
@@ -236,12 +325,12 @@ class V1Service:
         check_image_id(image_id)
         row = await self.metadata.v1_image(image_id)
         if row is None:
-            raise V1Error(*IMAGE_NOT_FOUND)
+            raise ImageNotFound(image_id)
         if row.state == "complete":
             if uploader is not None and (await self.metadata.v1_proof(image_id, uploader))[0]:
                 await self._prove_layer(row, body, uploader)
                 return
-            raise V1Error(*IMAGE_EXISTS)
+            raise ImageExists(image_id)
         staging = paths.upload(str(uuid.uuid4()))
         committed = False
         try:
@@ -266,19 +355,16 @@ class V1Service:
             if not committed:
                 await asyncio.shield(self.storage.delete(staging))
         if not recorded:
-            raise V1Error(409, "Image upload was restarted")
+            raise UploadRestarted(image_id)
 
     async def _prove_layer(
         self, row: V1ImageRow, body: AsyncIterator[bytes], uploader: str
     ) -> None:
         """Hash a shadow upload without keeping it: only its payload checksum matters."""
         analyzer = LayerAnalyzer(row.json)
-        try:
-            async for chunk in body:
-                await asyncio.to_thread(analyzer.update, chunk)
-            sums = await asyncio.to_thread(analyzer.finish)
-        except LayerInvalid as exc:
-            raise V1Error(400, exc.message) from exc
+        async for chunk in body:
+            await asyncio.to_thread(analyzer.update, chunk)
+        sums = await asyncio.to_thread(analyzer.finish)  # LayerInvalid: refused
         await self.metadata.v1_set_proof(row.id, uploader, sums.payload_checksum)
 
     async def _receive(
@@ -290,11 +376,9 @@ class V1Service:
         async def process(block: bytes) -> None:
             await asyncio.gather(asyncio.to_thread(analyzer.update, block), writer.write(block))
 
-        try:
+        try:  # LayerInvalid: refused
             await streams.pipelined(body, process)
             result = await asyncio.to_thread(analyzer.finish)
-        except LayerInvalid as exc:
-            raise V1Error(400, exc.message) from exc
         finally:
             await writer.close()
         return result
@@ -311,19 +395,19 @@ class V1Service:
         it (with its ancestors) into `repository`."""
         check_image_id(image_id)
         if not payload and not tarsum:
-            raise V1Error(400, "Missing Image's checksum")
+            raise ChecksumMissing(image_id)
         row = await self.metadata.v1_image(image_id)
         if row is None:
-            raise V1Error(*IMAGE_NOT_FOUND)
+            raise ImageNotFound(image_id)
         if row.state == "complete" and uploader is not None:
             exists, proved = await self.metadata.v1_proof(image_id, uploader)
             if exists:
                 await self._finish_proof(row, proved, payload, uploader, repository)
                 return
         if row.state == "complete":
-            raise V1Error(409, "Cannot set this image checksum")
+            raise ChecksumAlreadySet(image_id)
         if row.state != "uploaded" or row.payload_checksum is None:
-            raise V1Error(400, "Image layer not uploaded")
+            raise LayerNotUploaded(image_id)
         computed = row.payload_checksum.lower()
         if payload:
             ok = payload.strip().lower() == computed
@@ -332,9 +416,9 @@ class V1Service:
             claimed = tarsum.strip().lower()
             ok = claimed in {computed, (row.tarsum or "").lower()}
         if not ok:
-            raise V1Error(400, "Checksum mismatch")
+            raise ChecksumMismatch(image_id)
         if not await self.metadata.v1_complete(image_id, row.generation, tarsum, repository):
-            raise V1Error(409, "Image upload was restarted")
+            raise UploadRestarted(image_id)
 
     async def _finish_proof(
         self,
@@ -345,10 +429,10 @@ class V1Service:
         repository: str | None,
     ) -> None:
         if proved is None:
-            raise V1Error(400, "Image layer not uploaded")
+            raise LayerNotUploaded(row.id)
         claimed = (payload or "").strip().lower()
         if proved != row.payload_checksum or (claimed and claimed != proved):
-            raise V1Error(400, "Checksum mismatch")
+            raise ChecksumMismatch(row.id)
         await self.metadata.v1_end_proof(row.id, uploader)
         if repository is not None:
             await self.metadata.v1_link(repository, [row.id])
@@ -372,7 +456,7 @@ class V1Service:
 
     async def require_repository(self, repository: str) -> None:
         if not await self.metadata.repository_exists(repository):
-            raise V1Error(404, "Repository not found")
+            raise RepositoryNotFound(repository)
 
     async def finish_push(
         self, repository: str, principal: str | None, entries: list[PushEntry]
@@ -400,7 +484,7 @@ class V1Service:
         """tag -> v1 image id, for every tag whose manifest has a v1 view."""
         found = await self.metadata.tag_digests(repository)
         if found is None:
-            raise V1Error(404, "Repository not found")
+            raise RepositoryNotFound(repository)
         mapped = await self.metadata.v1_manifest_images(repository, sorted(set(found.values())))
         result = {}
         for tag, manifest_digest in sorted(found.items()):
@@ -417,27 +501,42 @@ class V1Service:
         check_tag(tag)
         try:
             tags = await self.tags(repository)
-        except V1Error as exc:
-            raise V1Error(404, "Tag not found") from exc
+        except RepositoryNotFound as exc:
+            raise TagNotFound(tag) from exc
         if tag not in tags:
-            raise V1Error(404, "Tag not found")
+            raise TagNotFound(tag)
         return tags[tag]
 
-    async def set_tag(self, repository: str, tag: str, image_id: str, readable: Readable) -> None:
+    async def set_tag(
+        self,
+        repository: str,
+        tag: str,
+        image_id: str,
+        readable: Readable,
+        info: dict[str, Any],
+    ) -> None:
         """Point a tag (shared with v2) at a complete image: build its v2 manifest from the
-        ancestry, store config and manifest, link image and layers, move the tag."""
+        ancestry (or reuse the v2 manifest it came from), then in one metadata transaction link
+        image and layers, store the manifest, move the tag, map the manifest to this image id
+        and record the tag's client `info`."""
         check_tag(tag)
         if not IMAGE_ID.match(image_id):
-            raise V1Error(*IMAGE_NOT_FOUND)
+            raise ImageNotFound(image_id)
         row = await self.metadata.v1_image(image_id)
         if row is None:
-            raise V1Error(*IMAGE_NOT_FOUND)
+            raise ImageNotFound(image_id)
         if row.state != "complete":
-            raise V1Error(*BEING_UPLOADED)
+            raise ImageBeingUploaded(image_id)
         if not readable(await self.metadata.v1_repositories_of(image_id)):
-            raise V1Error(*IMAGE_NOT_FOUND)
-        if await self._retag_v2_manifest(repository, tag, image_id):
-            return
+            raise ImageNotFound(image_id)
+        target = await self._v2_manifest_of(image_id) or await self._build_manifest(image_id)
+        await self.metadata.v1_tag(
+            repository, tag, image_id, target.manifest, target.references, target.blobs, info
+        )
+
+    async def _build_manifest(self, image_id: str) -> _TagTarget:
+        """A Docker schema 2 manifest for the image's ancestry; its config blob is stored (as
+        content-addressed bytes, harmless if the tag is never written)."""
         ancestry = list(reversed(await self.metadata.v1_ancestry(image_id)))
         try:
             built = translate.v1_to_v2(
@@ -454,48 +553,34 @@ class V1Service:
                 ]
             )
         except translate.TranslationError as exc:
-            raise V1Error(400, f"Image cannot be tagged through v1: {exc}") from exc
+            raise NotTaggable(str(exc)) from exc
         config_key = paths.blob(built.config_digest.partition(":")[2])
         await self.storage.put(config_key, built.config)
-        await self.metadata.link_blobs(
-            repository, [BlobRow(built.config_digest, config_key, len(built.config))]
+        parsed = manifests.parse(built.manifest, None, MAX_JSON, schema1=False)
+        return _TagTarget(
+            ManifestRow(built.manifest_digest, parsed.media_type, built.manifest),
+            list(parsed.references),
+            [BlobRow(built.config_digest, config_key, len(built.config))],
         )
-        await self.metadata.v1_link(repository, [image_id])
-        manifest = manifests.parse(built.manifest, None, MAX_JSON, schema1=False)
-        await self.metadata.put_manifest(
-            repository,
-            ManifestRow(built.manifest_digest, manifest.media_type, built.manifest),
-            manifest.references,
-            tag,
-        )
-        await self.metadata.v1_set_manifest_image(repository, built.manifest_digest, image_id)
 
-    async def _retag_v2_manifest(self, repository: str, tag: str, image_id: str) -> bool:
-        """An image that is the v1 view of a v2 manifest gets that very manifest (same digest)
-        rather than a rebuilt one."""
+    async def _v2_manifest_of(self, image_id: str) -> _TagTarget | None:
+        """The v2 manifest whose v1 view the image is, with its blobs: tagging the image
+        reuses that very manifest (same digest) rather than a rebuilt one."""
         for source, digest in await self.metadata.v1_manifests_of_image(image_id):
             try:
                 stored = await self.registry.get_manifest(source, digest)
             except ManifestUnknown:
                 continue
-            manifest = manifests.parse(stored.content, stored.media_type, MAX_JSON, schema1=True)
-            rows = [await self.metadata.blob(d) for d in manifest.blobs]
-            if any(row is None for row in rows) or manifest.manifests:
+            parsed = manifests.parse(stored.content, stored.media_type, MAX_JSON, schema1=True)
+            rows = [await self.metadata.blob(d) for d in parsed.blobs]
+            if any(row is None for row in rows) or parsed.manifests:
                 continue
-            await self.metadata.link_blobs(repository, [r for r in rows if r is not None])
-            await self.metadata.v1_link(repository, [image_id])
-            await self.metadata.put_manifest(
-                repository,
+            return _TagTarget(
                 ManifestRow(digest, stored.media_type, stored.content),
-                manifest.references,
-                tag,
+                list(parsed.references),
+                [r for r in rows if r is not None],
             )
-            await self.metadata.v1_set_manifest_image(repository, digest, image_id)
-            return True
-        return False
-
-    async def set_tag_info(self, repository: str, tag: str, info: dict[str, Any]) -> None:
-        await self.metadata.v1_set_tag_info(repository, tag, info)
+        return None
 
     async def tag_info(self, repository: str, tag: str) -> dict[str, Any] | None:
         return await self.metadata.v1_tag_info(repository, tag)
@@ -503,11 +588,11 @@ class V1Service:
     async def delete_tag(self, repository: str, tag: str) -> None:
         check_tag(tag)
         if not await self.metadata.delete_tag(repository, tag):
-            raise V1Error(404, "Tag not found")
+            raise TagNotFound(tag)
 
     async def delete_repository(self, repository: str) -> None:
         if not await self.metadata.delete_repository(repository):
-            raise V1Error(404, "Repository not found")
+            raise RepositoryNotFound(repository)
 
     async def search(self, term: str, visible: Callable[[str], bool]) -> list[str]:
         found = await self.metadata.search_repositories(term, 100_000)
@@ -523,7 +608,7 @@ class V1Service:
         except ManifestUnknown:
             return None
         if stored.media_type in manifests.INDEX_TYPES:
-            child = _platform_child(json.loads(stored.content))
+            child = _platform_child(jsondoc.loads(stored.content))
             if child is None:
                 return None
             try:
@@ -532,7 +617,7 @@ class V1Service:
                 return None
         if stored.media_type not in manifests.IMAGE_TYPES:
             return None
-        document = json.loads(stored.content)
+        document = jsondoc.loads(stored.content)
         config_digest = document.get("config", {}).get("digest")
         if not isinstance(config_digest, str) or not digests.is_valid(config_digest):
             return None
@@ -546,7 +631,7 @@ class V1Service:
             return None
         if not derived:
             return None
-        diff_ids = json.loads(config).get("rootfs", {}).get("diff_ids") or []
+        diff_ids = jsondoc.loads(config).get("rootfs", {}).get("diff_ids") or []
         layer_types = [str(layer.get("mediaType", "")) for layer in document.get("layers", [])]
         consistent = await self.metadata.v1_insert_complete(
             [
@@ -563,15 +648,14 @@ class V1Service:
                     ),
                 }
                 for depth, image in enumerate(derived, 1)
-            ]
+            ],
+            repository,
+            manifest_digest,
         )
         if not consistent:
             log.warning("v1 id already used by other content", extra={"manifest": manifest_digest})
             return None
-        top = derived[-1].id
-        await self.metadata.v1_link(repository, [top])
-        await self.metadata.v1_set_manifest_image(repository, manifest_digest, top)
-        return top
+        return derived[-1].id
 
 
 def _platform_child(index: dict[str, Any]) -> str | None:

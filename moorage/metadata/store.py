@@ -525,51 +525,55 @@ class MetadataStore(V1Queries):
         tag: str | None,
     ) -> None:
         """Store a manifest (idempotent) and optionally point a tag at it, atomically."""
+        await self._write(lambda conn: self._put_manifest(conn, repository, row, references, tag))
+
+    def _put_manifest(
+        self,
+        conn: Connection,
+        repository: str,
+        row: ManifestRow,
+        references: Iterable[str],
+        tag: str | None,
+    ) -> None:
         now = time.time()
         children = sorted(set(references))
-
-        def work(conn: Connection) -> None:
-            repo_id = self._repository_id(conn, repository, create=True)
-            m = t.manifests
-            present = select(m.c.digest).where(
-                m.c.repository_id == repo_id, m.c.digest == row.digest
+        repo_id = self._repository_id(conn, repository, create=True)
+        m = t.manifests
+        present = select(m.c.digest).where(m.c.repository_id == repo_id, m.c.digest == row.digest)
+        if conn.execute(present).first() is None:
+            conn.execute(
+                insert(m).values(
+                    repository_id=repo_id,
+                    digest=row.digest,
+                    media_type=row.media_type,
+                    content=row.content,
+                    subject=row.subject,
+                    artifact_type=row.artifact_type,
+                    annotations=json.dumps(row.annotations) if row.annotations else None,
+                    created=now,
+                )
             )
-            if conn.execute(present).first() is None:
+            if children:
                 conn.execute(
-                    insert(m).values(
-                        repository_id=repo_id,
-                        digest=row.digest,
-                        media_type=row.media_type,
-                        content=row.content,
-                        subject=row.subject,
-                        artifact_type=row.artifact_type,
-                        annotations=json.dumps(row.annotations) if row.annotations else None,
-                        created=now,
+                    insert(t.manifest_references),
+                    [
+                        {"repository_id": repo_id, "digest": row.digest, "child": child}
+                        for child in children
+                    ],
+                )
+        if tag is not None:
+            tg = t.tags
+            moved = conn.execute(
+                update(tg)
+                .where(tg.c.repository_id == repo_id, tg.c.name == tag)
+                .values(digest=row.digest, updated=now)
+            )
+            if not moved.rowcount:
+                conn.execute(
+                    insert(tg).values(
+                        repository_id=repo_id, name=tag, digest=row.digest, updated=now
                     )
                 )
-                if children:
-                    conn.execute(
-                        insert(t.manifest_references),
-                        [
-                            {"repository_id": repo_id, "digest": row.digest, "child": child}
-                            for child in children
-                        ],
-                    )
-            if tag is not None:
-                tg = t.tags
-                moved = conn.execute(
-                    update(tg)
-                    .where(tg.c.repository_id == repo_id, tg.c.name == tag)
-                    .values(digest=row.digest, updated=now)
-                )
-                if not moved.rowcount:
-                    conn.execute(
-                        insert(tg).values(
-                            repository_id=repo_id, name=tag, digest=row.digest, updated=now
-                        )
-                    )
-
-        await self._write(work)
 
     async def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete a manifest and every tag pointing at it."""

@@ -17,6 +17,9 @@ from sqlalchemy import Connection, Select, delete, insert, literal, select, upda
 
 from moorage.metadata import schema as t
 
+if TYPE_CHECKING:
+    from moorage.metadata.store import BlobRow, ManifestRow
+
 V1State = Literal["uploading", "uploaded", "complete"]
 T = TypeVar("T")
 
@@ -84,6 +87,14 @@ class V1Queries:
         @staticmethod
         def _repository_id(conn: Connection, name: str, create: bool) -> int | None: ...
         def _link(self, conn: Connection, repository: str, rows: Iterable[Any]) -> None: ...
+        def _put_manifest(
+            self,
+            conn: Connection,
+            repository: str,
+            row: ManifestRow,
+            references: Iterable[str],
+            tag: str | None,
+        ) -> None: ...
 
     # -- images --------------------------------------------------------------------------
 
@@ -280,13 +291,35 @@ class V1Queries:
 
         await self._write(work)
 
-    async def v1_set_tag_info(self, repository: str, tag: str, info: dict[str, Any]) -> None:
+    def _v1_set_tag_info(
+        self, conn: Connection, repository: str, tag: str, info: dict[str, Any]
+    ) -> None:
         ti = t.v1_tag_info
+        repo_id = self._repository_id(conn, repository, create=True)
+        conn.execute(delete(ti).where(ti.c.repository_id == repo_id, ti.c.tag == tag))
+        conn.execute(insert(ti).values(repository_id=repo_id, tag=tag, info=json.dumps(info)))
+
+    async def v1_tag(
+        self,
+        repository: str,
+        tag: str,
+        image_id: str,
+        manifest: ManifestRow,
+        references: Iterable[str],
+        blobs: Iterable[BlobRow],
+        info: dict[str, Any],
+    ) -> None:
+        """Point a tag at a v1 image, in one transaction: link the manifest's blobs and the
+        image (with its ancestors), store the manifest and move the tag, map the manifest to
+        the image id the client pushed, and record the tag's client metadata. A failure
+        anywhere leaves none of it (else the tag would later get freshly derived v1 ids)."""
 
         def work(conn: Connection) -> None:
-            repo_id = self._repository_id(conn, repository, create=True)
-            conn.execute(delete(ti).where(ti.c.repository_id == repo_id, ti.c.tag == tag))
-            conn.execute(insert(ti).values(repository_id=repo_id, tag=tag, info=json.dumps(info)))
+            self._link(conn, repository, blobs)
+            self._v1_link(conn, repository, [image_id])
+            self._put_manifest(conn, repository, manifest, references, tag)
+            self._v1_set_manifest_image(conn, repository, manifest.digest, image_id)
+            self._v1_set_tag_info(conn, repository, tag, info)
 
         await self._write(work)
 
@@ -324,10 +357,13 @@ class V1Queries:
         rows = await self._read(lambda conn: conn.execute(query).all())
         return [(row[0], row[1] or row[2]) for row in rows]
 
-    async def v1_insert_complete(self, images: list[dict[str, Any]]) -> bool:
-        """Record complete images derived from v2 content. An id already known must hold the
-        very same JSON and layer (else someone pushed other content under a predictable id
-        first): then nothing is written and False comes back."""
+    async def v1_insert_complete(
+        self, images: list[dict[str, Any]], repository: str, manifest_digest: str
+    ) -> bool:
+        """Record complete images derived from v2 content (root first), link the top one into
+        `repository` and map the manifest to it, in one transaction. An id already known must
+        hold the very same JSON and layer (else someone pushed other content under a
+        predictable id first): then nothing is written and False comes back."""
         if not images:
             return True
         i = t.v1_images
@@ -354,6 +390,9 @@ class V1Queries:
                             state="complete", generation=1, updated=time.time(), **image
                         )
                     )
+            top = images[-1]["id"]
+            self._v1_link(conn, repository, [top])
+            self._v1_set_manifest_image(conn, repository, manifest_digest, top)
             return True
 
         return await self._write(work)
@@ -418,22 +457,18 @@ class V1Queries:
         rows = await self._read(lambda conn: conn.execute(query).all())
         return [(row[0], row[1]) for row in rows]
 
-    async def v1_set_manifest_image(
-        self, repository: str, manifest_digest: str, image_id: str
+    def _v1_set_manifest_image(
+        self, conn: Connection, repository: str, manifest_digest: str, image_id: str
     ) -> None:
         m = t.v1_manifest_images
-
-        def work(conn: Connection) -> None:
-            repo_id = self._repository_id(conn, repository, create=True)
-            where = (m.c.repository_id == repo_id, m.c.manifest_digest == manifest_digest)
-            if conn.execute(select(m.c.image_id).where(*where)).first() is None:
-                conn.execute(
-                    insert(m).values(
-                        repository_id=repo_id, manifest_digest=manifest_digest, image_id=image_id
-                    )
+        repo_id = self._repository_id(conn, repository, create=True)
+        where = (m.c.repository_id == repo_id, m.c.manifest_digest == manifest_digest)
+        if conn.execute(select(m.c.image_id).where(*where)).first() is None:
+            conn.execute(
+                insert(m).values(
+                    repository_id=repo_id, manifest_digest=manifest_digest, image_id=image_id
                 )
-
-        await self._write(work)
+            )
 
     # -- push sessions -------------------------------------------------------------------
 

@@ -301,7 +301,7 @@ async def test_put_json_ancestry_depth_limit(v1: V1Client) -> None:
         }
         for depth, (parent, image_id) in enumerate(itertools.pairwise(chain), 2)
     ]
-    await v1.http.app[V1].metadata.v1_insert_complete(rows)
+    await v1.http.app[V1].metadata.v1_insert_complete(rows, "foo/deep", "sha256:" + "0" * 64)
     ancestry = await v1.call("GET", f"/v1/images/{chain[-1]}/ancestry")
     assert ancestry.status == 200 and ancestry.json() == chain[::-1]
     too_deep = make_image(image_id=new_id(), parent_id=chain[-1])

@@ -15,10 +15,10 @@ from aiohttp import web
 
 from moorage.api.auth import authenticator, client_address
 from moorage.api.context import V1TOKENS
-from moorage.auth.service import BadCredentials, RateLimited, parse_basic, parse_bearer
+from moorage.api.v1.errors import AccessDenied, V1Unauthorized
+from moorage.auth.service import BadCredentials, parse_basic, parse_bearer
 from moorage.auth.tokens import InvalidToken
 from moorage.auth.v1tokens import BadToken, V1Token, strip_token_words
-from moorage.content.v1 import V1Error
 
 # v1 access level -> the action in the access rules
 ACTION = {"read": "pull", "write": "push", "delete": "delete"}
@@ -28,12 +28,6 @@ TOKEN_METHODS = {
     "write": {"GET", "HEAD", "PUT", "POST"},
     "delete": {"GET", "HEAD", "DELETE"},
 }
-
-
-class V1Unauthorized(V1Error):
-    def __init__(self, challenge: str, message: str = "Requires authorization") -> None:
-        super().__init__(401, message)
-        self.challenge = challenge
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +72,6 @@ async def caller(request: web.Request, token_route: bool) -> Caller:
             credentials = parse_basic(header)
             if credentials is not None:
                 result = Caller(await auth.login(credentials, client_address(request)))
-    except RateLimited as exc:
-        raise V1Error(429, str(exc)) from exc
     except (BadCredentials, BadToken, InvalidToken) as exc:
         raise V1Unauthorized(_challenge(request, token_route)) from exc
     request[CALLER] = result
@@ -101,15 +93,15 @@ def require(
         return
     if who.token is not None:
         if who.token.repository != repository:
-            raise V1Error(403, "Access denied")
+            raise AccessDenied(repository)
         if request.method not in TOKEN_METHODS[who.token.access]:
-            raise V1Error(403, "Access denied")
+            raise AccessDenied(repository)
         return
     if allowed(request, who, repository, access):
         return
     if who.anonymous:
         raise V1Unauthorized(_challenge(request, token_route))
-    raise V1Error(403, "Access denied")
+    raise AccessDenied(repository)
 
 
 def readable(request: web.Request, who: Caller) -> Callable[[list[str]], bool]:

@@ -10,8 +10,9 @@ from aiohttp import web
 
 from moorage.api import http
 from moorage.api.context import V1
-from moorage.api.v1.access import Caller, V1Unauthorized, allowed, caller, readable, require
-from moorage.content.v1 import IMAGE_NOT_FOUND, V1Error, V1ImageRow
+from moorage.api.v1.access import CALLER, Caller, allowed, readable, require
+from moorage.api.v1.errors import AccessDenied, NotInPush, V1Unauthorized
+from moorage.content.v1 import ImageJSONTooLarge, ImageNotFound, V1ImageRow
 
 JSON_LIMIT = 4 * 1024 * 1024
 EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
@@ -27,19 +28,24 @@ def _cache_headers(who: Caller) -> dict[str, str]:
 
 
 async def _read(request: web.Request, image_id: str) -> tuple[Caller, V1ImageRow]:
-    who = await caller(request, token_route=True)
+    who = request[CALLER]
     service = request.app[V1]
     try:
         row = await service.readable_image(image_id, readable(request, who), who.user)
-    except V1Error as exc:
-        if exc.status == 404 and not who.open_mode and who.anonymous:
-            raise V1Unauthorized("Token") from exc
-        raise
+    except ImageNotFound as exc:
+        raise _unseen(who, exc) from exc
     return who, row
 
 
-async def get_json(request: web.Request, image_id: str) -> web.StreamResponse:
-    who, row = await _read(request, image_id)
+def _unseen(who: Caller, exc: ImageNotFound) -> Exception:
+    """An image the caller cannot see: 401 when it brought no credentials (section 4.4)."""
+    if not who.open_mode and who.anonymous:
+        return V1Unauthorized("Token")
+    return exc
+
+
+async def get_json(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    who, row = await _read(request, params["image_id"])
     headers = _cache_headers(who)
     headers["X-Docker-Size"] = str(row.size or 0)
     if row.payload_checksum:
@@ -52,8 +58,8 @@ async def get_json(request: web.Request, image_id: str) -> web.StreamResponse:
     return web.Response(body=row.json, content_type="application/json", headers=headers)
 
 
-async def get_layer(request: web.Request, image_id: str) -> web.StreamResponse:
-    who, row = await _read(request, image_id)
+async def get_layer(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    who, row = await _read(request, params["image_id"])
     service = request.app[V1]
     blob = await service.layer(row)
     headers = _cache_headers(who)
@@ -68,21 +74,19 @@ async def get_layer(request: web.Request, image_id: str) -> web.StreamResponse:
     return await http.send_bytes(request, headers, blob.size, blob.path, read)
 
 
-async def ancestry(request: web.Request, image_id: str) -> web.StreamResponse:
-    who = await caller(request, token_route=True)
+async def ancestry(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    who = request[CALLER]
     try:
-        ids = await request.app[V1].ancestry(image_id, readable(request, who), who.user)
-    except V1Error as exc:
-        if exc.status == 404 and not who.open_mode and who.anonymous:
-            raise V1Unauthorized("Token") from exc
-        raise
+        ids = await request.app[V1].ancestry(params["image_id"], readable(request, who), who.user)
+    except ImageNotFound as exc:
+        raise _unseen(who, exc) from exc
     return web.json_response(ids, headers=_cache_headers(who))
 
 
 async def _upload_context(request: web.Request, image_id: str) -> tuple[Caller, list[str]]:
     """The repositories this upload belongs to (for linking); 401/403/400 when the caller
     may not upload the image."""
-    who = await caller(request, token_route=True)
+    who = request[CALLER]
     service = request.app[V1]
     if who.open_mode:
         return who, await service.may_upload(image_id, None)
@@ -95,33 +99,36 @@ async def _upload_context(request: web.Request, image_id: str) -> tuple[Caller, 
     sessions = await service.may_upload(image_id, who.user)
     writable = [r for r in sessions if allowed(request, who, r, "write")]
     if sessions and not writable:
-        raise V1Error(403, "Access denied")
+        raise AccessDenied(image_id)
     return who, writable
 
 
-async def put_json(request: web.Request, image_id: str) -> web.StreamResponse:
+async def put_json(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    image_id = params["image_id"]
     who, context = await _upload_context(request, image_id)
     body = await http.read_limited(request, JSON_LIMIT)
     if len(body) > JSON_LIMIT:
-        raise V1Error(413, "Image JSON too large")
+        raise ImageJSONTooLarge(image_id)
     if not who.open_mode and not context:
-        raise V1Error(400, "This image does not belong to the repository")
+        raise NotInPush(image_id)
     await request.app[V1].put_json(image_id, body, who.user, readable(request, who))
     return web.json_response(True)
 
 
-async def put_layer(request: web.Request, image_id: str) -> web.StreamResponse:
+async def put_layer(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    image_id = params["image_id"]
     who, context = await _upload_context(request, image_id)
     if not who.open_mode and not context:
-        raise V1Error(*IMAGE_NOT_FOUND)
+        raise ImageNotFound(image_id)
     await request.app[V1].put_layer(image_id, http.body_chunks(request), who.user)
     return web.json_response(True)
 
 
-async def put_checksum(request: web.Request, image_id: str) -> web.StreamResponse:
+async def put_checksum(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    image_id = params["image_id"]
     who, context = await _upload_context(request, image_id)
     if not who.open_mode and not context:
-        raise V1Error(*IMAGE_NOT_FOUND)
+        raise ImageNotFound(image_id)
     await request.app[V1].put_checksum(
         image_id,
         request.headers.get("X-Docker-Checksum-Payload"),

@@ -7,15 +7,24 @@ import asyncio
 import json
 import math
 import time
+from typing import Any
 
 from aiohttp import web
 
 from moorage.api import http
 from moorage.api.auth import authenticator, client_address
 from moorage.api.context import SETTINGS, V1, V1TOKENS
-from moorage.api.v1.access import Caller, V1Unauthorized, allowed, caller, readable, require
-from moorage.auth.service import BadCredentials, RateLimited, parse_basic
-from moorage.content.v1 import V1Error, check_tag, parse_image_list
+from moorage.api.v1.access import CALLER, Caller, allowed, caller, readable
+from moorage.api.v1.errors import (
+    AccessDenied,
+    BodyTooLarge,
+    PasswordTooShort,
+    UserNotFound,
+    V1Unauthorized,
+)
+from moorage.auth.service import BadCredentials, parse_basic
+from moorage.content import jsondoc
+from moorage.content.v1 import BodyUndecodable, DataInvalid, check_tag, parse_image_list
 
 BODY_LIMIT = 16 * 1024 * 1024
 NO_CACHE = {"Cache-Control": "no-cache", "Pragma": "no-cache", "Expires": "-1"}
@@ -52,29 +61,34 @@ def _index_headers(
 async def _body(request: web.Request) -> bytes:
     body = await http.read_limited(request, BODY_LIMIT)
     if len(body) > BODY_LIMIT:
-        raise V1Error(413, "Request body too large")
+        raise BodyTooLarge(len(body))
     return body
 
 
 # -- ping, users, search -----------------------------------------------------------------
 
 
-async def ping(request: web.Request) -> web.StreamResponse:
+def _client_json(body: bytes) -> Any:
+    """A JSON request body, nesting bounded (jsondoc); BodyUndecodable if it is not one."""
+    try:
+        return jsondoc.loads(body)
+    except ValueError as exc:
+        raise BodyUndecodable(str(exc)) from exc
+
+
+async def ping(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     return _json(True, headers={"X-Docker-Registry-Standalone": "true"})
 
 
-async def register(request: web.Request) -> web.StreamResponse:
-    try:
-        document = json.loads(await _body(request) or b"null")
-    except ValueError as exc:
-        raise V1Error(400, "Error Decoding JSON") from exc
+async def register(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    document = _client_json(await _body(request) or b"null")
     if not isinstance(document, dict):
-        raise V1Error(400, "Error Decoding JSON")
+        raise BodyUndecodable("user record is not an object")
     # Self-registration is off: 401 sends `docker login` on to the credential check.
     raise V1Unauthorized(f'Basic realm="{authenticator(request).realm}"')
 
 
-async def login(request: web.Request) -> web.StreamResponse:
+async def login(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     auth = authenticator(request)
     if not auth.enabled:
         return _json("OK")
@@ -85,48 +99,42 @@ async def login(request: web.Request) -> web.StreamResponse:
         if credentials is None:
             raise V1Unauthorized(challenge)
         await auth.login(credentials, client_address(request))
-    except RateLimited as exc:
-        raise V1Error(429, str(exc)) from exc
     except BadCredentials as exc:
         raise V1Unauthorized(challenge) from exc
     return _json("OK")
 
 
-async def update_user(request: web.Request, name: str) -> web.StreamResponse:
+async def update_user(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     """Index "update user": a user changes their own password (the e-mail is not kept)."""
+    name = params["username"]
     auth = authenticator(request)
     challenge = f'Basic realm="{auth.realm}"'
     if not auth.enabled or auth.users is None:
-        raise V1Error(404, "User not found")
+        raise UserNotFound(name)
     header = request.headers.get("Authorization", "")
     try:
         credentials = parse_basic(header) if header else None
         if credentials is None:
             raise V1Unauthorized(challenge)
         user = await auth.login(credentials, client_address(request))
-    except RateLimited as exc:
-        raise V1Error(429, str(exc)) from exc
     except BadCredentials as exc:
         raise V1Unauthorized(challenge) from exc
-    try:
-        document = json.loads(await _body(request))
-    except ValueError as exc:
-        raise V1Error(400, "Error Decoding JSON") from exc
+    document = _client_json(await _body(request))
     if not isinstance(document, dict):
-        raise V1Error(400, "Invalid data")
+        raise DataInvalid("user record is not an object")
     if name not in auth.users.users():
-        raise V1Error(404, "User not found")
+        raise UserNotFound(name)
     if user != name:
-        raise V1Error(403, "Access denied")
+        raise AccessDenied(name)
     password = document.get("password")
     if password is not None:
         if not isinstance(password, str) or len(password) < 5:
-            raise V1Error(400, "Password too short")
+            raise PasswordTooShort(name)
         await asyncio.to_thread(auth.users.set_password, name, password)
     return web.Response(status=204)
 
 
-async def search(request: web.Request) -> web.StreamResponse:
+async def search(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     who = await caller(request, token_route=False)
     term = request.query.get("q", "")
     size = _number(request.query.get("n"), 25, 1, 100)
@@ -169,9 +177,8 @@ def _number(value: str | None, default: int, low: int, high: int) -> int:
 # -- index: pushes, image lists, repository delete -----------------------------------------
 
 
-async def start_push(request: web.Request, repository: str) -> web.StreamResponse:
-    who = await caller(request, token_route=False)
-    require(request, who, repository, "write", token_route=False)
+async def start_push(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    repository, who = params["repository"], request[CALLER]
     entries = parse_image_list(await _body(request))
     service = request.app[V1]
     await service.ensure_repository(repository)
@@ -179,31 +186,27 @@ async def start_push(request: web.Request, repository: str) -> web.StreamRespons
     return _json("", headers=_index_headers(request, who, repository, "write", always=True))
 
 
-async def finish_push(request: web.Request, repository: str) -> web.StreamResponse:
-    who = await caller(request, token_route=False)
-    require(request, who, repository, "write", token_route=False)
+async def finish_push(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    repository, who = params["repository"], request[CALLER]
     entries = parse_image_list(await _body(request))
     await request.app[V1].finish_push(repository, who.user, entries)
     return web.Response(status=204, headers=_index_headers(request, who, repository, "write"))
 
 
-async def list_images(request: web.Request, repository: str) -> web.StreamResponse:
-    who = await caller(request, token_route=False)
-    require(request, who, repository, "read", token_route=False)
+async def list_images(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    repository, who = params["repository"], request[CALLER]
     listed = await request.app[V1].images(repository)
     return _json(listed, headers=_index_headers(request, who, repository, "read"))
 
 
-async def delete_images(request: web.Request, repository: str) -> web.StreamResponse:
-    who = await caller(request, token_route=False)
-    require(request, who, repository, "delete", token_route=False)
+async def delete_images(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    repository, who = params["repository"], request[CALLER]
     await request.app[V1].require_repository(repository)
     return web.Response(status=204, headers=_index_headers(request, who, repository, "delete"))
 
 
-async def delete_repository(request: web.Request, repository: str) -> web.StreamResponse:
-    who = await caller(request, token_route=False)
-    require(request, who, repository, "delete", token_route=False)
+async def delete_repository(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    repository, who = params["repository"], request[CALLER]
     await request.app[V1].delete_repository(repository)
     headers = {}
     if request.headers.get("X-Docker-Token", "").lower() == "true":
@@ -214,41 +217,31 @@ async def delete_repository(request: web.Request, repository: str) -> web.Stream
 # -- tags --------------------------------------------------------------------------------
 
 
-async def list_tags(request: web.Request, repository: str) -> web.StreamResponse:
-    who = await caller(request, token_route=True)
-    require(request, who, repository, "read", token_route=True)
-    return _json(await request.app[V1].tags(repository))
+async def list_tags(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    return _json(await request.app[V1].tags(params["repository"]))
 
 
-async def get_tag(request: web.Request, repository: str, tag: str) -> web.StreamResponse:
-    who = await caller(request, token_route=True)
-    require(request, who, repository, "read", token_route=True)
-    return _json(await request.app[V1].tag(repository, tag))
+async def get_tag(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    return _json(await request.app[V1].tag(params["repository"], params["tag"]))
 
 
-async def put_tag(request: web.Request, repository: str, tag: str) -> web.StreamResponse:
-    who = await caller(request, token_route=True)
-    require(request, who, repository, "write", token_route=True)
+async def put_tag(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    repository, tag, who = params["repository"], params["tag"], request[CALLER]
     check_tag(tag)
     try:
-        image_id = json.loads(await _body(request))
+        image_id = jsondoc.loads(await _body(request))
     except ValueError as exc:
-        raise V1Error(400, "Invalid data") from exc
+        raise DataInvalid(str(exc)) from exc
     if not isinstance(image_id, str):
-        raise V1Error(400, "Invalid data")
-    await request.app[V1].set_tag(repository, tag, image_id, readable(request, who))
-    await request.app[V1].set_tag_info(repository, tag, _client_from(request))
+        raise DataInvalid("tag target is not a string")
+    await request.app[V1].set_tag(
+        repository, tag, image_id, readable(request, who), _client_from(request)
+    )
     return _json(True)
 
 
-async def delete_tag(request: web.Request, repository: str, tag: str) -> web.StreamResponse:
-    who = await caller(request, token_route=True)
-    try:
-        require(request, who, repository, "delete", token_route=True)
-    except V1Error:
-        # Deleting a tag also needs only write (as quay): a pusher may retract its own tag.
-        require(request, who, repository, "write", token_route=True)
-    await request.app[V1].delete_tag(repository, tag)
+async def delete_tag(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    await request.app[V1].delete_tag(params["repository"], params["tag"])
     return _json(True)
 
 
@@ -277,15 +270,13 @@ def _client_from(request: web.Request) -> dict[str, object]:
     }
 
 
-async def tag_json(request: web.Request, repository: str, tag: str) -> web.StreamResponse:
-    who = await caller(request, token_route=True)
-    require(request, who, repository, "read", token_route=True)
+async def tag_json(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    repository, tag = params["repository"], params["tag"]
     await request.app[V1].tag(repository, tag)
     return _json(await request.app[V1].tag_info(repository, tag) or _UNKNOWN_CLIENT)
 
 
-async def repository_json(request: web.Request, repository: str) -> web.StreamResponse:
-    who = await caller(request, token_route=True)
-    require(request, who, repository, "read", token_route=True)
+async def repository_json(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
+    repository = params["repository"]
     await request.app[V1].tags(repository)
     return _json(await request.app[V1].tag_info(repository, "latest") or _UNKNOWN_CLIENT)

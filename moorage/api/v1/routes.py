@@ -1,165 +1,222 @@
-"""Every /v1/ route, declared once, and the v1 error dialect (`{"error": "..."}`).
+"""Every /v1/ route (and `/_ping`), declared once: pattern, and per method the handler, the
+access it needs and the challenge a 401 carries.
 
-`/v1/repositories/...` paths are parsed from the end (contract section 3.3): the fixed suffix
-order resolves ambiguous names deterministically.
+`/v1/repositories/...` paths are matched from the end (contract section 3.3): the routes are
+tried in the table's order, the name is the greedy prefix before the known suffix, so
+`/v1/repositories/foo/tags/images` is tag `images` of `library/foo`. The name is then checked
+(one or two components, the OCI grammar) before anything else.
+
+Access on a repository route is checked here, from the table, before the handler runs. Image
+routes carry no repository: who may read or upload an image follows from its links and the
+caller's push sessions (contract section 9), decided in `moorage.api.v1.images`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
+import re
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import unquote
 
 from aiohttp import web
-from aiohttp.typedefs import Handler as Middleware
 
 from moorage.api.v1 import images, index
-from moorage.api.v1.access import V1Unauthorized
-from moorage.content.v1 import V1Error, check_image_id, repository_name
-
-log = logging.getLogger("moorage.api.v1")
+from moorage.api.v1.access import caller, require
+from moorage.api.v1.errors import (
+    AccessDenied,
+    EndpointNotFound,
+    MethodNotAllowed,
+    V1Unauthorized,
+)
+from moorage.content.v1 import RepositoryNameInvalid, check_image_id, repository_name
 
 REGISTRY_VERSION = "0.9.1"
-Handler = Callable[..., Awaitable[web.StreamResponse]]
+
+Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
+# On the path's repository: read, write, delete, or delete-or-write (tag deletes, as quay).
+# On an image: "image-read"/"image-write", decided by the handler (section 9). None: no check.
+Access = Literal["read", "write", "delete", "tag-delete", "image-read", "image-write"]
+Challenge = Literal["token", "basic"]
 
 
-def _handlers(**by_method: Handler) -> dict[str, Handler]:
-    return dict(by_method)
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    handler: Handler
+    access: Access | None
+    challenge: Challenge = "token"
 
 
-def error_response(
-    status: int, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.Response(
-        status=status,
-        body=json.dumps({"error": message}).encode(),
-        content_type="application/json",
-        headers=headers,
-    )
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    pattern: re.Pattern[str]
+    methods: dict[str, Endpoint]
 
 
-def _repository_route(segments: list[str]) -> tuple[str, dict[str, Handler], dict[str, str]]:
-    """(name part, handlers by method, extra params) for /v1/repositories/<segments>."""
-    k = len(segments)
-    if k >= 4 and segments[-3] == "tags" and segments[-1] == "json":
-        handlers = _handlers(GET=index.tag_json, HEAD=index.tag_json)
-        return "/".join(segments[:-3]), handlers, {"tag": segments[-2]}
-    if k >= 3 and segments[-2] == "tags":
-        handlers = _handlers(
-            GET=index.get_tag, HEAD=index.get_tag, PUT=index.put_tag, DELETE=index.delete_tag
-        )
-        return "/".join(segments[:-2]), handlers, {"tag": segments[-1]}
-    if k >= 2 and segments[-1] == "tags":
-        handlers = _handlers(
-            GET=index.list_tags, HEAD=index.list_tags, DELETE=index.delete_repository
-        )
-        return "/".join(segments[:-1]), handlers, {}
-    if k >= 2 and segments[-1] == "images":
-        handlers = _handlers(
-            GET=index.list_images,
-            HEAD=index.list_images,
-            PUT=index.finish_push,
-            DELETE=index.delete_images,
-        )
-        return "/".join(segments[:-1]), handlers, {}
-    if k >= 2 and segments[-1] == "json":
-        handlers = _handlers(GET=index.repository_json, HEAD=index.repository_json)
-        return "/".join(segments[:-1]), handlers, {}
-    if k >= 2 and segments[-1] in ("properties", "auth"):
-        return "/".join(segments[:-1]), {}, {}
-    handlers = _handlers(PUT=index.start_push, DELETE=index.delete_repository)
-    return "/".join(segments), handlers, {}
+def _route(name: str, pattern: str, **methods: Endpoint) -> Route:
+    return Route(name, re.compile(f"^{pattern}$"), methods)
 
 
-_IMAGE_ROUTES: dict[str, dict[str, Handler]] = {
-    "json": _handlers(GET=images.get_json, HEAD=images.get_json, PUT=images.put_json),
-    "layer": _handlers(GET=images.get_layer, HEAD=images.get_layer, PUT=images.put_layer),
-    "checksum": _handlers(PUT=images.put_checksum),
-    "ancestry": _handlers(GET=images.ancestry, HEAD=images.ancestry),
-}
-_PING = _handlers(GET=index.ping, HEAD=index.ping)
-_USERS = _handlers(GET=index.login, HEAD=index.login, POST=index.register)
-_USER = _handlers(PUT=index.update_user)
-_SEARCH = _handlers(GET=index.search, HEAD=index.search)
+_REPO = r"/repositories/(?P<name>.+)"
+_IMAGE = r"/images/(?P<image_id>[^/]*)"
+_PING = Endpoint(index.ping, None)
+ROUTES: tuple[Route, ...] = (
+    # -- ping, users, search (no repository) --
+    _route("ping", r"/_ping/?", GET=_PING, HEAD=_PING),
+    _route(
+        "users",
+        r"/users/?",
+        GET=Endpoint(index.login, None, "basic"),
+        HEAD=Endpoint(index.login, None, "basic"),
+        POST=Endpoint(index.register, None, "basic"),
+    ),
+    _route("user", r"/users/+(?P<username>.+?)/*", PUT=Endpoint(index.update_user, None, "basic")),
+    _route(
+        "search",
+        r"/search/?",
+        GET=Endpoint(index.search, None, "basic"),
+        HEAD=Endpoint(index.search, None, "basic"),
+    ),
+    # -- images (global id namespace) --
+    _route(
+        "image_json",
+        rf"{_IMAGE}/json",
+        GET=Endpoint(images.get_json, "image-read"),
+        HEAD=Endpoint(images.get_json, "image-read"),
+        PUT=Endpoint(images.put_json, "image-write"),
+    ),
+    _route(
+        "image_layer",
+        rf"{_IMAGE}/layer",
+        GET=Endpoint(images.get_layer, "image-read"),
+        HEAD=Endpoint(images.get_layer, "image-read"),
+        PUT=Endpoint(images.put_layer, "image-write"),
+    ),
+    _route(
+        "image_checksum", rf"{_IMAGE}/checksum", PUT=Endpoint(images.put_checksum, "image-write")
+    ),
+    _route(
+        "image_ancestry",
+        rf"{_IMAGE}/ancestry",
+        GET=Endpoint(images.ancestry, "image-read"),
+        HEAD=Endpoint(images.ancestry, "image-read"),
+    ),
+    # -- repositories, matched from the end in this order (section 3.3) --
+    _route(
+        "tag_json",
+        rf"{_REPO}/tags/(?P<tag>[^/]+)/json",
+        GET=Endpoint(index.tag_json, "read"),
+        HEAD=Endpoint(index.tag_json, "read"),
+    ),
+    _route(
+        "tag",
+        rf"{_REPO}/tags/(?P<tag>[^/]+)",
+        GET=Endpoint(index.get_tag, "read"),
+        HEAD=Endpoint(index.get_tag, "read"),
+        PUT=Endpoint(index.put_tag, "write"),
+        DELETE=Endpoint(index.delete_tag, "tag-delete"),
+    ),
+    _route(
+        "tags",
+        rf"{_REPO}/tags",
+        GET=Endpoint(index.list_tags, "read"),
+        HEAD=Endpoint(index.list_tags, "read"),
+        DELETE=Endpoint(index.delete_repository, "delete", "basic"),
+    ),
+    _route(
+        "repository_images",
+        rf"{_REPO}/images",
+        GET=Endpoint(index.list_images, "read", "basic"),
+        HEAD=Endpoint(index.list_images, "read", "basic"),
+        PUT=Endpoint(index.finish_push, "write", "basic"),
+        DELETE=Endpoint(index.delete_images, "delete", "basic"),
+    ),
+    _route(
+        "repository_json",
+        rf"{_REPO}/json",
+        GET=Endpoint(index.repository_json, "read"),
+        HEAD=Endpoint(index.repository_json, "read"),
+    ),
+    # Optional in the contract (4.3.6, 4.5.6) and not offered: a valid name answers 404.
+    _route("repository_extras", rf"{_REPO}/(?:properties|auth)"),
+    _route(
+        "repository",
+        _REPO,
+        PUT=Endpoint(index.start_push, "write", "basic"),
+        DELETE=Endpoint(index.delete_repository, "delete", "basic"),
+    ),
+)
 
 
-def _method(handlers: dict[str, Handler], request: web.Request) -> Handler:
-    handler = handlers.get(request.method)
-    if handler is None:
-        raise _MethodNotAllowed(sorted(handlers))
-    return handler
+def match(target: str) -> tuple[Route, dict[str, str]] | None:
+    for route in ROUTES:
+        found = route.pattern.match(target)
+        if found:
+            return route, found.groupdict()
+    return None
 
 
-class _MethodNotAllowed(Exception):
-    def __init__(self, allow: list[str]) -> None:
-        super().__init__("Method not allowed")
-        self.allow = allow
+def target(request: web.Request) -> str:
+    """The path to match, after `/v1` (`/_ping` stays itself). Repository paths are taken from
+    the raw path so that an encoded `/` cannot split or join name components."""
+    path = request.path  # percent-decoded once
+    if path == "/_ping":
+        return path
+    tail = path[len("/v1") :]
+    if not tail.startswith("/repositories/"):
+        return tail
+    raw = request.raw_path.split("?", 1)[0][len("/v1/repositories/") :]
+    raw_segments = raw.rstrip("/").split("/")
+    if any("%2f" in s.lower() or "%00" in s for s in raw_segments):
+        raise RepositoryNameInvalid(raw)
+    segments = [unquote(s) for s in raw_segments]
+    if any(s in ("", ".", "..") or "\0" in s for s in segments):
+        raise RepositoryNameInvalid(raw)
+    return "/repositories/" + "/".join(segments)
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
-    response: web.StreamResponse = await _dispatch(request)
-    return response
+    found = match(target(request))
+    if found is None:
+        raise EndpointNotFound(request.path)
+    route, params = found
+    if "name" in params:
+        params["repository"] = repository_name(params.pop("name"))
+    if "image_id" in params:
+        check_image_id(params["image_id"])
+    if not route.methods:
+        raise EndpointNotFound(request.path)
+    endpoint = route.methods.get(request.method)
+    if endpoint is None:
+        raise MethodNotAllowed(sorted(route.methods))
+    await _authorize(request, endpoint, params.get("repository"))
+    return await endpoint.handler(request, params)
 
 
-async def _dispatch(request: web.Request) -> Any:
-    path = request.path  # already percent-decoded once
-    if path in ("/_ping", "/v1/_ping", "/v1/_ping/"):
-        return await _method(_PING, request)(request)
-    rest = path[len("/v1/") :]
-    if rest in ("users", "users/"):
-        return await _method(_USERS, request)(request)
-    if rest.startswith("users/"):
-        return await _method(_USER, request)(request, rest[6:].strip("/"))
-    if rest in ("search", "search/"):
-        return await _method(_SEARCH, request)(request)
-    if rest.startswith("images/"):
-        parts = rest[len("images/") :].split("/")
-        if len(parts) != 2 or parts[1] not in _IMAGE_ROUTES:
-            raise V1Error(404, "Not found")
-        image_id = check_image_id(parts[0])
-        return await _method(_IMAGE_ROUTES[parts[1]], request)(request, image_id)
-    if rest.startswith("repositories/"):
-        raw = request.raw_path.split("?", 1)[0][len("/v1/repositories/") :]
-        raw_segments = raw.rstrip("/").split("/")
-        if any("%2f" in s.lower() or "%00" in s for s in raw_segments):
-            raise V1Error(400, "Invalid repository name")
-        segments = [unquote(s) for s in raw_segments]
-        if any(s in ("", ".", "..") or "\0" in s for s in segments):
-            raise V1Error(400, "Invalid repository name")
-        name, handlers, params = _repository_route(segments)
-        repository = repository_name(name)
-        if not handlers:
-            raise V1Error(404, "Not found")
-        return await _method(handlers, request)(request, repository, **params)
-    raise V1Error(404, "Not found")
-
-
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Middleware) -> web.StreamResponse:
-    if not (request.path.startswith("/v1/") or request.path in ("/v1", "/_ping")):
-        return await handler(request)
-    try:
-        return await handler(request)
-    except V1Unauthorized as exc:
-        return error_response(401, exc.message, {"WWW-Authenticate": exc.challenge})
-    except V1Error as exc:
-        return error_response(exc.status, exc.message)
-    except _MethodNotAllowed as exc:
-        return error_response(405, "Method not allowed", {"Allow": ", ".join(exc.allow)})
-    except web.HTTPException:
-        raise
-    except Exception:
-        log.exception("unexpected error", extra={"path": request.path})
-        return error_response(500, "Internal server error")
+async def _authorize(request: web.Request, endpoint: Endpoint, repository: str | None) -> None:
+    if endpoint.access is None:
+        return
+    token_route = endpoint.challenge == "token"
+    who = await caller(request, token_route)  # 401 for bad credentials, on every route
+    if repository is None:
+        return  # an image route: its handler decides (section 9)
+    if endpoint.access == "tag-delete":
+        try:
+            require(request, who, repository, "delete", token_route)
+        except (AccessDenied, V1Unauthorized):
+            # Deleting a tag also needs only write (as quay): a pusher may retract its tag.
+            require(request, who, repository, "write", token_route)
+        return
+    require(request, who, repository, endpoint.access, token_route)
 
 
 async def add_version_header(request: web.Request, response: web.StreamResponse) -> None:
-    if request.path.startswith("/v1/") or request.path == "/_ping":
+    if request.path.startswith("/v1/") or request.path in ("/v1", "/_ping"):
         response.headers["X-Docker-Registry-Version"] = REGISTRY_VERSION
 
 
 def setup(app: web.Application) -> None:
     app.router.add_route("*", "/_ping", dispatch)
+    app.router.add_route("*", "/v1", dispatch)
     app.router.add_route("*", "/v1/{tail:.*}", dispatch)
