@@ -18,6 +18,7 @@ from aiohttp.typedefs import Handler as Middleware
 from moorage.api.v1 import images, index
 from moorage.api.v1.access import V1Unauthorized
 from moorage.content.v1 import V1Error, check_image_id, repository_name
+from moorage.errors import StorageFull
 
 log = logging.getLogger("moorage.api.v1")
 
@@ -145,6 +146,8 @@ async def errors_middleware(request: web.Request, handler: Middleware) -> web.St
     except V1Unauthorized as exc:
         return error_response(401, exc.message, {"WWW-Authenticate": exc.challenge})
     except V1Error as exc:
+        return error_response(exc.status, exc.message)
+    except StorageFull as exc:
         return error_response(exc.status, exc.message)
     except _MethodNotAllowed as exc:
         return error_response(405, "Method not allowed", {"Allow": ", ".join(exc.allow)})
