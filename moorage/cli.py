@@ -59,6 +59,7 @@ def serve(
     tls_key: Path | None,
 ) -> None:
     """Run the registry (embedded defaults: filesystem blobs, SQLite, ./moorage-data)."""
+    from moorage import preflight
     from moorage.server import run
 
     auth: dict[str, object] = {}
@@ -79,6 +80,10 @@ def serve(
         )
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+    try:
+        preflight.check(settings)
+    except preflight.PreflightError as exc:
+        raise click.ClickException(f"cannot start: {exc}") from exc
     logging.basicConfig(
         level=settings.log.level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",

@@ -23,10 +23,18 @@ Domain code raises these; each protocol renders them in its own dialect (v2: the
     ├── Denied                         403 DENIED
     ├── Unsupported                    405 UNSUPPORTED
     ├── TooManyRequests                429 TOOMANYREQUESTS
-    └── Unavailable                    503 UNAVAILABLE
+    ├── Unavailable                    503 UNAVAILABLE
+    └── StorageFull                    507 STORAGE_FULL (no space left for blobs or metadata)
 
 Several errors can travel together (one MANIFEST_BLOB_UNKNOWN per missing blob): raise an
 `ErrorGroup`-like `RegistryErrors` holding them.
+
+`StorageFull` is Moorage's own code (the spec lets a registry add codes). It answers 507
+Insufficient Storage rather than 500 or 503: docker and podman show only the status line of a
+5xx answer, and "507 Insufficient Storage" names the problem where "500 Internal Server Error"
+or "503 Service Unavailable" do not; a 5xx also tells clients not to retry at once. The storage
+driver and the metadata store raise it themselves (`moorage.storage.StorageFull` is one), so
+every protocol renders it without each caller translating it.
 """
 
 from __future__ import annotations
@@ -147,3 +155,10 @@ class TooManyRequests(RegistryError):
 
 class Unavailable(RegistryError):
     code, status, default_message = "UNAVAILABLE", 503, "service unavailable"
+
+
+class StorageFull(RegistryError):
+    """The disk (or quota) holding blobs or metadata has no space left."""
+
+    code, status = "STORAGE_FULL", 507
+    default_message = "storage full: the registry has no space left"

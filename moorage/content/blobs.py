@@ -42,6 +42,7 @@ from moorage.errors import (
 )
 from moorage.metadata import BlobRow, LeaseTaken, MetadataStore, UploadRow
 from moorage.storage import StorageDriver, StorageError, Writer, paths
+from moorage.storage.base import StorageFull
 
 LEASE_SECONDS = 90.0
 HASHER_CACHE = 4096
@@ -395,6 +396,8 @@ class BlobService:
     async def _open(self, session_id: str, start: int, detach: bool = False) -> Writer:
         try:
             return await self.storage.writer(paths.upload(session_id), start, detach=detach)
+        except StorageFull:
+            raise
         except StorageError as exc:
             raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
 
@@ -467,6 +470,8 @@ class BlobService:
             try:
                 async for chunk in self.storage.read(key, start, offset - start):
                     await asyncio.to_thread(hasher.update, chunk)
+            except StorageFull:
+                raise
             except StorageError as exc:
                 raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
             if hasher.size != offset:
@@ -487,6 +492,8 @@ class BlobService:
         key = paths.blob(sha256.partition(":")[2])
         try:
             await self.storage.commit(paths.upload(session_id), key, size)
+        except StorageFull:
+            raise
         except StorageError as exc:
             raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
         rows = {str(d): BlobRow(str(d), key, size) for d in expected}

@@ -42,8 +42,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
+from moorage.errors import StorageFull
+from moorage.metadata import reserve
 from moorage.metadata import schema as t
 from moorage.metadata.v1 import V1Queries
 
@@ -162,9 +164,13 @@ class _SQLiteWriter:
     transaction is one function call on this process's writer thread, so the lock is held for
     the SQL alone (tens to hundreds of microseconds). Writers in other worker processes queue
     on an advisory lock file first (`flock`), which wakes the next one as soon as the lock is
-    free; SQLite's busy timeout stays as the backstop for any other writer."""
+    free; SQLite's busy timeout stays as the backstop for any other writer.
 
-    def __init__(self, url: str, lock_path: Path) -> None:
+    A full disk is `StorageFull`. A transaction that frees (a delete) first gets one more try
+    with the space reserve released (see `reserve`): deletes need room in the log too, and
+    they are how space is made on a full disk."""
+
+    def __init__(self, url: str, lock_path: Path, space: reserve.Reserve) -> None:
         self._engine = _sqlite_engine(
             url,
             "journal_mode=WAL",
@@ -176,23 +182,39 @@ class _SQLiteWriter:
         )
         self._lock_path = lock_path
         self._lock_fd: int | None = None
+        self._reserve = space
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="moorage-sqlite-writer")
 
-    def _transaction(self, work: Work[T]) -> T:
+    def _transaction(self, work: Work[T], frees: bool) -> T:
         if self._lock_fd is None:
             self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
-            with self._engine.begin() as conn:
-                return work(conn)
+            try:
+                result = self._once(work)
+            except StorageFull:
+                if not frees or not self._reserve.release():
+                    raise
+                result = self._once(work)
+            self._reserve.make()
+            return result
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    async def run(self, work: Work[T]) -> T:
+    def _once(self, work: Work[T]) -> T:
+        try:
+            with self._engine.begin() as conn:
+                return work(conn)
+        except OperationalError as exc:
+            if reserve.is_full(exc):
+                raise StorageFull() from exc
+            raise
+
+    async def run(self, work: Work[T], frees: bool = False) -> T:
         """Run `work` in one write transaction. Once started it runs to the end (commit or
         rollback) even if the caller is cancelled."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._transaction, work)
+        return await loop.run_in_executor(self._thread, self._transaction, work, frees)
 
     def _close(self) -> None:
         self._engine.dispose()
@@ -220,7 +242,9 @@ class MetadataStore(V1Queries):
             database = Path(parsed.database)
             database.parent.mkdir(parents=True, exist_ok=True)
             sync_url = parsed.set(drivername="sqlite").render_as_string(hide_password=False)
-            self._writer = _SQLiteWriter(sync_url, database.with_name(database.name + "-lock"))
+            self._writer = _SQLiteWriter(
+                sync_url, database.with_name(database.name + "-lock"), reserve.Reserve(database)
+            )
             self._reader = _sqlite_engine(
                 sync_url, "busy_timeout=5000", "query_only=ON", pool_size=1
             )
@@ -279,10 +303,11 @@ class MetadataStore(V1Queries):
         if held is not None:
             held.close()
 
-    async def _write(self, work: Work[T]) -> T:
-        """Run `work` in one write transaction: all of it commits, or none of it."""
+    async def _write(self, work: Work[T], frees: bool = False) -> T:
+        """Run `work` in one write transaction: all of it commits, or none of it. `frees`: it
+        only deletes, and may use the space reserve on a full disk."""
         if self._writer is not None:
-            return await self._writer.run(work)
+            return await self._writer.run(work, frees)
         assert self._async is not None
         async with self._async.begin() as aconn:
             return await aconn.run_sync(work)
@@ -372,7 +397,7 @@ class MetadataStore(V1Queries):
             )
             return bool(result.rowcount)
 
-        return await self._write(work)
+        return await self._write(work, frees=True)
 
     async def repositories_with_blob(self, digest: str) -> list[str]:
         r, rb = t.repositories, t.repository_blobs
@@ -409,9 +434,9 @@ class MetadataStore(V1Queries):
         row = await self._read(lambda conn: conn.execute(_UPLOAD, {"id": upload_id}).first())
         return UploadRow(*row) if row else None
 
-    async def _changes_a_row(self, statement: Any) -> bool:
+    async def _changes_a_row(self, statement: Any, frees: bool = False) -> bool:
         """Run one UPDATE or DELETE in its own write transaction: did it change a row?"""
-        return bool(await self._write(lambda conn: conn.execute(statement).rowcount))
+        return bool(await self._write(lambda conn: conn.execute(statement).rowcount, frees))
 
     async def acquire_upload(
         self, upload_id: str, offset: int, lease: str, until: float
@@ -470,7 +495,8 @@ class MetadataStore(V1Queries):
         await self._write(work)
 
     async def delete_upload(self, upload_id: str) -> bool:
-        return await self._changes_a_row(delete(t.uploads).where(t.uploads.c.id == upload_id))
+        statement = delete(t.uploads).where(t.uploads.c.id == upload_id)
+        return await self._changes_a_row(statement, frees=True)
 
     async def stale_uploads(self, idle_before: float, limit: int = 1000) -> list[str]:
         """Sessions idle since before `idle_before` that nobody is writing to."""
@@ -595,7 +621,7 @@ class MetadataStore(V1Queries):
             conn.execute(delete(mr).where(mr.c.repository_id == repo_id, mr.c.digest == digest))
             return True
 
-        return await self._write(work)
+        return await self._write(work, frees=True)
 
     async def delete_tag(self, repository: str, tag: str) -> bool:
         def work(conn: Connection) -> bool:
@@ -607,7 +633,7 @@ class MetadataStore(V1Queries):
             )
             return bool(result.rowcount)
 
-        return await self._write(work)
+        return await self._write(work, frees=True)
 
     async def list_tags(self, repository: str, last: str | None, limit: int) -> list[str] | None:
         """Tags in byte order after `last`; None if the repository does not exist."""

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Protocol
 
+from moorage import errors
+
 
 class StorageError(Exception):
     """A storage operation failed."""
@@ -18,6 +20,14 @@ class StorageError(Exception):
 
 class PathNotFound(StorageError):
     """No object at that key."""
+
+
+class StorageFull(StorageError, errors.StorageFull):
+    """No space left (ENOSPC, or a quota: EDQUOT). Also the registry's 507 STORAGE_FULL, so the
+    protocols render it as it comes; its message never names a key or a path."""
+
+    def __init__(self) -> None:
+        super().__init__()
 
 
 class Writer(Protocol):

@@ -3,7 +3,9 @@
 Blocking file calls run in the default thread pool so the event loop never waits on a disk.
 Commits are `fsync` + `link` + `fsync(dir)`: after a crash a key either holds its whole
 object or does not exist. Blob keys (`paths.is_content_addressed`) are write-once: no file at
-one is ever opened for writing or replaced once it is there.
+one is ever opened for writing or replaced once it is there. A full disk (ENOSPC, EDQUOT) is
+raised as the typed `StorageFull`, and a write that fails on it first gives back the space it
+took.
 """
 
 from __future__ import annotations
@@ -11,19 +13,39 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import functools
 import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, ParamSpec, TypeVar
 
 from moorage.storage import paths
-from moorage.storage.base import PathNotFound, StorageError
+from moorage.storage.base import PathNotFound, StorageError, StorageFull
 
 READ_SIZE = 1 << 20
 WRITEBACK_STEP = 8 << 20
 SYNC_FILE_RANGE_WRITE = 2
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _full_is_typed(call: Callable[P, R]) -> Callable[P, R]:
+    """Raise a full disk from `call` as `StorageFull` (every other error as it was)."""
+
+    @functools.wraps(call)
+    def wrapped(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return call(*args, **kwargs)
+        except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                raise StorageFull() from exc
+            raise
+
+    return wrapped
 
 
 def _fsync_dir(path: Path) -> None:
@@ -75,6 +97,7 @@ class FileWriter:
 
     def __init__(self, file: BinaryIO, size: int) -> None:
         self._file = file
+        self._origin = size  # where this writer began: bytes past it are only its own
         self._size = size
         self._started = size  # write-back was started for [.., _started)
 
@@ -85,7 +108,17 @@ class FileWriter:
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            written = self._file.write(view)
+            try:
+                written = self._file.write(view)
+            except OSError as exc:
+                if exc.errno not in FULL_ERRNOS:
+                    raise
+                # Give the space back at once: a failed write's bytes are never kept (the
+                # upload's offset stays where this writer began), and a full disk must not
+                # stay full until the session expires.
+                os.ftruncate(self._file.fileno(), self._origin)
+                self._size = self._started = self._origin
+                raise StorageFull() from exc
             if not written:
                 raise OSError("short write")
             view = view[written:]
@@ -158,6 +191,7 @@ class FilesystemDriver:
         except FileNotFoundError as exc:
             raise PathNotFound(key) from exc
 
+    @_full_is_typed
     def _put(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +212,7 @@ class FilesystemDriver:
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, key, data)
 
+    @_full_is_typed
     def _open_at(self, key: str, offset: int, detach: bool) -> FileWriter:
         if paths.is_content_addressed(key):
             raise StorageError(f"{key} is content-addressed: never opened for writing")
@@ -228,6 +263,7 @@ class FilesystemDriver:
     async def writer(self, key: str, offset: int, detach: bool = False) -> FileWriter:
         return await asyncio.to_thread(self._open_at, key, offset, detach)
 
+    @_full_is_typed
     def _commit(self, source: str, target: str, size: int | None) -> None:
         src, dst = self._path(source), self._path(target)
         if dst.exists():  # the same content is stored already: the upload is not needed
