@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import ipaddress
 import logging
 import os
@@ -33,6 +34,10 @@ log = logging.getLogger("moorage.server")
 SHUTDOWN_TIMEOUT = 60.0
 BACKLOG = 1024
 TRIM_INTERVAL = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# A port just given up (a killed server's workers still closing it) is tried for this long
+# before it counts as taken.
+BIND_GRACE = 1.0
 
 
 def _is_loopback(host: str) -> bool:
@@ -68,7 +73,15 @@ def bind(settings: Settings, count: int = 1) -> list[socket.socket]:
     forking, so a taken port fails at once, and keeps them open: a restarted worker takes over
     its slot's socket with the connections queued on it."""
     reuse_port = count > 1 and hasattr(socket, "SO_REUSEPORT")
-    first = _listener(settings, settings.port, reuse_port=False)
+    deadline = time.monotonic() + BIND_GRACE
+    while True:
+        try:
+            first = _listener(settings, settings.port, reuse_port=False)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     if not reuse_port:
         return [first] * count
     # The plain socket just bound proves nobody listens on the port: sockets with SO_REUSEPORT
@@ -174,9 +187,26 @@ def _worker(settings: Settings, sock: socket.socket) -> int:
     return 0
 
 
+def _die_with(parent: int) -> None:
+    """In a forked worker: have the kernel send SIGTERM when the supervisor dies (even by
+    SIGKILL), so no orphan goes on serving the port a restarted server needs. The supervisor
+    may have died between the fork and the prctl; then the signal will never come, but the
+    worker has a new parent already, and leaves at once."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning(
+                "cannot tie the worker to its supervisor: %s", os.strerror(ctypes.get_errno())
+            )
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _fork(settings: Settings, sockets: list[socket.socket], slot: int) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
+        _die_with(parent)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         # A reload forwarded before the worker installs its handler must not kill it.
@@ -248,7 +278,13 @@ def run(settings: Settings) -> int:
         )
     settings.datadir.mkdir(parents=True, exist_ok=True)
     tls_context(settings)  # fail before forking when the certificate or key is unusable
-    sockets = bind(settings, settings.workers)
+    try:
+        sockets = bind(settings, settings.workers)
+    except OSError as exc:
+        print(
+            f"moorage: cannot listen on {settings.listen}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload handler is installed
     if settings.workers == 1:
         return _worker(settings, sockets[0])
