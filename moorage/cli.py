@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 
 import click
 
-from moorage import __version__, config
+from moorage import __version__, config, logs
 
 
 @click.group()
@@ -84,11 +83,7 @@ def serve(
         preflight.check(settings)
     except preflight.PreflightError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
-    logging.basicConfig(
-        level=settings.log.level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log.level)
     sys.exit(run(settings))
 
 

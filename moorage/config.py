@@ -116,6 +116,20 @@ class TLSSettings(_Section):
     key: Path | None = None
 
 
+class HTTPSettings(_Section):
+    """Connection limits per worker (see moorage/connections.py). Timeouts are in seconds."""
+
+    # A new connection's first request head, and any head once begun, must be complete within.
+    headertimeout: float = Field(default=30, gt=0)
+    # After a response, the next request on a keep-alive connection must begin within.
+    idletimeout: float = Field(default=60, gt=0)
+    # A request body must make some progress within this (a slow transfer is fine; a stall
+    # is not). Time the server spends not reading (back-pressure) is not counted.
+    bodytimeout: float = Field(default=60, gt=0)
+    # Connections open at once; lowered to fit the open-file limit.
+    maxconnections: int = Field(default=4096, ge=1)
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     accesslog: bool = False
@@ -141,6 +155,7 @@ class Settings(BaseSettings):
     deletes: DeleteSettings = DeleteSettings()
     mount: MountSettings = MountSettings()
     pagination: PaginationSettings = PaginationSettings()
+    http: HTTPSettings = HTTPSettings()
     log: LogSettings = LogSettings()
     auth: AuthSettings = AuthSettings()
     tls: TLSSettings = TLSSettings()

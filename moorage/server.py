@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import ssl
@@ -22,17 +24,24 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
+from moorage import connections
 from moorage.app import IN_FLIGHT, InFlight, create_app
 from moorage.config import Settings
+from moorage.connections import Guard, Limits, connection_cap
 
 log = logging.getLogger("moorage.server")
 
 SHUTDOWN_TIMEOUT = 60.0
 BACKLOG = 1024
 TRIM_INTERVAL = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# A port just given up (a killed server's workers still closing it) is tried for this long
+# before it counts as taken.
+BIND_GRACE = 1.0
 
 
 def _is_loopback(host: str) -> bool:
@@ -68,7 +77,15 @@ def bind(settings: Settings, count: int = 1) -> list[socket.socket]:
     forking, so a taken port fails at once, and keeps them open: a restarted worker takes over
     its slot's socket with the connections queued on it."""
     reuse_port = count > 1 and hasattr(socket, "SO_REUSEPORT")
-    first = _listener(settings, settings.port, reuse_port=False)
+    deadline = time.monotonic() + BIND_GRACE
+    while True:
+        try:
+            first = _listener(settings, settings.port, reuse_port=False)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
     if not reuse_port:
         return [first] * count
     # The plain socket just bound proves nobody listens on the port: sockets with SO_REUSEPORT
@@ -130,8 +147,33 @@ async def _give_back_memory(in_flight: InFlight) -> None:
             await asyncio.to_thread(trim, 0)
 
 
+def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Accept errors are one line, not a traceback: when descriptors run out, asyncio stops
+    accepting for a second and retries, and says so on every try (rate-limited by logs)."""
+    exc = context.get("exception")
+    if context.get("message") == "socket.accept() out of system resource":
+        log.warning("cannot accept connections, retrying: %s", exc)
+        return
+    loop.default_exception_handler(context)
+
+
+def _limits(settings: Settings) -> Limits:
+    open_files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    http = settings.http
+    return Limits(
+        idle=http.idletimeout,
+        head=http.headertimeout,
+        body=http.bodytimeout,
+        connections=connection_cap(http.maxconnections, open_files),
+    )
+
+
 async def _serve(settings: Settings, sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_on_loop_error)
     app = create_app(settings)
+    guard = Guard(_limits(settings), loop.time)
+    connections.install(app, guard)
     runner = web.AppRunner(
         app,
         handle_signals=False,
@@ -139,11 +181,16 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     await runner.setup()
+    assert runner.server is not None
     context = tls_context(settings)
-    site = web.SockSite(runner, sock, ssl_context=context)
-    await site.start()
+    server = await loop.create_server(
+        guard.factory(runner.server),
+        sock=sock,
+        ssl=context,
+        backlog=BACKLOG,
+        ssl_handshake_timeout=settings.http.headertimeout if context is not None else None,
+    )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if context is not None:
@@ -151,17 +198,25 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     else:
         loop.add_signal_handler(signal.SIGHUP, lambda: None)
     trimmer = asyncio.create_task(_give_back_memory(app[IN_FLIGHT]))
-    log.info("serving on %s (pid %d)", settings.listen, os.getpid())
+    sweeper = asyncio.create_task(guard.run())
+    log.info(
+        "serving on %s (pid %d, at most %d connections)",
+        settings.listen,
+        os.getpid(),
+        guard.limits.connections,
+    )
     await stop.wait()
     log.info("shutting down (pid %d)", os.getpid())
     trimmer.cancel()
     # Stop accepting first and let requests in flight (an upload still streaming its body)
-    # finish; aiohttp's own shutdown would discard their remaining bytes.
-    await site.stop()
+    # finish; aiohttp's own shutdown would discard their remaining bytes. The sweep goes on:
+    # a stalled body must not hold the shutdown for SHUTDOWN_TIMEOUT.
+    server.close()
     in_flight = app[IN_FLIGHT]
     deadline = loop.time() + SHUTDOWN_TIMEOUT
     while in_flight.active and loop.time() < deadline:
         await asyncio.sleep(0.05)
+    sweeper.cancel()
     await runner.cleanup()
 
 
@@ -174,9 +229,26 @@ def _worker(settings: Settings, sock: socket.socket) -> int:
     return 0
 
 
+def _die_with(parent: int) -> None:
+    """In a forked worker: have the kernel send SIGTERM when the supervisor dies (even by
+    SIGKILL), so no orphan goes on serving the port a restarted server needs. The supervisor
+    may have died between the fork and the prctl; then the signal will never come, but the
+    worker has a new parent already, and leaves at once."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            log.warning(
+                "cannot tie the worker to its supervisor: %s", os.strerror(ctypes.get_errno())
+            )
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def _fork(settings: Settings, sockets: list[socket.socket], slot: int) -> int:
+    parent = os.getpid()
     pid = os.fork()
     if pid == 0:
+        _die_with(parent)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         # A reload forwarded before the worker installs its handler must not kill it.
@@ -237,6 +309,19 @@ def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
     return status
 
 
+def _raise_open_file_limit() -> None:
+    """Raise the soft open-file limit to the hard one: the usual soft 1,024 is a few hundred
+    idle clients. The connection cap is then taken below whatever the limit is."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+
+
 def run(settings: Settings) -> int:
     if settings.auth.mode == "none" and not _is_loopback(settings.host):
         print(
@@ -248,7 +333,14 @@ def run(settings: Settings) -> int:
         )
     settings.datadir.mkdir(parents=True, exist_ok=True)
     tls_context(settings)  # fail before forking when the certificate or key is unusable
-    sockets = bind(settings, settings.workers)
+    _raise_open_file_limit()
+    try:
+        sockets = bind(settings, settings.workers)
+    except OSError as exc:
+        print(
+            f"moorage: cannot listen on {settings.listen}: {exc.strerror or exc}", file=sys.stderr
+        )
+        return 1
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload handler is installed
     if settings.workers == 1:
         return _worker(settings, sockets[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -14,12 +15,13 @@ from tests.process.server import TIMEOUT, MakeServer, ServerProcess
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[MakeServer]:
     """`make_server(workers=2)` -> a not yet started ServerProcess with its own data dir and
-    port. Every server made is stopped (SIGTERM, then SIGKILL of its group) at teardown."""
+    port (`env=` and `nofile=` are passed on to it). Every server made is stopped (SIGTERM,
+    then SIGKILL of its group) at teardown."""
     servers: list[ServerProcess] = []
 
-    def make(workers: int = 1) -> ServerProcess:
+    def make(workers: int = 1, **options: Any) -> ServerProcess:
         n = len(servers)
-        server = ServerProcess(tmp_path / f"data-{n}", tmp_path / f"logs-{n}", workers)
+        server = ServerProcess(tmp_path / f"data-{n}", tmp_path / f"logs-{n}", workers, **options)
         servers.append(server)
         return server
 

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import http.client
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -48,10 +49,21 @@ def _v2_ok(port: int) -> bool:
 class ServerProcess:
     """One `python -m moorage serve` on 127.0.0.1, restartable on the same port and data."""
 
-    def __init__(self, data_dir: Path, log_dir: Path, workers: int = 1) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        log_dir: Path,
+        workers: int = 1,
+        env: dict[str, str] | None = None,
+        nofile: int | None = None,
+    ) -> None:
+        """`env`: extra environment (`MOORAGE_*` settings); `nofile`: the open-file limit
+        (soft and hard) the server starts with, so a test can run it out with few sockets."""
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.workers = workers
+        self.env = env or {}
+        self.nofile = nofile
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -103,6 +115,8 @@ class ServerProcess:
                 stderr=subprocess.STDOUT,
                 cwd=self.log_dir,
                 start_new_session=True,
+                env={**os.environ, **self.env},
+                preexec_fn=None if self.nofile is None else self._limit_open_files,
             )
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
@@ -117,6 +131,10 @@ class ServerProcess:
             await asyncio.sleep(0.1)
         self.kill_group()
         raise AssertionError(f"server not ready after {READY_TIMEOUT}s:\n{self.log_tail()}")
+
+    def _limit_open_files(self) -> None:
+        assert self.nofile is not None
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.nofile, self.nofile))
 
     def processes(self) -> list[psutil.Process]:
         """The server and all its descendants that are still alive."""
