@@ -13,6 +13,7 @@ import pytest
 
 from moorage.api.v1 import errors
 from moorage.content import v1 as domain
+from moorage.content.layers import LayerInvalid, LayerTooLarge
 from moorage.errors import ManifestTooLarge, NameInvalid, RegistryError, Unavailable
 from tests.images import make_image as make_v2_image
 from tests.v1 import v2side
@@ -56,6 +57,8 @@ async def test_registry_error_inside_a_tag_write_is_its_4xx(
         (domain.RepositoryNameInvalid("x"), 400, "Invalid repository name"),
         (domain.NotTaggable("no layers"), 400, "Image cannot be tagged through v1: no layers"),
         (ValueError("surprise"), 500, "Internal server error"),
+        (LayerTooLarge("over 64 GiB"), 413, "Layer too large when decompressed"),
+        (LayerInvalid("not a tar"), 400, "Layer format not supported"),
     ],
 )
 def test_table_answers(error: Exception, status: int, message: str) -> None:

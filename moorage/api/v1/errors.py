@@ -23,7 +23,7 @@ from aiohttp.typedefs import Handler
 
 from moorage.auth.service import RateLimited
 from moorage.content import v1
-from moorage.content.layers import LayerInvalid
+from moorage.content.layers import LayerInvalid, LayerTooLarge
 from moorage.errors import NameInvalid, RegistryError, TagInvalid
 
 log = logging.getLogger("moorage.api.v1")
@@ -117,6 +117,8 @@ TABLE: tuple[tuple[type[BaseException], Answer], ...] = (
     (v1.ParentUnknown, Answer(400, "Image depends on a non existing parent")),
     (v1.ParentUnauthorized, Answer(400, "Image depends on an unauthorized parent")),
     (v1.AncestryTooDeep, Answer(400, "Image ancestry too deep")),
+    # Over the configured layer limits (contract section 3: 413, upload discarded).
+    (LayerTooLarge, Answer(413, lambda exc: getattr(exc, "message", str(exc)))),
     (LayerInvalid, Answer(400, lambda exc: getattr(exc, "message", str(exc)))),
     (v1.UploadRestarted, Answer(409, "Image upload was restarted")),
     (v1.ChecksumMissing, Answer(400, "Missing Image's checksum")),
