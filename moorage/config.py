@@ -60,6 +60,9 @@ class PaginationSettings(_Section):
     tagsmax: int = Field(default=1000, ge=1)
     catalogdefault: int = Field(default=100, ge=1)
     catalogmax: int = Field(default=1000, ge=1)
+    # Seconds a filtered catalog page may spend looking; past it the page ends early, with a
+    # Link to continue from where it stopped.
+    catalogtime: float = Field(default=1.0, gt=0)
     referrersmax: int = Field(default=1000, ge=1)
 
 

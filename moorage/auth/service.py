@@ -142,9 +142,12 @@ class Authenticator:
             return self.can_pull(identity, repository)
         return self.may_list(identity, repository)
 
-    def catalog_filter(self, identity: Identity) -> bool:
-        """True if the catalog must be filtered to what `identity` may pull."""
-        return not self.policy.sees_everything(identity.name)
+    def catalog_globs(self, identity: Identity) -> tuple[str, ...] | None:
+        """The repository globs the catalog must be filtered to for `identity` (what it may
+        pull by the rules, see `may_list`); None when it sees everything."""
+        if not self.enabled or self.policy.sees_everything(identity.name):
+            return None
+        return self.policy.pull_globs(identity.name)
 
     def may_list(self, identity: Identity, repository: str) -> bool:
         # The catalog shows what the caller could pull by the rules, whatever the token's
