@@ -106,8 +106,10 @@ class AuthSettings(_Section):
     # Empty: authenticated users may pull, push and delete everywhere.
     rules: list[AccessRule] = []
     token: TokenSettings = TokenSettings()
-    # Failed logins allowed per user and per client address within `window` seconds.
+    # Failed logins allowed within `window` seconds per user from one client address, and
+    # for any users from one client address (never per user alone: see auth/ratelimit.py).
     maxfailures: int = Field(default=10, ge=1)
+    maxaddressfailures: int = Field(default=100, ge=1)
     window: int = Field(default=60, ge=1)
 
 
