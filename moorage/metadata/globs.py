@@ -95,3 +95,9 @@ def condition(column: Any, globs: Iterable[NameGlob]) -> ColumnElement[bool]:
     """Names that may match any of `globs` (no globs: none)."""
     clauses = [glob.condition(column) for glob in globs]
     return or_(*clauses) if clauses else false()
+
+
+def containing(column: Any, text: str) -> ColumnElement[bool]:
+    """Names that contain `text`, ignoring case."""
+    escaped = "".join(ESCAPE + c if c in "%_" + ESCAPE else c for c in text)
+    return column.ilike(f"%{escaped}%", escape=ESCAPE)  # type: ignore[no-any-return]

@@ -304,10 +304,17 @@ class MetadataStore(V1Queries):
         return await self._column(query)
 
     async def list_repositories_matching(
-        self, last: str | None, limit: int, patterns: Sequence[str], scan: int
+        self,
+        last: str | None,
+        limit: int,
+        patterns: Sequence[str],
+        scan: int,
+        contains: str = "",
+        with_content: bool = True,
     ) -> tuple[list[str], str | None]:
-        """Repositories with content after `last`, in name order, whose names may match one
-        of the glob `patterns` (a superset: see `globs.py`; callers recheck each name).
+        """Repositories with content (any, unless `with_content`) after `last`, in name order,
+        whose names may match one of the glob `patterns` (a superset: see `globs.py`; callers
+        recheck each name) and contain `contains` (ignoring case).
 
         One call looks at a window of at most `scan` names, so its cost is bounded however few
         names match; it skips ahead to the first name any pattern's literal prefix allows.
@@ -339,7 +346,11 @@ class MetadataStore(V1Queries):
             ).scalar()
             if end is not None:
                 window = and_(window, r.c.name <= end)
-            query = select(r.c.name).where(window, globs.condition(r.c.name, parsed), has_content)
+            query = select(r.c.name).where(window, globs.condition(r.c.name, parsed))
+            if with_content:
+                query = query.where(has_content)
+            if contains:
+                query = query.where(globs.containing(r.c.name, contains))
             found = list(conn.execute(query.order_by(r.c.name).limit(limit)).scalars())
             if len(found) == limit:
                 return found, found[-1] if found else last

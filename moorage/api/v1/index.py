@@ -15,6 +15,7 @@ from moorage.api.auth import authenticator, client_address
 from moorage.api.context import SETTINGS, V1, V1TOKENS
 from moorage.api.v1.access import Caller, V1Unauthorized, allowed, caller, readable, require
 from moorage.auth.service import BadCredentials, RateLimited, parse_basic
+from moorage.content.registry import CatalogFilter
 from moorage.content.v1 import V1Error, check_tag, parse_image_list
 
 BODY_LIMIT = 16 * 1024 * 1024
@@ -135,7 +136,9 @@ async def search(request: web.Request) -> web.StreamResponse:
     def visible(name: str) -> bool:
         return allowed(request, who, name, "read")
 
-    found = await request.app[V1].search(term, visible)
+    globs = None if who.open_mode else authenticator(request).policy.pull_globs(who.user)
+    only = None if globs is None else CatalogFilter(globs, visible)
+    found = await request.app[V1].search(term, only)
     chunk = found[(page - 1) * size : page * size]
     results = [
         {
