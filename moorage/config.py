@@ -63,6 +63,9 @@ class PaginationSettings(_Section):
     tagsmax: int = Field(default=1000, ge=1)
     catalogdefault: int = Field(default=100, ge=1)
     catalogmax: int = Field(default=1000, ge=1)
+    # Seconds a filtered catalog page may spend looking; past it the page ends early, with a
+    # Link to continue from where it stopped.
+    catalogtime: float = Field(default=1.0, gt=0)
     referrersmax: int = Field(default=1000, ge=1)
 
 
@@ -106,8 +109,10 @@ class AuthSettings(_Section):
     # Empty: authenticated users may pull, push and delete everywhere.
     rules: list[AccessRule] = []
     token: TokenSettings = TokenSettings()
-    # Failed logins allowed per user and per client address within `window` seconds.
+    # Failed logins allowed within `window` seconds per user from one client address, and
+    # for any users from one client address (never per user alone: see auth/ratelimit.py).
     maxfailures: int = Field(default=10, ge=1)
+    maxaddressfailures: int = Field(default=100, ge=1)
     window: int = Field(default=60, ge=1)
 
 

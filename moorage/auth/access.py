@@ -102,5 +102,14 @@ class Policy:
             return Scope(wanted.type, wanted.name, wanted.actions)
         return Scope(wanted.type, wanted.name, frozenset(wanted.actions & allowed))
 
+    def pull_globs(self, user: str | None) -> tuple[str, ...]:
+        """The repository globs of every rule that lets `user` pull: `allowed` grants pull
+        on a repository exactly when its name matches one of them."""
+        return tuple(
+            rule.repository
+            for rule in self.rules
+            if self._applies(rule, user) and ("pull" in rule.actions or "*" in rule.actions)
+        )
+
     def sees_everything(self, user: str | None) -> bool:
         return not self.enabled or (user is not None and user in self.admins)

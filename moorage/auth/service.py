@@ -15,7 +15,7 @@ from pathlib import Path
 
 from moorage.auth.access import ANONYMOUS_IDENTITY, Identity, Policy, Scope
 from moorage.auth.htpasswd import Htpasswd
-from moorage.auth.ratelimit import FailureLimiter
+from moorage.auth.ratelimit import LoginLimiter
 from moorage.auth.tokens import InvalidToken, TokenService, load_or_create_key
 from moorage.config import Settings
 
@@ -65,7 +65,7 @@ class Authenticator:
         self.mode = auth.mode
         self.realm = auth.realm
         self.policy = Policy(auth)
-        self.limiter = FailureLimiter(auth.maxfailures, auth.window)
+        self.limiter = LoginLimiter(auth.maxfailures, auth.maxaddressfailures, auth.window)
         self.users: Htpasswd | None = None
         if auth.htpasswd is not None:
             self.users = Htpasswd(auth.htpasswd)
@@ -90,14 +90,14 @@ class Authenticator:
 
     async def login(self, credentials: Credentials, client: str) -> str:
         """Check a user's password; returns the user name. Raises BadCredentials or
-        RateLimited (too many recent failures for this user or this client address)."""
-        keys = (f"user:{credentials.user}", f"addr:{client}")
-        wait = self.limiter.retry_after(*keys)
+        RateLimited (too many recent failures from this client address, for this user or
+        for any: never for the user alone, see `ratelimit.py`)."""
+        wait = self.limiter.retry_after(credentials.user, client)
         if wait:
             raise RateLimited(wait)
         assert self.users is not None
         if not await asyncio.to_thread(self.users.check, credentials.user, credentials.password):
-            self.limiter.failed(*keys)
+            self.limiter.failed(credentials.user, client)
             raise BadCredentials("wrong user name or password")
         return credentials.user
 
@@ -142,9 +142,12 @@ class Authenticator:
             return self.can_pull(identity, repository)
         return self.may_list(identity, repository)
 
-    def catalog_filter(self, identity: Identity) -> bool:
-        """True if the catalog must be filtered to what `identity` may pull."""
-        return not self.policy.sees_everything(identity.name)
+    def catalog_globs(self, identity: Identity) -> tuple[str, ...] | None:
+        """The repository globs the catalog must be filtered to for `identity` (what it may
+        pull by the rules, see `may_list`); None when it sees everything."""
+        if not self.enabled or self.policy.sees_everything(identity.name):
+            return None
+        return self.policy.pull_globs(identity.name)
 
     def may_list(self, identity: Identity, repository: str) -> bool:
         # The catalog shows what the caller could pull by the rules, whatever the token's

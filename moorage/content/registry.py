@@ -6,9 +6,11 @@ referrers operations. Repository names arrive canonical (see `names.canonical_re
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -49,6 +51,33 @@ class PutResult:
 class Page:
     items: list[str]
     more: bool
+    # Where the next page starts (after this name), when not after the last item.
+    resume: str | None = None
+
+    @property
+    def next_last(self) -> str | None:
+        """The `last` of the next page; None when there is none."""
+        if not self.more:
+            return None
+        if self.resume is not None:
+            return self.resume
+        return self.items[-1] if self.items else None
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogFilter:
+    """The repositories a caller may see: names that match one of `globs` (fnmatch syntax,
+    as access rules write them) and that `visible` accepts (the exact check)."""
+
+    globs: tuple[str, ...]
+    visible: Callable[[str], bool]
+    # Only names that contain this (ignoring case); and repositories without content too.
+    contains: str = ""
+    with_content: bool = True
+
+
+# Names one catalog query looks at, at most (a few milliseconds of SQLite).
+CATALOG_WINDOW = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,22 +248,63 @@ class Registry:
         return Page(found[:limit], len(found) > limit)
 
     async def catalog(
-        self, last: str | None, limit: int, visible: Callable[[str], bool] | None = None
+        self,
+        last: str | None,
+        limit: int,
+        only: CatalogFilter | None = None,
+        deadline: float | None = None,
     ) -> Page:
-        """Repositories with content, in byte order after `last`; only those `visible`
-        accepts when given (fetched in batches until the page is full)."""
-        if visible is None:
+        """Repositories with content, in byte order after `last`; only those `only` accepts
+        when given. A filtered page is found in the metadata query, window by window (each
+        one a bounded read, the event loop free in between), and takes at most
+        `pagination.catalogtime` seconds (or until the monotonic `deadline`): past that it
+        ends early, with `resume` set to the last name it looked at."""
+        if only is None or (
+            only.with_content
+            and not only.contains
+            and any(set(glob) == {"*"} for glob in only.globs)
+        ):
             found = await self.metadata.list_repositories(last, limit + 1)
             return Page(found[:limit], len(found) > limit)
+        if limit == 0 or not only.globs:
+            return Page([], False)
+        if deadline is None:
+            deadline = time.monotonic() + self.settings.pagination.catalogtime
         page: list[str] = []
-        batch = max(limit + 1, 100)
-        while len(page) <= limit:
-            found = await self.metadata.list_repositories(last, batch)
-            page += [name for name in found if visible(name)]
-            if len(found) < batch:
+        needle = only.contains.lower()
+        while True:
+            found, last = await self.metadata.list_repositories_matching(
+                last,
+                limit + 1 - len(page),
+                only.globs,
+                CATALOG_WINDOW,
+                only.contains,
+                only.with_content,
+            )
+            page += [n for n in found if needle in n.lower() and only.visible(n)]
+            if len(page) > limit:
+                return Page(page[:limit], True)
+            if last is None:
+                return Page(page, False)
+            if time.monotonic() >= deadline:
+                return Page(page, True, resume=last)
+            await asyncio.sleep(0)
+
+    async def search(self, term: str, only: CatalogFilter, most: int) -> list[str]:
+        """Up to `most` repositories (with content or not) whose names contain `term`
+        (ignoring case) and that `only` accepts, found page by page within one
+        `pagination.catalogtime`: a search that runs out of time answers what it found."""
+        deadline = time.monotonic() + self.settings.pagination.catalogtime
+        wanted = replace(only, contains=term, with_content=False)
+        found: list[str] = []
+        last: str | None = None
+        while len(found) < most:
+            page = await self.catalog(last, min(most - len(found), 1000), wanted, deadline)
+            found += page.items
+            last = page.next_last
+            if last is None or time.monotonic() >= deadline:
                 break
-            last = found[-1]
-        return Page(page[:limit], len(page) > limit)
+        return found
 
     async def referrers(
         self, repository: str, subject: str, artifact_type: str | None, cursor: str | None

@@ -27,7 +27,7 @@ from moorage.content import digest as digests
 from moorage.content import jsondoc, layers, manifests, names, streams, translate
 from moorage.content.blobs import Blob
 from moorage.content.layers import LayerAnalyzer
-from moorage.content.registry import Registry
+from moorage.content.registry import CatalogFilter, Registry
 from moorage.errors import ManifestUnknown
 from moorage.metadata import BlobRow, LayerSums, ManifestRow, V1ImageRow
 from moorage.storage import paths
@@ -594,9 +594,10 @@ class V1Service:
         if not await self.metadata.delete_repository(repository):
             raise RepositoryNotFound(repository)
 
-    async def search(self, term: str, visible: Callable[[str], bool]) -> list[str]:
-        found = await self.metadata.search_repositories(term, 100_000)
-        return [name for name in found if visible(name)]
+    async def search(self, term: str, only: CatalogFilter | None) -> list[str]:
+        if only is not None:  # filtered in the query, in bounded steps (see Registry.catalog)
+            return await self.registry.search(term, only, 100_000)
+        return await self.metadata.search_repositories(term, 100_000)
 
     # -- the v1 view of v2 content -------------------------------------------------------
 

@@ -20,7 +20,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,13 +39,14 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    true,
     update,
 )
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from moorage.errors import StorageFull
-from moorage.metadata import reserve
+from moorage.metadata import globs, reserve
 from moorage.metadata import schema as t
 from moorage.metadata.v1 import V1Queries
 
@@ -339,6 +340,61 @@ class MetadataStore(V1Queries):
         if last is not None:
             query = query.where(r.c.name > last)
         return await self._column(query)
+
+    async def list_repositories_matching(
+        self,
+        last: str | None,
+        limit: int,
+        patterns: Sequence[str],
+        scan: int,
+        contains: str = "",
+        with_content: bool = True,
+    ) -> tuple[list[str], str | None]:
+        """Repositories with content (any, unless `with_content`) after `last`, in name order,
+        whose names may match one of the glob `patterns` (a superset: see `globs.py`; callers
+        recheck each name) and contain `contains` (ignoring case).
+
+        One call looks at a window of at most `scan` names, so its cost is bounded however few
+        names match; it skips ahead to the first name any pattern's literal prefix allows.
+        Returns at most `limit` names and the name to continue after (None: nothing is left)."""
+        parsed = [globs.parse(pattern) for pattern in patterns]
+        r = t.repositories
+        has_content = exists().where(t.manifests.c.repository_id == r.c.id) | exists().where(
+            t.repository_blobs.c.repository_id == r.c.id
+        )
+        after = r.c.name > last if last is not None else true()
+
+        def work(conn: Connection) -> tuple[list[str], str | None]:
+            spans = [span for glob in parsed if (span := glob.span(r.c.name)) is not None]
+            if len(spans) == len(parsed):
+                firsts = [
+                    conn.execute(
+                        select(r.c.name).where(after, span).order_by(r.c.name).limit(1)
+                    ).scalar()
+                    for span in spans
+                ]
+                starts = [name for name in firsts if name is not None]
+                if not starts:
+                    return [], None
+                window = r.c.name >= min(starts)
+            else:
+                window = after
+            end = conn.execute(
+                select(r.c.name).where(window).order_by(r.c.name).offset(scan - 1).limit(1)
+            ).scalar()
+            if end is not None:
+                window = and_(window, r.c.name <= end)
+            query = select(r.c.name).where(window, globs.condition(r.c.name, parsed))
+            if with_content:
+                query = query.where(has_content)
+            if contains:
+                query = query.where(globs.containing(r.c.name, contains))
+            found = list(conn.execute(query.order_by(r.c.name).limit(limit)).scalars())
+            if len(found) == limit:
+                return found, found[-1] if found else last
+            return found, end
+
+        return await self._read(work)
 
     # -- blobs ---------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""Failed-login limits (auth.maxfailures per auth.window): per user and per client address,
-429 TOOMANYREQUESTS with Retry-After even for the right password."""
+"""Failed-login limits per auth.window: auth.maxfailures per (user, client address) pair and
+auth.maxaddressfailures per client address, 429 TOOMANYREQUESTS with Retry-After even for the
+right password, from that address only: a guesser must never lock the real user out."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from typing import Any
 import aiohttp
 import pytest
 
+from moorage.auth.ratelimit import LoginLimiter
 from tests.auth.conftest import MakeRegistry
 from tests.auth.helpers import Client, assert_basic_challenge, assert_error, basic
 
 MAX = 3
+ADDRESS_MAX = 5
 WINDOW = 60
 
 
@@ -28,9 +31,18 @@ class FromAddress:
         )
 
     async def get(self, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
-        resp = await self.session.get(self.client.make_url(path), **kwargs)
+        return await self.request("GET", path, **kwargs)
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
+        resp = await self.session.request(method, self.client.make_url(path), **kwargs)
         await resp.read()
         return resp
+
+
+@pytest.fixture
+def auth_mode() -> str:
+    """Every test here sets `auth` itself; one run is enough."""
+    return "none"
 
 
 @pytest.fixture
@@ -44,7 +56,10 @@ async def addresses() -> AsyncIterator[list[FromAddress]]:
 async def _basic_registry(
     make_registry: MakeRegistry, addresses: list[FromAddress], mode: str = "basic"
 ) -> tuple[Client, FromAddress, FromAddress]:
-    client = (await make_registry(mode, maxfailures=MAX, window=WINDOW)).client
+    registry = await make_registry(
+        mode, maxfailures=MAX, maxaddressfailures=ADDRESS_MAX, window=WINDOW
+    )
+    client = registry.client
     two = FromAddress(client, "127.0.0.2")
     three = FromAddress(client, "127.0.0.3")
     addresses += [two, three]
@@ -59,7 +74,7 @@ async def assert_limited(resp: aiohttp.ClientResponse) -> None:
     assert 1 <= retry <= WINDOW + 1, retry
 
 
-async def test_user_limited_after_max_failures_even_with_right_password(
+async def test_wrong_passwords_lock_out_their_address_not_the_user(
     make_registry: MakeRegistry, addresses: list[FromAddress]
 ) -> None:
     client, two, three = await _basic_registry(make_registry, addresses)
@@ -69,32 +84,45 @@ async def test_user_limited_after_max_failures_even_with_right_password(
         resp = await two.get("/v2/", headers=basic("alice", "guess"))
         assert resp.status == 401  # below the limit: a plain failed login
         assert resp.headers["WWW-Authenticate"] == 'Basic realm="Moorage"'
-    resp = await two.get("/v2/", headers=basic("alice"))
-    await assert_limited(resp)
-    # Per user: the limit follows alice to other addresses.
-    await assert_limited(await three.get("/v2/", headers=basic("alice")))
-    resp = await client.get("/v2/team/a/tags/list", headers=basic("alice"))
-    await assert_error(resp, 429, "TOOMANYREQUESTS")
-    assert resp.headers["Retry-After"]
-    # Other users are unaffected (from addresses that did not fail).
-    assert (await three.get("/v2/", headers=basic("bob"))).status == 200
-    assert (await client.get("/v2/", headers=basic("carol"))).status == 200
+    # The guessing address is refused for alice, even with her right password.
+    await assert_limited(await two.get("/v2/", headers=basic("alice")))
+    await assert_limited(await two.get("/v2/team/a/tags/list", headers=basic("alice")))
+    # The real alice, from any other address, is not.
+    assert (await three.get("/v2/", headers=basic("alice"))).status == 200
+    assert (await client.get("/v2/", headers=basic("alice"))).status == 200
+    # Nor are other users from the guessing address (it is below its address limit).
+    assert (await two.get("/v2/", headers=basic("bob"))).status == 200
     # Anonymous requests are not logins: still 401, not 429, from the failing address.
-    await assert_basic_challenge(await client.get("/v2/"))
+    await assert_basic_challenge(await two.get("/v2/"))
+
+
+async def test_eleven_wrong_passwords_with_the_defaults_do_not_lock_alice_out(
+    make_registry: MakeRegistry, addresses: list[FromAddress]
+) -> None:
+    """The report: eleven wrong passwords for alice from one address locked her out."""
+    client = (await make_registry("basic")).client
+    two = FromAddress(client, "127.0.0.2")
+    addresses.append(two)
+    for _ in range(11):
+        await two.get("/v2/", headers=basic("alice", "guess"))
+    await assert_error(await two.get("/v2/", headers=basic("alice")), 429, "TOOMANYREQUESTS")
+    assert (await client.get("/v2/", headers=basic("alice"))).status == 200
 
 
 async def test_address_limited_after_max_failures_across_users(
     make_registry: MakeRegistry, addresses: list[FromAddress]
 ) -> None:
     client, two, three = await _basic_registry(make_registry, addresses)
-    # One address tries several user names, each once.
-    for name in ("root", "admin", "bob"):
+    # One address tries several user names, each fewer times than the per-user limit.
+    names = ["root", "admin", "bob", "root", "admin"]
+    assert len(names) == ADDRESS_MAX
+    for name in names:
         resp = await two.get("/v2/", headers=basic(name, "guess"))
         assert resp.status == 401
     # Now that address is refused for everyone, even with right passwords.
     await assert_limited(await two.get("/v2/", headers=basic("carol")))
     await assert_limited(await two.get("/v2/", headers=basic("dave")))
-    # Other addresses carry on, including for bob who failed only once.
+    # Other addresses carry on, including for bob who failed there once.
     assert (await three.get("/v2/", headers=basic("carol"))).status == 200
     assert (await client.get("/v2/", headers=basic("bob"))).status == 200
 
@@ -107,15 +135,33 @@ async def test_limit_applies_to_the_token_endpoint(
     for _ in range(MAX):
         resp = await two.get("/auth/token", params=params, headers=basic("bob", "guess"))
         assert resp.status == 401
-    resp = await three.get("/auth/token", params=params, headers=basic("bob"))
-    await assert_limited(resp)
+    await assert_limited(await two.get("/auth/token", params=params, headers=basic("bob")))
     form = {"grant_type": "password", "username": "bob", "password": "bob-secret-pw"}
-    resp = await client.post("/auth/token", data=form)
-    assert resp.status == 429
-    assert resp.headers["Retry-After"]
-    # carol from a clean address still gets tokens.
-    resp = await three.get("/auth/token", params=params, headers=basic("carol"))
+    resp = await two.request("POST", "/auth/token", data=form)
+    await assert_limited(resp)
+    # bob from other addresses still gets tokens, by GET and by POST.
+    resp = await three.get("/auth/token", params=params, headers=basic("bob"))
     assert resp.status == 200, await resp.text()
+    resp = await client.post("/auth/token", data=form)
+    assert resp.status == 200, await resp.text()
+
+
+async def test_v1_logins_are_limited_the_same_way(
+    make_registry: MakeRegistry, addresses: list[FromAddress]
+) -> None:
+    client, two, three = await _basic_registry(make_registry, addresses)
+    for _ in range(MAX):
+        assert (await two.get("/v1/users/", headers=basic("alice", "guess"))).status == 401
+    # v1 login, v1 search (any v1 request with Basic credentials) and v2: 429 from there.
+    for path in ("/v1/users/", "/v1/search?q=x"):
+        resp = await two.get(path, headers=basic("alice"))
+        assert resp.status == 429
+        assert int(resp.headers["Retry-After"]) > 0
+    await assert_limited(await two.get("/v2/", headers=basic("alice")))
+    # alice from elsewhere logs in, by v1 and by v2.
+    assert (await three.get("/v1/users/", headers=basic("alice"))).status == 200
+    assert (await three.get("/v1/search?q=x", headers=basic("alice"))).status == 200
+    assert (await client.get("/v2/", headers=basic("alice"))).status == 200
 
 
 async def test_successful_logins_do_not_count(
@@ -127,3 +173,16 @@ async def test_successful_logins_do_not_count(
     for _ in range(MAX - 1):
         assert (await client.get("/v2/", headers=basic("alice", "x"))).status == 401
     assert (await client.get("/v2/", headers=basic("alice"))).status == 200
+
+
+def test_ipv6_addresses_count_per_64_and_ipv4_alone() -> None:
+    limiter = LoginLimiter(per_pair=2, per_address=100, window=WINDOW)
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"):
+        limiter.failed("alice", host)
+    assert limiter.retry_after("alice", "2001:db8:1:2::77") > 0
+    assert limiter.retry_after("alice", "2001:db8:1:3::1") == 0
+    for _ in range(2):
+        limiter.failed("alice", "192.0.2.1")
+    assert limiter.retry_after("alice", "::ffff:192.0.2.1") > 0
+    assert limiter.retry_after("alice", "192.0.2.2") == 0
+    assert limiter.retry_after("bob", "192.0.2.1") == 0

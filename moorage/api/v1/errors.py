@@ -163,6 +163,8 @@ def render(exc: BaseException, found: Answer) -> web.Response:
         headers["WWW-Authenticate"] = exc.challenge
     if isinstance(exc, MethodNotAllowed):
         headers["Allow"] = ", ".join(exc.allow)
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(exc.retry_after)
     return error_response(found.status, message, headers)
 
 

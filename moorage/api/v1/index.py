@@ -24,6 +24,7 @@ from moorage.api.v1.errors import (
 )
 from moorage.auth.service import BadCredentials, parse_basic
 from moorage.content import jsondoc
+from moorage.content.registry import CatalogFilter
 from moorage.content.v1 import BodyUndecodable, DataInvalid, check_tag, parse_image_list
 
 BODY_LIMIT = 16 * 1024 * 1024
@@ -143,7 +144,9 @@ async def search(request: web.Request, params: dict[str, str]) -> web.StreamResp
     def visible(name: str) -> bool:
         return allowed(request, who, name, "read")
 
-    found = await request.app[V1].search(term, visible)
+    globs = None if who.open_mode else authenticator(request).policy.pull_globs(who.user)
+    only = None if globs is None else CatalogFilter(globs, visible)
+    found = await request.app[V1].search(term, only)
     chunk = found[(page - 1) * size : page * size]
     results = [
         {

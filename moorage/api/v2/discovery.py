@@ -10,6 +10,7 @@ from aiohttp import web
 from moorage.api.auth import authenticator, identify
 from moorage.api.context import registry, settings
 from moorage.content import manifests
+from moorage.content.registry import CatalogFilter
 from moorage.errors import PaginationNumberInvalid
 
 
@@ -50,16 +51,16 @@ async def catalog(request: web.Request, params: dict[str, str]) -> web.StreamRes
     limit = _page_size(request, pagination.catalogdefault, pagination.catalogmax)
     identity = await identify(request)
     auth = authenticator(request)
+    globs = auth.catalog_globs(identity)
 
     def visible(repository: str) -> bool:
         return auth.may_list(identity, repository)
 
-    page = await registry(request).catalog(
-        request.query.get("last"), limit, visible if auth.catalog_filter(identity) else None
-    )
+    only = None if globs is None else CatalogFilter(globs, visible)
+    page = await registry(request).catalog(request.query.get("last"), limit, only)
     headers = {}
-    if page.more and page.items:
-        headers["Link"] = _link("/v2/_catalog", {"n": str(limit), "last": page.items[-1]})
+    if page.next_last is not None:
+        headers["Link"] = _link("/v2/_catalog", {"n": str(limit), "last": page.next_last})
     return web.json_response({"repositories": page.items}, headers=headers)
 
 
