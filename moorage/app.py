@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from moorage import keys
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.v1 import errors as v1_errors
@@ -76,7 +77,11 @@ def create_app(settings: Settings) -> web.Application:
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
     app[AUTH] = Authenticator(settings)
-    app[V1TOKENS] = V1Tokens(load_or_create_secret(settings.datadir / "auth" / "v1-secret"))
+    if settings.http.secret is not None:
+        v1_secret = keys.derive_secret(settings.http.secret.get_secret_value(), keys.V1_TOKENS)
+    else:
+        v1_secret = load_or_create_secret(settings.datadir / "auth" / "v1-secret")
+    app[V1TOKENS] = V1Tokens(v1_secret)
     if app[AUTH].issues_tokens:
         token_endpoint.setup(app)
     app.on_response_prepare.append(v2_errors.add_version_header)

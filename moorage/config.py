@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -133,6 +133,11 @@ class HTTPSettings(_Section):
     bodytimeout: float = Field(default=60, gt=0)
     # Connections open at once; lowered to fit the open-file limit.
     maxconnections: int = Field(default=4096, ge=1)
+    # The one secret every node of a deployment shares (as Distribution's http.secret): the
+    # v1 token secret, the built-in token server's signing key (unless auth.token.key names a
+    # file) and the schema 1 signing key are derived from it, so that every node issues and
+    # accepts the same tokens. Unset: each is created once in the data directory (one node).
+    secret: SecretStr | None = Field(default=None, min_length=16)
 
 
 class LogSettings(_Section):

@@ -1,14 +1,35 @@
-"""Private keys that Moorage creates for itself on first start and keeps in its data
-directory (token signing, schema 1 manifest signing). Safe when several workers start at once:
-the first key written wins and everyone loads it."""
+"""Keys and secrets: derived from the deployment's shared secret (`http.secret`, the same on
+every node), or created on first start and kept in the data directory (one node). Creation is
+safe when several workers start at once: the first key written wins and everyone loads it."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+# What each derived value is for: a different purpose gives an unrelated value.
+V1_TOKENS = "moorage v1 token mac"
+TOKEN_SIGNING = "moorage token signing key"
+SCHEMA1_SIGNING = "moorage schema1 signing key"
+
+_P256_ORDER = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16)
+
+
+def derive_secret(shared: str, purpose: str, size: int = 32) -> bytes:
+    """`size` bytes for `purpose` from the deployment secret (HKDF-SHA256)."""
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=size, salt=b"moorage", info=purpose.encode())
+    return hkdf.derive(shared.encode())
+
+
+def derive_ec_key(shared: str, purpose: str) -> ec.EllipticCurvePrivateKey:
+    """A P-256 private key for `purpose`, the same on every node with the same secret. The
+    scalar is 48 derived bytes reduced into [1, n-1] (the bias of 128 spare bits is nil)."""
+    value = int.from_bytes(derive_secret(shared, purpose, 48), "big")
+    return ec.derive_private_key(value % (_P256_ORDER - 1) + 1, ec.SECP256R1())
 
 
 def load_or_create_ec_key(path: Path) -> ec.EllipticCurvePrivateKey:

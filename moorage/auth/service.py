@@ -11,8 +11,10 @@ import asyncio
 import base64
 import binascii
 from dataclasses import dataclass
-from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from moorage import keys
 from moorage.auth.access import ANONYMOUS_IDENTITY, Identity, Policy, Scope
 from moorage.auth.htpasswd import Htpasswd
 from moorage.auth.ratelimit import LoginLimiter
@@ -22,6 +24,17 @@ from moorage.config import Settings
 
 class BadCredentials(Exception):
     """Credentials were given but are wrong (or the token is invalid)."""
+
+
+def _signing_key(settings: Settings) -> ec.EllipticCurvePrivateKey:
+    """The built-in token server's key: `auth.token.key` when set (a file every node shares),
+    else derived from `http.secret` (the same on every node), else created in the data
+    directory (one node)."""
+    if settings.auth.token.key is not None:
+        return load_or_create_key(settings.auth.token.key)
+    if settings.http.secret is not None:
+        return keys.derive_ec_key(settings.http.secret.get_secret_value(), keys.TOKEN_SIGNING)
+    return load_or_create_key(settings.datadir / "auth" / "token-key.pem")
 
 
 class RateLimited(Exception):
@@ -74,8 +87,7 @@ class Authenticator:
         self.tokens: TokenService | None = None
         if self.mode == "token":
             builtin = auth.token.realm is None
-            key: Path = auth.token.key or settings.datadir / "auth" / "token-key.pem"
-            signing = load_or_create_key(key) if builtin else None
+            signing = _signing_key(settings) if builtin else None
             if builtin and self.users is None:
                 raise ValueError("the built-in token server needs an htpasswd file")
             self.tokens = TokenService(auth.token, signing)

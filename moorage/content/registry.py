@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from moorage import keys
 from moorage.config import Settings
 from moorage.content import digest as digests
 from moorage.content import manifests, names, schema1, translate
@@ -146,9 +147,12 @@ class Registry:
 
     def _schema1_key(self) -> ec.EllipticCurvePrivateKey:
         if self._signing_key is None:
-            self._signing_key = load_or_create_ec_key(
-                self.settings.datadir / "auth" / "schema1-key.pem"
-            )
+            shared = self.settings.http.secret
+            if shared is not None:  # every node signs with the same key
+                key = keys.derive_ec_key(shared.get_secret_value(), keys.SCHEMA1_SIGNING)
+            else:
+                key = load_or_create_ec_key(self.settings.datadir / "auth" / "schema1-key.pem")
+            self._signing_key = key
         return self._signing_key
 
     async def _ensure_empty_layer(self, repository: str) -> None:
