@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from moorage.api import http
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.v1 import routes as v1_routes
@@ -70,7 +71,7 @@ def create_app(settings: Settings) -> web.Application:
         ],
         # Request bodies are read in large pieces: with aiohttp's default 64 KiB buffer a
         # streamed layer pauses and resumes the socket every 128 KiB.
-        handler_args={"read_bufsize": READ_BUFSIZE},
+        handler_args={"read_bufsize": READ_BUFSIZE, **http.HEADER_LIMITS},
     )
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings

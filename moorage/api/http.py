@@ -10,6 +10,11 @@ from pathlib import Path
 from aiohttp import web
 
 READ_SIZE = 1 << 20
+# Header limits for aiohttp's parser (its defaults: 8190 bytes a field, 128 fields). A field
+# may be 64 KiB, so a `Range` of thousands of ranges reaches `byte_range` (and is answered
+# with the whole body) instead of a text 400 from the parser; fewer fields keep the most a
+# request head can hold at 4 MiB. Beyond these the parser answers 400.
+HEADER_LIMITS = {"max_field_size": 64 * 1024, "max_headers": 64}
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -63,6 +68,15 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         raise Unsatisfiable
     end = int(last) if last else size - 1
     return start, min(end, size - 1)
+
+
+def if_range_holds(header: str | None, etag: str | None) -> bool:
+    """Whether a `Range` may be honoured under `If-Range` (RFC 9110 §13.1.5): only when there
+    is no If-Range, or it is exactly our current strong ETag. A weak tag never matches, and a
+    date never does either (no date of ours is a strong validator): the whole body is sent."""
+    if header is None:
+        return True
+    return etag is not None and not etag.startswith("W/") and header.strip() == etag
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -122,9 +136,15 @@ async def send_bytes(
     read: Callable[[int, int], AsyncIterator[bytes]],
 ) -> web.StreamResponse:
     """Answer a GET/HEAD for stored bytes: the whole body (200), one `Range` (206), or 416;
-    zero-copy from `path` when the bytes are a local file, else streamed from `read`."""
+    zero-copy from `path` when the bytes are a local file, else streamed from `read`.
+
+    The `Range` header is read here, never through aiohttp's `request.http_range` (which
+    raises on a header of several ranges); `If-Range` is checked against `headers["ETag"]`."""
+    wanted = request.headers.get("Range")
+    if not if_range_holds(request.headers.get("If-Range"), headers.get("ETag")):
+        wanted = None
     try:
-        span = byte_range(request.headers.get("Range"), size)
+        span = byte_range(wanted, size)
     except Unsatisfiable:
         headers["Content-Range"] = f"bytes */{size}"
         return web.Response(status=416, headers=headers)

@@ -175,7 +175,7 @@ class FilesystemDriver:
         dst.parent.mkdir(parents=True, exist_ok=True)
         try:
             if dst.exists():
-                src.unlink()
+                src.unlink(missing_ok=True)  # an empty upload never made its file
                 return
             if size == 0:  # an empty upload may never have had a byte written: make its file
                 src.parent.mkdir(parents=True, exist_ok=True)
