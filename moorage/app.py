@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from moorage.api import http
+from moorage.api import http, requestid
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.v1 import routes as v1_routes
@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> web.Application:
     in_flight = InFlight()
     app = web.Application(
         middlewares=[
+            requestid.middleware,
             in_flight.middleware,
             v2_errors.errors_middleware,
             v1_routes.errors_middleware,
@@ -79,6 +80,7 @@ def create_app(settings: Settings) -> web.Application:
     app[V1TOKENS] = V1Tokens(load_or_create_secret(settings.datadir / "auth" / "v1-secret"))
     if app[AUTH].issues_tokens:
         token_endpoint.setup(app)
+    app.on_response_prepare.append(requestid.add_header)
     app.on_response_prepare.append(v2_errors.add_version_header)
     app.on_response_prepare.append(v1_routes.add_version_header)
     v2_routes.setup(app)

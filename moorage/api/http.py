@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
+
+from moorage.api.context import request_id
 
 READ_SIZE = 1 << 20
 # Header limits for aiohttp's parser (its defaults: 8190 bytes a field, 128 fields). A field
@@ -38,6 +41,31 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
 def content_length(request: web.Request) -> int | None:
     value = request.headers.get("Content-Length")
     return int(value) if value is not None and value.isdigit() else None
+
+
+# nginx's "client closed request": the status a request whose client hung up is logged with
+# (the access log shows it; no one receives it).
+CLIENT_CLOSED = 499
+
+
+def client_went_away(request: web.Request, exc: BaseException) -> bool:
+    """Whether `exc` is the client hanging up (its connection is gone), not a fault of ours."""
+    if not isinstance(exc, ConnectionError):
+        return False
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def went_away(request: web.Request, log: logging.Logger) -> web.Response:
+    """Log a client that hung up mid-request (one info line) and end the request quietly."""
+    log.info(
+        "client went away method=%s path=%s request_id=%s",
+        request.method,
+        request.path,
+        request_id(request),
+        extra={"method": request.method, "path": request.path, "request_id": request_id(request)},
+    )
+    return web.Response(status=CLIENT_CLOSED)
 
 
 class Unsatisfiable(Exception):
