@@ -11,6 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage import keys
+from moorage.api import http, requestid
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.v1 import errors as v1_errors
@@ -66,13 +67,14 @@ def create_app(settings: Settings) -> web.Application:
     in_flight = InFlight()
     app = web.Application(
         middlewares=[
+            requestid.middleware,
             in_flight.middleware,
             v2_errors.errors_middleware,
             v1_errors.errors_middleware,
         ],
         # Request bodies are read in large pieces: with aiohttp's default 64 KiB buffer a
         # streamed layer pauses and resumes the socket every 128 KiB.
-        handler_args={"read_bufsize": READ_BUFSIZE},
+        handler_args={"read_bufsize": READ_BUFSIZE, **http.HEADER_LIMITS},
     )
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
@@ -84,6 +86,7 @@ def create_app(settings: Settings) -> web.Application:
     app[V1TOKENS] = V1Tokens(v1_secret)
     if app[AUTH].issues_tokens:
         token_endpoint.setup(app)
+    app.on_response_prepare.append(requestid.add_header)
     app.on_response_prepare.append(v2_errors.add_version_header)
     app.on_response_prepare.append(v1_routes.add_version_header)
     v2_routes.setup(app)

@@ -20,6 +20,8 @@ V1TOKENS = web.AppKey("v1tokens", V1Tokens)
 # Per-request state, resolved once.
 IDENTITY = web.RequestKey("identity", Identity)
 V2_NAME = web.RequestKey("v2_name", str)
+# Set for every request by moorage.api.requestid; sent back as X-Request-Id and logged.
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def registry(request: web.Request) -> Registry:
@@ -28,3 +30,9 @@ def registry(request: web.Request) -> Registry:
 
 def settings(request: web.Request) -> Settings:
     return request.app[SETTINGS]
+
+
+def request_id(request: web.Request) -> str:
+    """The request's id, or "-" before moorage.api.requestid has given it one."""
+    value: str = request.get(REQUEST_ID, "-")
+    return value

@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
 
+from moorage.api.context import request_id
+
 READ_SIZE = 1 << 20
+# Header limits for aiohttp's parser (its defaults: 8190 bytes a field, 128 fields). A field
+# may be 64 KiB, so a `Range` of thousands of ranges reaches `byte_range` (and is answered
+# with the whole body) instead of a text 400 from the parser; fewer fields keep the most a
+# request head can hold at 4 MiB. Beyond these the parser answers 400.
+HEADER_LIMITS = {"max_field_size": 64 * 1024, "max_headers": 64}
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -33,6 +41,31 @@ async def read_limited(request: web.Request, limit: int) -> bytes:
 def content_length(request: web.Request) -> int | None:
     value = request.headers.get("Content-Length")
     return int(value) if value is not None and value.isdigit() else None
+
+
+# nginx's "client closed request": the status a request whose client hung up is logged with
+# (the access log shows it; no one receives it).
+CLIENT_CLOSED = 499
+
+
+def client_went_away(request: web.Request, exc: BaseException) -> bool:
+    """Whether `exc` is the client hanging up (its connection is gone), not a fault of ours."""
+    if not isinstance(exc, ConnectionError):
+        return False
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def went_away(request: web.Request, log: logging.Logger) -> web.Response:
+    """Log a client that hung up mid-request (one info line) and end the request quietly."""
+    log.info(
+        "client went away method=%s path=%s request_id=%s",
+        request.method,
+        request.path,
+        request_id(request),
+        extra={"method": request.method, "path": request.path, "request_id": request_id(request)},
+    )
+    return web.Response(status=CLIENT_CLOSED)
 
 
 class Unsatisfiable(Exception):
@@ -63,6 +96,15 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
         raise Unsatisfiable
     end = int(last) if last else size - 1
     return start, min(end, size - 1)
+
+
+def if_range_holds(header: str | None, etag: str | None) -> bool:
+    """Whether a `Range` may be honoured under `If-Range` (RFC 9110 §13.1.5): only when there
+    is no If-Range, or it is exactly our current strong ETag. A weak tag never matches, and a
+    date never does either (no date of ours is a strong validator): the whole body is sent."""
+    if header is None:
+        return True
+    return etag is not None and not etag.startswith("W/") and header.strip() == etag
 
 
 def etag_matches(header: str | None, etag: str) -> bool:
@@ -122,9 +164,15 @@ async def send_bytes(
     read: Callable[[int, int], AsyncIterator[bytes]],
 ) -> web.StreamResponse:
     """Answer a GET/HEAD for stored bytes: the whole body (200), one `Range` (206), or 416;
-    zero-copy from `path` when the bytes are a local file, else streamed from `read`."""
+    zero-copy from `path` when the bytes are a local file, else streamed from `read`.
+
+    The `Range` header is read here, never through aiohttp's `request.http_range` (which
+    raises on a header of several ranges); `If-Range` is checked against `headers["ETag"]`."""
+    wanted = request.headers.get("Range")
+    if not if_range_holds(request.headers.get("If-Range"), headers.get("ETag")):
+        wanted = None
     try:
-        span = byte_range(request.headers.get("Range"), size)
+        span = byte_range(wanted, size)
     except Unsatisfiable:
         headers["Content-Range"] = f"bytes */{size}"
         return web.Response(status=416, headers=headers)

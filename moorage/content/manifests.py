@@ -7,11 +7,11 @@ bytes, except for signed schema 1, whose digest is over the JWS payload.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from moorage.content import digest as digests
+from moorage.content import jsondoc
 from moorage.errors import ManifestInvalid, ManifestTooLarge
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -122,8 +122,8 @@ def parse(content: bytes, content_type: str | None, max_size: int, schema1: bool
     if len(content) > max_size:
         raise ManifestTooLarge(detail={"limit": max_size})
     try:
-        document = json.loads(content)
-    except (UnicodeDecodeError, ValueError) as exc:
+        document = jsondoc.loads(content)
+    except jsondoc.JSONInvalid as exc:
         raise _invalid("manifest is not valid JSON", error=str(exc)) from exc
     if not isinstance(document, dict):
         raise _invalid("manifest is not a JSON object")

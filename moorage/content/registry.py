@@ -7,7 +7,6 @@ referrers operations. Repository names arrive canonical (see `names.canonical_re
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -18,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from moorage import keys
 from moorage.config import Settings
 from moorage.content import digest as digests
-from moorage.content import manifests, names, schema1, translate
+from moorage.content import jsondoc, manifests, names, schema1, translate
 from moorage.content.blobs import BlobService
 from moorage.errors import (
     DigestInvalid,
@@ -130,7 +129,7 @@ class Registry:
     ) -> StoredManifest | None:
         if stored.media_type not in manifests.IMAGE_TYPES:
             return None
-        document = json.loads(stored.content)
+        document = jsondoc.loads(stored.content)
         config_digest = (document.get("config") or {}).get("digest")
         row = await self.metadata.blob(config_digest) if isinstance(config_digest, str) else None
         if row is None:
@@ -344,7 +343,7 @@ class Registry:
             return []
         seen = {d["digest"] for d in known}
         try:
-            entries = json.loads(row.content).get("manifests") or []
+            entries = jsondoc.loads(row.content).get("manifests") or []
         except ValueError:
             return []
         extra = []

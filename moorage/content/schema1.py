@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
+from moorage.content import jsondoc
 from moorage.errors import ManifestInvalid, ManifestUnverified
 
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
@@ -141,8 +142,8 @@ def verify(raw: bytes) -> Schema1:
 
 def _load_object(data: bytes, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        value = jsondoc.loads(data)
+    except jsondoc.JSONInvalid as exc:
         raise ManifestInvalid(f"{what} is not valid JSON", {"reason": str(exc)}) from None
     if not isinstance(value, dict):
         raise ManifestInvalid(f"{what} is not a JSON object")
@@ -167,8 +168,8 @@ def _parse_signature(entry: Any, index: int) -> _Signature:
     if not isinstance(signature, str) or not isinstance(protected, str):
         raise ManifestInvalid("signature and protected must be strings", detail)
     try:
-        fields = json.loads(_b64url_decode(protected))
-    except ValueError:
+        fields = jsondoc.loads(_b64url_decode(protected))
+    except ValueError:  # bad base64url (binascii.Error) or jsondoc.JSONInvalid
         raise ManifestInvalid("protected header is not base64url JSON", detail) from None
     if not isinstance(fields, dict):
         raise ManifestInvalid("protected header is not a JSON object", detail)
@@ -414,14 +415,14 @@ def _signature_order(entry: dict[str, Any]) -> tuple[str, str]:
 def _format_length(payload: bytes) -> int:
     """Where libtrust cuts the payload: just after the last token before the closing brace."""
     try:
-        content = json.loads(payload)
+        content = jsondoc.loads(payload)
     except ValueError as exc:
         raise ValueError(f"payload is not JSON: {exc}") from None
     if not isinstance(content, dict) or not content:
         # An empty object would splice into `{,"signatures"...}`, which is not JSON.
         raise ValueError("payload must be a non-empty JSON object")
     close = len(payload.rstrip())
-    # json.loads accepted it as an object, so the last non-space byte is its closing brace.
+    # It parsed as an object, so the last non-space byte is its closing brace.
     return len(payload[: close - 1].rstrip())
 
 

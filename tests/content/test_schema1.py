@@ -336,6 +336,8 @@ def test_x5c_leaf_certificate_key_verifies(
 
 # --- malformed documents --------------------------------------------------------------------
 
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
 
 @pytest.fixture(scope="module")
 def malformed(payload: bytes, p256: ec.EllipticCurvePrivateKey) -> dict[str, bytes]:
@@ -343,9 +345,10 @@ def malformed(payload: bytes, p256: ec.EllipticCurvePrivateKey) -> dict[str, byt
     entries = _signatures(raw)
     cut = _format_length(raw)
 
-    def with_protected(fields: dict[str, Any]) -> bytes:
+    def with_protected(fields: dict[str, Any] | bytes) -> bytes:
         changed = json.loads(json.dumps(entries))
-        encoded = base64.urlsafe_b64encode(json.dumps(fields).encode()).rstrip(b"=")
+        text = fields if isinstance(fields, bytes) else json.dumps(fields).encode()
+        encoded = base64.urlsafe_b64encode(text).rstrip(b"=")
         changed[0]["protected"] = encoded.decode()
         return _resplice(raw, changed)
 
@@ -378,6 +381,9 @@ def malformed(payload: bytes, p256: ec.EllipticCurvePrivateKey) -> dict[str, byt
         "blobSum not a string": signed({**valid, "fsLayers": [{"blobSum": 1}, {"blobSum": 2}]}),
         "name missing": signed({k: v for k, v in valid.items() if k != "name"}),
         "payload carries signatures": signed({**valid, "signatures": []}),
+        # Nested past any recursion limit: refused as invalid, not a RecursionError.
+        "manifest nested deep": b'{"schemaVersion": 1, "x": ' + DEEP + b"}",
+        "protected nested deep": with_protected(b'{"formatLength": ' + DEEP + b"}"),
     }
 
 
@@ -404,6 +410,8 @@ MALFORMED = [
     "blobSum not a string",
     "name missing",
     "payload carries signatures",
+    "manifest nested deep",
+    "protected nested deep",
 ]
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from moorage.api import http
+from moorage.api.context import request_id
 from moorage.auth.service import RateLimited
 from moorage.content import v1
 from moorage.content.layers import LayerInvalid, LayerTooLarge
@@ -181,9 +183,17 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException:
         raise
     except Exception as exc:
+        if http.client_went_away(request, exc):
+            return http.went_away(request, log)
         found = answer(exc)
         if found is INTERNAL:
-            log.exception("unexpected error", extra={"path": request.path})
+            log.exception(
+                "unexpected error method=%s path=%s request_id=%s",
+                request.method,
+                request.path,
+                request_id(request),
+                extra={"path": request.path, "request_id": request_id(request)},
+            )
         else:
             log.debug("request refused", extra={"status": found.status, "path": request.path})
         return render(exc, found)

@@ -12,7 +12,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from moorage.api.context import V2_NAME
+from moorage.api import http
+from moorage.api.context import V2_NAME, request_id
 from moorage.content.blobs import RangeMismatch
 from moorage.errors import RegistryError, RegistryErrors
 
@@ -49,12 +50,24 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             status=416, headers=upload_headers(name, exc.state.id, exc.state.offset)
         )
     except RegistryError as exc:
-        log.debug("request failed", extra={"code": exc.code, "path": request.path})
+        log.debug(
+            "request failed",
+            extra={"code": exc.code, "path": request.path, "request_id": request_id(request)},
+        )
         response = error_response(exc)
     except web.HTTPException:
         raise
-    except Exception:
-        log.exception("unexpected error", extra={"path": request.path})
+    except Exception as exc:
+        if http.client_went_away(request, exc):
+            return http.went_away(request, log)
+        rid = request_id(request)
+        log.exception(
+            "unexpected error method=%s path=%s request_id=%s",
+            request.method,
+            request.path,
+            rid,
+            extra={"method": request.method, "path": request.path, "request_id": rid},
+        )
         response = error_response(RegistryError())
     return response
 

@@ -3,6 +3,11 @@
 Repository names contain slashes, so routing matches the known suffix of the path and takes
 what stands before it as the name, which is then checked against the grammar. Each route says
 which access each method needs; the auth layer reads that table.
+
+Routing reads the path as sent (still percent-encoded) and decodes each part after the match:
+an encoded `/` (`%2F`) inside a reference, digest or upload id stays inside that part, so
+`manifests/sha256:..%2F..%2Fblobs%2Fx` is a manifest reference (400 DIGEST_INVALID), never a
+different route.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -73,16 +79,17 @@ ROUTES: tuple[Route, ...] = (
 )
 
 
-def match(path: str) -> tuple[Route, dict[str, str]] | None:
+def match(raw_path: str) -> tuple[Route, dict[str, str]] | None:
+    """The route of a path after `/v2`, as sent (percent-encoded), and its decoded parts."""
     for route in ROUTES:
-        found = route.pattern.match(path)
+        found = route.pattern.match(raw_path)
         if found:
-            return route, found.groupdict()
+            return route, {key: unquote(value) for key, value in found.groupdict().items()}
     return None
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:
-    tail = request.path[len("/v2") :]
+    tail = request.rel_url.raw_path[len("/v2") :]
     found = match(tail)
     if found is None:
         raise _NotFound()
