@@ -164,21 +164,20 @@ class ResumableSha256:
     block_size = BLOCK
 
     def __init__(self, data: bytes | bytearray | memoryview = b"") -> None:
-        self._lib = _need()
-        self._ctx = _Ctx()
-        self._lock = threading.Lock()
-        if self._lib.init(ctypes.byref(self._ctx)) != 1:
-            raise Unavailable("SHA256_Init failed")
-        if data:
-            self.update(data)
+        self._setup(_need())
+        self.update(data)
 
     @classmethod
     def _new(cls, lib: _Lib) -> Self:
         self = cls.__new__(cls)
-        self._lib, self._ctx, self._lock = lib, _Ctx(), threading.Lock()
-        if lib.init(ctypes.byref(self._ctx)) != 1:
-            raise Unavailable("SHA256_Init failed")
+        self._setup(lib)
         return self
+
+    def _setup(self, lib: _Lib) -> None:
+        self._lib, self._ctx, self._lock = lib, _Ctx(), threading.Lock()
+        self._ptr = ctypes.addressof(self._ctx)  # self._ctx keeps it valid
+        if lib.init(self._ptr) != 1:
+            raise Unavailable("SHA256_Init failed")
 
     @property
     def size(self) -> int:
@@ -187,26 +186,25 @@ class ResumableSha256:
         return bits >> 3
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        n = memoryview(data).nbytes
-        if not n:
-            return
-        buf: Any
-        if isinstance(data, bytes):
-            buf = data
+        buf: Any = data
+        if type(data) is bytes:
+            n = len(data)
         else:
             view = memoryview(data)
+            n = view.nbytes
             if view.readonly or not view.c_contiguous:
                 buf = view.tobytes()  # ctypes cannot point into a read-only buffer
-            else:
+            elif n:
                 buf = (ctypes.c_char * n).from_buffer(view)
-        with self._lock:
-            if self._lib.update(ctypes.byref(self._ctx), buf, n) != 1:
-                raise RuntimeError("SHA256_Update failed")
+        if n:
+            with self._lock:
+                if self._lib.update(self._ptr, buf, n) != 1:
+                    raise RuntimeError("SHA256_Update failed")
 
     def copy(self) -> ResumableSha256:
         other = type(self)._new(self._lib)
         with self._lock:
-            ctypes.memmove(ctypes.byref(other._ctx), ctypes.byref(self._ctx), _SIZE)
+            ctypes.memmove(other._ptr, self._ptr, _SIZE)
         return other
 
     def digest(self) -> bytes:
