@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from moorage.content import sha256state
 from moorage.errors import DigestInvalid
 
 _GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
@@ -53,12 +54,19 @@ def of(data: bytes, algorithm: str = "sha256") -> str:
     return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
+def _new_hash(algorithm: str) -> Any:
+    if algorithm == "sha256" and sha256state.available():
+        return sha256state.ResumableSha256()
+    return hashlib.new(algorithm)
+
+
 class Hasher:
-    """Hashes a stream once for every algorithm asked for (sha256 always)."""
+    """Hashes a stream once for every algorithm asked for (sha256 always). Its sha256 state
+    can be exported and restored elsewhere when `sha256state.available()`."""
 
     def __init__(self, algorithms: tuple[str, ...] = ("sha256",)) -> None:
         names = dict.fromkeys(("sha256", *algorithms))
-        self._hashes: dict[str, Any] = {name: hashlib.new(name) for name in names}
+        self._hashes: dict[str, Any] = {name: _new_hash(name) for name in names}
         self.size = 0
 
     def update(self, data: bytes | memoryview) -> None:
@@ -71,3 +79,19 @@ class Hasher:
 
     def digest(self, algorithm: str = "sha256") -> str:
         return f"{algorithm}:{self._hashes[algorithm].hexdigest()}"
+
+    def export_sha256(self) -> bytes | None:
+        """The sha256 state of the bytes hashed so far (see sha256state), None when it cannot
+        be exported here. Other algorithms are not in it."""
+        sha256 = self._hashes["sha256"]
+        return sha256.export() if isinstance(sha256, sha256state.ResumableSha256) else None
+
+    @classmethod
+    def restore_sha256(cls, state: bytes) -> Hasher:
+        """A sha256-only hasher continuing from `export_sha256()`'s state. ValueError for a
+        malformed state, sha256state.Unavailable where it cannot be restored: then hash the
+        stored bytes again instead."""
+        hasher = cls()
+        sha256 = sha256state.ResumableSha256.restore(state)
+        hasher._hashes["sha256"], hasher.size = sha256, sha256.size
+        return hasher
