@@ -1,16 +1,17 @@
 """Blobs and upload sessions.
 
 A blob becomes visible only after its digest is verified and its bytes are committed
-atomically (rename into the content-addressed key, then one metadata transaction that links it
-and ends the session). Sessions live in metadata + storage, never only in a process's memory,
+atomically (linked into place at the content-addressed key, then one metadata transaction that
+links it into the repository and ends the session). Sessions live in metadata + storage, never only in a process's memory,
 so any worker or node can continue one. See docs/design/uploads.md for the races.
 
-Hashing: Python's hashlib cannot serialise a hash state, so each process keeps the running
-hasher of the sessions it last wrote to, with the byte count it has seen. A write that arrives
-at a process whose hasher is behind the session's offset (another worker wrote in between)
-first hashes the stored bytes it has not seen; with no hasher (a restart) it hashes them all.
-Bytes below a session's offset never change, so a hasher behind it is still a hasher of its
-prefix.
+Hashing: the running SHA-256 state is exported (content/sha256state.py) and saved with the
+session each time a write releases its lease, so a write that lands on another worker or node
+continues from it without reading back bytes it did not receive. Each process also keeps the
+hashers of the sessions it last wrote, with the byte count each has seen, and uses whichever
+has seen more; a hasher behind the session's offset first hashes the stored bytes it has not
+seen. Bytes below a session's offset never change, so a hasher behind it is still a hasher of
+its prefix.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from moorage.content import digest as digests
-from moorage.content import streams
+from moorage.content import sha256state, streams
 from moorage.content.digest import Hasher
 from moorage.errors import (
     BlobUnknown,
@@ -102,6 +103,7 @@ class _Lease:
     token: str
     offset: int | None
     renewed: float  # time.monotonic() when the lease was last taken or renewed (or just before)
+    saved: bytes | None = None  # the session's stored hash state (of its bytes up to `start`)
     ended: bool = False  # the session was committed: no row left to release
 
 
@@ -237,7 +239,7 @@ class BlobService:
         state = UploadState(row.id, row.repository, row.offset)
         start = self._check_range(state, content_range, content_length)
         try:
-            async with self._lease(state, start) as lease:
+            async with self._lease(state, start, row.hash_state) as lease:
                 lease.offset = await self._stream(state.id, start, body, content_range, lease)
         except LeaseLost:
             raise await self._lost(state) from None
@@ -263,10 +265,10 @@ class BlobService:
         parsed = [digests.parse(d) for d in expected]
         start = self._check_range(state, content_range, content_length)
         try:
-            async with self._lease(state, start) as lease:
+            async with self._lease(state, start, row.hash_state) as lease:
                 lease.offset = await self._stream(state.id, start, body, content_range, lease)
                 try:
-                    digest = await self._commit(state.id, repository, lease.offset, parsed)
+                    digest = await self._commit(state.id, repository, lease, parsed)
                 except DigestInvalid:
                     await self._drop(session_id)
                     raise
@@ -292,7 +294,8 @@ class BlobService:
                 size = await self._stream(state.id, 0, body, None, lease)
                 if length is not None and size != length:
                     raise SizeInvalid(detail={"expected": length, "received": size})
-                digest = await self._commit(state.id, repository, size, [expected])
+                lease.offset = size
+                digest = await self._commit(state.id, repository, lease, [expected])
                 lease.ended = True
                 return digest
         except BaseException:
@@ -313,12 +316,14 @@ class BlobService:
         return start
 
     @asynccontextmanager
-    async def _lease(self, state: UploadState, start: int) -> AsyncIterator[_Lease]:
+    async def _lease(
+        self, state: UploadState, start: int, saved: bytes | None = None
+    ) -> AsyncIterator[_Lease]:
         """Hold the session's write lease: one writer at a time, at the expected offset.
 
         On exit the lease is released with `lease.offset` as the new offset (None: unchanged),
         unless the session was committed inside (`lease.ended`: no row is left)."""
-        lease = _Lease(_new_lease(), start, time.monotonic())
+        lease = _Lease(_new_lease(), start, time.monotonic(), saved)
         until = time.time() + self.lease_seconds
         acquire = self.metadata.acquire_upload(state.id, start, lease.token, until)
         taken = await self._settle(state.id, lease.token, acquire)
@@ -345,6 +350,7 @@ class BlobService:
                 # the upload's file open and write again when it wakes up. Give the key a
                 # fresh file first, so whatever it writes lands where nothing reads.
                 self._hashers.pop(state.id, None)
+                lease.saved = None
                 writer = await self._open(state.id, start, detach=True)
                 await writer.close()
             yield lease
@@ -354,7 +360,9 @@ class BlobService:
             raise
         finally:
             if not lease.ended:
-                released = self.metadata.release_upload(state.id, lease.token, lease.offset)
+                released = self.metadata.release_upload(
+                    state.id, lease.token, lease.offset, self._state_at(state.id, lease.offset)
+                )
                 if not await asyncio.shield(released) and lease.offset is not None:
                     # The lease was lost (expired and taken over): what this writer hashed may
                     # not be what the session holds.
@@ -401,8 +409,15 @@ class BlobService:
         except StorageError as exc:
             raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
 
+    def _state_at(self, session_id: str, offset: int | None) -> bytes | None:
+        """The exported hash state of this process's hasher if it covers exactly `offset`."""
+        hasher = self._hashers.get(session_id)
+        if offset is None or hasher is None or hasher.size != offset:
+            return None
+        return hasher.export_sha256()
+
     async def _append(self, session_id: str, start: int, body: Body, lease: _Lease) -> int:
-        hasher = await self._hasher(session_id, start)
+        hasher = await self._hasher(session_id, start, saved=lease.saved)
         writer = await self._open(session_id, start)
         arrived = 0  # bytes of the body received so far
 
@@ -458,12 +473,31 @@ class BlobService:
             self._hashers.popitem(last=False)
 
     async def _hasher(
-        self, session_id: str, offset: int, algorithms: tuple[str, ...] = ()
+        self,
+        session_id: str,
+        offset: int,
+        algorithms: tuple[str, ...] = (),
+        saved: bytes | None = None,
     ) -> Hasher:
-        """A hasher of the session's bytes [0, offset): this process's cached one, brought up
-        to `offset` from storage when other writers went on meanwhile, else a new one."""
+        """A hasher of the session's bytes [0, offset): this process's cached one, or the one
+        saved with the session (another worker or node wrote last), whichever has seen more,
+        brought up to `offset` from storage if it is behind; else a new one."""
         hasher = self._hashers.pop(session_id, None)
-        if hasher is None or hasher.size > offset or not all(map(hasher.has, algorithms)):
+        if hasher is not None and (hasher.size > offset or not all(map(hasher.has, algorithms))):
+            hasher = None
+        if saved is not None and (hasher is None or hasher.size < offset):
+            try:
+                restored = Hasher.restore_sha256(saved)
+            except (ValueError, sha256state.Unavailable):
+                restored = None
+            if (
+                restored is not None
+                and restored.size <= offset
+                and all(map(restored.has, algorithms))
+                and (hasher is None or restored.size > hasher.size)
+            ):
+                hasher = restored
+        if hasher is None:
             hasher = Hasher(algorithms)
         if hasher.size < offset:
             start, key = hasher.size, paths.upload(session_id)
@@ -479,10 +513,12 @@ class BlobService:
         return hasher
 
     async def _commit(
-        self, session_id: str, repository: str, size: int, expected: list[digests.Digest]
+        self, session_id: str, repository: str, lease: _Lease, expected: list[digests.Digest]
     ) -> str:
+        assert lease.offset is not None
+        size = lease.offset
         algorithms = tuple(sorted({d.algorithm for d in expected}))
-        hasher = await self._hasher(session_id, size, algorithms)
+        hasher = await self._hasher(session_id, size, algorithms, saved=lease.saved)
         self._hashers.pop(session_id, None)
         for want in expected:
             got = hasher.digest(want.algorithm)

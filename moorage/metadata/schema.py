@@ -103,6 +103,9 @@ uploads = Table(
     Column("updated", Float, nullable=False),
     Column("lease", String(255), nullable=True),
     Column("lease_until", Float, nullable=True),
+    # The running SHA-256 of bytes [0, offset) (content/sha256state.py), so that any node can
+    # continue the upload without reading back bytes it did not receive. Null: not exportable.
+    Column("hash_state", LargeBinary, nullable=True),
     Index("uploads_updated", "updated"),
 )
 

@@ -90,6 +90,7 @@ class UploadRow:
     updated: float
     lease: str | None
     lease_until: float | None
+    hash_state: bytes | None = None
 
 
 # The hot lookups, built once (building a select and its cache key costs more than running it).
@@ -127,6 +128,7 @@ _UPLOAD = select(
     t.uploads.c.updated,
     t.uploads.c.lease,
     t.uploads.c.lease_until,
+    t.uploads.c.hash_state,
 ).where(t.uploads.c.id == bindparam("id"))
 
 
@@ -511,12 +513,16 @@ class MetadataStore(V1Queries):
             return LeaseTaken.EXPIRED
         return None
 
-    async def release_upload(self, upload_id: str, lease: str, offset: int | None) -> bool:
-        """Give the lease back, recording the new offset (None: unchanged)."""
+    async def release_upload(
+        self, upload_id: str, lease: str, offset: int | None, hash_state: bytes | None = None
+    ) -> bool:
+        """Give the lease back, recording the new offset (None: unchanged) and the running
+        hash of the bytes up to it."""
         u = t.uploads
         values: dict[str, Any] = {"lease": None, "lease_until": None, "updated": time.time()}
         if offset is not None:
             values["offset"] = offset
+            values["hash_state"] = hash_state
         return await self._changes_a_row(
             update(u).where(u.c.id == upload_id, u.c.lease == lease).values(**values)
         )

@@ -8,10 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from moorage.content.blobs import BlobService
 from moorage.errors import BlobUploadInvalid, RangeInvalid
 from moorage.metadata import MetadataStore
+from moorage.metadata import schema as t
 from moorage.storage import paths
 from moorage.storage.filesystem import FilesystemDriver
 
@@ -58,20 +60,38 @@ async def test_workers_catch_up_on_bytes_they_have_not_seen(
         assert result.offset == offset
     digest = "sha256:" + hashlib.sha256(blob).hexdigest()
     assert await a.finish("repo", state.id, [digest], None, None, None) == digest
-    # `a` hashed chunk 0, then read back only chunks 1 and 2 (written by `b`), never chunk 0.
-    gap = len(chunks[0])
-    assert storage.upload_reads == [(gap, len(chunks[1]) + len(chunks[2]))]
+    # The hash state travels with the session: `a` never reads back what `b` wrote.
+    assert storage.upload_reads == []
     found = await a.get("repo", digest)
     assert found.size == len(blob)
     assert b"".join([c async for c in a.read(found, 0, found.size)]) == blob
 
 
-async def test_a_restarted_worker_hashes_the_whole_prefix(
+async def test_a_restarted_worker_continues_from_the_saved_hash_state(
     tmp_path: Path, store: MetadataStore
 ) -> None:
     first = BlobService(FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=3600)
     state = await first.start("repo")
     await first.append("repo", state.id, _body(b"x" * 5000), (0, 4999), 5000)
+    row = await store.upload(state.id)
+    assert row is not None and row.hash_state is not None
+    storage = RecordingDriver(tmp_path / "blobs")
+    restarted = BlobService(storage, store, upload_ttl=3600)
+    digest = "sha256:" + hashlib.sha256(b"x" * 5000 + b"y" * 10).hexdigest()
+    done = await restarted.finish("repo", state.id, [digest], _body(b"y" * 10), (5000, 5009), 10)
+    assert done == digest
+    assert storage.upload_reads == []
+
+
+async def test_without_a_saved_state_a_restarted_worker_hashes_the_whole_prefix(
+    tmp_path: Path, store: MetadataStore
+) -> None:
+    first = BlobService(FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=3600)
+    state = await first.start("repo")
+    await first.append("repo", state.id, _body(b"x" * 5000), (0, 4999), 5000)
+    # A state that cannot be used (written where it could not be exported, or damaged).
+    forget = update(t.uploads).values(hash_state=b"\x01not a state")
+    await store._write(lambda conn: conn.execute(forget))
     storage = RecordingDriver(tmp_path / "blobs")
     restarted = BlobService(storage, store, upload_ttl=3600)
     digest = "sha256:" + hashlib.sha256(b"x" * 5000 + b"y" * 10).hexdigest()
