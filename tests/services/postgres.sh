@@ -81,7 +81,8 @@ make_base() {
     if [ "$RUN_AS" = postgres ]; then chown postgres: "$BASE"; fi
 }
 
-running() { [ -f "$BASE/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" status -D "$BASE/data" >/dev/null 2>&1; }
+# Not pg_ctl status: it takes a killed postmaster that init has not reaped yet for a live one.
+running() { pid_from "$BASE/data/postmaster.pid" "$BASE/data" >/dev/null; }
 
 # Fallback bases whose RUN_DIR is gone and whose server is down.
 gc_fallbacks() {
@@ -89,7 +90,7 @@ gc_fallbacks() {
     for b in /tmp/pgtest.*; do
         [ -f "$b/owner" ] || continue
         [ -d "$(cat "$b/owner")" ] && continue
-        [ -f "$b/data/postmaster.pid" ] && as_pg "$PG_BIN/pg_ctl" status -D "$b/data" >/dev/null 2>&1 && continue
+        pid_from "$b/data/postmaster.pid" "$b/data" >/dev/null && continue
         rm -rf "$b"
     done
 }
@@ -104,7 +105,7 @@ healthy() {
 
 do_stop() {
     find_bin || return 0
-    if find_base && [ -f "$BASE/data/postmaster.pid" ]; then
+    if find_base && running; then
         local pid
         if ! as_pg "$PG_BIN/pg_ctl" stop -D "$BASE/data" -m fast -w -t 30 >/dev/null 2>&1; then
             # pg_ctl gave up: kill the postmaster, once sure it is the one of this RUN_DIR
@@ -144,8 +145,11 @@ password_encryption = 'scram-sha-256'
 log_min_messages = warning
 $fast
 CONF
-    # a postmaster.pid left by a killed server makes pg_ctl refuse to start
-    if [ -f "$BASE/data/postmaster.pid" ] && ! running; then rm -f "$BASE/data/postmaster.pid"; fi
+    # The lock files of a killed server make PostgreSQL refuse to start while its pid exists,
+    # and a zombie's pid does until init reaps it.
+    if [ -f "$BASE/data/postmaster.pid" ] && ! running; then
+        rm -f "$BASE/data/postmaster.pid" "$BASE"/sock/.s.PGSQL.*
+    fi
     if ! running; then
         as_pg "$PG_BIN/pg_ctl" start -D "$BASE/data" -l "$BASE/postgres.log" -w -t "$START_TIMEOUT" \
             >/dev/null 2>&1 \

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.services.fixtures import (
     POSTGRES,
+    SWIFT_S3,
     Settings,
     s3_client,
     start_service,
@@ -44,7 +46,7 @@ async def test_fresh_database_is_empty_and_takes_sqlalchemy_url(fresh_database: 
         await engine.dispose()
 
 
-async def test_postgres_restart_keeps_data_and_settings(tmp_path: Path) -> None:
+async def test_postgres_restart_and_kill_keep_data_and_settings(tmp_path: Path) -> None:
     run_dir = tmp_path / "pg"
     try:
         first = await asyncio.to_thread(start_service, POSTGRES, run_dir)
@@ -59,6 +61,15 @@ async def test_postgres_restart_keeps_data_and_settings(tmp_path: Path) -> None:
         second = await asyncio.to_thread(start_service, POSTGRES, run_dir)
         assert second == first
         conn = await asyncpg.connect(second["DATABASE_URL"])
+        assert await conn.fetchval("SELECT v FROM kept") == "before"
+        await conn.close()
+
+        # a killed server leaves lock files behind (and a zombie pid): start copes with both
+        postmaster = Path(first["PG_DATA"]) / "postmaster.pid"
+        os.kill(int(postmaster.read_text().split()[0]), signal.SIGKILL)
+        third = await asyncio.to_thread(start_service, POSTGRES, run_dir)
+        assert third == first
+        conn = await asyncpg.connect(third["DATABASE_URL"])
         assert await conn.fetchval("SELECT v FROM kept") == "before"
         await conn.close()
     finally:
@@ -112,6 +123,27 @@ async def test_s3_objects_ranges_multipart_delete(s3_service: Settings, fresh_bu
         assert "Errors" not in deleted
         listed = await s3.list_objects_v2(Bucket=bucket)
         assert listed["KeyCount"] == 0
+
+
+async def test_s3_restart_keeps_objects_and_settings(tmp_path: Path) -> None:
+    run_dir = tmp_path / "s3"
+    try:
+        first = await asyncio.to_thread(start_service, SWIFT_S3, run_dir)
+        async with s3_client(first) as s3:
+            await s3.create_bucket(Bucket="kept")
+            await s3.put_object(Bucket="kept", Key="k", Body=b"before")
+        await asyncio.to_thread(stop_service, SWIFT_S3, run_dir)
+        status = subprocess.run([str(SWIFT_S3), "status", str(run_dir)], capture_output=True)
+        assert status.returncode == 1
+
+        second = await asyncio.to_thread(start_service, SWIFT_S3, run_dir)
+        assert second == first
+        async with s3_client(second) as s3:
+            got = await s3.get_object(Bucket="kept", Key="k")
+            async with got["Body"] as body:
+                assert await body.read() == b"before"
+    finally:
+        await asyncio.to_thread(stop_service, SWIFT_S3, run_dir)
 
 
 async def test_s3_presigned_get_works_with_a_plain_http_client(
