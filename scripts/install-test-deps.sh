@@ -2,7 +2,9 @@
 # Install what the tests need on a fresh Debian 12 machine, as root. Safe to run again.
 #
 #   apt: the real clients tests/clients drives (skopeo, podman, buildah, umoci, docker.io with
-#        its dockerd), busybox-static (the binary in the runnable test image), jq, curl, openssl.
+#        its dockerd), busybox-static (the binary in the runnable test image), jq, curl, openssl,
+#        and the real services tests/services starts (PostgreSQL 15, Swift with its S3 API,
+#        memcached, HAProxy; the scripts there would install them too, but slower and mid-test).
 #   pip: Moorage itself, editable, with its [test] extras (pytest, python-dxf, ruff, mypy, ...).
 #
 # Python packages go into the active virtualenv when there is one (scripts/test.sh puts ./.venv
@@ -25,9 +27,19 @@ APT_PACKAGES=(
   docker.io
   busybox-static
   jq curl openssl ca-certificates
+  # tests/services: PostgreSQL 15, OpenStack Swift (S3 API) with memcached, HAProxy
+  postgresql-15 postgresql-client-15
+  swift swift-proxy swift-account swift-container swift-object python3-swift memcached
+  haproxy
   # ./.venv, when the system Python is the one we install into (see below)
   python3 python3-venv
 )
+
+# tests/services runs its own PostgreSQL clusters: skip the default one the package would create.
+if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+  mkdir -p /etc/postgresql-common/createcluster.d
+  echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/no-main-cluster.conf
+fi
 
 apt-get update -q
 apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
@@ -50,11 +62,12 @@ fi
 python3 -m pip install -q -e '.[test]'
 
 # Report what was installed, so a failed run shows what is missing.
-for bin in skopeo podman buildah umoci dockerd docker busybox jq curl openssl; do
+for bin in skopeo podman buildah umoci dockerd docker busybox jq curl openssl \
+  /usr/lib/postgresql/15/bin/pg_ctl psql swift-proxy-server swift-object-server memcached haproxy; do
   command -v "$bin" >/dev/null || { echo "install-test-deps.sh: $bin missing" >&2; exit 1; }
 done
 PYTHON="$(command -v python3)"
-(cd / && "$PYTHON" -c 'import dxf, pytest, moorage') || {
+(cd / && "$PYTHON" -c 'import dxf, pytest, moorage, asyncpg, aiobotocore, alembic') || {
   echo "install-test-deps.sh: python packages missing" >&2
   exit 1
 }

@@ -24,6 +24,13 @@ from moorage.auth import htpasswd
 from moorage.config import Settings
 from moorage.content import names
 from moorage.errors import NameInvalid
+from tests.services.fixtures import (  # noqa: F401  (fixtures, registered by import)
+    fresh_bucket,
+    fresh_database,
+    haproxy,
+    postgres_service,
+    s3_service,
+)
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
 

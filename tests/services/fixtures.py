@@ -1,0 +1,164 @@
+"""Pytest fixtures over the service scripts in this directory (tests/conftest.py imports them).
+
+- `postgres_service`, `s3_service`: one real server per test session; the settings each script
+  printed (`PGPORT`, `DATABASE_URL`, `S3_ENDPOINT`, `S3_ACCESS_KEY`, ...).
+- `fresh_database`: a new empty PostgreSQL database per test; yields its
+  `postgresql+asyncpg://` URL.
+- `fresh_bucket`: a new empty S3 bucket per test; yields its name. `s3_client(settings)` opens
+  an aiobotocore client with the settings this S3 server needs.
+- `haproxy`: a factory, `haproxy("127.0.0.1:8001", "127.0.0.1:8002")` starts a balancer over
+  those backends and returns its settings (`LB_URL`, `HAPROXY_SOCKET`, ...).
+
+A service that cannot start is an error, never a skip. Every script stops only what it started.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import secrets
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+HERE = Path(__file__).parent
+POSTGRES = HERE / "postgres.sh"
+SWIFT_S3 = HERE / "swift-s3.sh"
+HAPROXY = HERE / "haproxy.sh"
+
+Settings = dict[str, str]
+
+
+def start_service(script: Path, run_dir: Path, *args: str, timeout: float = 900) -> Settings:
+    """Run `script start run_dir args...` and return the KEY=VALUE settings it printed.
+
+    The timeout covers a first start that installs the Debian packages."""
+    done = subprocess.run(
+        [str(script), "start", str(run_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{script.name} start {run_dir} failed:\n{done.stderr}")
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def stop_service(script: Path, run_dir: Path) -> None:
+    subprocess.run([str(script), "stop", str(run_dir)], check=True, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def postgres_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    run_dir = tmp_path_factory.mktemp("postgres")
+    try:
+        yield start_service(POSTGRES, run_dir)
+    finally:
+        stop_service(POSTGRES, run_dir)
+
+
+@pytest.fixture(scope="session")
+def s3_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    run_dir = tmp_path_factory.mktemp("s3")
+    try:
+        yield start_service(SWIFT_S3, run_dir)
+    finally:
+        stop_service(SWIFT_S3, run_dir)
+
+
+@pytest.fixture
+def haproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Settings]]:
+    run_dirs: list[Path] = []
+
+    def start(*backends: str) -> Settings:
+        run_dir = tmp_path_factory.mktemp("haproxy")
+        run_dirs.append(run_dir)
+        return start_service(HAPROXY, run_dir, *backends)
+
+    yield start
+    for run_dir in run_dirs:
+        stop_service(HAPROXY, run_dir)
+
+
+def database_url(settings: Settings, database: str, driver: str = "postgresql+asyncpg") -> str:
+    s = settings
+    return f"{driver}://{s['PGUSER']}:{s['PGPASSWORD']}@{s['PGHOST']}:{s['PGPORT']}/{database}"
+
+
+@pytest.fixture
+async def fresh_database(postgres_service: Settings) -> AsyncIterator[str]:
+    name = f"t_{secrets.token_hex(8)}"
+    admin = await asyncpg.connect(postgres_service["DATABASE_URL"])
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    yield database_url(postgres_service, name)
+    admin = await asyncpg.connect(postgres_service["DATABASE_URL"])
+    try:
+        # FORCE: a connection the test left open must not keep the database alive
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _content_md5(params: dict[str, Any], **_: Any) -> None:
+    """Swift's s3api requires Content-MD5 on DeleteObjects; botocore >= 1.36 sends a CRC32
+    header instead (400 InvalidRequest without this)."""
+    body = params.get("body") or b""
+    body = body.encode() if isinstance(body, str) else body
+    params["headers"]["Content-MD5"] = base64.b64encode(hashlib.md5(body).digest()).decode()
+
+
+@contextlib.asynccontextmanager
+async def s3_client(settings: Settings) -> AsyncIterator[Any]:
+    """An aiobotocore S3 client for this server: path-style addressing (no wildcard DNS for
+    bucket.127.0.0.1), checksums only when required (Swift refuses aws-chunked bodies)."""
+    config = AioConfig(
+        signature_version="s3v4",
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    async with get_session().create_client(
+        "s3",
+        endpoint_url=settings["S3_ENDPOINT"],
+        region_name=settings["S3_REGION"],
+        aws_access_key_id=settings["S3_ACCESS_KEY"],
+        aws_secret_access_key=settings["S3_SECRET_KEY"],
+        config=config,
+    ) as client:
+        client.meta.events.register("before-call.s3.DeleteObjects", _content_md5)
+        yield client
+
+
+async def empty_bucket(client: Any, bucket: str) -> None:
+    """Delete every object and abort every unfinished multipart upload in `bucket`."""
+    uploads = await client.list_multipart_uploads(Bucket=bucket)
+    for upload in uploads.get("Uploads", []):
+        await client.abort_multipart_upload(
+            Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+        )
+    async for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            await client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+
+
+@pytest.fixture
+async def fresh_bucket(s3_service: Settings) -> AsyncIterator[str]:
+    bucket = f"t-{secrets.token_hex(8)}"  # DNS-compliant: lower case, no underscore
+    async with s3_client(s3_service) as client:
+        await client.create_bucket(Bucket=bucket)
+    yield bucket
+    async with s3_client(s3_service) as client:
+        await empty_bucket(client, bucket)
+        await client.delete_bucket(Bucket=bucket)
