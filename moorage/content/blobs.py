@@ -2,8 +2,9 @@
 
 A blob becomes visible only after its digest is verified and its bytes are committed
 atomically (linked into place at the content-addressed key, then one metadata transaction that
-links it into the repository and ends the session). Sessions live in metadata + storage, never only in a process's memory,
-so any worker or node can continue one. See docs/design/uploads.md for the races.
+links it into the repository and ends the session). Sessions live in metadata + storage,
+never only in a process's memory, so any worker or node can continue one. See
+docs/design/uploads.md for the races.
 
 Hashing: the running SHA-256 state is exported (content/sha256state.py) and saved with the
 session each time a write releases its lease, so a write that lands on another worker or node
