@@ -131,6 +131,9 @@ class HTTPSettings(_Section):
     # A request body must make some progress within this (a slow transfer is fine; a stall
     # is not). Time the server spends not reading (back-pressure) is not counted.
     bodytimeout: float = Field(default=60, gt=0)
+    # What the server sends must be acknowledged, and a client's receive window may stay shut
+    # (it stopped reading a response), for at most this long.
+    sendtimeout: float = Field(default=60, gt=0)
     # Connections open at once; lowered to fit the open-file limit.
     maxconnections: int = Field(default=4096, ge=1)
     # The one secret every node of a deployment shares (as Distribution's http.secret): the

@@ -24,7 +24,9 @@ not run out and accepting never stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
@@ -43,6 +45,20 @@ REFUSAL = (
 )
 
 
+def _bound_unacknowledged(transport: asyncio.BaseTransport, seconds: float) -> None:
+    """Have the kernel drop the connection when what we send stays unacknowledged, or the
+    client's receive window stays shut (it stopped reading), for `seconds` (Linux's
+    TCP_USER_TIMEOUT, which also bounds zero-window probing). A response, a blob sent with
+    sendfile included, then cannot be held for ever by a client that stops reading: the
+    handler's write fails and the request ends."""
+    sock = transport.get_extra_info("socket")
+    option = getattr(socket, "TCP_USER_TIMEOUT", None)
+    if sock is None or option is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
+
+
 def connection_cap(configured: int, open_files: int) -> int:
     """Connections one worker may hold: the configured number, lowered so that every
     connection can have a second descriptor (a blob file) and some are left over."""
@@ -55,6 +71,7 @@ class Limits:
     head: float
     body: float
     connections: int
+    send: float = 60.0
 
     @property
     def tick(self) -> float:
@@ -79,6 +96,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        _bound_unacknowledged(transport, self.guard.limits.send)
         if not self.guard.admit(self):
             self.refused = True
             self.transport.write(REFUSAL)

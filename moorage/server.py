@@ -165,6 +165,7 @@ def _limits(settings: Settings) -> Limits:
         head=http.headertimeout,
         body=http.bodytimeout,
         connections=connection_cap(http.maxconnections, open_files),
+        send=http.sendtimeout,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
@@ -50,6 +51,9 @@ CLIENT_CLOSED = 499
 
 def client_went_away(request: web.Request, exc: BaseException) -> bool:
     """Whether `exc` is the client hanging up (its connection is gone), not a fault of ours."""
+    # ETIMEDOUT: the kernel dropped a client that stopped acknowledging (http.sendtimeout).
+    if isinstance(exc, TimeoutError) and exc.errno == errno.ETIMEDOUT:
+        return True
     if not isinstance(exc, ConnectionError):
         return False
     transport = request.transport
