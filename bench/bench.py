@@ -304,7 +304,7 @@ class Runner:
             loop.add_signal_handler(sig, main_task.cancel)
         try:
             for s in servers:
-                await asyncio.to_thread(s.start)
+                await asyncio.to_thread(s.start_and_wait)
                 self.results["servers"][s.name] = {"version": s.version(), "url": s.url}
                 self.log(f"started {s.version()} at {s.url} (pid {s.proc.pid})")
             connector = aiohttp.TCPConnector(limit=0)

@@ -1,155 +1,73 @@
-"""The two registries under test, started from scratch in temporary directories, and a sampler
-of their resource use (RSS and CPU over the whole process tree)."""
+"""The two registries under test, started from scratch in temporary directories (with the
+project's one server harness, tests/harness.py), and a sampler of their resource use (RSS and
+CPU over the whole process tree)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from tests.harness import MoorageProcess, ServerProcess  # noqa: E402
+
 DISTRIBUTION_BIN = "/usr/bin/docker-registry"
+START_TIMEOUT = 60.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Server(ServerProcess):
+    """A registry under test: the harness's process plus what the report says about it."""
 
-
-class Server:
-    """One registry process (tree) listening on 127.0.0.1:<free port>."""
-
-    name = "?"
     label = "?"
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.host = f"127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = root / "server.log"
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
-
-    def env(self) -> dict[str, str]:
-        return dict(os.environ)
-
-    def start(self, timeout: float = 60.0) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env(),
-                cwd=self.root,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited at start:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.url + "/v2/", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"{self.name} did not answer /v2/ in {timeout}s:\n{self.log_tail()}")
-        if isinstance(self, Moorage):
-            # Wait for every worker to be forked, so the tree is complete when sampled.
-            while len(self.processes()) < self.workers + (1 if self.workers > 1 else 0):
-                time.sleep(0.05)
+    def start_and_wait(self) -> None:
+        self.start_sync(START_TIMEOUT)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            # Only our own tree: the session we started it in.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def processes(self) -> list[psutil.Process]:
-        assert self.proc is not None
-        try:
-            top = psutil.Process(self.proc.pid)
-            return [top, *top.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def log_tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
+        self.stop_sync(30)
 
     def version(self) -> str:
         return "?"
 
 
-class Moorage(Server):
+class Moorage(MoorageProcess, Server):
     name = "moorage"
     label = "Moorage"
 
     def __init__(self, root: Path, workers: int, rev: str | None = None) -> None:
-        super().__init__(root)
-        self.workers = workers
-        self.rev = rev
-        self.source = REPO_ROOT
+        source = None
         if rev is not None:
             # A clean copy of that commit's package, so other people's uncommitted changes in
             # a shared checkout are not what gets measured.
-            self.source = root / "source"
-            self.source.mkdir(parents=True, exist_ok=True)
+            source = root / "source"
+            source.mkdir(parents=True, exist_ok=True)
             archive = subprocess.run(
                 ["git", "-C", str(REPO_ROOT), "archive", rev, "moorage"],
                 capture_output=True,
                 check=True,
             ).stdout
-            subprocess.run(["tar", "-x", "-C", str(self.source)], input=archive, check=True)
+            subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+        super().__init__(
+            root / "data", root, workers, source=source, env={"MOORAGE_LOG_LEVEL": "warning"}
+        )
+        self.rev = rev
 
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "moorage",
-            "serve",
-            "--listen",
-            self.host,
-            "--data-dir",
-            str(self.root / "data"),
-            "--workers",
-            str(self.workers),
-        ]
-
-    def env(self) -> dict[str, str]:
-        env = dict(os.environ)
-        env["MOORAGE_LOG_LEVEL"] = "warning"
-        env["PYTHONPATH"] = str(self.source) + os.pathsep + env.get("PYTHONPATH", "")
-        return env
+    def start_and_wait(self) -> None:
+        super().start_and_wait()
+        # Wait for every worker to be forked, so the tree is complete when sampled.
+        deadline = time.monotonic() + START_TIMEOUT
+        while len(self.processes()) < self.workers + (1 if self.workers > 1 else 0):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"moorage workers did not start:\n{self.log_tail()}")
+            time.sleep(0.05)
 
     def version(self) -> str:
         def git(*args: str) -> str:
@@ -174,6 +92,9 @@ class Moorage(Server):
 class Distribution(Server):
     name = "distribution"
     label = "Distribution"
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
 
     def command(self) -> list[str]:
         config = self.root / "config.yml"

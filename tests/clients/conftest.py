@@ -47,14 +47,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests.harness import LOOPBACK, REPO_ROOT, MoorageProcess
 
 SERVER_START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 300.0
 DOCKERD_START_TIMEOUT = 60.0
 
-LOOPBACK = "127.0.0.1"  # the only address a test server listens on
 _NO_PROXY = "127.0.0.1,localhost"
 _PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY")
 
@@ -63,12 +62,6 @@ def require_binary(name: str) -> str:
     path = shutil.which(name)
     assert path, f"{name} is not installed: run scripts/install-test-deps.sh"
     return path
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -219,40 +212,6 @@ def _opener(context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
     return urllib.request.build_opener(*handlers)
 
 
-def _wait_ready(
-    proc: subprocess.Popen[bytes],
-    url: str,
-    log: Path,
-    context: ssl.SSLContext | None = None,
-    ready: Sequence[int] = (200,),
-) -> None:
-    """Wait until /v2/ answers with one of `ready` (401 when auth is on)."""
-    deadline = time.monotonic() + SERVER_START_TIMEOUT
-    opener = _opener(context)
-    last: object = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"moorage serve exited with {proc.returncode} before answering /v2/\n{tail(log)}"
-            )
-        try:
-            with opener.open(url + "/v2/", timeout=2) as resp:
-                if resp.status in ready:
-                    return
-                last = resp.status
-        except urllib.error.HTTPError as e:
-            if e.code in ready:
-                return
-            last = e.code
-        except OSError as e:
-            last = e
-        time.sleep(0.1)
-    raise AssertionError(
-        f"moorage serve did not answer {'/'.join(map(str, ready))} on /v2/ within "
-        f"{SERVER_START_TIMEOUT}s (last: {last})\n{tail(log)}"
-    )
-
-
 @contextlib.contextmanager
 def serve(
     base: Path,
@@ -263,41 +222,35 @@ def serve(
     ready: Sequence[int] = (200,),
 ) -> Iterator[Registry]:
     """`python -m moorage serve --listen 127.0.0.1:FREE_PORT --data-dir base/data ARGS...`, run
-    in `base` with its log in base/server.log; stopped by its PID on exit. Test servers listen
-    on loopback only."""
-    base.mkdir(parents=True, exist_ok=True)
-    data_dir = base / "data"
-    log = base / "server.log"
-    port = free_port()
-    listen = f"{LOOPBACK}:{port}"
-    scheme = "https" if tls else "http"
-    # The repo root goes last on PYTHONPATH: the server runs from its temp dir, and works
-    # whether or not the package is pip-installed.
-    pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    server_env = clean_env(PYTHONPATH=os.pathsep.join([*pythonpath, str(REPO_ROOT)]))
-    server_env.update(env or {})
-    cmd: list[str | os.PathLike[str]] = [sys.executable, "-m", "moorage", "serve"]
-    cmd += ["--listen", listen, "--data-dir", data_dir]
+    in `base` with its log there (tests/harness.py); stopped by its PID on exit. Test servers
+    listen on loopback only."""
+    tls_args: list[str | os.PathLike[str]] = []
     if tls:
-        cmd += ["--tls-cert", tls.cert, "--tls-key", tls.key]
-    cmd += list(args)
-    with log.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [os.fspath(c) for c in cmd],
-            cwd=base,
-            env=server_env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+        tls_args = ["--tls-cert", tls.cert, "--tls-key", tls.key]
+    server = MoorageProcess(
+        base / "data",
+        base,
+        args=[*tls_args, *args],
+        env=env,
+        ready=ready,
+        ssl_context=ssl.create_default_context(cafile=str(ca)) if ca else None,
+        base_env=clean_env(),
+    )
     try:
-        registry = Registry(
-            f"{scheme}://{listen}", listen, proc.pid, data_dir, log, ca=ca, tls=tls, proc=proc
+        server.start_sync(SERVER_START_TIMEOUT)
+        assert server.proc is not None
+        yield Registry(
+            server.url,
+            server.host,
+            server.pid,
+            server.data_dir,
+            server.log_path,
+            ca=ca,
+            tls=tls,
+            proc=server.proc,
         )
-        _wait_ready(proc, registry.url, log, registry.ssl_context(), ready)
-        yield registry
     finally:
-        stop_process(proc)
+        server.cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -9,19 +9,20 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.process.server import TIMEOUT, MakeServer, ServerProcess
+from tests.harness import MakeServer, MoorageProcess
+from tests.process.registry import TIMEOUT
 
 
 @pytest.fixture
 def make_server(tmp_path: Path) -> Iterator[MakeServer]:
-    """`make_server(workers=2)` -> a not yet started ServerProcess with its own data dir and
+    """`make_server(workers=2)` -> a not yet started MoorageProcess with its own data dir and
     port (`env=` and `nofile=` are passed on to it). Every server made is stopped (SIGTERM,
     then SIGKILL of its group) at teardown."""
-    servers: list[ServerProcess] = []
+    servers: list[MoorageProcess] = []
 
-    def make(workers: int = 1, **options: Any) -> ServerProcess:
+    def make(workers: int = 1, **options: Any) -> MoorageProcess:
         n = len(servers)
-        server = ServerProcess(tmp_path / f"data-{n}", tmp_path / f"logs-{n}", workers, **options)
+        server = MoorageProcess(tmp_path / f"data-{n}", tmp_path / f"logs-{n}", workers, **options)
         servers.append(server)
         return server
 

@@ -18,6 +18,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+# Bounds for every client request: a hung server fails the test instead of hanging it.
+TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=60)
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"

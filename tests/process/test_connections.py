@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.process.server import MakeServer, ServerProcess
+from tests.harness import MakeServer, MoorageProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,7 +31,7 @@ REQUEST = b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n"
 Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-async def _connect(server: ServerProcess) -> Stream:
+async def _connect(server: MoorageProcess) -> Stream:
     return await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), 10)
 
 
@@ -49,7 +49,7 @@ async def _closed_by_server(reader: asyncio.StreamReader, bound: float) -> bool:
     return True
 
 
-async def _get_v2(server: ServerProcess) -> int:
+async def _get_v2(server: MoorageProcess) -> int:
     """GET /v2/ over a new connection; the status."""
 
     def get() -> int:
@@ -142,7 +142,7 @@ async def test_idle_connections_are_closed_after_their_timeout(make_server: Make
     assert await _get_v2(server) == 200
 
 
-def _start_upload(server: ServerProcess) -> str:
+def _start_upload(server: MoorageProcess) -> str:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=ANSWER_BOUND)
     try:
         conn.request("POST", "/v2/conn/test/blobs/uploads/")
@@ -156,7 +156,7 @@ def _start_upload(server: ServerProcess) -> str:
         conn.close()
 
 
-def _slow_patch(server: ServerProcess, location: str, pieces: int, gap: float) -> int:
+def _slow_patch(server: MoorageProcess, location: str, pieces: int, gap: float) -> int:
     """PATCH `pieces` pieces of 1 KiB, one every `gap` seconds; the status."""
 
     def body() -> Iterator[bytes]:

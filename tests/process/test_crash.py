@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 import aiohttp
 import pytest
 
+from tests.harness import MakeServer, MoorageProcess
 from tests.process.registry import (
+    TIMEOUT,
     Image,
     Registry,
     make_image,
@@ -37,7 +39,6 @@ from tests.process.registry import (
     range_end,
     sha256,
 )
-from tests.process.server import TIMEOUT, MakeServer, ServerProcess
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -264,7 +265,7 @@ def raise_failure(tasks: list[asyncio.Task[None]]) -> None:
 
 
 async def crash_phase(
-    server: ServerProcess,
+    server: MoorageProcess,
     ledger: Ledger,
     rnd: int,
     base: Image,

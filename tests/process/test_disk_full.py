@@ -21,8 +21,8 @@ import aiohttp
 import pytest
 
 from moorage.metadata.reserve import RESERVE_BYTES
+from tests.harness import MakeServer
 from tests.process.registry import Registry, make_image, sha256
-from tests.process.server import MakeServer
 
 DISK_SIZE = "16m"
 BIG = 5 << 20  # more than the space reserve (moorage.metadata.reserve) frees

@@ -19,8 +19,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.process.registry import Registry
-from tests.process.server import TIMEOUT, MakeServer
+from tests.harness import MakeServer
+from tests.process.registry import TIMEOUT, Registry
 
 pytestmark = pytest.mark.timeout(240)
 

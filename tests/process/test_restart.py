@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
+from tests.harness import MakeServer
 from tests.process.registry import Registry, range_end, sha256
-from tests.process.server import MakeServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,8 +16,8 @@ import time
 import aiohttp
 import pytest
 
+from tests.harness import MakeServer
 from tests.process.registry import Registry, sha256
-from tests.process.server import MakeServer
 
 pytestmark = pytest.mark.timeout(120)
 

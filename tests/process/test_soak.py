@@ -24,8 +24,8 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from tests.harness import MakeServer, MoorageProcess
 from tests.process.registry import Image, Registry, make_image, sha256
-from tests.process.server import MakeServer, ServerProcess
 from tests.v1.client import V1Client, V1Image, make_chain
 
 SOAK_SECONDS = float(os.environ.get("MOORAGE_SOAK_SECONDS", "60"))
@@ -210,7 +210,7 @@ async def _vanisher(reg: Registry, port: int, deadline: float, stall: bool) -> i
 
 
 async def test_soak_mixed_load_with_hostile_clients(make_server: MakeServer) -> None:
-    server: ServerProcess = make_server(workers=2, env=TIMEOUTS)
+    server: MoorageProcess = make_server(workers=2, env=TIMEOUTS)
     await server.start()
     tally = Tally()
     deadline = time.monotonic() + SOAK_SECONDS

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process.server import free_port
+from tests.harness import free_port
 
 TIMEOUT = 30.0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 import pytest
 
-from tests.process.server import MakeServer
+from tests.harness import MakeServer
 
 pytestmark = pytest.mark.timeout(120)
 

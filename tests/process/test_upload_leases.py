@@ -21,15 +21,15 @@ import aiohttp
 import psutil  # type: ignore[import-untyped]
 import pytest
 
+from tests.harness import MakeServer, MoorageProcess
 from tests.process.registry import Registry, sha256
-from tests.process.server import MakeServer, ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
 RETRY_BOUND = 15.0  # far below the 90 s lease the old code made clients wait out
 
 
-def _owner(server: ServerProcess, client_port: int) -> int | None:
+def _owner(server: MoorageProcess, client_port: int) -> int | None:
     for proc in server.processes()[1:]:
         for conn in proc.net_connections(kind="tcp"):
             if conn.raddr and conn.raddr.port == client_port:
@@ -37,7 +37,7 @@ def _owner(server: ServerProcess, client_port: int) -> int | None:
     return None
 
 
-def _patch(server: ServerProcess, location: str, data: bytes) -> tuple[int, str]:
+def _patch(server: MoorageProcess, location: str, data: bytes) -> tuple[int, str]:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
         headers = {

@@ -23,8 +23,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.process.registry import Registry, range_end, sha256
-from tests.process.server import TIMEOUT, MakeServer, ServerProcess
+from tests.harness import MakeServer, MoorageProcess
+from tests.process.registry import TIMEOUT, Registry, range_end, sha256
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,7 +34,7 @@ DRAIN_BOUND = 15.0  # seconds an in-flight request may take to finish after SIGT
 
 
 def _patch_on_new_connection(
-    server: ServerProcess, location: str, data: bytes, start: int
+    server: MoorageProcess, location: str, data: bytes, start: int
 ) -> tuple[str, int | None]:
     """PATCH one chunk over a fresh TCP connection; returns the new Location and the pid of
     the worker that holds the server end of that connection (looked up before closing it)."""
@@ -182,7 +182,7 @@ async def test_sigterm_lets_an_in_flight_upload_finish(
 CONNECTIONS = 64
 
 
-def _owners_of_new_connections(server: ServerProcess) -> Counter[int | None]:
+def _owners_of_new_connections(server: MoorageProcess) -> Counter[int | None]:
     """Open CONNECTIONS keep-alive connections at once, make one request on each, and count
     which worker holds the server end of each (all still open)."""
     conns = [
