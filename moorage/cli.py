@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from moorage import __version__, config, logs
+
+T = TypeVar("T")
 
 
 @click.group()
@@ -101,6 +105,81 @@ def config_check(config_file: Path) -> None:
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(settings.model_dump_json(indent=2))
+
+
+@main.group()
+def db() -> None:
+    """The metadata database's schema (migrations: docs/deploy/upgrades.md)."""
+
+
+def _db_options(command: Callable[..., None]) -> Callable[..., None]:
+    command = click.option(
+        "--data-dir", type=click.Path(path_type=Path), help="Where blobs and metadata live."
+    )(command)
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(path_type=Path, exists=True),
+        help="YAML configuration file.",
+    )(command)
+
+
+def _metadata_url(config_file: Path | None, data_dir: Path | None) -> str:
+    try:
+        return config.load(config_file, datadir=data_dir).metadata_url
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _on_database(url: str, work: Callable[[Any], T], lock: bool) -> T:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from moorage.metadata import migrations
+
+    try:
+        return migrations.run(url, work, lock)
+    except migrations.SchemaError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except (OSError, SQLAlchemyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise click.ClickException(f"metadata database: {first}") from exc
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@db.command("current")
+@_db_options
+def db_current(config_file: Path | None, data_dir: Path | None) -> None:
+    """Print the schema revision of the metadata database and whether it is at head."""
+    from moorage.metadata import migrations
+
+    url = _metadata_url(config_file, data_dir)
+    database = migrations.sqlite_path(url)
+    if database is not None and not database.exists():
+        status = migrations.Status(None)  # not made yet; reading it would create the file
+    else:
+        status = _on_database(url, migrations.status, lock=False)
+    click.echo(f"{_shown(url)}: {status.describe()}")
+
+
+@db.command("upgrade")
+@_db_options
+def db_upgrade(config_file: Path | None, data_dir: Path | None) -> None:
+    """Migrate the metadata database to the head revision (once, however many run it at once)."""
+    from moorage.metadata import migrations
+
+    url = _metadata_url(config_file, data_dir)
+    before, after = _on_database(url, migrations.upgrade, lock=True)
+    if before == after:
+        click.echo(f"{_shown(url)}: already at revision {after.revision} (head), nothing to do")
+    else:
+        click.echo(
+            f"{_shown(url)}: upgraded from {before.name()} to revision {after.revision} (head)"
+        )
 
 
 @main.group()

@@ -1,9 +1,11 @@
 """Start-up checks: refuse to serve, with one clear line, from a state that cannot work.
 
 Run once by `moorage serve` before it binds a port or forks a worker: a data directory that is
-a file or read-only, a metadata database that is a directory or not a SQLite database, an
-htpasswd file that is missing. Each is a `PreflightError` whose message is the line to print;
-nothing here prints or exits (the command line does).
+a file or read-only, a metadata database that is a directory or not a SQLite database, a
+schema this Moorage cannot use (on PostgreSQL: any schema not at head, empty included, since
+only `moorage db upgrade` migrates it), an htpasswd file that is missing. Each is a
+`PreflightError` whose message is the line to print; nothing here prints or exits (the command
+line does).
 
 Must not: change anything it checks (a probe file aside), or write to the database.
 """
@@ -15,8 +17,10 @@ import sqlite3
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
 from moorage.config import Settings
+from moorage.metadata import migrations
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -33,6 +37,7 @@ def check(settings: Settings) -> None:
     if database is not None:
         _writable_directory(database.parent, "metadata database directory")
         _sqlite_database(database)
+    _schema(settings.metadata_url, database)
     if settings.auth.htpasswd is not None:
         _readable_file(settings.auth.htpasswd, "htpasswd file")
 
@@ -83,6 +88,22 @@ def _sqlite_database(path: Path) -> None:
             conn.close()
     except sqlite3.Error as exc:
         raise PreflightError(f"metadata database {path} is damaged: {exc}") from exc
+
+
+def _schema(url: str, database: Path | None) -> None:
+    """SQLite upgrades itself when the store opens, unless a newer Moorage made its schema; any
+    other database must be at head already."""
+    if database is not None and (not database.exists() or database.stat().st_size == 0):
+        return
+    try:
+        status = migrations.run(url, migrations.status, lock=False)
+    except migrations.SchemaError as exc:
+        raise PreflightError(str(exc)) from exc
+    except (OSError, SQLAlchemyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PreflightError(f"metadata database cannot be read: {first}") from exc
+    if database is None and not status.at_head:
+        raise PreflightError(status.refusal())
 
 
 def _readable_file(path: Path, what: str) -> None:

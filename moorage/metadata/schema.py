@@ -1,5 +1,8 @@
 """The tables. One row per fact; every hot lookup is one indexed query.
 
+This is the head schema: `migrations/versions/` must build exactly this (a test compares them),
+so a change here comes with a new revision (docs/deploy/upgrades.md).
+
 - repositories: name <-> id.
 - blobs: every addressable digest with its size and the sha256 key its bytes live under.
 - repository_blobs: which repository may serve which blob (isolation and GC roots).
@@ -25,10 +28,10 @@ from sqlalchemy import (
     Text,
 )
 
-SCHEMA_VERSION = 1
-
 metadata = MetaData()
 
+# Read only by Moorage 0.1.0, which made its schema without migrations: revision 0002 set it to 2,
+# so that release refuses a migrated database. Today's schema revision is `alembic_version`'s.
 schema_info = Table(
     "schema_info",
     metadata,

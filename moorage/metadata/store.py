@@ -46,7 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from moorage.errors import StorageFull
-from moorage.metadata import globs, reserve
+from moorage.metadata import globs, migrations, reserve
 from moorage.metadata import schema as t
 from moorage.metadata.v1 import V1Queries
 
@@ -258,15 +258,16 @@ class MetadataStore(V1Queries):
             self._async = create_async_engine(url, pool_size=10, max_overflow=10)
 
     async def open(self) -> None:
-        def create(conn: Connection) -> None:
-            t.metadata.create_all(conn)
-            version = conn.execute(select(t.schema_info.c.version)).scalar()
-            if version is None:
-                conn.execute(insert(t.schema_info).values(version=t.SCHEMA_VERSION))
-            elif version > t.SCHEMA_VERSION:
-                raise RuntimeError(f"metadata schema {version} is newer than this Moorage")
-
-        await self._write(create)
+        """SQLite: migrate the schema to head, in one write transaction under the writers' lock
+        file (another worker starting at once waits, then finds it at head). Any other
+        database: refuse one not at head (`migrations.SchemaError`), which only
+        `moorage db upgrade` migrates."""
+        if self._writer is not None:
+            await self._writer.run(migrations.upgrade)
+            return
+        status = await self._read(migrations.status)
+        if not status.at_head:
+            raise migrations.SchemaError(status.refusal())
 
     async def close(self) -> None:
         if self._writer is not None:

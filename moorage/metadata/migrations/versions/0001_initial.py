@@ -1,0 +1,196 @@
+"""0001: the schema exactly as Moorage 0.1.0, the release before migrations, made it
+(`create_all`, then a `schema_info` row with version 1).
+
+Frozen: never edit this file; change the schema in a new revision. Its tables are also how
+`migrations.upgrade` recognises a database made by 0.1.0 (which has no `alembic_version`).
+"""
+
+from __future__ import annotations
+
+from alembic import op
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    insert,
+)
+
+revision = "0001"
+down_revision: str | None = None
+branch_labels = None
+depends_on = None
+
+metadata = MetaData()
+
+schema_info = Table(
+    "schema_info",
+    metadata,
+    Column("version", Integer, primary_key=True),
+)
+
+repositories = Table(
+    "repositories",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("created", Float, nullable=False),
+)
+
+blobs = Table(
+    "blobs",
+    metadata,
+    Column("digest", String(200), primary_key=True),
+    Column("storage_key", String(200), nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("created", Float, nullable=False),
+)
+
+repository_blobs = Table(
+    "repository_blobs",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("digest", String(200), ForeignKey("blobs.digest"), primary_key=True),
+    Column("created", Float, nullable=False),
+)
+
+manifests = Table(
+    "manifests",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("digest", String(200), primary_key=True),
+    Column("media_type", String(255), nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("subject", String(200), nullable=True),
+    Column("artifact_type", String(255), nullable=True),
+    Column("annotations", Text, nullable=True),
+    Column("created", Float, nullable=False),
+    Index("manifests_subject", "repository_id", "subject", "created"),
+)
+
+manifest_references = Table(
+    "manifest_references",
+    metadata,
+    Column("repository_id", Integer, primary_key=True),
+    Column("digest", String(200), primary_key=True),
+    Column("child", String(200), primary_key=True),
+    Index("manifest_references_child", "child"),
+)
+
+tags = Table(
+    "tags",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("digest", String(200), nullable=False),
+    Column("updated", Float, nullable=False),
+    Index("tags_digest", "repository_id", "digest"),
+)
+
+uploads = Table(
+    "uploads",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("repository", String(255), nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+    Column("lease", String(255), nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Index("uploads_updated", "updated"),
+)
+
+# -- the legacy v1 protocol ------------------------------------------------------------------
+# v1 images live in one global id namespace; `v1_links` says which repositories an image
+# belongs to (who may read it). Layer bytes are ordinary blobs (`blob_digest`).
+
+v1_images = Table(
+    "v1_images",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("json", LargeBinary, nullable=False),
+    Column("parent", String(64), nullable=True),
+    # uploading -> uploaded -> complete; only complete images are ever served.
+    Column("state", String(16), nullable=False),
+    # Bumped by every PUT json on an incomplete image: a layer or checksum PUT that started
+    # under an older generation must not commit.
+    Column("generation", Integer, nullable=False),
+    Column("depth", Integer, nullable=False),
+    Column("blob_digest", String(200), nullable=True),
+    Column("diff_id", String(200), nullable=True),
+    Column("payload_checksum", String(200), nullable=True),
+    Column("tarsum", String(200), nullable=True),
+    Column("client_checksum", String(200), nullable=True),
+    Column("size", BigInteger, nullable=True),
+    Column("compressed", Integer, nullable=True),
+    Column("uploader", String(255), nullable=True),
+    Column("updated", Float, nullable=False),
+    Index("v1_images_parent", "parent"),
+)
+
+v1_links = Table(
+    "v1_links",
+    metadata,
+    Column("image_id", String(64), primary_key=True),
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Index("v1_links_repository", "repository_id"),
+)
+
+v1_sessions = Table(
+    "v1_sessions",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("repository", String(255), nullable=False),
+    Column("principal", String(255), nullable=True),
+    Column("images", Text, nullable=False),
+    Column("expires", Float, nullable=False),
+    Index("v1_sessions_repository", "repository"),
+)
+
+# Which v1 image a manifest shows as (its top layer), per repository: written when a v1 tag
+# is set, or when v1 ids are first derived for a manifest pushed through v2.
+v1_manifest_images = Table(
+    "v1_manifest_images",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("manifest_digest", String(200), primary_key=True),
+    Column("image_id", String(64), nullable=False),
+)
+
+# Proof-of-possession uploads (v1 contract 9.4): a caller re-uploads an image that exists but
+# that they may not read; a matching payload checksum earns a link, nothing else changes.
+v1_proofs = Table(
+    "v1_proofs",
+    metadata,
+    Column("image_id", String(64), primary_key=True),
+    Column("principal", String(255), primary_key=True),
+    Column("payload_checksum", String(200), nullable=True),
+    Column("expires", Float, nullable=False),
+)
+
+# What the client that last set a v1 tag said about itself (User-Agent), served by
+# `GET /v1/repositories/R/tags/T/json`; informational.
+v1_tag_info = Table(
+    "v1_tag_info",
+    metadata,
+    Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
+    Column("tag", String(128), primary_key=True),
+    Column("info", Text, nullable=False),
+)
+
+
+def upgrade() -> None:
+    bind = op.get_bind()
+    metadata.create_all(bind, checkfirst=False)
+    bind.execute(insert(schema_info).values(version=1))
+
+
+def downgrade() -> None:
+    metadata.drop_all(op.get_bind(), checkfirst=False)

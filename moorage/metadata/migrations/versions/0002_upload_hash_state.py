@@ -1,0 +1,29 @@
+"""0002: uploads keep their running SHA-256 state (`uploads.hash_state`); `schema_info` = 2.
+
+`schema_info` is only for Moorage 0.1.0, which knows nothing of Alembic: at 2 it refuses the
+database ("metadata schema 2 is newer than this Moorage") instead of serving a schema it does not
+know. Later revisions leave it alone.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision: str | None = "0001"
+branch_labels = None
+depends_on = None
+
+_schema_info = sa.table("schema_info", sa.column("version", sa.Integer))
+
+
+def upgrade() -> None:
+    op.add_column("uploads", sa.Column("hash_state", sa.LargeBinary(), nullable=True))
+    op.execute(_schema_info.update().values(version=2))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("uploads") as batch:
+        batch.drop_column("hash_state")
+    op.execute(_schema_info.update().values(version=1))
