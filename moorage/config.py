@@ -26,10 +26,29 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class S3Settings(_Section):
+    # Unset: AWS itself. Set (an S3-compatible server): path-style addressing.
+    endpoint: str | None = None
+    # Unset: AWS_DEFAULT_REGION or the AWS config; us-east-1 with an endpoint and neither.
+    region: str | None = None
+    bucket: str | None = None
+    # Every key is stored under this prefix in the bucket.
+    prefix: str = ""
+    # Both or neither; neither: the AWS environment and credential chain.
+    accesskey: str | None = None
+    secretkey: SecretStr | None = None
+
+
 class StorageSettings(_Section):
-    driver: Literal["filesystem"] = "filesystem"
-    # Defaults to <datadir>/storage when unset.
+    driver: Literal["filesystem", "s3"] = "filesystem"
+    # Defaults to <datadir>/storage when unset (filesystem driver).
     rootdirectory: Path | None = None
+    s3: S3Settings = S3Settings()
+    # Answer blob GETs with a redirect to a presigned URL where the driver has one (S3)
+    # instead of streaming the bytes through the node.
+    redirect: bool = False
+    # Not validated here (a section's validator would run on the environment alone, before
+    # the file is merged): the driver refuses s3 without a bucket when it is built.
 
 
 class MetadataSettings(_Section):

@@ -2,5 +2,15 @@
 
 from moorage.storage import paths
 from moorage.storage.base import PathNotFound, StorageDriver, StorageError, Writer
+from moorage.storage.objects import ObjectDriver, ObjectWriter, StaleWriter
 
-__all__ = ["PathNotFound", "StorageDriver", "StorageError", "Writer", "paths"]
+__all__ = [
+    "ObjectDriver",
+    "ObjectWriter",
+    "PathNotFound",
+    "StaleWriter",
+    "StorageDriver",
+    "StorageError",
+    "Writer",
+    "paths",
+]

@@ -1,0 +1,239 @@
+"""The filesystem `ObjectDriver`: objects are files below a root directory.
+
+It reuses `FilesystemDriver` (whose API the content layer still uses) for reads and small
+objects. A writer appends to a hidden sibling of its key, `.<name>.<id>.upload`, that it holds
+with an exclusive `flock` while open; `commit` fsyncs it and links it to the key (never
+replacing a content-addressed object). A writer resumed from a state whose file someone still
+holds locked (a writer that lost its lease and may still write) does not touch that file: it
+copies the first `offset` bytes into a new file and unlinks the old name, so whatever the old
+writer writes later lands in a file that no key and no state names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import stat
+import uuid
+from collections.abc import AsyncIterator
+from glob import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, cast
+
+from moorage.storage import paths
+from moorage.storage.base import PathNotFound, StorageError
+from moorage.storage.filesystem import (
+    FilesystemDriver,
+    FileWriter,
+    _fsync_dir,
+    _full_is_typed,
+    _link_new,
+)
+from moorage.storage.objects import (
+    REDIRECT_EXPIRES,
+    ObjectDriver,
+    ObjectWriter,
+    StaleWriter,
+    decode_state,
+    encode_state,
+)
+
+DRIVER = "filesystem"
+
+
+def _data_name(key_path: Path) -> str:
+    return f".{key_path.name}.{uuid.uuid4().hex}.upload"
+
+
+def _lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+class FilesystemObjectWriter:
+    def __init__(self, key: str, path: Path, data: Path, file: FileWriter, fd: int) -> None:
+        self._key = key
+        self._path = path  # where the object appears on commit
+        self._data = data  # the file being appended to
+        self._file = file
+        self._fd = fd
+        self._open = True
+
+    @property
+    def size(self) -> int:
+        return self._file.size
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StorageError(f"writer of {self._key} is closed")
+
+    async def write(self, data: bytes) -> None:
+        self._check_open()
+        await self._file.write(data)
+
+    async def state(self) -> bytes:
+        self._check_open()
+        return encode_state(DRIVER, file=self._data.name, offset=self._file.size)
+
+    async def close(self) -> None:
+        if self._open:
+            self._open = False
+            await self._file.close()  # also releases the flock
+
+    @_full_is_typed
+    def _commit(self) -> None:
+        os.fsync(self._fd)
+        if paths.is_content_addressed(self._key):
+            _link_new(self._data, self._path)  # an object already there is never replaced
+        else:
+            os.replace(self._data, self._path)
+        self._data.unlink(missing_ok=True)
+        _fsync_dir(self._path.parent)
+
+    async def commit(self) -> str:
+        self._check_open()
+        try:
+            await asyncio.to_thread(self._commit)
+        finally:
+            await self.close()
+        return self._key
+
+    async def cancel(self) -> None:
+        if self._open:
+            await self.close()
+            await asyncio.to_thread(self._data.unlink, True)
+
+
+class FilesystemObjects:
+    def __init__(self, root: Path) -> None:
+        self.files = FilesystemDriver(root)
+        self.root = self.files.root
+
+    def _stat(self, key: str) -> int | None:
+        try:
+            info = os.stat(self.files._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return info.st_size if stat.S_ISREG(info.st_mode) else None  # a folder is no object
+
+    async def stat(self, key: str) -> int | None:
+        return await asyncio.to_thread(self._stat, key)
+
+    def reader(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        return self.files.read(key, offset, length)
+
+    async def get(self, key: str) -> bytes:
+        return await self.files.get(key)
+
+    async def put(self, key: str, data: bytes) -> None:
+        await self.files.put(key, data)
+
+    @_full_is_typed
+    def _open(self, key: str, state: bytes | None) -> FilesystemObjectWriter:
+        path = self.files._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if state is None:
+            data = path.with_name(_data_name(path))
+            fd = os.open(data, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            _lock(fd)
+            offset = 0
+        else:
+            fields = decode_state(DRIVER, state)
+            offset = int(fields["offset"])
+            data = path.with_name(str(fields["file"]))
+            if "/" in data.name or not data.name.endswith(".upload"):
+                raise StorageError("writer state names no upload file")
+            data, fd = self._resume(key, data, offset)
+        file = os.fdopen(fd, "r+b", buffering=0)
+        file.seek(offset)
+        return FilesystemObjectWriter(key, path, data, FileWriter(file, offset), fd)
+
+    def _resume(self, key: str, data: Path, offset: int) -> tuple[Path, int]:
+        try:
+            fd = os.open(data, os.O_RDWR)
+        except FileNotFoundError:
+            raise StaleWriter(f"the upload data of {key} is gone") from None
+        try:
+            size = os.fstat(fd).st_size
+            if size < offset:
+                raise StaleWriter(f"{key} holds {size} bytes, cannot resume at {offset}")
+            if _lock(fd):
+                # Nobody else has the file open for writing: append in place, dropping what a
+                # failed write left past `offset`.
+                os.ftruncate(fd, offset)
+                return data, fd
+            return self._detach(data, fd, offset)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _detach(self, data: Path, old: int, offset: int) -> tuple[Path, int]:
+        """The file is still held by another writer (one that lost its lease): continue in a
+        copy of its first `offset` bytes, and unlink the old name so that nothing reads what
+        that writer still writes."""
+        new = data.with_name(_data_name(data))
+        fd = os.open(new, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _lock(fd)
+            copied = 0
+            while copied < offset:
+                n = os.copy_file_range(old, fd, offset - copied, copied, copied)
+                if n == 0:
+                    raise StaleWriter(f"{data.name} holds {copied} bytes, not {offset}")
+                copied += n
+            data.unlink(missing_ok=True)
+        except BaseException:
+            os.close(fd)
+            new.unlink(missing_ok=True)
+            raise
+        os.close(old)
+        return new, fd
+
+    async def writer(self, key: str, state: bytes | None = None) -> FilesystemObjectWriter:
+        return await asyncio.to_thread(self._open, key, state)
+
+    @_full_is_typed
+    def _move(self, source: str, target: str) -> None:
+        src, dst = self.files._path(source), self.files._path(target)
+        if not src.is_file():
+            raise PathNotFound(source)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if paths.is_content_addressed(target):
+            _link_new(src, dst)
+            src.unlink(missing_ok=True)
+        else:
+            os.replace(src, dst)
+        _fsync_dir(dst.parent)
+
+    async def move(self, source: str, target: str) -> None:
+        await asyncio.to_thread(self._move, source, target)
+
+    def _delete_uploads(self, key: str) -> None:
+        path = self.files._path(key)
+        if path.parent.is_dir():
+            for leftover in path.parent.glob(f".{escape(path.name)}.*.upload"):
+                leftover.unlink(missing_ok=True)
+
+    async def delete(self, key: str) -> None:
+        await self.files.delete(key)
+        await asyncio.to_thread(self._delete_uploads, key)
+
+    async def redirect_url(
+        self, key: str, method: Literal["GET", "HEAD"] = "GET", expires: int = REDIRECT_EXPIRES
+    ) -> str | None:
+        return None
+
+    def local_path(self, key: str) -> Path | None:
+        return self.files.local_path(key)
+
+    async def close(self) -> None:
+        pass
+
+
+if TYPE_CHECKING:  # mypy checks that the classes meet the protocols
+    _driver: ObjectDriver = FilesystemObjects(Path())
+    _writer: ObjectWriter = cast(FilesystemObjectWriter, None)

@@ -1,0 +1,111 @@
+"""The object-store-shaped driver protocol (issue 10), beside the older `base.StorageDriver`.
+
+A driver stores opaque byte strings at slash-separated keys, in the shape object stores have:
+stat, ranged read, small get/put, a resumable append-only writer whose `commit` makes the
+object whole *at its own key* (on S3 the multipart upload simply becomes the object: no byte
+is copied), a move, a delete (of a key or a prefix), and an optional presigned URL. It must
+not know about digests, manifests or HTTP; keys are computed in `moorage.storage.paths`.
+
+Design and the reasoning behind each rule: docs/design/storage-drivers.md. What defines a
+driver is the suite every driver runs: tests/storage/test_driver_suite.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from moorage.storage.base import StorageError
+
+REDIRECT_EXPIRES = 1200  # seconds a presigned URL stays valid unless asked otherwise
+
+
+class StaleWriter(StorageError):
+    """The writer's object was written to by someone else since its state was taken (a writer
+    that lost its lease), or it is gone (cancelled, committed, expired). Nothing was
+    committed; the upload must start again."""
+
+
+class ObjectWriter(Protocol):
+    """Appends to one object being written. Bytes become visible at the key only on `commit`."""
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far, from the first writer of this object on."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def state(self) -> bytes:
+        """Make what was written so far resumable and return a small opaque state (JSON) that
+        `ObjectDriver.writer(key, state)` resumes from, on this node or any other. The caller
+        stores it with the upload session after each chunk. Async because a driver may first
+        have to store bytes it still holds in memory (S3: a tail smaller than a part)."""
+
+    async def close(self) -> None:
+        """Let go of the object without committing (a chunk is done); resume with the state.
+        Bytes written after the last `state()` are lost."""
+
+    async def commit(self) -> str:
+        """Make the object whole and durable at its key; return the key where it now lives.
+
+        A content-addressed key (`paths.is_content_addressed`) that already holds an object
+        keeps it (same content by definition) and this writer's bytes are dropped. Raises
+        `StaleWriter` if another writer's bytes got in the way: nothing is committed then."""
+
+    async def cancel(self) -> None:
+        """Drop the object and free everything it holds (S3: abort the multipart upload)."""
+
+
+class ObjectDriver(Protocol):
+    async def stat(self, key: str) -> int | None:
+        """Size of the object, or None if absent."""
+
+    def reader(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream `length` bytes (all when None) from `offset`; a range past the end yields
+        what there is (maybe nothing). PathNotFound if absent (raised on first iteration)."""
+
+    async def get(self, key: str) -> bytes:
+        """A small object whole; PathNotFound if absent."""
+
+    async def put(self, key: str, data: bytes) -> None:
+        """Store a small object whole. A content-addressed key that exists is left alone."""
+
+    async def writer(self, key: str, state: bytes | None = None) -> ObjectWriter:
+        """A new writer for `key`, or the continuation of one from what its `state()` returned
+        (possibly on another node). A resumed writer never lets bytes that an older writer of
+        the same state writes late into the committed object (see the design note)."""
+
+    async def move(self, source: str, target: str) -> None:
+        """Move an object; a content-addressed `target` that exists is kept (source dropped).
+        PathNotFound if `source` is absent."""
+
+    async def delete(self, key: str) -> None:
+        """Remove an object, or everything below a prefix, and any unfinished writer data of
+        them; absent is not an error."""
+
+    async def redirect_url(
+        self, key: str, method: Literal["GET", "HEAD"] = "GET", expires: int = REDIRECT_EXPIRES
+    ) -> str | None:
+        """A URL a client may fetch the object from directly (presigned), or None."""
+
+    def local_path(self, key: str) -> Path | None:
+        """A local file holding the object, for zero-copy sending; None if not local."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def encode_state(driver: str, **fields: Any) -> bytes:
+    return json.dumps({"driver": driver, "v": 1, **fields}, separators=(",", ":")).encode()
+
+
+def decode_state(driver: str, state: bytes) -> dict[str, Any]:
+    try:
+        data = json.loads(state)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StorageError("unreadable writer state") from exc
+    if not isinstance(data, dict) or data.get("driver") != driver or data.get("v") != 1:
+        raise StorageError(f"not a {driver} writer state")
+    return data
