@@ -52,6 +52,7 @@ _UNREACHABLE = (
     asyncpg.PostgresConnectionError,  # class 08
     asyncpg.exceptions.OperatorInterventionError,  # class 57: shutdown, starting, timeout
     asyncpg.exceptions.InsufficientResourcesError,  # class 53: too many connections, ...
+    asyncpg.exceptions.LockNotAvailableError,  # waited out lock_timeout
     asyncpg.InterfaceError,  # "connection is closed"
     sa_exc.TimeoutError,  # no free connection in the pool in time
 )
@@ -113,8 +114,13 @@ class PostgresRunner:
         in the middle of a statement (the connection would be lost with it)."""
         task = asyncio.ensure_future(call)
         self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        task.add_done_callback(self._finished)
         return await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._running.discard(task)
+        if not task.cancelled():
+            task.exception()  # seen: a caller that was cancelled meanwhile cannot see it
 
     async def read(self, work: Work[T]) -> T:
         return await self._shielded(self._read(work))

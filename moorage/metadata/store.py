@@ -345,7 +345,7 @@ class MetadataStore(V1Queries):
             .on_conflict_do_nothing(index_elements=[r.c.name])
             .returning(r.c.id)
         )
-        # Two rounds at most: a row found by neither statement was deleted in between.
+        # Another round only when a row found by neither statement was deleted in between.
         for _ in range(3):
             found = conn.execute(locked).scalar()
             if found is None:
