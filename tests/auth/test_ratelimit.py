@@ -186,3 +186,20 @@ async def test_ipv6_addresses_count_per_64_and_ipv4_alone() -> None:
     assert await limiter.retry_after("alice", "::ffff:192.0.2.1") > 0
     assert await limiter.retry_after("alice", "192.0.2.2") == 0
     assert await limiter.retry_after("bob", "192.0.2.1") == 0
+
+
+async def test_nodes_on_one_database_share_the_failure_counts(
+    make_registry: MakeRegistry, fresh_database: str
+) -> None:
+    """Two nodes on one PostgreSQL: failures on either count against the one limit, so the
+    next try on either node is refused (the limit is not nodes x the limit)."""
+    shared = {"metadata": {"url": fresh_database}}
+    nodes = [
+        (await make_registry("basic", shared, maxfailures=MAX, window=WINDOW)).client
+        for _ in range(2)
+    ]
+    for i in range(MAX):
+        resp = await nodes[i % 2].get("/v2/", headers=basic("alice", "wrong"))
+        assert resp.status == 401
+    for node in nodes:
+        await assert_limited(await node.get("/v2/", headers=basic("alice")))
