@@ -56,6 +56,9 @@ async def _expire_uploads(registry: Registry) -> None:
     while True:
         await asyncio.sleep(EXPIRY_INTERVAL)
         try:
+            # One sweep per period for the whole cluster: every worker of every node asks.
+            if not await registry.metadata.claim("upload-expiry", EXPIRY_INTERVAL * 0.9):
+                continue
             dropped = await registry.blobs.expire()
             if dropped:
                 log.info("expired upload sessions", extra={"count": dropped})
@@ -97,6 +100,8 @@ def create_app(settings: Settings) -> web.Application:
         storage = FilesystemDriver(settings.blob_root)
         metadata = MetadataStore(settings.metadata_url)
         await metadata.open()
+        if metadata.shared:
+            app[AUTH].limiter.share(metadata)
         registry = Registry(settings, storage, metadata)
         app[REGISTRY] = registry
         app[V1] = V1Service(registry)

@@ -28,6 +28,7 @@ from tests.services.fixtures import (  # noqa: F401  (fixtures, registered by im
     fresh_bucket,
     fresh_database,
     haproxy,
+    migrated_database,
     postgres_service,
     s3_service,
 )

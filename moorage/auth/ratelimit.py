@@ -7,16 +7,24 @@ address, and only that address is refused; the user logs in from elsewhere. IPv6
 count per /64, the block one host usually holds, so that rotating through it does not reset
 the count.
 
-Counters live in each worker process's memory: a node with N workers lets an attacker try at
-most N times the limit per window, which is still a hard ceiling (documented trade-off; a
-shared counter in metadata would cost a write per failed login).
+Where the counters live:
+- One node (SQLite, the default): in each worker process's memory. A node with N workers lets
+  an attacker try at most N times the limit per window, still a hard ceiling (a shared counter
+  would cost a write to the database per failed login).
+- Several nodes on one database (`share`): in the database (a `FailureTable`, the metadata
+  store), so the limit holds across every worker of every node. There a key's window is fixed:
+  it starts at its first failure and is refused once full until it ends (so at most twice the
+  limit fits in any one window's length). Keys are stored hashed: they hold user names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import time
 from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
 
 
 class FailureLimiter:
@@ -66,19 +74,57 @@ def address_key(address: str) -> str:
     return str(parsed)
 
 
+class FailureTable(Protocol):
+    """Failure counters every node shares (the metadata store implements it)."""
+
+    async def login_failures(
+        self, keys: Sequence[str], since: float
+    ) -> dict[str, tuple[float, int]]:
+        """key -> (window start, failures) for windows that started after `since`."""
+        ...
+
+    async def login_failed(self, keys: Sequence[str], now: float, window: float) -> None: ...
+
+
+def _stored(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
+
+
 class LoginLimiter:
     """The two limits of a login: per (user, address) pair and per address."""
 
     def __init__(self, per_pair: int, per_address: int, window: float) -> None:
         self.pairs = FailureLimiter(per_pair, window)
         self.addresses = FailureLimiter(per_address, window)
+        self.window = window
+        self.table: FailureTable | None = None
 
-    def retry_after(self, user: str, address: str) -> int:
+    def share(self, table: FailureTable) -> None:
+        """Count in `table` from now on (several nodes share it), not in this process."""
+        self.table = table
+
+    def _keys(self, user: str, address: str) -> tuple[str, str]:
+        where = address_key(address)
+        return f"p:{user}\0{where}", f"a:{where}"
+
+    async def retry_after(self, user: str, address: str) -> int:
         """Seconds `address` must wait before trying `user` again (0: it may try now)."""
-        where = address_key(address)
-        return max(self.pairs.retry_after(f"{user}\0{where}"), self.addresses.retry_after(where))
+        pair, where = self._keys(user, address)
+        if self.table is None:
+            return max(self.pairs.retry_after(pair), self.addresses.retry_after(where))
+        now = time.time()
+        found = await self.table.login_failures([_stored(pair), _stored(where)], now - self.window)
+        wait = 0.0
+        for key, limit in ((pair, self.pairs.max_failures), (where, self.addresses.max_failures)):
+            started, count = found.get(_stored(key), (0.0, 0))
+            if count >= limit:
+                wait = max(wait, started + self.window - now)
+        return int(wait) + 1 if wait > 0 else 0
 
-    def failed(self, user: str, address: str) -> None:
-        where = address_key(address)
-        self.pairs.failed(f"{user}\0{where}")
-        self.addresses.failed(where)
+    async def failed(self, user: str, address: str) -> None:
+        pair, where = self._keys(user, address)
+        if self.table is None:
+            self.pairs.failed(pair)
+            self.addresses.failed(where)
+            return
+        await self.table.login_failed([_stored(pair), _stored(where)], time.time(), self.window)

@@ -104,12 +104,12 @@ class Authenticator:
         """Check a user's password; returns the user name. Raises BadCredentials or
         RateLimited (too many recent failures from this client address, for this user or
         for any: never for the user alone, see `ratelimit.py`)."""
-        wait = self.limiter.retry_after(credentials.user, client)
+        wait = await self.limiter.retry_after(credentials.user, client)
         if wait:
             raise RateLimited(wait)
         assert self.users is not None
         if not await asyncio.to_thread(self.users.check, credentials.user, credentials.password):
-            self.limiter.failed(credentials.user, client)
+            await self.limiter.failed(credentials.user, client)
             raise BadCredentials("wrong user name or password")
         return credentials.user
 

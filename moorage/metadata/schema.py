@@ -189,3 +189,26 @@ v1_tag_info = Table(
     Column("tag", String(128), primary_key=True),
     Column("info", Text, nullable=False),
 )
+
+# -- shared by every node (issue 10) ---------------------------------------------------------
+
+# Chores the whole cluster runs once per period (upload expiry): a worker runs one only if it
+# moved `until` forward, which it may do only once `until` has passed (`MetadataStore.claim`).
+chores = Table(
+    "chores",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("until", Float, nullable=False),
+)
+
+# Failed logins per limiter key (a SHA-256 of it: keys hold user names and addresses), counted
+# in fixed windows that start at a key's first failure (auth/ratelimit.py). Used when the
+# database is shared by several nodes; one node counts in memory.
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("started", Float, nullable=False),
+    Column("count", Integer, nullable=False),
+    Index("login_failures_started", "started"),
+)

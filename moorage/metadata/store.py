@@ -9,7 +9,14 @@ where it runs:
   whole in one call (`BEGIN IMMEDIATE` ... `COMMIT`), so SQLite's one write lock is held only
   for the SQL itself, never across event-loop turns; workers in other processes queue on it
   through a lock file, woken as soon as it is free (see `_SQLiteWriter`).
-- Any other database: an async engine, with each function run through `run_sync`.
+- PostgreSQL, shared by every node: an async engine with a bounded pool, each function run
+  through `run_sync`, serialization failures retried, an unreachable database `Unavailable`
+  (see `postgres.py`).
+
+Writes do not rely on running one at a time: a row two writers may create at once is inserted
+with `ON CONFLICT DO NOTHING` (or upserted with `DO UPDATE`), a row whose current state decides
+a write is changed by a conditional UPDATE or read `FOR UPDATE` first, and rows locked in
+batches are taken in sorted order (no deadlocks between two pushes of the same layers).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from sqlalchemy import (
     Select,
     and_,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
@@ -46,12 +54,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from moorage.errors import StorageFull
-from moorage.metadata import globs, migrations, reserve
+from moorage.metadata import dialect, globs, migrations, reserve
 from moorage.metadata import schema as t
 from moorage.metadata.v1 import V1Queries
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncEngine
+    from moorage.metadata.postgres import PostgresRunner
 
 T = TypeVar("T")
 Work = Callable[[Connection], T]
@@ -238,7 +246,8 @@ class MetadataStore(V1Queries):
         self._writer: _SQLiteWriter | None = None
         self._reader: Engine | None = None
         self._held: Connection | None = None  # the reader connection in use (SQLite)
-        self._async: AsyncEngine | None = None
+        self._pg: PostgresRunner | None = None
+        self._failures_counted = 0
         if self.is_sqlite:
             if not parsed.database or parsed.database == ":memory:":
                 raise ValueError("SQLite metadata needs a file (readers and the writer share it)")
@@ -251,11 +260,15 @@ class MetadataStore(V1Queries):
             self._reader = _sqlite_engine(
                 sync_url, "busy_timeout=5000", "query_only=ON", pool_size=1
             )
-        else:
+        elif parsed.get_backend_name() == "postgresql":
+            if parsed.get_driver_name() != "asyncpg":
+                raise ValueError("PostgreSQL metadata needs a postgresql+asyncpg:// URL")
             # Imported here: the async extension (and greenlet) costs every process ~6 MiB.
-            from sqlalchemy.ext.asyncio import create_async_engine
+            from moorage.metadata.postgres import PostgresRunner
 
-            self._async = create_async_engine(url, pool_size=10, max_overflow=10)
+            self._pg = PostgresRunner(url)
+        else:
+            raise ValueError(f"unsupported metadata database: {parsed.get_backend_name()}")
 
     async def open(self) -> None:
         """SQLite: migrate the schema to head, in one write transaction under the writers' lock
@@ -275,8 +288,8 @@ class MetadataStore(V1Queries):
         self._drop_held()
         if self._reader is not None:
             self._reader.dispose()
-        if self._async is not None:
-            await self._async.dispose()
+        if self._pg is not None:
+            await self._pg.close()
 
     async def _read(self, work: Work[T]) -> T:
         """Run `work` on a reading connection (no transaction is held open after it).
@@ -294,9 +307,8 @@ class MetadataStore(V1Queries):
             except BaseException:
                 self._drop_held()
                 raise
-        assert self._async is not None
-        async with self._async.connect() as aconn:
-            return await aconn.run_sync(work)
+        assert self._pg is not None
+        return await self._pg.read(work)
 
     async def _column(self, query: Select[Any]) -> list[Any]:
         """The first column of every row of `query`."""
@@ -312,20 +324,36 @@ class MetadataStore(V1Queries):
         only deletes, and may use the space reserve on a full disk."""
         if self._writer is not None:
             return await self._writer.run(work, frees)
-        assert self._async is not None
-        async with self._async.begin() as aconn:
-            return await aconn.run_sync(work)
+        assert self._pg is not None
+        return await self._pg.write(work)
 
     # -- repositories ------------------------------------------------------------------
 
     @staticmethod
     def _repository_id(conn: Connection, name: str, create: bool) -> int | None:
-        query = select(t.repositories.c.id).where(t.repositories.c.name == name)
-        found = conn.execute(query).scalar()
-        if found is not None or not create:
-            return found
-        result = conn.execute(insert(t.repositories).values(name=name, created=time.time()))
-        return int(result.inserted_primary_key[0])  # type: ignore[index]
+        """The repository's id; with `create`, made if missing, and share-locked until the
+        transaction ends (a `delete_repository` running meanwhile waits for it, or it for the
+        delete, and then the repository is made anew), so rows written under the id never
+        point at a deleted repository."""
+        r = t.repositories
+        query = select(r.c.id).where(r.c.name == name)
+        if not create:
+            return conn.execute(query).scalar()
+        locked = query.with_for_update(read=True, key_share=True)
+        made = (
+            dialect.insert(conn, r)
+            .values(name=name, created=time.time())
+            .on_conflict_do_nothing(index_elements=[r.c.name])
+            .returning(r.c.id)
+        )
+        # Another round only when a row found by neither statement was deleted in between.
+        for _ in range(3):
+            found = conn.execute(locked).scalar()
+            if found is None:
+                found = conn.execute(made).scalar()
+            if found is not None:
+                return int(found)
+        raise RuntimeError(f"repository {name!r} could not be created")
 
     async def ensure_repository(self, name: str) -> None:
         await self._write(lambda conn: self._repository_id(conn, name, create=True))
@@ -419,29 +447,26 @@ class MetadataStore(V1Queries):
         await self._write(lambda conn: self._link(conn, repository, rows))
 
     def _link(self, conn: Connection, repository: str, rows: Iterable[BlobRow]) -> None:
+        """Record each blob unless known (a known blob keeps its key) and link it."""
         now = time.time()
         repo_id = self._repository_id(conn, repository, create=True)
-        for row in rows:
-            known = select(t.blobs.c.digest).where(t.blobs.c.digest == row.digest)
-            if conn.execute(known).first() is None:
-                conn.execute(
-                    insert(t.blobs).values(
-                        digest=row.digest,
-                        storage_key=row.storage_key,
-                        size=row.size,
-                        created=now,
-                    )
-                )
-            linked = select(t.repository_blobs.c.digest).where(
-                t.repository_blobs.c.repository_id == repo_id,
-                t.repository_blobs.c.digest == row.digest,
-            )
-            if conn.execute(linked).first() is None:
-                conn.execute(
-                    insert(t.repository_blobs).values(
-                        repository_id=repo_id, digest=row.digest, created=now
-                    )
-                )
+        unique = {row.digest: row for row in rows}
+        if not unique:
+            return
+        ordered = [unique[digest] for digest in sorted(unique)]  # one lock order for all
+        conn.execute(
+            dialect.insert(conn, t.blobs).on_conflict_do_nothing(index_elements=["digest"]),
+            [
+                {"digest": r.digest, "storage_key": r.storage_key, "size": r.size, "created": now}
+                for r in ordered
+            ],
+        )
+        conn.execute(
+            dialect.insert(conn, t.repository_blobs).on_conflict_do_nothing(
+                index_elements=["repository_id", "digest"]
+            ),
+            [{"repository_id": repo_id, "digest": r.digest, "created": now} for r in ordered],
+        )
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         def work(conn: Connection) -> bool:
@@ -628,41 +653,40 @@ class MetadataStore(V1Queries):
         children = sorted(set(references))
         repo_id = self._repository_id(conn, repository, create=True)
         m = t.manifests
-        present = select(m.c.digest).where(m.c.repository_id == repo_id, m.c.digest == row.digest)
-        if conn.execute(present).first() is None:
-            conn.execute(
-                insert(m).values(
-                    repository_id=repo_id,
-                    digest=row.digest,
-                    media_type=row.media_type,
-                    content=row.content,
-                    subject=row.subject,
-                    artifact_type=row.artifact_type,
-                    annotations=json.dumps(row.annotations) if row.annotations else None,
-                    created=now,
-                )
+        stored = conn.execute(
+            dialect.insert(conn, m)
+            .values(
+                repository_id=repo_id,
+                digest=row.digest,
+                media_type=row.media_type,
+                content=row.content,
+                subject=row.subject,
+                artifact_type=row.artifact_type,
+                annotations=json.dumps(row.annotations) if row.annotations else None,
+                created=now,
             )
-            if children:
-                conn.execute(
-                    insert(t.manifest_references),
-                    [
-                        {"repository_id": repo_id, "digest": row.digest, "child": child}
-                        for child in children
-                    ],
-                )
+            .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+            .returning(m.c.digest)
+        ).first()
+        if stored is not None and children:  # the references come with the manifest's row
+            mr = t.manifest_references
+            conn.execute(
+                dialect.insert(conn, mr).on_conflict_do_nothing(
+                    index_elements=["repository_id", "digest", "child"]
+                ),
+                [{"repository_id": repo_id, "digest": row.digest, "child": c} for c in children],
+            )
         if tag is not None:
             tg = t.tags
-            moved = conn.execute(
-                update(tg)
-                .where(tg.c.repository_id == repo_id, tg.c.name == tag)
-                .values(digest=row.digest, updated=now)
+            moved = dialect.insert(conn, tg).values(
+                repository_id=repo_id, name=tag, digest=row.digest, updated=now
             )
-            if not moved.rowcount:
-                conn.execute(
-                    insert(tg).values(
-                        repository_id=repo_id, name=tag, digest=row.digest, updated=now
-                    )
+            conn.execute(
+                moved.on_conflict_do_update(
+                    index_elements=["repository_id", "name"],
+                    set_={"digest": moved.excluded.digest, "updated": moved.excluded.updated},
                 )
+            )
 
     async def delete_manifest(self, repository: str, digest: str) -> bool:
         """Delete a manifest and every tag pointing at it."""
@@ -777,6 +801,67 @@ class MetadataStore(V1Queries):
             )
             for row in rows
         ]
+
+    # -- shared by every node -----------------------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Is the database shared by several nodes (state kept in one process is not enough)?"""
+        return self._pg is not None
+
+    async def claim(self, chore: str, every: float) -> bool:
+        """Claim the next run of a chore the cluster runs once per `every` seconds (every
+        worker of every node asks; True for one of them per period)."""
+        now = time.time()
+        c = t.chores
+
+        def work(conn: Connection) -> bool:
+            claimed = dialect.insert(conn, c).values(name=chore, until=now + every)
+            claimed = claimed.on_conflict_do_update(
+                index_elements=["name"],
+                set_={"until": claimed.excluded.until},
+                where=c.c.until <= now,
+            )
+            return conn.execute(claimed.returning(c.c.name)).first() is not None
+
+        return await self._write(work)
+
+    async def login_failures(
+        self, keys: Sequence[str], since: float
+    ) -> dict[str, tuple[float, int]]:
+        """key -> (window start, failures in it) of the keys whose window started after
+        `since`."""
+        f = t.login_failures
+        query = select(f.c.key, f.c.started, f.c.count).where(
+            f.c.key.in_(list(keys)), f.c.started > since
+        )
+        rows = await self._read(lambda conn: conn.execute(query).all())
+        return {row[0]: (row[1], row[2]) for row in rows}
+
+    async def login_failed(self, keys: Sequence[str], now: float, window: float) -> None:
+        """Count a failure against each key: in its window, or in a new one from `now` if
+        the last started `window` seconds ago or more. Now and then drops old windows."""
+        f = t.login_failures
+        expired = f.c.started <= now - window
+        self._failures_counted += 1
+        prune = self._failures_counted % 64 == 1
+
+        def work(conn: Connection) -> None:
+            for key in sorted(set(keys)):
+                counted = dialect.insert(conn, f).values(key=key, started=now, count=1)
+                conn.execute(
+                    counted.on_conflict_do_update(
+                        index_elements=["key"],
+                        set_={
+                            "started": case((expired, now), else_=f.c.started),
+                            "count": case((expired, 1), else_=f.c.count + 1),
+                        },
+                    )
+                )
+            if prune:
+                conn.execute(delete(f).where(f.c.started < now - 2 * window))
+
+        await self._write(work)
 
     async def count(self, table: str) -> int:
         """Row count of one table (for tests and diagnostics)."""

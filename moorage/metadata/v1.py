@@ -2,7 +2,8 @@
 
 A mixin of `MetadataStore` (it uses the store's engines); kept apart so each file stays about
 one thing. State changes that race (a re-sent image JSON against a streaming layer) are
-compare-and-set on the image's `generation`.
+compare-and-set on the image's `generation`; rows two pushes may create at once are inserted
+with `ON CONFLICT` (see `store.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Select, delete, insert, literal, select, update
 
+from moorage.metadata import dialect
 from moorage.metadata import schema as t
 
 if TYPE_CHECKING:
@@ -128,11 +130,6 @@ class V1Queries:
         now = time.time()
 
         def work(conn: Connection) -> int | None:
-            found = conn.execute(
-                select(i.c.state, i.c.generation).where(i.c.id == image_id)
-            ).first()
-            if found is not None and found[0] == "complete":
-                return None
             values: dict[str, Any] = {
                 "json": body,
                 "parent": parent,
@@ -148,14 +145,16 @@ class V1Queries:
                 "uploader": uploader,
                 "updated": now,
             }
-            if found is None:
-                conn.execute(insert(i).values(id=image_id, generation=1, **values))
-                return 1
-            generation = int(found[1]) + 1
-            conn.execute(
-                update(i).where(i.c.id == image_id).values(generation=generation, **values)
+            # One statement: a new image starts at generation 1, an incomplete one is reset
+            # and its generation bumped, a complete one is left alone (no row comes back).
+            upsert = dialect.insert(conn, i).values(id=image_id, generation=1, **values)
+            upsert = upsert.on_conflict_do_update(
+                index_elements=["id"],
+                set_={"generation": i.c.generation + 1, **values},
+                where=i.c.state != "complete",
             )
-            return generation
+            generation = conn.execute(upsert.returning(i.c.generation)).scalar()
+            return None if generation is None else int(generation)
 
         return await self._write(work)
 
@@ -185,16 +184,16 @@ class V1Queries:
             )
             if not result.rowcount:
                 return False
-            known = select(t.blobs.c.digest).where(t.blobs.c.digest == sums.blob_digest)
-            if conn.execute(known).first() is None:
-                conn.execute(
-                    insert(t.blobs).values(
-                        digest=sums.blob_digest,
-                        storage_key=sums.storage_key,
-                        size=sums.size,
-                        created=time.time(),
-                    )
+            conn.execute(
+                dialect.insert(conn, t.blobs)
+                .values(
+                    digest=sums.blob_digest,
+                    storage_key=sums.storage_key,
+                    size=sums.size,
+                    created=time.time(),
                 )
+                .on_conflict_do_nothing(index_elements=["digest"])
+            )
             return True
 
         return await self._write(work)
@@ -241,18 +240,12 @@ class V1Queries:
                 blobs.append(row[1])
             if row[0]:
                 pending.append(row[0])
-        linked = set(
-            conn.execute(
-                select(t.v1_links.c.image_id).where(
-                    t.v1_links.c.repository_id == repo_id, t.v1_links.c.image_id.in_(seen)
-                )
-            ).scalars()
+        conn.execute(
+            dialect.insert(conn, t.v1_links).on_conflict_do_nothing(
+                index_elements=["image_id", "repository_id"]
+            ),
+            [{"image_id": x, "repository_id": repo_id} for x in sorted(seen)],
         )
-        new = sorted(seen - linked)
-        if new:
-            conn.execute(
-                insert(t.v1_links), [{"image_id": x, "repository_id": repo_id} for x in new]
-            )
         if blobs:
             rows = conn.execute(
                 select(t.blobs.c.digest, t.blobs.c.storage_key, t.blobs.c.size).where(
@@ -296,8 +289,14 @@ class V1Queries:
     ) -> None:
         ti = t.v1_tag_info
         repo_id = self._repository_id(conn, repository, create=True)
-        conn.execute(delete(ti).where(ti.c.repository_id == repo_id, ti.c.tag == tag))
-        conn.execute(insert(ti).values(repository_id=repo_id, tag=tag, info=json.dumps(info)))
+        upsert = dialect.insert(conn, ti).values(
+            repository_id=repo_id, tag=tag, info=json.dumps(info)
+        )
+        conn.execute(
+            upsert.on_conflict_do_update(
+                index_elements=["repository_id", "tag"], set_={"info": upsert.excluded.info}
+            )
+        )
 
     async def v1_tag(
         self,
@@ -367,35 +366,41 @@ class V1Queries:
         if not images:
             return True
         i = t.v1_images
+        ids = [x["id"] for x in images]
 
         def work(conn: Connection) -> bool:
+            # Insert what is missing (a concurrent insert of the same ids waits here), then
+            # check every row, ours or not (complete rows never change); any mismatch undoes
+            # it all.
+            now = time.time()
+            conn.execute(
+                dialect.insert(conn, i).on_conflict_do_nothing(index_elements=["id"]),
+                [
+                    {"state": "complete", "generation": 1, "updated": now, **image}
+                    for image in sorted(images, key=lambda x: str(x["id"]))
+                ],
+            )
             rows = conn.execute(
-                select(i.c.id, i.c.json, i.c.blob_digest, i.c.state).where(
-                    i.c.id.in_([x["id"] for x in images])
-                )
+                select(i.c.id, i.c.json, i.c.blob_digest, i.c.state).where(i.c.id.in_(ids))
             ).all()
             known = {row[0]: row for row in rows}
             for image in images:
                 row = known.get(image["id"])
-                if row is not None and (
+                if row is None or (
                     bytes(row[1]) != image["json"]
                     or row[2] != image["blob_digest"]
                     or row[3] != "complete"
                 ):
-                    return False
-            for image in images:
-                if image["id"] not in known:
-                    conn.execute(
-                        insert(i).values(
-                            state="complete", generation=1, updated=time.time(), **image
-                        )
-                    )
+                    raise _Mismatch()
             top = images[-1]["id"]
             self._v1_link(conn, repository, [top])
             self._v1_set_manifest_image(conn, repository, manifest_digest, top)
             return True
 
-        return await self._write(work)
+        try:
+            return await self._write(work)
+        except _Mismatch:
+            return False
 
     # -- proof-of-possession uploads -----------------------------------------------------
 
@@ -403,8 +408,15 @@ class V1Queries:
         p = t.v1_proofs
 
         def work(conn: Connection) -> None:
-            conn.execute(delete(p).where(p.c.image_id == image_id, p.c.principal == principal))
-            conn.execute(insert(p).values(image_id=image_id, principal=principal, expires=expires))
+            upsert = dialect.insert(conn, p).values(
+                image_id=image_id, principal=principal, expires=expires
+            )
+            conn.execute(
+                upsert.on_conflict_do_update(
+                    index_elements=["image_id", "principal"],
+                    set_={"payload_checksum": None, "expires": expires},
+                )
+            )
 
         await self._write(work)
 
@@ -462,13 +474,11 @@ class V1Queries:
     ) -> None:
         m = t.v1_manifest_images
         repo_id = self._repository_id(conn, repository, create=True)
-        where = (m.c.repository_id == repo_id, m.c.manifest_digest == manifest_digest)
-        if conn.execute(select(m.c.image_id).where(*where)).first() is None:
-            conn.execute(
-                insert(m).values(
-                    repository_id=repo_id, manifest_digest=manifest_digest, image_id=image_id
-                )
-            )
+        conn.execute(
+            dialect.insert(conn, m)
+            .values(repository_id=repo_id, manifest_digest=manifest_digest, image_id=image_id)
+            .on_conflict_do_nothing(index_elements=["repository_id", "manifest_digest"])
+        )
 
     # -- push sessions -------------------------------------------------------------------
 
@@ -530,7 +540,11 @@ class V1Queries:
         v1 images stay for garbage collection (other repositories may share them)."""
 
         def work(conn: Connection) -> bool:
-            repo_id = self._repository_id(conn, repository, create=False)
+            r = t.repositories
+            # Locked: a write that holds the repository (see `_repository_id`) ends first.
+            repo_id = conn.execute(
+                select(r.c.id).where(r.c.name == repository).with_for_update()
+            ).scalar()
             if repo_id is None:
                 return False
             for table in (
@@ -555,6 +569,10 @@ class V1Queries:
         query = select(r.c.name).where(r.c.name.ilike(f"%{_escape_like(term)}%", escape="\\"))
         query = query.order_by(r.c.name).limit(limit)
         return await self._column(query)
+
+
+class _Mismatch(Exception):
+    """An image id is taken by other content: roll the whole transaction back."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,14 +175,31 @@ async def test_successful_logins_do_not_count(
     assert (await client.get("/v2/", headers=basic("alice"))).status == 200
 
 
-def test_ipv6_addresses_count_per_64_and_ipv4_alone() -> None:
+async def test_ipv6_addresses_count_per_64_and_ipv4_alone() -> None:
     limiter = LoginLimiter(per_pair=2, per_address=100, window=WINDOW)
     for host in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::9"):
-        limiter.failed("alice", host)
-    assert limiter.retry_after("alice", "2001:db8:1:2::77") > 0
-    assert limiter.retry_after("alice", "2001:db8:1:3::1") == 0
+        await limiter.failed("alice", host)
+    assert await limiter.retry_after("alice", "2001:db8:1:2::77") > 0
+    assert await limiter.retry_after("alice", "2001:db8:1:3::1") == 0
     for _ in range(2):
-        limiter.failed("alice", "192.0.2.1")
-    assert limiter.retry_after("alice", "::ffff:192.0.2.1") > 0
-    assert limiter.retry_after("alice", "192.0.2.2") == 0
-    assert limiter.retry_after("bob", "192.0.2.1") == 0
+        await limiter.failed("alice", "192.0.2.1")
+    assert await limiter.retry_after("alice", "::ffff:192.0.2.1") > 0
+    assert await limiter.retry_after("alice", "192.0.2.2") == 0
+    assert await limiter.retry_after("bob", "192.0.2.1") == 0
+
+
+async def test_nodes_on_one_database_share_the_failure_counts(
+    make_registry: MakeRegistry, migrated_database: str
+) -> None:
+    """Two nodes on one PostgreSQL: failures on either count against the one limit, so the
+    next try on either node is refused (the limit is not nodes x the limit)."""
+    shared = {"metadata": {"url": migrated_database}}
+    nodes = [
+        (await make_registry("basic", shared, maxfailures=MAX, window=WINDOW)).client
+        for _ in range(2)
+    ]
+    for i in range(MAX):
+        resp = await nodes[i % 2].get("/v2/", headers=basic("alice", "wrong"))
+        assert resp.status == 401
+    for node in nodes:
+        await assert_limited(await node.get("/v2/", headers=basic("alice")))

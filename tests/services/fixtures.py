@@ -14,6 +14,7 @@ A service that cannot start is an error, never a skip. Every script stops only w
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -104,10 +105,27 @@ async def fresh_database(postgres_service: Settings) -> AsyncIterator[str]:
     yield database_url(postgres_service, name)
     admin = await asyncpg.connect(postgres_service["DATABASE_URL"])
     try:
-        # FORCE: a connection the test left open must not keep the database alive
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        # FORCE: a connection the test left open must not keep the database alive. An
+        # autovacuum worker on the new database can refuse to be ended for a moment: retry.
+        for attempt in range(10):
+            try:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                break
+            except asyncpg.PostgresError:
+                if attempt == 9:
+                    raise
+                await asyncio.sleep(0.3)
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def migrated_database(fresh_database: str) -> str:
+    """A fresh database with Moorage's schema at head (`moorage db upgrade`)."""
+    from moorage.metadata import migrations
+
+    await migrations.run_async(fresh_database, migrations.upgrade)
+    return fresh_database
 
 
 def _content_md5(params: dict[str, Any], **_: Any) -> None:
