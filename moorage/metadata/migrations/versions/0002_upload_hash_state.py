@@ -1,4 +1,5 @@
-"""0002: uploads keep their running SHA-256 state (`uploads.hash_state`); `schema_info` = 2.
+"""0002: uploads keep their running SHA-256 state (`uploads.hash_state`) and their storage
+writer's state (`uploads.writer_state`, to resume the write on any node); `schema_info` = 2.
 
 `schema_info` is only for Moorage 0.1.0, which knows nothing of Alembic: at 2 it refuses the
 database ("metadata schema 2 is newer than this Moorage") instead of serving a schema it does not
@@ -20,10 +21,12 @@ _schema_info = sa.table("schema_info", sa.column("version", sa.Integer))
 
 def upgrade() -> None:
     op.add_column("uploads", sa.Column("hash_state", sa.LargeBinary(), nullable=True))
+    op.add_column("uploads", sa.Column("writer_state", sa.LargeBinary(), nullable=True))
     op.execute(_schema_info.update().values(version=2))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("uploads") as batch:
+        batch.drop_column("writer_state")
         batch.drop_column("hash_state")
     op.execute(_schema_info.update().values(version=1))
