@@ -24,7 +24,9 @@ from moorage.config import Settings
 from moorage.content.registry import Registry
 from moorage.content.v1 import V1Service
 from moorage.metadata import MetadataStore
-from moorage.storage.filesystem import FilesystemDriver
+from moorage.storage.fsobjects import FilesystemObjects
+from moorage.storage.objects import ObjectDriver
+from moorage.storage.s3 import S3Driver
 
 log = logging.getLogger("moorage")
 
@@ -66,6 +68,24 @@ async def _expire_uploads(registry: Registry) -> None:
             log.exception("upload expiry failed")
 
 
+async def open_storage(settings: Settings) -> ObjectDriver:
+    """The blob storage driver the settings name (`storage.driver`)."""
+    if settings.storage.driver == "s3":
+        s3 = settings.storage.s3
+        return await S3Driver.open(
+            s3.bucket,
+            endpoint=s3.endpoint,
+            region=s3.region,
+            prefix=s3.prefix,
+            accesskey=s3.accesskey,
+            secretkey=s3.secretkey.get_secret_value() if s3.secretkey else None,
+            # A part that takes longer than this is abandoned: well inside two thirds of the
+            # lease, so a stalled part cannot land after another request took the session.
+            part_timeout=min(30.0, settings.uploads.lease / 3),
+        )
+    return FilesystemObjects(settings.blob_root)
+
+
 def create_app(settings: Settings) -> web.Application:
     in_flight = InFlight()
     app = web.Application(
@@ -97,7 +117,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings.datadir.mkdir(parents=True, exist_ok=True)
-        storage = FilesystemDriver(settings.blob_root)
+        storage = await open_storage(settings)
         metadata = MetadataStore(settings.metadata_url)
         await metadata.open()
         if metadata.shared:

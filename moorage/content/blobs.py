@@ -43,8 +43,9 @@ from moorage.errors import (
     SizeInvalid,
 )
 from moorage.metadata import BlobRow, LeaseTaken, MetadataStore, UploadRow
-from moorage.storage import StorageDriver, StorageError, Writer, paths
+from moorage.storage import StorageError, paths
 from moorage.storage.base import StorageFull
+from moorage.storage.objects import ObjectDriver, ObjectWriter
 
 LEASE_SECONDS = 90.0
 HASHER_CACHE = 4096
@@ -105,6 +106,9 @@ class _Lease:
     offset: int | None
     renewed: float  # time.monotonic() when the lease was last taken or renewed (or just before)
     saved: bytes | None = None  # the session's stored hash state (of its bytes up to `start`)
+    writer: bytes | None = None  # the session's storage writer state (of those bytes)
+    written: bytes | None = None  # the writer state after this request's bytes
+    handle: ObjectWriter | None = None  # the storage writer this request holds open
     ended: bool = False  # the session was committed: no row left to release
 
 
@@ -130,7 +134,7 @@ class RangeMismatch(RangeInvalid):
 class BlobService:
     def __init__(
         self,
-        storage: StorageDriver,
+        storage: ObjectDriver,
         metadata: MetadataStore,
         upload_ttl: int,
         lease_seconds: float = LEASE_SECONDS,
@@ -152,7 +156,11 @@ class BlobService:
         return Blob(row.digest, row.size, self.storage.local_path(row.storage_key), row.storage_key)
 
     def read(self, blob: Blob, offset: int, length: int) -> AsyncIterator[bytes]:
-        return self.storage.read(blob.storage_key, offset, length)
+        return self.storage.reader(blob.storage_key, offset, length)
+
+    async def redirect(self, blob: Blob) -> str | None:
+        """A presigned URL the client may fetch the blob from directly (object stores)."""
+        return await self.storage.redirect_url(blob.storage_key)
 
     async def delete(self, repository: str, digest: str) -> None:
         digests.parse(digest)
@@ -240,8 +248,11 @@ class BlobService:
         state = UploadState(row.id, row.repository, row.offset)
         start = self._check_range(state, content_range, content_length)
         try:
-            async with self._lease(state, start, row.hash_state) as lease:
-                lease.offset = await self._stream(state.id, start, body, content_range, lease)
+            async with self._lease(state, start, row.hash_state, row.writer_state) as lease:
+                offset = await self._stream(state.id, start, body, content_range, lease)
+                if lease.handle is not None:
+                    lease.written = await self._save(state.id, lease.handle)
+                lease.offset = offset
         except LeaseLost:
             raise await self._lost(state) from None
         return UploadState(row.id, row.repository, lease.offset)
@@ -266,7 +277,7 @@ class BlobService:
         parsed = [digests.parse(d) for d in expected]
         start = self._check_range(state, content_range, content_length)
         try:
-            async with self._lease(state, start, row.hash_state) as lease:
+            async with self._lease(state, start, row.hash_state, row.writer_state) as lease:
                 lease.offset = await self._stream(state.id, start, body, content_range, lease)
                 try:
                     digest = await self._commit(state.id, repository, lease, parsed)
@@ -318,13 +329,17 @@ class BlobService:
 
     @asynccontextmanager
     async def _lease(
-        self, state: UploadState, start: int, saved: bytes | None = None
+        self,
+        state: UploadState,
+        start: int,
+        saved: bytes | None = None,
+        writer: bytes | None = None,
     ) -> AsyncIterator[_Lease]:
         """Hold the session's write lease: one writer at a time, at the expected offset.
 
         On exit the lease is released with `lease.offset` as the new offset (None: unchanged),
         unless the session was committed inside (`lease.ended`: no row is left)."""
-        lease = _Lease(_new_lease(), start, time.monotonic(), saved)
+        lease = _Lease(_new_lease(), start, time.monotonic(), saved, writer)
         until = time.time() + self.lease_seconds
         acquire = self.metadata.acquire_upload(state.id, start, lease.token, until)
         taken = await self._settle(state.id, lease.token, acquire)
@@ -347,22 +362,30 @@ class BlobService:
         lease.offset = None
         try:
             if taken is LeaseTaken.EXPIRED:
-                # The last holder ran out of time without releasing: it may be stalled with
-                # the upload's file open and write again when it wakes up. Give the key a
-                # fresh file first, so whatever it writes lands where nothing reads.
+                # The last holder ran out of time without releasing: it may be stalled and
+                # write again when it wakes up. Its bytes cannot reach what this lease commits:
+                # the storage writer resumed from the saved state leaves a writer that still
+                # holds the data alone (docs/design/storage-drivers.md). What this process
+                # hashed for the session may be the stalled writer's: forget it.
                 self._hashers.pop(state.id, None)
-                lease.saved = None
-                writer = await self._open(state.id, start, detach=True)
-                await writer.close()
             yield lease
         except BaseException:
             self._hashers.pop(state.id, None)
             lease.offset = None
             raise
         finally:
+            if lease.handle is not None:
+                # Bytes past the last saved state are dropped: the offset does not move.
+                with contextlib.suppress(StorageError):
+                    await asyncio.shield(lease.handle.close())
+                lease.handle = None
             if not lease.ended:
                 released = self.metadata.release_upload(
-                    state.id, lease.token, lease.offset, self._state_at(state.id, lease.offset)
+                    state.id,
+                    lease.token,
+                    lease.offset,
+                    self._state_at(state.id, lease.offset),
+                    lease.written,
                 )
                 if not await asyncio.shield(released) and lease.offset is not None:
                     # The lease was lost (expired and taken over): what this writer hashed may
@@ -394,21 +417,14 @@ class BlobService:
         content_range: tuple[int, int] | None,
         lease: _Lease,
     ) -> int:
-        """Append `body` at `start`, hashing as it goes; returns the new offset. With no body
-        nothing is touched: the commit drops whatever a failed write left past `start`."""
+        """Append `body` at `start`, hashing as it goes; returns the new offset. The storage
+        writer stays open in `lease.handle` (for the commit, or to save its state). With no
+        body nothing is touched."""
         received = 0 if body is None else await self._append(session_id, start, body, lease)
         if content_range is not None and received != content_range[1] - content_range[0] + 1:
             span = f"{content_range[0]}-{content_range[1]}"
             raise SizeInvalid(detail={"range": span, "received": received})
         return start + received
-
-    async def _open(self, session_id: str, start: int, detach: bool = False) -> Writer:
-        try:
-            return await self.storage.writer(paths.upload(session_id), start, detach=detach)
-        except StorageFull:
-            raise
-        except StorageError as exc:
-            raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
 
     def _state_at(self, session_id: str, offset: int | None) -> bytes | None:
         """The exported hash state of this process's hasher if it covers exactly `offset`."""
@@ -417,9 +433,35 @@ class BlobService:
             return None
         return hasher.export_sha256()
 
+    async def _save(self, session_id: str, writer: ObjectWriter) -> bytes:
+        """Make what the writer holds resumable (on any node) and return its state."""
+        try:
+            return await writer.state()
+        except StorageFull:
+            raise
+        except StorageError as exc:
+            raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
+
+    async def _open(self, session_id: str, start: int, state: bytes | None) -> ObjectWriter:
+        """The session's storage writer, resumed from its saved state, at `start` bytes."""
+        try:
+            writer = await self.storage.writer(paths.upload(session_id), state)
+        except StorageFull:
+            raise
+        except StorageError as exc:
+            raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
+        if writer.size != start:
+            await writer.close()
+            raise BlobUploadInvalid("upload data lost", {"uuid": session_id})
+        return writer
+
     async def _append(self, session_id: str, start: int, body: Body, lease: _Lease) -> int:
-        hasher = await self._hasher(session_id, start, saved=lease.saved)
-        writer = await self._open(session_id, start)
+        hasher = self._hasher(session_id, start, saved=lease.saved)
+        if hasher is None and start == 0:
+            hasher = Hasher()
+        # No hasher covers the bytes so far (a state that could not be saved): the commit
+        # hashes the committed object instead.
+        writer = lease.handle = await self._open(session_id, start, lease.writer)
         arrived = 0  # bytes of the body received so far
 
         async def counted() -> Body:
@@ -454,7 +496,10 @@ class BlobService:
             if time.monotonic() - lease.renewed > self.renew_seconds:
                 await renew()
             # Hash and write side by side on two threads (hashlib releases the GIL).
-            await asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
+            if hasher is None:
+                await writer.write(block)
+            else:
+                await asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
 
         renewer = asyncio.create_task(keep_alive())
         try:
@@ -463,8 +508,8 @@ class BlobService:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost):
                 await renewer
-            await writer.close()
-        self._remember(session_id, hasher)
+        if hasher is not None:
+            self._remember(session_id, hasher)
         return received
 
     def _remember(self, session_id: str, hasher: Hasher) -> None:
@@ -473,70 +518,96 @@ class BlobService:
         while len(self._hashers) > HASHER_CACHE:
             self._hashers.popitem(last=False)
 
-    async def _hasher(
+    def _hasher(
         self,
         session_id: str,
         offset: int,
         algorithms: tuple[str, ...] = (),
         saved: bytes | None = None,
-    ) -> Hasher:
-        """A hasher of the session's bytes [0, offset): this process's cached one, or the one
-        saved with the session (another worker or node wrote last), whichever has seen more,
-        brought up to `offset` from storage if it is behind; else a new one."""
+    ) -> Hasher | None:
+        """A hasher of exactly the session's bytes [0, offset): this process's cached one, or
+        the one saved with the session (another worker or node wrote last); None if neither."""
         hasher = self._hashers.pop(session_id, None)
-        if hasher is not None and (hasher.size > offset or not all(map(hasher.has, algorithms))):
+        if hasher is not None and (hasher.size != offset or not all(map(hasher.has, algorithms))):
             hasher = None
-        if saved is not None and (hasher is None or hasher.size < offset):
+        if hasher is None and saved is not None:
             try:
                 restored = Hasher.restore_sha256(saved)
             except (ValueError, sha256state.Unavailable):
                 restored = None
             if (
                 restored is not None
-                and restored.size <= offset
+                and restored.size == offset
                 and all(map(restored.has, algorithms))
-                and (hasher is None or restored.size > hasher.size)
             ):
                 hasher = restored
-        if hasher is None:
+        if hasher is None and offset == 0:
             hasher = Hasher(algorithms)
-        if hasher.size < offset:
-            start, key = hasher.size, paths.upload(session_id)
-            try:
-                async for chunk in self.storage.read(key, start, offset - start):
-                    await asyncio.to_thread(hasher.update, chunk)
-            except StorageFull:
-                raise
-            except StorageError as exc:
-                raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
-            if hasher.size != offset:
-                raise BlobUploadInvalid("upload data lost", {"uuid": session_id})
         return hasher
 
     async def _commit(
         self, session_id: str, repository: str, lease: _Lease, expected: list[digests.Digest]
     ) -> str:
+        """Verify and commit the session's object as a blob. With a hasher of its bytes the
+        digests are checked before anything is committed; without one (a state that could not
+        be saved, or a digest algorithm the saved state does not have) the committed object is
+        hashed, and removed again if it does not match."""
         assert lease.offset is not None
         size = lease.offset
-        algorithms = tuple(sorted({d.algorithm for d in expected}))
-        hasher = await self._hasher(session_id, size, algorithms, saved=lease.saved)
+        algorithms = tuple(sorted({d.algorithm for d in expected} | {"sha256"}))
+        hasher = self._hasher(session_id, size, algorithms, saved=lease.saved)
         self._hashers.pop(session_id, None)
-        for want in expected:
-            got = hasher.digest(want.algorithm)
-            if got != str(want):
-                raise DigestInvalid(detail={"expected": str(want), "computed": got})
-        sha256 = hasher.digest("sha256")
-        key = paths.blob(sha256.partition(":")[2])
+        if hasher is not None:
+            self._verify(hasher, expected)
+        writer = lease.handle or await self._open(session_id, size, lease.writer)
+        lease.handle = writer
+        if hasher is not None:
+            sha256 = hasher.digest("sha256")
+            existing = await self.metadata.blob(sha256)
+            if existing is not None and existing.size == size:
+                # Stored already (the same content, pushed before): keep that copy.
+                await writer.cancel()
+                lease.handle = None
+                rows = {str(d): BlobRow(str(d), existing.storage_key, size) for d in expected}
+                rows.setdefault(sha256, BlobRow(sha256, existing.storage_key, size))
+                await self.metadata.finish_upload(session_id, repository, rows.values())
+                return str(expected[0])
         try:
-            await self.storage.commit(paths.upload(session_id), key, size)
+            key = await writer.commit()
         except StorageFull:
             raise
         except StorageError as exc:
             raise BlobUploadInvalid("upload data lost", {"uuid": session_id}) from exc
+        lease.handle = None
+        if hasher is None:
+            hasher = Hasher(algorithms)
+            try:
+                async for chunk in self.storage.reader(key, 0, size):
+                    await asyncio.to_thread(hasher.update, chunk)
+                if hasher.size != size:
+                    raise BlobUploadInvalid("upload data lost", {"uuid": session_id})
+                self._verify(hasher, expected)
+            except BaseException:
+                await asyncio.shield(self.storage.delete(key))
+                raise
+        sha256 = hasher.digest("sha256")
+        if self.storage.local_path(key) is not None:
+            # On a filesystem a blob is linked to its content-addressed path (free); on an
+            # object store it stays where it was written (moving it would copy it).
+            target = paths.blob(sha256.partition(":")[2])
+            await self.storage.move(key, target)
+            key = target
         rows = {str(d): BlobRow(str(d), key, size) for d in expected}
         rows.setdefault(sha256, BlobRow(sha256, key, size))
         await self.metadata.finish_upload(session_id, repository, rows.values())
         return str(expected[0])
+
+    @staticmethod
+    def _verify(hasher: Hasher, expected: list[digests.Digest]) -> None:
+        for want in expected:
+            got = hasher.digest(want.algorithm)
+            if got != str(want):
+                raise DigestInvalid(detail={"expected": str(want), "computed": got})
 
     async def linked(self, repository: str, wanted: Iterable[str]) -> set[str]:
         return await self.metadata.linked_blobs(repository, wanted)

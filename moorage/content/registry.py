@@ -31,7 +31,8 @@ from moorage.errors import (
 )
 from moorage.keys import load_or_create_ec_key
 from moorage.metadata import BlobRow, ManifestRow, MetadataStore
-from moorage.storage import StorageDriver, paths
+from moorage.storage import paths
+from moorage.storage.objects import ObjectDriver
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +88,7 @@ class ReferrersPage:
 
 
 class Registry:
-    def __init__(self, settings: Settings, storage: StorageDriver, metadata: MetadataStore):
+    def __init__(self, settings: Settings, storage: ObjectDriver, metadata: MetadataStore):
         self.settings = settings
         self.metadata = metadata
         self.blobs = BlobService(storage, metadata, settings.uploads.ttl, settings.uploads.lease)
@@ -95,6 +96,7 @@ class Registry:
 
     async def close(self) -> None:
         await self.metadata.close()
+        await self.blobs.storage.close()
 
     # -- manifests -----------------------------------------------------------------------
 

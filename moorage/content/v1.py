@@ -31,6 +31,7 @@ from moorage.content.registry import CatalogFilter, Registry
 from moorage.errors import ManifestUnknown
 from moorage.metadata import BlobRow, LayerSums, ManifestRow, V1ImageRow
 from moorage.storage import paths
+from moorage.storage.objects import ObjectWriter
 
 log = logging.getLogger("moorage.content.v1")
 
@@ -279,7 +280,7 @@ class V1Service:
         return Blob(blob.digest, blob.size, path, blob.storage_key)
 
     def read(self, blob: Blob, offset: int, length: int) -> AsyncIterator[bytes]:
-        return self.storage.read(blob.storage_key, offset, length)
+        return self.storage.reader(blob.storage_key, offset, length)
 
     # -- uploading images ----------------------------------------------------------------
 
@@ -332,11 +333,20 @@ class V1Service:
                 return
             raise ImageExists(image_id)
         staging = paths.upload(str(uuid.uuid4()))
+        writer = await self.storage.writer(staging)
+        try:
+            sums = await self._receive(writer, row.json, body)
+            key = await writer.commit()
+        except BaseException:
+            await asyncio.shield(writer.cancel())
+            raise
         committed = False
         try:
-            sums = await self._receive(staging, row.json, body)
-            key = paths.blob(sums.blob_digest.partition(":")[2])
-            await self.storage.commit(staging, key)
+            if self.storage.local_path(key) is not None:
+                # A filesystem links the layer to its content-addressed path (free).
+                target = paths.blob(sums.blob_digest.partition(":")[2])
+                await self.storage.move(key, target)
+                key = target
             committed = True
             recorded = await self.metadata.v1_layer_uploaded(
                 image_id,
@@ -353,7 +363,7 @@ class V1Service:
             )
         finally:
             if not committed:
-                await asyncio.shield(self.storage.delete(staging))
+                await asyncio.shield(self.storage.delete(key))
         if not recorded:
             raise UploadRestarted(image_id)
 
@@ -368,20 +378,15 @@ class V1Service:
         await self.metadata.v1_set_proof(row.id, uploader, sums.payload_checksum)
 
     async def _receive(
-        self, staging: str, image_json: bytes, body: AsyncIterator[bytes]
+        self, writer: ObjectWriter, image_json: bytes, body: AsyncIterator[bytes]
     ) -> layers.LayerSums:
         analyzer = LayerAnalyzer(image_json)
-        writer = await self.storage.writer(staging, 0)
 
         async def process(block: bytes) -> None:
             await asyncio.gather(asyncio.to_thread(analyzer.update, block), writer.write(block))
 
-        try:  # LayerInvalid: refused
-            await streams.pipelined(body, process)
-            result = await asyncio.to_thread(analyzer.finish)
-        finally:
-            await writer.close()
-        return result
+        await streams.pipelined(body, process)  # LayerInvalid: refused
+        return await asyncio.to_thread(analyzer.finish)
 
     async def put_checksum(
         self,

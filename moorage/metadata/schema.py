@@ -109,6 +109,9 @@ uploads = Table(
     # The running SHA-256 of bytes [0, offset) (content/sha256state.py), so that any node can
     # continue the upload without reading back bytes it did not receive. Null: not exportable.
     Column("hash_state", LargeBinary, nullable=True),
+    # Where the storage writer of [0, offset) stands (storage/objects.py: `ObjectWriter.state`),
+    # so that the next write resumes it on any node. Null: nothing written yet.
+    Column("writer_state", LargeBinary, nullable=True),
     Index("uploads_updated", "updated"),
 )
 

@@ -99,6 +99,7 @@ class UploadRow:
     lease: str | None
     lease_until: float | None
     hash_state: bytes | None = None
+    writer_state: bytes | None = None
 
 
 # The hot lookups, built once (building a select and its cache key costs more than running it).
@@ -137,6 +138,7 @@ _UPLOAD = select(
     t.uploads.c.lease,
     t.uploads.c.lease_until,
     t.uploads.c.hash_state,
+    t.uploads.c.writer_state,
 ).where(t.uploads.c.id == bindparam("id"))
 
 
@@ -540,15 +542,21 @@ class MetadataStore(V1Queries):
         return None
 
     async def release_upload(
-        self, upload_id: str, lease: str, offset: int | None, hash_state: bytes | None = None
+        self,
+        upload_id: str,
+        lease: str,
+        offset: int | None,
+        hash_state: bytes | None = None,
+        writer_state: bytes | None = None,
     ) -> bool:
-        """Give the lease back, recording the new offset (None: unchanged) and the running
-        hash of the bytes up to it."""
+        """Give the lease back, recording the new offset (None: unchanged), the running hash of
+        the bytes up to it and the state of the storage writer that holds them."""
         u = t.uploads
         values: dict[str, Any] = {"lease": None, "lease_until": None, "updated": time.time()}
         if offset is not None:
             values["offset"] = offset
             values["hash_state"] = hash_state
+            values["writer_state"] = writer_state
         return await self._changes_a_row(
             update(u).where(u.c.id == upload_id, u.c.lease == lease).values(**values)
         )

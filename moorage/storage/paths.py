@@ -1,10 +1,12 @@
 """Where things live in storage. The one place keys are computed.
 
     <root>/
-    ├── blobs/
-    │   └── sha256/<first two hex>/<hex>     committed blobs, immutable, content-addressed
-    └── uploads/
-        └── <session uuid>                   bytes received so far for one upload session
+    └── blobs/
+        ├── sha256/<first two hex>/<hex>     committed blobs, immutable, content-addressed
+        └── uploads/<session uuid>           one upload session's object: written by its
+                                             writer (resumable, see storage/objects.py), and
+                                             once committed the blob itself where moving it
+                                             would copy it (object stores)
 
 Blobs are keyed by their sha256 whatever digest they were pushed under (a sha512 upload is
 indexed under both digests in metadata and stored once).
@@ -27,4 +29,4 @@ def is_content_addressed(key: str) -> bool:
 
 
 def upload(session_id: str) -> str:
-    return f"{UPLOADS}/{session_id}"
+    return f"{BLOBS}/{UPLOADS}/{session_id}"

@@ -15,7 +15,7 @@ from moorage.errors import BlobUploadInvalid, RangeInvalid
 from moorage.metadata import MetadataStore
 from moorage.metadata import schema as t
 from moorage.storage import paths
-from moorage.storage.filesystem import FilesystemDriver
+from moorage.storage.fsobjects import FilesystemObjects as FilesystemDriver
 
 
 class RecordingDriver(FilesystemDriver):
@@ -25,10 +25,16 @@ class RecordingDriver(FilesystemDriver):
         super().__init__(root)
         self.upload_reads: list[tuple[int, int | None]] = []
 
-    def read(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        if key.startswith("uploads/"):
+    def reader(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        if key.startswith(paths.upload("")):
             self.upload_reads.append((offset, length))
-        return super().read(key, offset, length)
+        return super().reader(key, offset, length)
+
+
+def _upload_files(root: Path, session_id: str) -> list[Path]:
+    """The files that hold an upload's bytes (its writer's data file, or the committed one)."""
+    folder = root / paths.upload(session_id).rpartition("/")[0]
+    return sorted(folder.glob(f"*{session_id}*"))
 
 
 async def _body(data: bytes) -> AsyncIterator[bytes]:
@@ -97,9 +103,10 @@ async def test_without_a_saved_state_a_restarted_worker_hashes_the_whole_prefix(
     digest = "sha256:" + hashlib.sha256(b"x" * 5000 + b"y" * 10).hexdigest()
     done = await restarted.finish("repo", state.id, [digest], _body(b"y" * 10), (5000, 5009), 10)
     assert done == digest
-    assert storage.upload_reads == [(0, 5000)]
+    # No hasher covered the bytes: the committed object was hashed whole, once.
+    assert storage.upload_reads == [(0, 5010)]
     assert await store.upload(state.id) is None
-    assert not (tmp_path / "blobs" / paths.upload(state.id)).exists()
+    assert _upload_files(tmp_path / "blobs", state.id) == []
 
 
 async def test_a_final_put_without_body_drops_a_failed_writes_leftovers(
@@ -110,7 +117,8 @@ async def test_a_final_put_without_body_drops_a_failed_writes_leftovers(
     service = BlobService(FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=3600)
     state = await service.start("repo")
     await service.append("repo", state.id, _body(b"kept" * 100), (0, 399), 400)
-    with open(tmp_path / "blobs" / paths.upload(state.id), "ab") as f:
+    [data] = _upload_files(tmp_path / "blobs", state.id)
+    with open(data, "ab") as f:
         f.write(b"half of a chunk that never completed")
     digest = "sha256:" + hashlib.sha256(b"kept" * 100).hexdigest()
     assert await service.finish("repo", state.id, [digest], None, None, None) == digest
@@ -128,7 +136,8 @@ async def test_a_final_put_whose_upload_data_is_gone_is_upload_invalid(
         service = BlobService(FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=3600)
         state = await service.start("repo")
         await service.append("repo", state.id, _body(b"z" * 100), (0, 99), 100)
-        (tmp_path / "blobs" / paths.upload(state.id)).unlink()
+        for data in _upload_files(tmp_path / "blobs", state.id):
+            data.unlink()
         if fresh_worker:
             service = BlobService(FilesystemDriver(tmp_path / "blobs"), store, upload_ttl=3600)
         digest = "sha256:" + hashlib.sha256(b"z" * 100).hexdigest()
@@ -180,7 +189,7 @@ async def test_an_idle_session_still_expires(tmp_path: Path, store: MetadataStor
     await asyncio.sleep(1.2)
     assert await service.expire() == 1
     assert await store.upload(state.id) is None
-    assert await storage.stat(paths.upload(state.id)) is None
+    assert _upload_files(tmp_path / "blobs", state.id) == []
 
 
 async def test_a_stalled_body_stops_renewing_and_loses_the_session(
@@ -206,4 +215,7 @@ async def test_a_stalled_body_stops_renewing_and_loses_the_session(
     resume.set()
     with pytest.raises(RangeInvalid):
         await stalled
-    assert await storage.get(paths.upload(state.id)) == b"c" * 10
+    digest = "sha256:" + hashlib.sha256(b"c" * 10).hexdigest()
+    assert await other.finish("repo", state.id, [digest], None, None, None) == digest
+    blob = await other.get("repo", digest)
+    assert b"".join([c async for c in other.read(blob, 0, 100)]) == b"c" * 10

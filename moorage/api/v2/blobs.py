@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from moorage.api import http
-from moorage.api.context import registry
+from moorage.api.context import registry, settings
 
 IMMUTABLE = "max-age=31536000"
 
@@ -24,6 +24,12 @@ async def get(request: web.Request, params: dict[str, str]) -> web.StreamRespons
     if http.etag_matches(request.headers.get("If-None-Match"), blob.digest):
         return web.Response(status=304, headers=headers)
     blobs = registry(request).blobs
+    if request.method == "GET" and settings(request).storage.redirect:
+        # The client fetches the bytes from the object store directly (a presigned URL), as
+        # Distribution's `redirect` does; HEAD is answered here.
+        url = await blobs.redirect(blob)
+        if url is not None:
+            return web.Response(status=307, headers={**headers, "Location": url})
 
     def read(offset: int, count: int) -> AsyncIterator[bytes]:
         return blobs.read(blob, offset, count)
