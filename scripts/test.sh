@@ -11,6 +11,10 @@ ruff format --check moorage tests
 mypy
 lint-imports
 python -m pytest -q -ra "$@"
+# The v2 and v1 API suites again on PostgreSQL + S3 (the real services of tests/services, which
+# the fixtures start): tests that look inside SQLite or the data directory are deselected by
+# name (marker embedded_only), nothing is skipped.
+MOORAGE_TEST_BACKEND=scaleout python -m pytest -q -ra -m "not embedded_only" tests/api tests/v1
 # The benchmark's quick mode: proves bench/ still works (no assertions on timings).
 bench_out=$(mktemp -d)
 trap 'rm -rf "$bench_out"' EXIT

@@ -9,6 +9,7 @@ request needs, with a user's Basic credentials, and sends it as a Bearer token.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from tests.services.fixtures import (  # noqa: F401  (fixtures, registered by im
     migrated_database,
     postgres_service,
     s3_service,
+    scaleout,
+    scaleout_bucket,
+    scaleout_template,
 )
 
 MakeClient = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -108,7 +112,15 @@ class TokenAuth:
         return await handler(request)
 
 
-@pytest.fixture(params=["none", "token"])
+# Where in-process registries keep metadata and blobs: "embedded" (SQLite and the filesystem,
+# the default) or "scaleout" (PostgreSQL and S3, the real services of tests/services). CI runs
+# the API suites once with each.
+BACKEND = os.environ.get("MOORAGE_TEST_BACKEND", "embedded")
+assert BACKEND in ("embedded", "scaleout"), f"MOORAGE_TEST_BACKEND={BACKEND!r}"
+
+
+# Token authentication is independent of the backend: the scale-out run tests the backend.
+@pytest.fixture(params=["none", "token"] if BACKEND == "embedded" else ["none"])
 def auth_mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -125,18 +137,34 @@ async def _start(
     return client
 
 
+class Embedded:
+    async def settings_for(self, datadir: Path) -> dict[str, Any]:
+        return {}
+
+
 @pytest.fixture
-def settings(tmp_path: Path, auth_mode: str, htpasswd_file: Path) -> Settings:
+def backend(request: pytest.FixtureRequest) -> Any:
+    """`await backend.settings_for(datadir)`: the settings that put a registry on the backend
+    this run tests (the same data directory gets the same database and bucket prefix)."""
+    if BACKEND == "embedded":
+        return Embedded()
+    return request.getfixturevalue("scaleout")
+
+
+@pytest.fixture
+async def settings(tmp_path: Path, auth_mode: str, htpasswd_file: Path, backend: Any) -> Settings:
+    datadir = tmp_path / "data"
+    placed = await backend.settings_for(datadir)
     if auth_mode == "token":
         return Settings(
-            datadir=tmp_path / "data", auth={"mode": "token", "htpasswd": htpasswd_file}
+            datadir=datadir, auth={"mode": "token", "htpasswd": htpasswd_file}, **placed
         )
-    return Settings(datadir=tmp_path / "data")
+    return Settings(datadir=datadir, **placed)
 
 
 @pytest.fixture
 def make_client(
-    aiohttp_client: Any, tmp_path: Path, auth_mode: str, htpasswd_file: Path
+    aiohttp_client: Any, tmp_path: Path, auth_mode: str, htpasswd_file: Path, backend: Any
 ) -> MakeClient:
     """Start another in-process registry: `await make_client(deletes={"enabled": False})`.
 
@@ -149,6 +177,8 @@ def make_client(
         nonlocal count
         count += 1
         overrides.setdefault("datadir", tmp_path / f"data-{count}")
+        for key, value in (await backend.settings_for(overrides["datadir"])).items():
+            overrides.setdefault(key, value)
         # Tests that configure auth themselves drive it themselves.
         token_client = "auth" not in overrides and auth_mode == "token"
         if token_client:

@@ -600,6 +600,11 @@ class BlobService:
         rows = {str(d): BlobRow(str(d), key, size) for d in expected}
         rows.setdefault(sha256, BlobRow(sha256, key, size))
         await self.metadata.finish_upload(session_id, repository, rows.values())
+        stored = await self.metadata.blob(sha256)
+        if stored is not None and stored.storage_key != key:
+            # Another upload of the same content committed at the same moment and its row won
+            # (the blob row is written once): nothing refers to this copy, drop it.
+            await self.storage.delete(key)
         return str(expected[0])
 
     @staticmethod

@@ -10,13 +10,15 @@ import os
 import re
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 from yarl import URL
+
+from moorage.api.context import REGISTRY, SETTINGS
+from moorage.storage.s3 import S3Driver
 
 Client = TestClient[Any, Any]
 
@@ -467,11 +469,26 @@ def assert_raw_error(
     return body
 
 
-def stored_copies(root: Path, data: bytes) -> int:
-    """How many files under `root` (the data directory) hold exactly `data`.
-
-    Blob bytes live in the storage driver's files, never in the metadata database.
-    """
+async def stored_copies(client: Client, data: bytes) -> int:
+    """How many stored things hold exactly `data`, wherever the registry behind `client` keeps
+    its bytes: files under its data directory (filesystem; blob bytes are never in the
+    metadata database), or objects in its bucket under its prefix (S3: committed blobs and
+    the tail objects of uploads in progress)."""
+    storage = client.app[REGISTRY].blobs.storage
+    if isinstance(storage, S3Driver):
+        count = 0
+        pages = storage.client.get_paginator("list_objects_v2").paginate(
+            Bucket=storage.bucket, Prefix=storage.prefix
+        )
+        async for page in pages:
+            for entry in page.get("Contents", []):
+                if entry["Size"] != len(data):
+                    continue
+                found = await storage.client.get_object(Bucket=storage.bucket, Key=entry["Key"])
+                async with found["Body"] as body:
+                    count += await body.read() == data
+        return count
+    root = client.app[SETTINGS].datadir
     count = 0
     for path in root.rglob("*"):
         if path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data:

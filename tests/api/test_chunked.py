@@ -357,7 +357,7 @@ async def test_c60_cancel(client: Client, settings: Settings) -> None:
     resp = await client.delete(location)
     assert resp.status == 204
     # §6.8: partial data released.
-    assert stored_copies(settings.datadir, partial) == 0
+    assert await stored_copies(client, partial) == 0
 
     location = await start_upload(client, "repo")
     assert (await _patch(client, location, CHUNK1, "0-9")).status == 202
@@ -388,7 +388,7 @@ async def test_c62_idle_session_expires(make_client, tmp_path) -> None:  # type:
     location = await start_upload(client, "repo")
     partial = random_bytes(4096)
     assert (await _patch(client, location, partial)).status == 202
-    assert stored_copies(datadir, partial) == 1
+    assert await stored_copies(client, partial) == 1
     # Still there before the TTL (this also gives a token-auth client its token in real time).
     assert (await client.get(location)).status == 204
     real_time = time.time
@@ -397,7 +397,7 @@ async def test_c62_idle_session_expires(make_client, tmp_path) -> None:  # type:
         await assert_error(resp, 404, "BLOB_UPLOAD_UNKNOWN")
         await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
     # U-2: partial data deleted.
-    assert stored_copies(datadir, partial) == 0
+    assert await stored_copies(client, partial) == 0
     # Gone for good, not just hidden while the clock is ahead.
     await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
     await assert_error(

@@ -73,6 +73,7 @@ async def test_an_insane_incoming_request_id_is_replaced(client: Client, incomin
 # --- a real 500 can be traced -----------------------------------------------------------------
 
 
+@pytest.mark.embedded_only  # swaps a blob's file for a directory
 async def test_unexpected_error_line_names_method_path_and_request_id(
     client: Client, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:

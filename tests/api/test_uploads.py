@@ -111,7 +111,7 @@ async def test_c33_single_post_digest_mismatch(client: Client, settings: Setting
     await assert_error(resp, 400, "DIGEST_INVALID")
     assert await _head_blob(client, "repo", claimed) == 404
     assert await _head_blob(client, "repo", sha256(data)) == 404
-    assert stored_copies(settings.datadir, data) == 0
+    assert await stored_copies(client, data) == 0
 
 
 async def test_single_post_unsupported_digest(client: Client) -> None:
@@ -137,7 +137,7 @@ async def test_c34_single_post_truncated_body(client: Client, settings: Settings
         assert resp.json()["errors"][0]["code"] == "SIZE_INVALID"
     assert await _head_blob(client, "repo", digest) == 404
     assert await _head_blob(client, "repo", sha256(data)) == 404
-    assert stored_copies(settings.datadir, data) == 0
+    assert await stored_copies(client, data) == 0
 
 
 async def test_c34_monolithic_put_truncated_body(client: Client) -> None:
@@ -187,7 +187,7 @@ async def test_c37_put_wrong_digest(client: Client, settings: Settings) -> None:
     assert await _head_blob(client, "repo", sha256(data)) == 404
     # Decision §6.7: the session is ended.
     await assert_error(await client.get(location), 404, "BLOB_UPLOAD_UNKNOWN")
-    assert stored_copies(settings.datadir, data) == 0
+    assert await stored_copies(client, data) == 0
 
 
 async def test_s67_several_digest_params_all_checked(client: Client) -> None:
@@ -284,7 +284,7 @@ async def test_c41_concurrent_uploads_same_blob(client: Client, settings: Settin
     assert resp.status == 200
     assert await resp.read() == data
     # U-4: one stored copy, and no partial upload data left behind.
-    assert stored_copies(settings.datadir, data) == 1
+    assert await stored_copies(client, data) == 1
 
 
 async def test_c41_concurrent_uploads_two_repositories(client: Client, settings: Settings) -> None:
@@ -294,7 +294,7 @@ async def test_c41_concurrent_uploads_two_repositories(client: Client, settings:
     for repo in ("a", "b"):
         resp = await client.get(f"/v2/{repo}/blobs/{sha256(data)}")
         assert await resp.read() == data
-    assert stored_copies(settings.datadir, data) == 1
+    assert await stored_copies(client, data) == 1
 
 
 async def test_push_same_blob_twice(client: Client) -> None:

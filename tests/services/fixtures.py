@@ -94,29 +94,39 @@ def database_url(settings: Settings, database: str, driver: str = "postgresql+as
     return f"{driver}://{s['PGUSER']}:{s['PGPASSWORD']}@{s['PGHOST']}:{s['PGPORT']}/{database}"
 
 
+async def create_database(settings: Settings, name: str, template: str | None = None) -> None:
+    admin = await asyncpg.connect(settings["DATABASE_URL"])
+    try:
+        copy = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{copy}')
+    finally:
+        await admin.close()
+
+
+async def drop_databases(settings: Settings, names: list[str]) -> None:
+    admin = await asyncpg.connect(settings["DATABASE_URL"])
+    try:
+        for name in names:
+            # FORCE: a connection the test left open must not keep the database alive. An
+            # autovacuum worker on a new database can refuse to be ended for a moment: retry.
+            for attempt in range(10):
+                try:
+                    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    break
+                except asyncpg.PostgresError:
+                    if attempt == 9:
+                        raise
+                    await asyncio.sleep(0.3)
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
 async def fresh_database(postgres_service: Settings) -> AsyncIterator[str]:
     name = f"t_{secrets.token_hex(8)}"
-    admin = await asyncpg.connect(postgres_service["DATABASE_URL"])
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
+    await create_database(postgres_service, name)
     yield database_url(postgres_service, name)
-    admin = await asyncpg.connect(postgres_service["DATABASE_URL"])
-    try:
-        # FORCE: a connection the test left open must not keep the database alive. An
-        # autovacuum worker on the new database can refuse to be ended for a moment: retry.
-        for attempt in range(10):
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                break
-            except asyncpg.PostgresError:
-                if attempt == 9:
-                    raise
-                await asyncio.sleep(0.3)
-    finally:
-        await admin.close()
+    await drop_databases(postgres_service, [name])
 
 
 @pytest.fixture
@@ -180,3 +190,83 @@ async def fresh_bucket(s3_service: Settings) -> AsyncIterator[str]:
     async with s3_client(s3_service) as client:
         await empty_bucket(client, bucket)
         await client.delete_bucket(Bucket=bucket)
+
+
+class ScaleOut:
+    """Puts in-process registries on PostgreSQL and S3 (`MOORAGE_TEST_BACKEND=scaleout`): each
+    data directory gets its own database, copied from a migrated template (fast), and its own
+    prefix in one bucket; the same data directory again (a restart) gets the same ones."""
+
+    def __init__(self, postgres: Settings, s3: Settings, template: str, bucket: str) -> None:
+        self.postgres = postgres
+        self.s3 = s3
+        self.template = template
+        self.bucket = bucket
+        self.databases: dict[Path, str] = {}
+
+    async def settings_for(self, datadir: Path) -> dict[str, Any]:
+        if datadir not in self.databases:
+            name = f"t_{secrets.token_hex(8)}"
+            await create_database(self.postgres, name, self.template)
+            self.databases[datadir] = name
+        name = self.databases[datadir]
+        return {
+            "metadata": {"url": database_url(self.postgres, name)},
+            "storage": {
+                "driver": "s3",
+                "s3": {
+                    "endpoint": self.s3["S3_ENDPOINT"],
+                    "region": self.s3["S3_REGION"],
+                    "bucket": self.bucket,
+                    "prefix": name,
+                    "accesskey": self.s3["S3_ACCESS_KEY"],
+                    "secretkey": self.s3["S3_SECRET_KEY"],
+                },
+            },
+        }
+
+    async def close(self) -> None:
+        await drop_databases(self.postgres, list(self.databases.values()))
+
+
+@pytest.fixture(scope="session")
+def scaleout_template(postgres_service: Settings) -> Iterator[str]:
+    """A database at the schema's head that per-registry databases are copied from."""
+    from moorage.metadata import migrations
+
+    name = f"tmpl_{secrets.token_hex(6)}"
+
+    async def create() -> None:
+        await create_database(postgres_service, name)
+        await migrations.run_async(database_url(postgres_service, name), migrations.upgrade)
+
+    asyncio.run(create())
+    yield name
+    asyncio.run(drop_databases(postgres_service, [name]))
+
+
+@pytest.fixture(scope="session")
+def scaleout_bucket(s3_service: Settings) -> Iterator[str]:
+    bucket = f"api-{secrets.token_hex(6)}"
+
+    async def create() -> None:
+        async with s3_client(s3_service) as client:
+            await client.create_bucket(Bucket=bucket)
+
+    async def drop() -> None:
+        async with s3_client(s3_service) as client:
+            await empty_bucket(client, bucket)
+            await client.delete_bucket(Bucket=bucket)
+
+    asyncio.run(create())
+    yield bucket
+    asyncio.run(drop())
+
+
+@pytest.fixture
+async def scaleout(
+    postgres_service: Settings, s3_service: Settings, scaleout_template: str, scaleout_bucket: str
+) -> AsyncIterator[ScaleOut]:
+    backend = ScaleOut(postgres_service, s3_service, scaleout_template, scaleout_bucket)
+    yield backend
+    await backend.close()

@@ -19,6 +19,9 @@ from moorage.metadata import ManifestRow
 from tests.v1 import v2side
 from tests.v1.client import V1Client, assert_error, assert_true, make_chain
 
+# SQLite triggers make the database refuse a write half-way.
+pytestmark = pytest.mark.embedded_only
+
 REFUSE = (
     "CREATE TRIGGER refuse_mapping BEFORE INSERT ON v1_manifest_images "
     "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
