@@ -1,7 +1,7 @@
 """Bytes: a small driver protocol and its drivers. Knows nothing of manifests or HTTP."""
 
 from moorage.storage import paths
-from moorage.storage.base import PathNotFound, StorageDriver, StorageError, Writer
+from moorage.storage.base import PathNotFound, StorageError
 from moorage.storage.objects import ObjectDriver, ObjectWriter, StaleWriter
 
 __all__ = [
@@ -9,8 +9,6 @@ __all__ = [
     "ObjectWriter",
     "PathNotFound",
     "StaleWriter",
-    "StorageDriver",
     "StorageError",
-    "Writer",
     "paths",
 ]

@@ -1,11 +1,10 @@
-"""The filesystem driver: objects are files below a root directory.
+"""Files below a root directory: reads, small objects, deletes and the appending file writer,
+which `fsobjects.FilesystemObjects` (the filesystem `ObjectDriver`) builds on.
 
 Blocking file calls run in the default thread pool so the event loop never waits on a disk.
-Commits are `fsync` + `link` + `fsync(dir)`: after a crash a key either holds its whole
-object or does not exist. Blob keys (`paths.is_content_addressed`) are write-once: no file at
-one is ever opened for writing or replaced once it is there. A full disk (ENOSPC, EDQUOT) is
-raised as the typed `StorageFull`, and a write that fails on it first gives back the space it
-took.
+A small object is written whole and renamed (or, at a content-addressed key, linked: never
+replacing one that is there) into place. A full disk (ENOSPC, EDQUOT) is raised as the typed
+`StorageFull`, and a write that fails on it first gives back the space it took.
 """
 
 from __future__ import annotations
@@ -212,85 +211,6 @@ class FilesystemDriver:
     async def put(self, key: str, data: bytes) -> None:
         await asyncio.to_thread(self._put, key, data)
 
-    @_full_is_typed
-    def _open_at(self, key: str, offset: int, detach: bool) -> FileWriter:
-        if paths.is_content_addressed(key):
-            raise StorageError(f"{key} is content-addressed: never opened for writing")
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if detach:
-            fd = self._detached_copy(key, path, offset)
-        else:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-            size = os.fstat(fd).st_size
-            if size < offset:
-                os.close(fd)
-                raise StorageError(f"{key} holds {size} bytes, cannot append at {offset}")
-            os.ftruncate(fd, offset)
-        file = os.fdopen(fd, "wb", buffering=0)
-        file.seek(offset)
-        return FileWriter(file, offset)
-
-    def _detached_copy(self, key: str, path: Path, offset: int) -> int:
-        """Put a new file at `path` holding the first `offset` bytes of the old one, and
-        return it open for writing. Whoever still has the old file open (a writer that lost
-        its lease but has not noticed yet) now writes into a file that nothing reads."""
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            try:
-                source = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                if offset:
-                    raise StorageError(f"{key} is gone, cannot append at {offset}") from None
-            else:
-                try:
-                    copied = 0
-                    while copied < offset:
-                        n = os.copy_file_range(source, fd, offset - copied, copied, copied)
-                        if n == 0:
-                            raise StorageError(f"{key} holds {copied} bytes, not {offset}")
-                        copied += n
-                finally:
-                    os.close(source)
-            os.replace(tmp, path)
-        except BaseException:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        return fd
-
-    async def writer(self, key: str, offset: int, detach: bool = False) -> FileWriter:
-        return await asyncio.to_thread(self._open_at, key, offset, detach)
-
-    @_full_is_typed
-    def _commit(self, source: str, target: str, size: int | None) -> None:
-        src, dst = self._path(source), self._path(target)
-        if dst.exists():  # the same content is stored already: the upload is not needed
-            src.unlink(missing_ok=True)
-            return
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if size == 0:  # an empty upload may never have had a byte written: make its file
-            src.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(src, os.O_RDWR | (os.O_CREAT if size == 0 else 0), 0o644)
-        except FileNotFoundError as exc:
-            raise PathNotFound(source) from exc
-        try:
-            if size is not None:
-                os.ftruncate(fd, size)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        # link(2) never replaces: a blob that is already there (the same content, pushed
-        # before or concurrently) stays the very file readers may have open.
-        _link_new(src, dst)
-        src.unlink(missing_ok=True)
-        _fsync_dir(dst.parent)
-
-    async def commit(self, source: str, target: str, size: int | None = None) -> None:
-        await asyncio.to_thread(self._commit, source, target, size)
-
     def _delete(self, key: str) -> None:
         path = self._path(key)
         if path.is_dir():
@@ -300,11 +220,3 @@ class FilesystemDriver:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._delete, key)
-
-    async def list(self, prefix: str) -> list[str]:
-        path = self._path(prefix)
-        try:
-            names = await asyncio.to_thread(os.listdir, path)
-        except FileNotFoundError:
-            return []
-        return sorted(f"{prefix}/{name}" for name in names if not name.startswith("."))

@@ -1,12 +1,12 @@
 """The filesystem `ObjectDriver`: objects are files below a root directory.
 
-It reuses `FilesystemDriver` (whose API the content layer still uses) for reads and small
-objects. A writer appends to a hidden sibling of its key, `.<name>.<id>.upload`, that it holds
-with an exclusive `flock` while open; `commit` fsyncs it and links it to the key (never
-replacing a content-addressed object). A writer resumed from a state whose file someone still
-holds locked (a writer that lost its lease and may still write) does not touch that file: it
-copies the first `offset` bytes into a new file and unlinks the old name, so whatever the old
-writer writes later lands in a file that no key and no state names.
+It reuses `FilesystemDriver` for reads and small objects. A writer appends to a hidden sibling
+of its key, `.<name>.<id>.upload`, that it holds with an exclusive `flock` while open;
+`commit` fsyncs it and links it to the key (never replacing a content-addressed object). A
+writer resumed from a state whose file someone still holds locked (a writer that lost its
+lease and may still write) does not touch that file: it copies the first `offset` bytes into a
+new file and unlinks the old name, so whatever the old writer writes later lands in a file
+that no key and no state names.
 """
 
 from __future__ import annotations

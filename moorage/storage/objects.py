@@ -1,4 +1,4 @@
-"""The object-store-shaped driver protocol (issue 10), beside the older `base.StorageDriver`.
+"""The storage driver protocol, in the shape object stores have.
 
 A driver stores opaque byte strings at slash-separated keys, in the shape object stores have:
 stat, ranged read, small get/put, a resumable append-only writer whose `commit` makes the

@@ -17,7 +17,8 @@ from moorage.api.context import V1
 from moorage.auth import htpasswd
 from moorage.metadata import V1ImageRow
 from moorage.storage import paths
-from tests.v1.client import V1Client, basic
+from moorage.storage.s3 import S3Driver
+from tests.v1.client import V1Client, basic, sha256
 
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
 ALICE = basic("alice", PASSWORDS["alice"])
@@ -70,18 +71,44 @@ async def stored(v1: V1Client, image_id: str) -> V1ImageRow | None:
     return row
 
 
-def staged_uploads(v1: V1Client) -> list[Path]:
-    """Files left in the storage's upload staging area."""
-    root = v1.http.app[V1].storage.local_path(paths.UPLOADS)
-    if root is None or not root.exists():
-        return []
-    return [p for p in root.rglob("*") if p.is_file()]
+async def stored_objects(v1: V1Client) -> dict[str, bytes]:
+    """Everything the registry's storage holds, by key, wherever it keeps bytes: the files
+    below its root (the filesystem, writers' unfinished data files included) or the objects
+    below its prefix in its bucket (S3; unfinished multipart uploads are listed as keys with
+    empty content)."""
+    storage = v1.http.app[V1].storage
+    if isinstance(storage, S3Driver):
+        found: dict[str, bytes] = {}
+        pages = storage.client.get_paginator("list_objects_v2").paginate(
+            Bucket=storage.bucket, Prefix=storage.prefix
+        )
+        async for page in pages:
+            for entry in page.get("Contents", []):
+                got = await storage.client.get_object(Bucket=storage.bucket, Key=entry["Key"])
+                async with got["Body"] as body:
+                    found[entry["Key"][len(storage.prefix) :]] = await body.read()
+        uploads = await storage.client.list_multipart_uploads(
+            Bucket=storage.bucket, Prefix=storage.prefix
+        )
+        for upload in uploads.get("Uploads", []):
+            found.setdefault(upload["Key"][len(storage.prefix) :], b"")
+        return found
+    root = storage.local_path("x").parent  # the storage root
+    return {
+        str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()
+    }
 
 
-def blob_file(v1: V1Client, digest: str) -> Path | None:
-    """The committed blob file for `digest`, if it exists in storage."""
-    path = v1.http.app[V1].storage.local_path(paths.blob(digest.partition(":")[2]))
-    return path if path is not None and path.exists() else None
+async def staged_uploads(v1: V1Client) -> list[str]:
+    """What is left of uploads (v1 layers being received, v2 upload sessions) in storage."""
+    area = paths.upload("")
+    return sorted(key for key in await stored_objects(v1) if key.startswith(area))
+
+
+async def blob_stored(v1: V1Client, digest: str) -> bool:
+    """Whether any stored object holds the bytes of `digest`."""
+    objects = await stored_objects(v1)
+    return any(sha256(data) == digest for data in objects.values())
 
 
 async def v2_status(v1: V1Client, method: str, path: str, **headers: str) -> int:

@@ -26,7 +26,7 @@ from tests.v1.client import (
     raw_exchange,
     token_auth,
 )
-from tests.v1.conftest import ALICE, BOB, blob_file, staged_uploads, stored, v2_status
+from tests.v1.conftest import ALICE, BOB, blob_stored, staged_uploads, stored, v2_status
 
 BEING_UPLOADED = "Image is being uploaded, retry later"
 ROUTES = [
@@ -334,8 +334,8 @@ async def test_put_layer_refused_formats(v1: V1Client, body: bytes) -> None:
     assert_error(reply, 400)
     row = await stored(v1, image.id)
     assert row is not None and row.state == "uploading" and row.blob_digest is None
-    assert staged_uploads(v1) == []
-    assert blob_file(v1, "sha256:" + hashlib.sha256(body).hexdigest()) is None
+    assert await staged_uploads(v1) == []
+    assert not await blob_stored(v1, "sha256:" + hashlib.sha256(body).hexdigest())
     await _assert_not_served(v1, image)
     assert_error(await v1.put_checksum(image, None), 400, "Image layer not uploaded")
 
@@ -363,10 +363,10 @@ async def test_put_layer_shorter_than_content_length(v1: V1Client) -> None:
     )
     assert await raw_exchange(v1.http, head, image.layer, hang_up=True) is None
     for _ in range(100):
-        if not staged_uploads(v1):
+        if not await staged_uploads(v1):
             break
         await asyncio.sleep(0.05)
-    assert staged_uploads(v1) == []
+    assert await staged_uploads(v1) == []
     row = await stored(v1, image.id)
     assert row is not None and row.state == "uploading" and row.blob_digest is None
     await _assert_not_served(v1, image)

@@ -19,7 +19,7 @@ from tests.v1.client import (
     payload_checksum,
     raw_exchange,
 )
-from tests.v1.conftest import blob_file, staged_uploads, stored, v2_status
+from tests.v1.conftest import blob_stored, staged_uploads, stored, v2_status
 
 BEING_UPLOADED = "Image is being uploaded, retry later"
 
@@ -135,7 +135,7 @@ async def test_v1_c37_layer_must_be_a_tar(v1: V1Client) -> None:
     assert row is not None and row.state == "uploading" and row.blob_digest is None
     await _not_readable(v1, p)
     assert_error(await v1.put_checksum(p, None), 400, "Image layer not uploaded")
-    assert staged_uploads(v1) == []
+    assert await staged_uploads(v1) == []
 
 
 async def test_v1_c38_plain_tar_and_unterminated_tar(v1: V1Client) -> None:
@@ -260,14 +260,14 @@ async def test_v1_c47_interrupted_layer_upload(v1: V1Client) -> None:
     half = chunked_frames(big.layer[: big.size // 2])
     assert await raw_exchange(v1.http, head, half, hang_up=True) is None
     for _ in range(100):
-        if not staged_uploads(v1):
+        if not await staged_uploads(v1):
             break
         await asyncio.sleep(0.05)
-    assert staged_uploads(v1) == []
+    assert await staged_uploads(v1) == []
     row = await stored(v1, big.id)
     assert row is not None and row.state == "uploading" and row.blob_digest is None
     await _not_readable(v1, big)
-    assert blob_file(v1, big.blob_digest) is None
+    assert not await blob_stored(v1, big.blob_digest)
     # the full retry of Docker's next push
     await v1.upload(big, None)
     assert (await v1.call("GET", f"/v1/images/{big.id}/layer")).body == big.layer
