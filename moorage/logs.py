@@ -104,5 +104,8 @@ class RepeatLimiter(logging.Filter):
 def configure(level: str) -> None:
     """Log to stderr at `level`, with repeated lines rate-limited."""
     logging.basicConfig(level=level.upper(), format=FORMAT, stream=sys.stderr)
+    # Alembic narrates every step (plugins, each revision's whole docstring); the store logs
+    # one line when it upgrades the schema.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
     for handler in logging.getLogger().handlers:
         handler.addFilter(RepeatLimiter(handler))

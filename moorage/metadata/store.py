@@ -25,6 +25,7 @@ import asyncio
 import enum
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -60,6 +61,8 @@ from moorage.metadata.v1 import V1Queries
 
 if TYPE_CHECKING:
     from moorage.metadata.postgres import PostgresRunner
+
+log = logging.getLogger("moorage.metadata")
 
 T = TypeVar("T")
 Work = Callable[[Connection], T]
@@ -278,7 +281,9 @@ class MetadataStore(V1Queries):
         database: refuse one not at head (`migrations.SchemaError`), which only
         `moorage db upgrade` migrates."""
         if self._writer is not None:
-            await self._writer.run(migrations.upgrade)
+            before, after = await self._writer.run(migrations.upgrade)
+            if before != after:
+                log.info("metadata schema upgraded: %s -> %s", before.name(), after.name())
             return
         status = await self._read(migrations.status)
         if not status.at_head:
