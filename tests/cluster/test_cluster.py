@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from moorage.metadata import migrations
 from tests.clients.conftest import ContainersRun
 from tests.clients.conftest import Registry as Registry_
 from tests.clients.test_skopeo import PULL, PUSH
@@ -26,7 +27,14 @@ from tests.harness import MoorageProcess
 from tests.images import blob_bytes, tagged_digest
 from tests.images import make_image as oci_image
 from tests.process.registry import TIMEOUT, Image, Registry, make_image, sha256
-from tests.services.fixtures import Settings
+from tests.services.fixtures import (
+    POSTGRES,
+    Settings,
+    create_database,
+    database_url,
+    start_service,
+    stop_service,
+)
 from tests.v1.client import V1Client, make_chain
 
 pytestmark = pytest.mark.timeout(300)
@@ -260,3 +268,71 @@ async def test_skopeo_and_podman_push_and_pull_through_the_balancer(
         assert inspected.stdout.strip() == img.digest
     finally:
         run.cleanup()
+
+
+async def test_postgresql_restarted_under_load(
+    tmp_path: Path,
+    fresh_bucket: str,
+    s3_service: Settings,
+    haproxy: Callable[..., Settings],
+) -> None:
+    """Two nodes behind the balancer on a PostgreSQL of this test's own, which is stopped and
+    started again while clients push and pull. During the outage requests answer 503 (never
+    another 5xx, never a hang); afterwards pushes work again without restarting a node, and
+    every push acknowledged before, during or after is whole."""
+    run_dir = tmp_path / "pg"
+    run_dir.mkdir()
+    pg = start_service(POSTGRES, run_dir)
+    try:
+        await create_database(pg, "cluster")
+        database = database_url(pg, "cluster")
+        await migrations.run_async(database, migrations.upgrade)
+        env = node_env(database, fresh_bucket, s3_service)
+        nodes = [MoorageProcess(tmp_path / f"n{i}" / "data", env=env) for i in range(2)]
+        try:
+            await asyncio.gather(*(node.start() for node in nodes))
+            lb = haproxy(*(node.host for node in nodes))["LB_URL"]
+            await _push_through_a_restart(lb, run_dir, pg)
+        finally:
+            for node in nodes:
+                node.cleanup()
+    finally:
+        stop_service(POSTGRES, run_dir)
+
+
+async def _push_through_a_restart(lb: str, run_dir: Path, pg: Settings) -> None:
+    statuses: list[int] = []
+    acknowledged: list[tuple[str, Image]] = []
+    done = asyncio.Event()
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(timeout=TIMEOUT, connector=connector) as session:
+        reg = Registry(session, lb)
+
+        async def pusher() -> None:
+            i = 0
+            while not done.is_set():
+                image = make_image(1000 + i, (40_000,), f"restart {i}")
+                try:
+                    await reg.push_image("cluster/restart", f"t{i}", image)
+                    acknowledged.append((f"t{i}", image))
+                except AssertionError as exc:  # a refused step: which status?
+                    statuses.append(int(str(exc).split(": ", 1)[1].split()[0]))
+                i += 1
+                await asyncio.sleep(0.05)
+
+        task = asyncio.create_task(pusher())
+        await asyncio.sleep(1.0)
+        before = len(acknowledged)
+        await asyncio.to_thread(stop_service, POSTGRES, run_dir)
+        await asyncio.sleep(2.0)
+        again = await asyncio.to_thread(start_service, POSTGRES, run_dir)
+        assert again["PGPORT"] == pg["PGPORT"]
+        during = len(acknowledged)
+        await asyncio.sleep(3.0)
+        done.set()
+        await asyncio.wait_for(task, 60)
+        assert before > 0 and len(acknowledged) > during, (before, during, len(acknowledged))
+        assert statuses and set(statuses) == {503}, statuses
+        for tag, image in acknowledged:
+            status, body, _ = await reg.get_manifest("cluster/restart", tag)
+            assert status == 200 and body == image.manifest, tag
