@@ -178,7 +178,11 @@ def make_client(
         count += 1
         overrides.setdefault("datadir", tmp_path / f"data-{count}")
         for key, value in (await backend.settings_for(overrides["datadir"])).items():
-            overrides.setdefault(key, value)
+            given = overrides.get(key)
+            if given is None:
+                overrides[key] = value
+            elif isinstance(given, dict):  # the test's settings of that section win
+                overrides[key] = {**value, **given}
         # Tests that configure auth themselves drive it themselves.
         token_client = "auth" not in overrides and auth_mode == "token"
         if token_client:

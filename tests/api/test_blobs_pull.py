@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import aiohttp
+
+from moorage.api.context import SETTINGS
 from tests.api.helpers import (
     VERSION,
     VERSION_HEADER,
@@ -12,6 +15,7 @@ from tests.api.helpers import (
     random_bytes,
     sha256,
 )
+from tests.conftest import MakeClient
 
 
 async def test_c20_head_blob(client: Client) -> None:
@@ -144,3 +148,25 @@ async def test_empty_blob_pull(client: Client) -> None:
     assert await resp.read() == b""
     assert resp.headers["Content-Length"] == "0"
     assert resp.headers["Docker-Content-Digest"] == digest
+
+
+async def test_storage_redirect_sends_clients_to_a_presigned_url(make_client: MakeClient) -> None:
+    """`storage.redirect: true`: where the driver can presign a URL (S3), a blob GET answers
+    307 to it and the URL serves the blob's bytes; HEAD is still answered by the registry. A
+    filesystem has no such URL: the registry sends the bytes itself (200)."""
+    client = await make_client(storage={"redirect": True})
+    data = random_bytes(100_000)
+    digest = await push_blob(client, "redirect/repo", data)
+    resp = await client.get(f"/v2/redirect/repo/blobs/{digest}", allow_redirects=False)
+    if client.app[SETTINGS].storage.driver == "s3":
+        assert resp.status == 307, await resp.text()
+        assert resp.headers["Docker-Content-Digest"] == digest
+        location = resp.headers["Location"]
+        async with aiohttp.ClientSession() as session, session.get(location) as direct:
+            assert direct.status == 200  # what the client does next
+            assert await direct.read() == data
+    else:
+        assert resp.status == 200
+        assert await resp.read() == data
+    head = await client.head(f"/v2/redirect/repo/blobs/{digest}")
+    assert head.status == 200 and int(head.headers["Content-Length"]) == len(data)
