@@ -380,12 +380,13 @@ class BlobService:
                     await asyncio.shield(lease.handle.close())
                 lease.handle = None
             if not lease.ended:
+                hash_state = self._state_at(state.id, lease.offset)
+                writer_state = lease.written
+                if lease.offset == start:  # nothing written: what was saved still holds
+                    hash_state = hash_state or lease.saved
+                    writer_state = writer_state or lease.writer
                 released = self.metadata.release_upload(
-                    state.id,
-                    lease.token,
-                    lease.offset,
-                    self._state_at(state.id, lease.offset),
-                    lease.written,
+                    state.id, lease.token, lease.offset, hash_state, writer_state
                 )
                 if not await asyncio.shield(released) and lease.offset is not None:
                     # The lease was lost (expired and taken over): what this writer hashed may
