@@ -72,6 +72,19 @@ def went_away(request: web.Request, log: logging.Logger) -> web.Response:
     return web.Response(status=CLIENT_CLOSED)
 
 
+def log_unexpected(request: web.Request, log: logging.Logger) -> None:
+    """The one line (with the traceback) for a request that failed in a way nobody expected,
+    naming it so that it can be traced."""
+    rid = request_id(request)
+    log.exception(
+        "unexpected error method=%s path=%s request_id=%s",
+        request.method,
+        request.path,
+        rid,
+        extra={"method": request.method, "path": request.path, "request_id": rid},
+    )
+
+
 class Unsatisfiable(Exception):
     pass
 

@@ -22,7 +22,6 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage.api import http
-from moorage.api.context import request_id
 from moorage.auth.service import RateLimited
 from moorage.content import v1
 from moorage.content.layers import LayerInvalid, LayerTooLarge
@@ -187,13 +186,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             return http.went_away(request, log)
         found = answer(exc)
         if found is INTERNAL:
-            log.exception(
-                "unexpected error method=%s path=%s request_id=%s",
-                request.method,
-                request.path,
-                request_id(request),
-                extra={"path": request.path, "request_id": request_id(request)},
-            )
+            http.log_unexpected(request, log)
         else:
             log.debug("request refused", extra={"status": found.status, "path": request.path})
         return render(exc, found)

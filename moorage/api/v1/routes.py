@@ -55,6 +55,9 @@ class Route:
 
 
 def _route(name: str, pattern: str, **methods: Endpoint) -> Route:
+    """One route; a GET is also the route's HEAD (the same answer without a body)."""
+    if "GET" in methods:
+        methods.setdefault("HEAD", methods["GET"])
     return Route(name, re.compile(f"^{pattern}$"), methods)
 
 
@@ -63,12 +66,11 @@ _IMAGE = r"/images/(?P<image_id>[^/]*)"
 _PING = Endpoint(index.ping, None)
 ROUTES: tuple[Route, ...] = (
     # -- ping, users, search (no repository) --
-    _route("ping", r"/_ping/?", GET=_PING, HEAD=_PING),
+    _route("ping", r"/_ping/?", GET=_PING),
     _route(
         "users",
         r"/users/?",
         GET=Endpoint(index.login, None, "basic"),
-        HEAD=Endpoint(index.login, None, "basic"),
         POST=Endpoint(index.register, None, "basic"),
     ),
     _route("user", r"/users/+(?P<username>.+?)/*", PUT=Endpoint(index.update_user, None, "basic")),
@@ -76,21 +78,18 @@ ROUTES: tuple[Route, ...] = (
         "search",
         r"/search/?",
         GET=Endpoint(index.search, None, "basic"),
-        HEAD=Endpoint(index.search, None, "basic"),
     ),
     # -- images (global id namespace) --
     _route(
         "image_json",
         rf"{_IMAGE}/json",
         GET=Endpoint(images.get_json, "image-read"),
-        HEAD=Endpoint(images.get_json, "image-read"),
         PUT=Endpoint(images.put_json, "image-write"),
     ),
     _route(
         "image_layer",
         rf"{_IMAGE}/layer",
         GET=Endpoint(images.get_layer, "image-read"),
-        HEAD=Endpoint(images.get_layer, "image-read"),
         PUT=Endpoint(images.put_layer, "image-write"),
     ),
     _route(
@@ -100,20 +99,17 @@ ROUTES: tuple[Route, ...] = (
         "image_ancestry",
         rf"{_IMAGE}/ancestry",
         GET=Endpoint(images.ancestry, "image-read"),
-        HEAD=Endpoint(images.ancestry, "image-read"),
     ),
     # -- repositories, matched from the end in this order (section 3.3) --
     _route(
         "tag_json",
         rf"{_REPO}/tags/(?P<tag>[^/]+)/json",
         GET=Endpoint(index.tag_json, "read"),
-        HEAD=Endpoint(index.tag_json, "read"),
     ),
     _route(
         "tag",
         rf"{_REPO}/tags/(?P<tag>[^/]+)",
         GET=Endpoint(index.get_tag, "read"),
-        HEAD=Endpoint(index.get_tag, "read"),
         PUT=Endpoint(index.put_tag, "write"),
         DELETE=Endpoint(index.delete_tag, "tag-delete"),
     ),
@@ -121,14 +117,12 @@ ROUTES: tuple[Route, ...] = (
         "tags",
         rf"{_REPO}/tags",
         GET=Endpoint(index.list_tags, "read"),
-        HEAD=Endpoint(index.list_tags, "read"),
         DELETE=Endpoint(index.delete_repository, "delete", "basic"),
     ),
     _route(
         "repository_images",
         rf"{_REPO}/images",
         GET=Endpoint(index.list_images, "read", "basic"),
-        HEAD=Endpoint(index.list_images, "read", "basic"),
         PUT=Endpoint(index.finish_push, "write", "basic"),
         DELETE=Endpoint(index.delete_images, "delete", "basic"),
     ),
@@ -136,7 +130,6 @@ ROUTES: tuple[Route, ...] = (
         "repository_json",
         rf"{_REPO}/json",
         GET=Endpoint(index.repository_json, "read"),
-        HEAD=Endpoint(index.repository_json, "read"),
     ),
     # Optional in the contract (4.3.6, 4.5.6) and not offered: a valid name answers 404.
     _route("repository_extras", rf"{_REPO}/(?:properties|auth)"),

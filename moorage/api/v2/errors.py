@@ -60,14 +60,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except Exception as exc:
         if http.client_went_away(request, exc):
             return http.went_away(request, log)
-        rid = request_id(request)
-        log.exception(
-            "unexpected error method=%s path=%s request_id=%s",
-            request.method,
-            request.path,
-            rid,
-            extra={"method": request.method, "path": request.path, "request_id": rid},
-        )
+        http.log_unexpected(request, log)
         response = error_response(RegistryError())
     return response
 
