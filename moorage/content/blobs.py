@@ -601,11 +601,13 @@ class BlobService:
         rows = {str(d): BlobRow(str(d), key, size) for d in expected}
         rows.setdefault(sha256, BlobRow(sha256, key, size))
         await self.metadata.finish_upload(session_id, repository, rows.values())
-        stored = await self.metadata.blob(sha256)
-        if stored is not None and stored.storage_key != key:
-            # Another upload of the same content committed at the same moment and its row won
-            # (the blob row is written once): nothing refers to this copy, drop it.
-            await self.storage.delete(key)
+        if key != paths.blob(sha256.partition(":")[2]):
+            # Not at its content-addressed key (an object store): another upload of the same
+            # content may have committed at the same moment and its row won (a blob row is
+            # written once); then nothing refers to this copy, drop it.
+            stored = await self.metadata.blob(sha256)
+            if stored is not None and stored.storage_key != key:
+                await self.storage.delete(key)
         return str(expected[0])
 
     @staticmethod
