@@ -14,7 +14,6 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -35,7 +34,7 @@ from tests.services.fixtures import (
     start_service,
     stop_service,
 )
-from tests.v1.client import V1Client, make_chain
+from tests.v1.client import RemoteHttp, V1Client, make_chain
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -130,30 +129,11 @@ async def test_two_nodes_push_the_same_blobs_into_one_new_repository_at_once(
     assert status == 200 and body == image.manifest
 
 
-class _Http:
-    """What V1Client needs of aiohttp's TestClient, over a real server's URL."""
-
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
-        self.session = session
-        self.base = base
-
-    def make_url(self, path: str) -> Any:
-        from yarl import URL
-
-        return URL(self.base).join(URL(path))
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.session.request(method, self.make_url(path), **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs)
-
-
 async def test_a_v1_push_through_one_node_pulls_through_v2_on_another(
     cluster: Cluster, fresh: aiohttp.ClientSession
 ) -> None:
     chain = make_chain(2)
-    v1 = V1Client(_Http(fresh, cluster.nodes[0].url))  # type: ignore[arg-type]
+    v1 = V1Client(RemoteHttp(fresh, cluster.nodes[0].url))  # type: ignore[arg-type]
     await v1.push("cluster/v1", chain, tags={chain[-1].id: ["latest"]})
     other = Registry(fresh, cluster.nodes[1].url)
     status, body, _ = await other.get_manifest("cluster/v1", "latest")

@@ -18,7 +18,6 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 import pytest
@@ -26,7 +25,7 @@ from yarl import URL
 
 from tests.harness import MakeServer, MoorageProcess
 from tests.process.registry import Image, Registry, make_image, sha256
-from tests.v1.client import V1Client, V1Image, make_chain
+from tests.v1.client import RemoteHttp, V1Client, V1Image, make_chain
 
 SOAK_SECONDS = float(os.environ.get("MOORAGE_SOAK_SECONDS", "60"))
 pytestmark = pytest.mark.timeout(SOAK_SECONDS + 240)
@@ -40,23 +39,6 @@ TIMEOUTS = {
 CLIENT_TIMEOUT = aiohttp.ClientTimeout(total=60, connect=10, sock_read=30)
 IDLE_CONNECTIONS = 200
 SLOW_CONNECTIONS = 50
-
-
-class _Http:
-    """What V1Client needs of aiohttp's TestClient, over a real server's URL."""
-
-    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
-        self.session = session
-        self.base = URL(base)
-
-    def make_url(self, path: str) -> URL:
-        return self.base.join(URL(path))
-
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self.session.request(method, self.make_url(path), **kwargs)
-
-    def get(self, path: str, **kwargs: Any) -> Any:
-        return self.request("GET", path, **kwargs)
 
 
 @dataclass
@@ -216,7 +198,7 @@ async def test_soak_mixed_load_with_hostile_clients(make_server: MakeServer) -> 
     deadline = time.monotonic() + SOAK_SECONDS
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         reg = Registry(session, server.url)
-        v1 = V1Client(_Http(session, server.url))  # type: ignore[arg-type]
+        v1 = V1Client(RemoteHttp(session, server.url))  # type: ignore[arg-type]
 
         async def v2_pull(i: int) -> None:
             if not tally.v2:

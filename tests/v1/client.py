@@ -27,8 +27,10 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiohttp import ClientSession
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 HttpClient = TestClient[Any, Any]
 
@@ -309,6 +311,24 @@ class PullResult:
     ancestries: dict[str, list[str]] = field(default_factory=dict)
     images: dict[str, Pulled] = field(default_factory=dict)
     replies: list[Reply] = field(default_factory=list)
+
+
+class RemoteHttp:
+    """What V1Client needs of aiohttp's TestClient, over a real server's URL (a session of
+    the caller's), so the same client drives `moorage serve` processes and clusters."""
+
+    def __init__(self, session: ClientSession, base: str) -> None:
+        self.session = session
+        self.base = URL(base)
+
+    def make_url(self, path: str) -> URL:
+        return self.base.join(URL(path))
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.session.request(method, self.make_url(path), **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
 
 
 class V1Client:
