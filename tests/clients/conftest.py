@@ -761,10 +761,19 @@ def _docker_cli(dockerd: str) -> str:
 
 @pytest.fixture(scope="session")
 def dockerd(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Iterator[Docker]:
-    """dockerd with vfs and no networking, all state in a temp dir; stopped by its PID."""
+    """One private dockerd for the session's docker tests."""
+    with running_dockerd(tmp_path_factory.mktemp("dockerd"), registry) as docker:
+        yield docker
+
+
+@contextlib.contextmanager
+def running_dockerd(base: Path, registry: Registry) -> Iterator[Docker]:
+    """dockerd with vfs and no networking, all state under `base` (keep it short: the socket
+    path must fit in 108 bytes), its own containerd namespaces (named after `base`, so two
+    daemons never share one); stopped by its PID. `registry` only names the log shown when a
+    command fails."""
     dockerd_bin = require_binary("dockerd")
     docker_bin = _docker_cli(dockerd_bin)
-    base = tmp_path_factory.mktemp("dockerd")
     # A unix socket path must stay under 108 bytes; pytest's temp paths can be long.
     sock = base / "docker.sock"
     assert len(str(sock)) < 100, f"socket path too long: {sock}"
@@ -796,9 +805,9 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Ite
                 "--host",
                 f"unix://{sock}",
                 "--containerd-namespace",
-                "moorage-test",
+                f"moorage-test-{base.name}",
                 "--containerd-plugins-namespace",
-                "moorage-test-plugins",
+                f"moorage-test-{base.name}-plugins",
             ],
             env=clean_env(),
             stdin=subprocess.DEVNULL,

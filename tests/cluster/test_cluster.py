@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
@@ -19,7 +20,7 @@ import aiohttp
 import pytest
 
 from moorage.metadata import migrations
-from tests.clients.conftest import ContainersRun
+from tests.clients.conftest import ContainersRun, layer_statuses, pushed_digest, running_dockerd
 from tests.clients.conftest import Registry as Registry_
 from tests.clients.test_skopeo import PULL, PUSH
 from tests.harness import MoorageProcess
@@ -246,6 +247,51 @@ async def test_skopeo_and_podman_push_and_pull_through_the_balancer(
             podman, "image", "inspect", "--format", "{{.Digest}}", name
         )
         assert inspected.stdout.strip() == img.digest
+    finally:
+        run.cleanup()
+
+
+async def test_docker_pushes_and_pulls_through_the_balancer(
+    cluster: Cluster, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A real dockerd pushes an image through the balancer (its layer uploads and the manifest
+    land on whichever nodes HAProxy picks), forgets it, and pulls it back."""
+    run = _balancer(cluster, tmp_path)
+    try:
+        img = oci_image(
+            tmp_path / "src", layers=[2 << 20, 90_000, 700], seed=13, tag="v1", cmd=["/bin/true"]
+        )
+        archive = tmp_path / "image.tar"
+        local = "moorage-test/cluster-docker:v1"
+        await asyncio.to_thread(run.skopeo(), "copy", img.ref, f"docker-archive:{archive}:{local}")
+        remote = run.registry.name("cluster/docker", "v1")
+        with running_dockerd(tmp_path_factory.mktemp("dk"), run.registry) as docker:
+            await asyncio.to_thread(docker, "load", "-i", archive)
+            await asyncio.to_thread(docker, "tag", local, remote)
+            pushed = (await asyncio.to_thread(docker, "push", remote)).stdout
+            digest = pushed_digest(pushed, "v1")
+            assert set(layer_statuses(pushed).values()) == {"Pushed"}, pushed
+            await asyncio.to_thread(docker, "rmi", local, remote)
+            pulled = (await asyncio.to_thread(docker, "pull", remote)).stdout
+            assert f"Digest: {digest}" in pulled, pulled
+            image_id = await asyncio.to_thread(
+                docker, "image", "inspect", "--format", "{{.Id}}", remote
+            )
+            assert image_id.stdout.strip() == img.config.digest
+        served = [i for i in range(NODES) if "/v2/cluster/docker/" in cluster.node_log(i)]
+        assert len(served) > 1, "the balancer sent all of docker's requests to one node"
+        # What docker pushed (layers it compressed itself) is what every node serves, whole.
+        async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
+            for node in cluster.nodes:
+                reg = Registry(session, node.url)
+                status, body, headers = await reg.get_manifest("cluster/docker", "v1")
+                assert status == 200 and headers["Docker-Content-Digest"] == digest, node.url
+                manifest = json.loads(body)
+                assert manifest["config"]["digest"] == img.config.digest
+                assert len(manifest["layers"]) == len(img.layers)
+                for layer in manifest["layers"]:
+                    status, data, _ = await reg.get_blob("cluster/docker", layer["digest"])
+                    assert status == 200 and sha256(data) == layer["digest"], node.url
     finally:
         run.cleanup()
 
