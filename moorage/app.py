@@ -26,7 +26,6 @@ from moorage.content.v1 import V1Service
 from moorage.metadata import MetadataStore
 from moorage.storage.fsobjects import FilesystemObjects
 from moorage.storage.objects import ObjectDriver
-from moorage.storage.s3 import S3Driver
 
 log = logging.getLogger("moorage")
 
@@ -71,6 +70,9 @@ async def _expire_uploads(registry: Registry) -> None:
 async def open_storage(settings: Settings) -> ObjectDriver:
     """The blob storage driver the settings name (`storage.driver`)."""
     if settings.storage.driver == "s3":
+        # Imported here: botocore costs a node on the filesystem default ~45 MiB per process.
+        from moorage.storage.s3 import S3Driver
+
         s3 = settings.storage.s3
         return await S3Driver.open(
             s3.bucket,
