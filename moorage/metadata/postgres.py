@@ -31,7 +31,7 @@ from sqlalchemy import Connection
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from moorage.errors import Unavailable
+from moorage.errors import StorageFull, Unavailable
 
 log = logging.getLogger("moorage.metadata")
 
@@ -79,6 +79,11 @@ def unreachable(exc: BaseException) -> bool:
         if isinstance(e, _UNREACHABLE):
             return True
     return False
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Did the database server run out of disk space (SQLSTATE 53100)?"""
+    return any(isinstance(e, asyncpg.exceptions.DiskFullError) for e in _chain(exc))
 
 
 def retryable(exc: BaseException) -> bool:
@@ -130,6 +135,8 @@ class PostgresRunner:
             async with self._reader.connect() as conn:
                 return await conn.run_sync(work)
         except Exception as exc:
+            if disk_full(exc):
+                raise _full(exc) from exc
             if unreachable(exc):
                 raise _unavailable(exc) from exc
             raise
@@ -144,6 +151,8 @@ class PostgresRunner:
                 async with self.engine.begin() as conn:
                     return await conn.run_sync(work)
             except Exception as exc:
+                if disk_full(exc):  # before `unreachable`: it is class 53 too
+                    raise _full(exc) from exc
                 # A lost connection is not retried here: the commit may have happened.
                 if unreachable(exc):
                     raise _unavailable(exc) from exc
@@ -163,3 +172,8 @@ class PostgresRunner:
 def _unavailable(exc: BaseException) -> Unavailable:
     log.warning("metadata database unavailable", extra={"error": repr(exc)[:200]})
     return Unavailable("the metadata database is unavailable")
+
+
+def _full(exc: BaseException) -> StorageFull:
+    log.warning("metadata database out of disk space", extra={"error": repr(exc)[:200]})
+    return StorageFull("storage full: the metadata database has no space left")
