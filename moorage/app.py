@@ -13,7 +13,7 @@ from aiohttp.typedefs import Handler
 from moorage import keys
 from moorage.api import http, requestid
 from moorage.api import token as token_endpoint
-from moorage.api.context import AUTH, REGISTRY, SETTINGS, V1, V1TOKENS
+from moorage.api.context import AUTH, CURSORS, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.v1 import errors as v1_errors
 from moorage.api.v1 import routes as v1_routes
 from moorage.api.v2 import errors as v2_errors
@@ -109,6 +109,8 @@ def create_app(settings: Settings) -> web.Application:
     else:
         v1_secret = load_or_create_secret(settings.datadir / "auth" / "v1-secret")
     app[V1TOKENS] = V1Tokens(v1_secret)
+    # Same on every node sharing http.secret (the v1 secret is derived from it).
+    app[CURSORS] = keys.Sealer(keys.derive_secret(v1_secret.hex(), keys.CURSORS))
     if app[AUTH].issues_tokens:
         token_endpoint.setup(app)
     app.on_response_prepare.append(requestid.add_header)

@@ -4,17 +4,22 @@ safe when several workers start at once: the first key written wins and everyone
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 # What each derived value is for: a different purpose gives an unrelated value.
 V1_TOKENS = "moorage v1 token mac"
 TOKEN_SIGNING = "moorage token signing key"
 SCHEMA1_SIGNING = "moorage schema1 signing key"
+CURSORS = "moorage pagination cursor key"
 
 _P256_ORDER = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16)
 
@@ -30,6 +35,32 @@ def derive_ec_key(shared: str, purpose: str) -> ec.EllipticCurvePrivateKey:
     scalar is 48 derived bytes reduced into [1, n-1] (the bias of 128 spare bits is nil)."""
     value = int.from_bytes(derive_secret(shared, purpose, 48), "big")
     return ec.derive_private_key(value % (_P256_ORDER - 1) + 1, ec.SECP256R1())
+
+
+class Sealer:
+    """Seals a short text into an opaque token only this deployment can open (AES-GCM): a
+    position a client must be able to hand back without learning what it names."""
+
+    PREFIX = "~"  # never the first character of a repository name or a tag
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, text: str, purpose: bytes) -> str:
+        nonce = os.urandom(12)
+        sealed = nonce + self._aead.encrypt(nonce, text.encode(), purpose)
+        return self.PREFIX + base64.urlsafe_b64encode(sealed).decode().rstrip("=")
+
+    def open(self, token: str, purpose: bytes) -> str | None:
+        """The text sealed in `token`, or None if it is not a token of ours for `purpose`."""
+        if not token.startswith(self.PREFIX):
+            return None
+        body = token[len(self.PREFIX) :]
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+            return self._aead.decrypt(raw[:12], raw[12:], purpose).decode()
+        except (binascii.Error, ValueError, InvalidTag, UnicodeDecodeError):
+            return None
 
 
 def load_or_create_ec_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -10,12 +10,14 @@ from moorage.auth.v1tokens import V1Tokens
 from moorage.config import Settings
 from moorage.content.registry import Registry
 from moorage.content.v1 import V1Service
+from moorage.keys import Sealer
 
 REGISTRY = web.AppKey("registry", Registry)
 SETTINGS = web.AppKey("settings", Settings)
 AUTH = web.AppKey("auth", Authenticator)
 V1 = web.AppKey("v1", V1Service)
 V1TOKENS = web.AppKey("v1tokens", V1Tokens)
+CURSORS = web.AppKey("cursors", Sealer)
 
 # Per-request state, resolved once.
 IDENTITY = web.RequestKey("identity", Identity)

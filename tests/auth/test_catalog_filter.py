@@ -11,11 +11,13 @@ import asyncio
 import itertools
 import time
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from sqlalchemy import Connection, insert, literal, select
 
-from moorage.api.context import AUTH, REGISTRY
+from moorage.api.context import AUTH, CURSORS, REGISTRY
+from moorage.api.v2.discovery import CATALOG_CURSOR
 from moorage.auth.access import Identity
 from moorage.metadata import schema as t
 from tests.auth.conftest import MakeRegistry
@@ -157,8 +159,9 @@ async def test_a_page_that_runs_out_of_time_links_to_where_it_stopped(
     make_registry: MakeRegistry,
 ) -> None:
     """`pagination.catalogtime` bounds a page: one that is still looking when it runs out
-    answers what it found, with a Link after the last name it looked at; following the Links
-    gives exactly the filtered catalog."""
+    answers what it found, with a Link after the last name it looked at, sealed (that name
+    may be one the caller may not see); following the Links gives exactly the filtered
+    catalog."""
     rules = [rule("*9", users=["erin"]), rule("team/*", users=["erin"])]
     client = await registry(make_registry, rules, settings={"pagination": {"catalogtime": 1e-6}})
     expected = naive(client, "erin")
@@ -171,11 +174,16 @@ async def test_a_page_that_runs_out_of_time_links_to_where_it_stopped(
     body = (await resp.json())["repositories"]
     assert len(body) < 1000
     assert "n=1000" in link
-    # The next page starts after the last name looked at: a name in the registry's order,
-    # past every name this page answered.
-    last = link[link.index("last=") + 5 : link.index(">")].replace("%2F", "/")
-    assert last in BULK + EXTRA
-    assert not body or last >= body[-1]
+    # The next page starts after the last name looked at, which the Link does not show.
+    last = unquote(link[link.index("last=") + 5 : link.index(">")])
+    assert last.startswith("~") and not any(name in last for name in BULK + EXTRA), last
+    opened = client.app[CURSORS].open(last, CATALOG_CURSOR)
+    assert opened in BULK + EXTRA
+    assert not body or opened >= body[-1]
+    # A cursor that is not ours opens nothing: it is taken as a name, after every repository.
+    forged = last[:-2] + ("AA" if not last.endswith("AA") else "BB")
+    resp = await client.get(f"/v2/_catalog?n=1000&last={forged}", headers=basic("erin"))
+    assert resp.status == 200 and (await resp.json())["repositories"] == []
 
 
 @pytest.mark.parametrize("path", ["/v2/_catalog?n=10", "/v1/search?q=r"])

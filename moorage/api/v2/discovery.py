@@ -8,10 +8,12 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from moorage.api.auth import authenticator, identify
-from moorage.api.context import registry, settings
+from moorage.api.context import CURSORS, registry, settings
 from moorage.content import manifests
 from moorage.content.registry import CatalogFilter
 from moorage.errors import PaginationNumberInvalid
+
+CATALOG_CURSOR = b"catalog"  # what a sealed `last` of the catalog is for
 
 
 async def base(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
@@ -57,10 +59,18 @@ async def catalog(request: web.Request, params: dict[str, str]) -> web.StreamRes
         return auth.may_list(identity, repository)
 
     only = None if globs is None else CatalogFilter(globs, visible)
-    page = await registry(request).catalog(request.query.get("last"), limit, only)
+    last = request.query.get("last")
+    if last is not None:
+        last = request.app[CURSORS].open(last, CATALOG_CURSOR) or last
+    page = await registry(request).catalog(last, limit, only)
     headers = {}
     if page.next_last is not None:
-        headers["Link"] = _link("/v2/_catalog", {"n": str(limit), "last": page.next_last})
+        following = page.next_last
+        if page.resume is not None:
+            # A page the time bound ended stops at the last name it looked at, which the
+            # caller may not be allowed to see: the Link carries it sealed.
+            following = request.app[CURSORS].seal(page.resume, CATALOG_CURSOR)
+        headers["Link"] = _link("/v2/_catalog", {"n": str(limit), "last": following})
     return web.json_response({"repositories": page.items}, headers=headers)
 
 
