@@ -10,11 +10,12 @@ Nothing else in Moorage reads configuration: the rest of the code receives a `Se
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +25,28 @@ from pydantic_settings import (
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds from a number or a duration such as `2h`, `90m`, `1h30m`, `45s`, `0`."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text.replace(" ", ""):
+        raise ValueError(f"not a duration: {value!r} (examples: 2h, 90m, 45s, 0)")
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
 
 
 class S3Settings(_Section):
@@ -62,6 +85,19 @@ class UploadSettings(_Section):
     # A write (PATCH, PUT) holds the session's lease this long, renewed as data arrives; a
     # writer that stalls past it loses the session to the next one.
     lease: int = Field(default=90, ge=1)
+
+
+class GCSettings(_Section):
+    """Online garbage collection (docs/design/gc.md)."""
+
+    # Something unreferenced is kept this long after it became so (a push in flight that is
+    # about to reference it again is inside this window). 0 is for tests.
+    grace: Duration = 2 * 3600.0
+    # How often one worker of the deployment runs a collection cycle. 0: never on its own
+    # (`moorage gc` still runs one).
+    interval: Duration = 600.0
+    # Manifests that no tag, index or subject keeps: kept (the default), or collected too.
+    untagged: Literal["keep", "collect"] = "keep"
 
 
 class ManifestSettings(_Section):
@@ -183,6 +219,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     metadata: MetadataSettings = MetadataSettings()
     uploads: UploadSettings = UploadSettings()
+    gc: GCSettings = GCSettings()
     manifests: ManifestSettings = ManifestSettings()
     deletes: DeleteSettings = DeleteSettings()
     mount: MountSettings = MountSettings()

@@ -42,7 +42,7 @@ from moorage.errors import (
     RangeInvalid,
     SizeInvalid,
 )
-from moorage.metadata import BlobRow, LeaseTaken, MetadataStore, UploadRow
+from moorage.metadata import BlobGone, BlobRow, KeyPending, LeaseTaken, MetadataStore, UploadRow
 from moorage.storage import StorageError, paths
 from moorage.storage.base import StorageFull
 from moorage.storage.objects import ObjectDriver, ObjectWriter
@@ -131,6 +131,31 @@ class RangeMismatch(RangeInvalid):
         self.state = state
 
 
+async def place(storage: ObjectDriver, metadata: MetadataStore, key: str, sha256: str) -> str:
+    """Where a committed object of content `sha256` is to live. On a filesystem: linked to
+    its content-addressed path (free), unless a file is there already (a copy garbage
+    collection is deleting, or one left over) or a deletion of that path is pending: then it
+    stays at its own key. On an object store it stays where it was written (moving it would
+    copy it). docs/design/gc.md says why a blob row never names a key being deleted."""
+    if storage.local_path(key) is None:
+        return key
+    target = paths.blob(sha256.partition(":")[2])
+    if await metadata.deletion_pending(target):
+        return key
+    return target if await storage.move(key, target) else key
+
+
+async def drop_if_unused(
+    storage: ObjectDriver, metadata: MetadataStore, key: str, sha256: str
+) -> None:
+    """After recording an object as blob `sha256`: another upload of the same content may have
+    committed at the same moment and its row won (a blob row is written once); then no row
+    names our copy, drop it."""
+    stored = await metadata.blob(sha256)
+    if stored is not None and stored.storage_key != key and not await metadata.key_in_use(key):
+        await storage.delete(key)
+
+
 class BlobService:
     def __init__(
         self,
@@ -182,9 +207,13 @@ class BlobService:
             if not can_pull(name):
                 continue
             row = await self.metadata.repository_blob(name, digest)
-            if row is not None:
-                await self.metadata.link_blobs(repository, [row])
-                return True
+            if row is None:
+                continue
+            try:
+                await self.metadata.link_blobs(repository, [row], existing=True)
+            except BlobGone:  # collected since it was looked up: the client uploads it
+                return False
+            return True
         return False
 
     # -- upload sessions -----------------------------------------------------------------
@@ -566,13 +595,21 @@ class BlobService:
             sha256 = hasher.digest("sha256")
             existing = await self.metadata.blob(sha256)
             if existing is not None and existing.size == size:
-                # Stored already (the same content, pushed before): keep that copy.
-                await writer.cancel()
-                lease.handle = None
+                # Stored already (the same content, pushed before): link that copy, and drop
+                # ours only once the link committed (garbage collection may be taking that
+                # copy meanwhile: then ours is committed below instead).
                 rows = {str(d): BlobRow(str(d), existing.storage_key, size) for d in expected}
                 rows.setdefault(sha256, BlobRow(sha256, existing.storage_key, size))
-                await self.metadata.finish_upload(session_id, repository, rows.values())
-                return str(expected[0])
+                try:
+                    await self.metadata.finish_upload(
+                        session_id, repository, rows.values(), existing=True
+                    )
+                except BlobGone:
+                    pass
+                else:
+                    await writer.cancel()
+                    lease.handle = None
+                    return str(expected[0])
         try:
             key = await writer.commit()
         except StorageFull:
@@ -592,22 +629,17 @@ class BlobService:
                 await asyncio.shield(self.storage.delete(key))
                 raise
         sha256 = hasher.digest("sha256")
-        if self.storage.local_path(key) is not None:
-            # On a filesystem a blob is linked to its content-addressed path (free); on an
-            # object store it stays where it was written (moving it would copy it).
-            target = paths.blob(sha256.partition(":")[2])
-            await self.storage.move(key, target)
-            key = target
+        key = await place(self.storage, self.metadata, key, sha256)
         rows = {str(d): BlobRow(str(d), key, size) for d in expected}
         rows.setdefault(sha256, BlobRow(sha256, key, size))
-        await self.metadata.finish_upload(session_id, repository, rows.values())
-        if key != paths.blob(sha256.partition(":")[2]):
-            # Not at its content-addressed key (an object store): another upload of the same
-            # content may have committed at the same moment and its row won (a blob row is
-            # written once); then nothing refers to this copy, drop it.
-            stored = await self.metadata.blob(sha256)
-            if stored is not None and stored.storage_key != key:
-                await self.storage.delete(key)
+        try:
+            await self.metadata.finish_upload(session_id, repository, rows.values())
+        except KeyPending as exc:
+            # The content-addressed key we linked to got a deletion queued after _place
+            # looked (possible only with a grace period near zero): our bytes are at that
+            # key alone, which is about to go. The client pushes again.
+            raise BlobUploadInvalid("upload data lost, push again", {"uuid": session_id}) from exc
+        await drop_if_unused(self.storage, self.metadata, key, sha256)
         return str(expected[0])
 
     @staticmethod

@@ -30,7 +30,7 @@ from moorage.errors import (
     Unsupported,
 )
 from moorage.keys import load_or_create_ec_key
-from moorage.metadata import BlobRow, ManifestRow, MetadataStore
+from moorage.metadata import BlobRow, ManifestRow, MetadataStore, ReferencesGone
 from moorage.storage import paths
 from moorage.storage.objects import ObjectDriver
 
@@ -194,9 +194,19 @@ class Registry:
             manifest.artifact_type,
             manifest.annotations,
         )
-        await self.metadata.put_manifest(
-            repository, row, manifest.references, None if by_digest else reference
-        )
+        try:
+            await self.metadata.put_manifest(
+                repository,
+                row,
+                manifest.references,
+                None if by_digest else reference,
+                blobs=manifest.blobs,
+                manifests=manifest.manifests,
+            )
+        except ReferencesGone as exc:  # collected since _check_references looked
+            raise RegistryErrors(
+                [ManifestBlobUnknown(detail={"digest": d}) for d in exc.digests]
+            ) from None
         return PutResult(digest, manifest.subject)
 
     @staticmethod

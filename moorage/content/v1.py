@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from moorage.content import blobs, jsondoc, layers, manifests, names, streams, translate
 from moorage.content import digest as digests
-from moorage.content import jsondoc, layers, manifests, names, streams, translate
 from moorage.content.blobs import Blob
 from moorage.content.layers import LayerAnalyzer
 from moorage.content.registry import CatalogFilter, Registry
 from moorage.errors import ManifestUnknown
-from moorage.metadata import BlobRow, LayerSums, ManifestRow, V1ImageRow
+from moorage.metadata import BlobRow, KeyPending, LayerSums, ManifestRow, V1ImageRow
 from moorage.storage import paths
 from moorage.storage.objects import ObjectWriter
 
@@ -342,11 +342,7 @@ class V1Service:
             raise
         committed = False
         try:
-            if self.storage.local_path(key) is not None:
-                # A filesystem links the layer to its content-addressed path (free).
-                target = paths.blob(sums.blob_digest.partition(":")[2])
-                await self.storage.move(key, target)
-                key = target
+            key = await blobs.place(self.storage, self.metadata, key, sums.blob_digest)
             committed = True
             recorded = await self.metadata.v1_layer_uploaded(
                 image_id,
@@ -361,9 +357,15 @@ class V1Service:
                     sums.compressed,
                 ),
             )
+        except KeyPending:
+            # The layer's content-addressed key got a deletion queued after `place` looked
+            # (a grace period near zero): the bytes there are about to go. Push again.
+            raise UploadRestarted(image_id) from None
         finally:
             if not committed:
                 await asyncio.shield(self.storage.delete(key))
+        # A known layer keeps its first copy (its blob row); ours, if it is another, goes.
+        await blobs.drop_if_unused(self.storage, self.metadata, key, sums.blob_digest)
         if not recorded:
             raise UploadRestarted(image_id)
 

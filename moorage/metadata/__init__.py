@@ -3,15 +3,27 @@
 Knows nothing of HTTP and nothing of bytes in storage.
 """
 
-from moorage.metadata.store import BlobRow, LeaseTaken, ManifestRow, MetadataStore, UploadRow
+from moorage.metadata.store import (
+    BlobGone,
+    BlobRow,
+    KeyPending,
+    LeaseTaken,
+    ManifestRow,
+    MetadataStore,
+    ReferencesGone,
+    UploadRow,
+)
 from moorage.metadata.v1 import LayerSums, V1ImageRow
 
 __all__ = [
+    "BlobGone",
     "BlobRow",
+    "KeyPending",
     "LayerSums",
     "LeaseTaken",
     "ManifestRow",
     "MetadataStore",
+    "ReferencesGone",
     "UploadRow",
     "V1ImageRow",
 ]

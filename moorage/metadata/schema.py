@@ -10,9 +10,16 @@ so a change here comes with a new revision (docs/deploy/upgrades.md).
 - manifest_references: what a manifest points at (layers, config, children), for GC.
 - tags: repository + name -> manifest digest.
 - uploads: upload sessions (offset and a short write lease), shared by every worker and node.
+- gc_deletions: stored objects no blob row names any more, being deleted (docs/design/gc.md).
+
+`touched` (blobs, links, manifests): when something last made the row referenced or
+unreferenced; garbage collection's grace period counts from it. Set on every insert (the
+column's default), and by the writes docs/design/gc.md lists.
 """
 
 from __future__ import annotations
+
+import time
 
 from sqlalchemy import (
     BigInteger,
@@ -53,6 +60,9 @@ blobs = Table(
     Column("storage_key", String(200), nullable=False),
     Column("size", BigInteger, nullable=False),
     Column("created", Float, nullable=False),
+    Column("touched", Float, nullable=False, default=time.time, server_default="0"),
+    Index("blobs_touched", "touched"),
+    Index("blobs_storage_key", "storage_key"),
 )
 
 repository_blobs = Table(
@@ -61,6 +71,8 @@ repository_blobs = Table(
     Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
     Column("digest", String(200), ForeignKey("blobs.digest"), primary_key=True),
     Column("created", Float, nullable=False),
+    Column("touched", Float, nullable=False, default=time.time, server_default="0"),
+    Index("repository_blobs_touched", "touched"),
 )
 
 manifests = Table(
@@ -74,7 +86,9 @@ manifests = Table(
     Column("artifact_type", String(255), nullable=True),
     Column("annotations", Text, nullable=True),
     Column("created", Float, nullable=False),
+    Column("touched", Float, nullable=False, default=time.time, server_default="0"),
     Index("manifests_subject", "repository_id", "subject", "created"),
+    Index("manifests_touched", "touched"),
 )
 
 manifest_references = Table(
@@ -214,4 +228,15 @@ login_failures = Table(
     Column("started", Float, nullable=False),
     Column("count", Integer, nullable=False),
     Index("login_failures_started", "started"),
+)
+
+# -- garbage collection (issue 12) -----------------------------------------------------------
+
+# A stored object whose last blob row the collector deleted, in the same transaction; the
+# object is deleted from storage next, then this row. A blob row never names a key listed here.
+gc_deletions = Table(
+    "gc_deletions",
+    metadata,
+    Column("storage_key", String(200), primary_key=True),
+    Column("since", Float, nullable=False),
 )

@@ -85,6 +85,27 @@ class ManifestRow:
     annotations: dict[str, str] | None = None
 
 
+class BlobGone(Exception):
+    """A blob to link is not stored any more (garbage collection deleted it meanwhile)."""
+
+    def __init__(self, digests: Iterable[str]) -> None:
+        self.digests = sorted(digests)
+        super().__init__(", ".join(self.digests))
+
+
+class KeyPending(Exception):
+    """A new blob row would name a storage key whose object garbage collection is deleting."""
+
+
+class ReferencesGone(Exception):
+    """A manifest names blobs not linked into its repository, or manifests not in it (checked
+    in the transaction that stores it: garbage collection may have taken them meanwhile)."""
+
+    def __init__(self, digests: Iterable[str]) -> None:
+        self.digests = sorted(digests)
+        super().__init__(", ".join(self.digests))
+
+
 class LeaseTaken(enum.Enum):
     """How an upload's write lease was had: nobody held it, or its holder let it run out."""
 
@@ -449,31 +470,73 @@ class MetadataStore(V1Queries):
         row = await self._read(lambda conn: conn.execute(query).first())
         return BlobRow(*row) if row else None
 
-    async def link_blobs(self, repository: str, rows: Iterable[BlobRow]) -> None:
-        """Record the blobs (if new) and link them into `repository`, in one transaction."""
-        await self._write(lambda conn: self._link(conn, repository, rows))
+    async def link_blobs(
+        self, repository: str, rows: Iterable[BlobRow], existing: bool = False
+    ) -> None:
+        """Link blobs into `repository`, in one transaction: blobs whose bytes the caller just
+        stored are recorded if new (KeyPending if a key is being deleted); with `existing`
+        they must be stored already (BlobGone if not; nothing is linked then)."""
+        await self._write(lambda conn: self._link(conn, repository, rows, existing))
 
-    def _link(self, conn: Connection, repository: str, rows: Iterable[BlobRow]) -> None:
-        """Record each blob unless known (a known blob keeps its key) and link it."""
+    def _link(
+        self, conn: Connection, repository: str, rows: Iterable[BlobRow], existing: bool = False
+    ) -> None:
+        """Record each blob unless known (a known blob keeps its key) and link it; the link's
+        `touched` restarts garbage collection's grace period."""
         now = time.time()
         repo_id = self._repository_id(conn, repository, create=True)
         unique = {row.digest: row for row in rows}
         if not unique:
             return
         ordered = [unique[digest] for digest in sorted(unique)]  # one lock order for all
+        if existing:
+            self._lock_blobs(conn, [r.digest for r in ordered])
+        else:
+            self._record_blobs(conn, ordered, now)
+        link = dialect.insert(conn, t.repository_blobs)
         conn.execute(
-            dialect.insert(conn, t.blobs).on_conflict_do_nothing(index_elements=["digest"]),
+            link.on_conflict_do_update(
+                index_elements=["repository_id", "digest"],
+                set_={"touched": link.excluded.touched},
+            ),
             [
-                {"digest": r.digest, "storage_key": r.storage_key, "size": r.size, "created": now}
+                {"repository_id": repo_id, "digest": r.digest, "created": now, "touched": now}
                 for r in ordered
             ],
         )
+
+    @staticmethod
+    def _record_blobs(conn: Connection, rows: Sequence[BlobRow], now: float) -> None:
+        """Insert blob rows for objects the caller stored, unless a row exists. The insert
+        comes first: on PostgreSQL it waits for a collector deleting the same digest, so the
+        look at `gc_deletions` after it sees that deletion (docs/design/gc.md)."""
         conn.execute(
-            dialect.insert(conn, t.repository_blobs).on_conflict_do_nothing(
-                index_elements=["repository_id", "digest"]
-            ),
-            [{"repository_id": repo_id, "digest": r.digest, "created": now} for r in ordered],
+            dialect.insert(conn, t.blobs).on_conflict_do_nothing(index_elements=["digest"]),
+            [
+                {
+                    "digest": r.digest,
+                    "storage_key": r.storage_key,
+                    "size": r.size,
+                    "created": now,
+                    "touched": now,
+                }
+                for r in rows
+            ],
         )
+        keys = {r.storage_key for r in rows}
+        g = t.gc_deletions
+        if conn.execute(select(g.c.storage_key).where(g.c.storage_key.in_(keys))).first():
+            raise KeyPending(sorted(keys))
+
+    @staticmethod
+    def _lock_blobs(conn: Connection, digests: Sequence[str]) -> None:
+        """Share-lock the blob rows (a collector's delete waits, then sees the new link);
+        BlobGone if any is not there."""
+        b = t.blobs
+        query = select(b.c.digest).where(b.c.digest.in_(digests)).order_by(b.c.digest)
+        found = set(conn.execute(query.with_for_update(read=True)).scalars())
+        if len(found) < len(set(digests)):
+            raise BlobGone(set(digests) - found)
 
     async def unlink_blob(self, repository: str, digest: str) -> bool:
         def work(conn: Connection) -> bool:
@@ -486,9 +549,24 @@ class MetadataStore(V1Queries):
                     t.repository_blobs.c.digest == digest,
                 )
             )
-            return bool(result.rowcount)
+            if not result.rowcount:
+                return False
+            # A blob unlinked by a user: its grace period starts now.
+            b = t.blobs
+            conn.execute(update(b).where(b.c.digest == digest).values(touched=time.time()))
+            return True
 
         return await self._write(work, frees=True)
+
+    async def deletion_pending(self, key: str) -> bool:
+        """Is garbage collection deleting the object at `key`?"""
+        g = t.gc_deletions
+        return bool(await self._column(select(g.c.storage_key).where(g.c.storage_key == key)))
+
+    async def key_in_use(self, key: str) -> bool:
+        """Does any blob row name the object at `key`?"""
+        b = t.blobs
+        return bool(await self._column(select(b.c.digest).where(b.c.storage_key == key).limit(1)))
 
     async def repositories_with_blob(self, digest: str) -> list[str]:
         r, rb = t.repositories, t.repository_blobs
@@ -586,11 +664,14 @@ class MetadataStore(V1Queries):
             .values(lease_until=until, updated=time.time())
         )
 
-    async def finish_upload(self, upload_id: str, repository: str, rows: Iterable[BlobRow]) -> None:
-        """End the session and link its blob, in one transaction."""
+    async def finish_upload(
+        self, upload_id: str, repository: str, rows: Iterable[BlobRow], existing: bool = False
+    ) -> None:
+        """End the session and link its blob, in one transaction (`link_blobs` says what
+        `existing` means and what it raises; nothing changes then)."""
 
         def work(conn: Connection) -> None:
-            self._link(conn, repository, rows)
+            self._link(conn, repository, rows, existing)
             conn.execute(delete(t.uploads).where(t.uploads.c.id == upload_id))
 
         await self._write(work)
@@ -650,9 +731,17 @@ class MetadataStore(V1Queries):
         row: ManifestRow,
         references: Iterable[str],
         tag: str | None,
+        blobs: Iterable[str] = (),
+        manifests: Iterable[str] = (),
     ) -> None:
-        """Store a manifest (idempotent) and optionally point a tag at it, atomically."""
-        await self._write(lambda conn: self._put_manifest(conn, repository, row, references, tag))
+        """Store a manifest (idempotent) and optionally point a tag at it, atomically.
+        `blobs` must be linked into the repository and `manifests` stored in it, checked in
+        the same transaction under share locks (ReferencesGone if not; nothing is stored)."""
+        await self._write(
+            lambda conn: self._put_manifest(
+                conn, repository, row, references, tag, blobs, manifests
+            )
+        )
 
     def _put_manifest(
         self,
@@ -661,27 +750,35 @@ class MetadataStore(V1Queries):
         row: ManifestRow,
         references: Iterable[str],
         tag: str | None,
+        blobs: Iterable[str] = (),
+        manifests: Iterable[str] = (),
     ) -> None:
         now = time.time()
         children = sorted(set(references))
         repo_id = self._repository_id(conn, repository, create=True)
+        assert repo_id is not None
+        self._check_references(conn, repo_id, sorted(set(blobs)), sorted(set(manifests)))
         m = t.manifests
-        stored = conn.execute(
-            dialect.insert(conn, m)
-            .values(
-                repository_id=repo_id,
-                digest=row.digest,
-                media_type=row.media_type,
-                content=row.content,
-                subject=row.subject,
-                artifact_type=row.artifact_type,
-                annotations=json.dumps(row.annotations) if row.annotations else None,
-                created=now,
+        stored = dialect.insert(conn, m).values(
+            repository_id=repo_id,
+            digest=row.digest,
+            media_type=row.media_type,
+            content=row.content,
+            subject=row.subject,
+            artifact_type=row.artifact_type,
+            annotations=json.dumps(row.annotations) if row.annotations else None,
+            created=now,
+            touched=now,
+        )
+        # DO UPDATE, not DO NOTHING: it locks an existing row until this transaction ends, so
+        # a collector deleting the manifest either finishes first (then this inserts it
+        # again) or waits and sees the tag (docs/design/gc.md).
+        conn.execute(
+            stored.on_conflict_do_update(
+                index_elements=["repository_id", "digest"], set_={"touched": now}
             )
-            .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
-            .returning(m.c.digest)
-        ).first()
-        if stored is not None and children:  # the references come with the manifest's row
+        )
+        if children:
             mr = t.manifest_references
             conn.execute(
                 dialect.insert(conn, mr).on_conflict_do_nothing(
@@ -691,6 +788,16 @@ class MetadataStore(V1Queries):
             )
         if tag is not None:
             tg = t.tags
+            previous = select(tg.c.digest).where(tg.c.repository_id == repo_id, tg.c.name == tag)
+            conn.execute(  # the manifest the tag leaves: its grace period starts now
+                update(m)
+                .where(
+                    m.c.repository_id == repo_id,
+                    m.c.digest == previous.scalar_subquery(),
+                    m.c.digest != row.digest,
+                )
+                .values(touched=now)
+            )
             moved = dialect.insert(conn, tg).values(
                 repository_id=repo_id, name=tag, digest=row.digest, updated=now
             )
@@ -701,8 +808,38 @@ class MetadataStore(V1Queries):
                 )
             )
 
+    @staticmethod
+    def _check_references(
+        conn: Connection, repo_id: int, blobs: Sequence[str], manifests: Sequence[str]
+    ) -> None:
+        """Share-lock the links of `blobs` and the rows of `manifests` in the repository
+        (a collector deleting one waits for this transaction, then sees the reference);
+        ReferencesGone with whatever is missing."""
+        missing: set[str] = set()
+        if blobs:
+            rb = t.repository_blobs
+            query = (
+                select(rb.c.digest)
+                .where(rb.c.repository_id == repo_id, rb.c.digest.in_(blobs))
+                .order_by(rb.c.digest)
+                .with_for_update(read=True)
+            )
+            missing |= set(blobs) - set(conn.execute(query).scalars())
+        if manifests:
+            m = t.manifests
+            query = (
+                select(m.c.digest)
+                .where(m.c.repository_id == repo_id, m.c.digest.in_(manifests))
+                .order_by(m.c.digest)
+                .with_for_update(read=True)
+            )
+            missing |= set(manifests) - set(conn.execute(query).scalars())
+        if missing:
+            raise ReferencesGone(missing)
+
     async def delete_manifest(self, repository: str, digest: str) -> bool:
-        """Delete a manifest and every tag pointing at it."""
+        """Delete a manifest and every tag pointing at it. What it referenced in the
+        repository (blob links, child manifests, its referrers) starts its grace period."""
 
         def work(conn: Connection) -> bool:
             repo_id = self._repository_id(conn, repository, create=False)
@@ -717,7 +854,24 @@ class MetadataStore(V1Queries):
             conn.execute(
                 delete(t.tags).where(t.tags.c.repository_id == repo_id, t.tags.c.digest == digest)
             )
-            mr = t.manifest_references
+            mr, rb = t.manifest_references, t.repository_blobs
+            children = select(mr.c.child).where(
+                mr.c.repository_id == repo_id, mr.c.digest == digest
+            )
+            now = time.time()
+            conn.execute(
+                update(rb)
+                .where(rb.c.repository_id == repo_id, rb.c.digest.in_(children))
+                .values(touched=now)
+            )
+            conn.execute(
+                update(m)
+                .where(
+                    m.c.repository_id == repo_id,
+                    m.c.digest.in_(children) | (m.c.subject == digest),
+                )
+                .values(touched=now)
+            )
             conn.execute(delete(mr).where(mr.c.repository_id == repo_id, mr.c.digest == digest))
             return True
 
@@ -728,10 +882,20 @@ class MetadataStore(V1Queries):
             repo_id = self._repository_id(conn, repository, create=False)
             if repo_id is None:
                 return False
-            result = conn.execute(
-                delete(t.tags).where(t.tags.c.repository_id == repo_id, t.tags.c.name == tag)
+            tg, m = t.tags, t.manifests
+            digest = conn.execute(
+                delete(tg)
+                .where(tg.c.repository_id == repo_id, tg.c.name == tag)
+                .returning(tg.c.digest)
+            ).scalar()
+            if digest is None:
+                return False
+            conn.execute(  # the manifest the tag left: its grace period starts now
+                update(m)
+                .where(m.c.repository_id == repo_id, m.c.digest == digest)
+                .values(touched=time.time())
             )
-            return bool(result.rowcount)
+            return True
 
         return await self._write(work, frees=True)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -88,7 +88,11 @@ class V1Queries:
         async def _column(self, query: Select[Any]) -> list[Any]: ...
         @staticmethod
         def _repository_id(conn: Connection, name: str, create: bool) -> int | None: ...
-        def _link(self, conn: Connection, repository: str, rows: Iterable[Any]) -> None: ...
+        def _link(
+            self, conn: Connection, repository: str, rows: Iterable[Any], existing: bool = False
+        ) -> None: ...
+        @staticmethod
+        def _record_blobs(conn: Connection, rows: Sequence[BlobRow], now: float) -> None: ...
         def _put_manifest(
             self,
             conn: Connection,
@@ -96,6 +100,8 @@ class V1Queries:
             row: ManifestRow,
             references: Iterable[str],
             tag: str | None,
+            blobs: Iterable[str] = (),
+            manifests: Iterable[str] = (),
         ) -> None: ...
 
     # -- images --------------------------------------------------------------------------
@@ -184,16 +190,10 @@ class V1Queries:
             )
             if not result.rowcount:
                 return False
-            conn.execute(
-                dialect.insert(conn, t.blobs)
-                .values(
-                    digest=sums.blob_digest,
-                    storage_key=sums.storage_key,
-                    size=sums.size,
-                    created=time.time(),
-                )
-                .on_conflict_do_nothing(index_elements=["digest"])
-            )
+            from moorage.metadata.store import BlobRow  # a cycle at import time
+
+            row = BlobRow(sums.blob_digest, sums.storage_key, sums.size)
+            self._record_blobs(conn, [row], time.time())  # KeyPending: nothing recorded
             return True
 
         return await self._write(work)

@@ -55,18 +55,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _link_new(source: Path, target: Path) -> None:
-    """Make `target` name the file `source` names, unless `target` exists (then leave it)."""
+def _link_new(source: Path, target: Path) -> bool:
+    """Make `target` name the file `source` names, unless `target` exists (then leave it and
+    return False)."""
     try:
         os.link(source, target)
+        return True
     except FileExistsError:
-        pass
+        return False
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
             raise
         # A filesystem without hard links: rename, which replaces an existing target.
-        if not target.exists():
-            os.replace(source, target)
+        if target.exists():
+            return False
+        os.replace(source, target)
+        return True
 
 
 def _writeback_starter() -> Callable[[int, int, int], object] | None:

@@ -197,20 +197,22 @@ class FilesystemObjects:
         return await asyncio.to_thread(self._open, key, state)
 
     @_full_is_typed
-    def _move(self, source: str, target: str) -> None:
+    def _move(self, source: str, target: str) -> bool:
         src, dst = self.files._path(source), self.files._path(target)
         if not src.is_file():
             raise PathNotFound(source)
         dst.parent.mkdir(parents=True, exist_ok=True)
         if paths.is_content_addressed(target):
-            _link_new(src, dst)
+            if not _link_new(src, dst):
+                return False
             src.unlink(missing_ok=True)
         else:
             os.replace(src, dst)
         _fsync_dir(dst.parent)
+        return True
 
-    async def move(self, source: str, target: str) -> None:
-        await asyncio.to_thread(self._move, source, target)
+    async def move(self, source: str, target: str) -> bool:
+        return await asyncio.to_thread(self._move, source, target)
 
     def _delete_uploads(self, key: str) -> None:
         path = self.files._path(key)

@@ -77,9 +77,10 @@ class ObjectDriver(Protocol):
         (possibly on another node). A resumed writer never lets bytes that an older writer of
         the same state writes late into the committed object (see the design note)."""
 
-    async def move(self, source: str, target: str) -> None:
-        """Move an object; a content-addressed `target` that exists is kept (source dropped).
-        PathNotFound if `source` is absent."""
+    async def move(self, source: str, target: str) -> bool:
+        """Move an object. A content-addressed `target` that exists is kept, and so is the
+        source then: False (the caller decides which to use; garbage collection may be
+        deleting that target). PathNotFound if `source` is absent."""
 
     async def delete(self, key: str) -> None:
         """Remove an object, or everything below a prefix, and any unfinished writer data of

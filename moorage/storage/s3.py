@@ -386,19 +386,21 @@ class S3Driver:
             raise StorageError("inconsistent s3 writer state")
         return writer
 
-    async def move(self, source: str, target: str) -> None:
+    async def move(self, source: str, target: str) -> bool:
         size = await self.stat(source)
         if size is None:
             raise PathNotFound(source)
-        if not (paths.is_content_addressed(target) and await self.stat(target) is not None):
-            src = {"Bucket": self.bucket, "Key": self._name(source)}
-            if size <= COPY_MAX:
-                await self.client.copy_object(
-                    Bucket=self.bucket, Key=self._name(target), CopySource=src
-                )
-            else:
-                await self._copy_in_parts(src, self._name(target), size)
+        if paths.is_content_addressed(target) and await self.stat(target) is not None:
+            return False
+        src = {"Bucket": self.bucket, "Key": self._name(source)}
+        if size <= COPY_MAX:
+            await self.client.copy_object(
+                Bucket=self.bucket, Key=self._name(target), CopySource=src
+            )
+        else:
+            await self._copy_in_parts(src, self._name(target), size)
         await self.delete(source)
+        return True
 
     async def _copy_in_parts(self, source: dict[str, str], target: str, size: int) -> None:
         step = max(MIN_PART, -(-size // MAX_PARTS))
