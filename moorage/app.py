@@ -53,18 +53,34 @@ class InFlight:
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
-async def _expire_uploads(registry: Registry) -> None:
+async def _chores(registry: Registry, gc_interval: float) -> None:
+    """The deployment's housekeeping, each chore run by one worker of one node per period
+    (every worker of every node asks for it): expiring abandoned upload sessions with their
+    bytes, and garbage collection every `gc.interval` (0: never on its own)."""
+    chores = [("upload-expiry", EXPIRY_INTERVAL, _expire_uploads)]
+    if gc_interval > 0:
+        chores.append(("gc", gc_interval, _collect))
+    tick = min(period for _, period, _ in chores)
     while True:
-        await asyncio.sleep(EXPIRY_INTERVAL)
-        try:
-            # One sweep per period for the whole cluster: every worker of every node asks.
-            if not await registry.metadata.claim("upload-expiry", EXPIRY_INTERVAL * 0.9):
-                continue
-            dropped = await registry.blobs.expire()
-            if dropped:
-                log.info("expired upload sessions", extra={"count": dropped})
-        except Exception:
-            log.exception("upload expiry failed")
+        await asyncio.sleep(tick)
+        for name, period, run in chores:
+            try:
+                if await registry.metadata.claim(name, period * 0.9):
+                    await run(registry)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed", name)
+
+
+async def _expire_uploads(registry: Registry) -> None:
+    dropped = await registry.blobs.expire()
+    if dropped:
+        log.info("expired upload sessions", extra={"count": dropped})
+
+
+async def _collect(registry: Registry) -> None:
+    await registry.collector.cycle()
 
 
 async def open_storage(settings: Settings) -> ObjectDriver:
@@ -129,11 +145,11 @@ def create_app(settings: Settings) -> web.Application:
         registry = Registry(settings, storage, metadata)
         app[REGISTRY] = registry
         app[V1] = V1Service(registry)
-        expiry = asyncio.create_task(_expire_uploads(registry))
+        chores = asyncio.create_task(_chores(registry, settings.gc.interval))
         yield
-        expiry.cancel()
+        chores.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await expiry
+            await chores
         await registry.close()
 
     app.cleanup_ctx.append(lifecycle)

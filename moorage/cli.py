@@ -182,6 +182,68 @@ def db_upgrade(config_file: Path | None, data_dir: Path | None) -> None:
         )
 
 
+@main.command("gc")
+@_db_options
+@click.option("--dry-run", is_flag=True, help="Report what a cycle would free; change nothing.")
+@click.option(
+    "--grace",
+    help="Override gc.grace for this run (a duration: 2h, 30m, 0).",
+)
+def gc_command(
+    config_file: Path | None, data_dir: Path | None, dry_run: bool, grace: str | None
+) -> None:
+    """Run one garbage collection cycle now (the server also runs one every gc.interval);
+    safe while the server runs (docs/design/gc.md)."""
+    import asyncio
+
+    try:
+        settings = config.load(config_file, datadir=data_dir)
+        grace_seconds = None if grace is None else float(config.parse_duration(grace))
+    except (config.ConfigError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if grace_seconds is not None and grace_seconds < 0:
+        raise click.ClickException("--grace must not be negative")
+    logs.configure(settings.log.level)
+    cycle = asyncio.run(_gc(settings, grace_seconds, dry_run))
+    c = cycle.collected
+    verb = "would free" if dry_run else "freed"
+    for name in sorted(c.repositories):
+        r = c.repositories[name]
+        click.echo(f"{name}: {r.manifests} manifests, {r.links} blob links ({_bytes(r.bytes)})")
+    click.echo(
+        f"{verb}: {c.manifests} manifests, {c.links} blob links, {c.v1_images} v1 images, "
+        f"{c.blobs} blobs, {len(c.keys)} stored objects ({_bytes(c.bytes)})"
+        f" in {cycle.seconds:.1f} s"
+    )
+
+
+async def _gc(settings: config.Settings, grace: float | None, dry_run: bool) -> Any:
+    from moorage.app import open_storage
+    from moorage.content.gc import Collector
+    from moorage.metadata import MetadataStore, migrations
+
+    storage = await open_storage(settings)
+    metadata = MetadataStore(settings.metadata_url)
+    try:
+        try:
+            await metadata.open()
+        except migrations.SchemaError as exc:
+            raise click.ClickException(str(exc)) from exc
+        return await Collector(metadata, storage, settings.gc).cycle(grace, dry_run)
+    finally:
+        await metadata.close()
+        await storage.close()
+
+
+def _bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
 @main.group()
 def user() -> None:
     """Manage the users of an htpasswd file (bcrypt entries)."""

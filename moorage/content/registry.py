@@ -19,6 +19,7 @@ from moorage.config import Settings
 from moorage.content import digest as digests
 from moorage.content import jsondoc, manifests, names, schema1, translate
 from moorage.content.blobs import BlobService
+from moorage.content.gc import Collector
 from moorage.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
@@ -92,6 +93,7 @@ class Registry:
         self.settings = settings
         self.metadata = metadata
         self.blobs = BlobService(storage, metadata, settings.uploads.ttl, settings.uploads.lease)
+        self.collector = Collector(metadata, storage, settings.gc)
         self._signing_key: ec.EllipticCurvePrivateKey | None = None
 
     async def close(self) -> None:

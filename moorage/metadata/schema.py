@@ -73,6 +73,7 @@ repository_blobs = Table(
     Column("created", Float, nullable=False),
     Column("touched", Float, nullable=False, default=time.time, server_default="0"),
     Index("repository_blobs_touched", "touched"),
+    Index("repository_blobs_digest", "digest"),
 )
 
 manifests = Table(
@@ -155,6 +156,7 @@ v1_images = Table(
     Column("uploader", String(255), nullable=True),
     Column("updated", Float, nullable=False),
     Index("v1_images_parent", "parent"),
+    Index("v1_images_blob_digest", "blob_digest"),
 )
 
 v1_links = Table(
@@ -184,6 +186,7 @@ v1_manifest_images = Table(
     Column("repository_id", Integer, ForeignKey("repositories.id"), primary_key=True),
     Column("manifest_digest", String(200), primary_key=True),
     Column("image_id", String(64), nullable=False),
+    Index("v1_manifest_images_image", "image_id"),
 )
 
 # Proof-of-possession uploads (v1 contract 9.4): a caller re-uploads an image that exists but

@@ -1,8 +1,8 @@
 """0003: what online garbage collection needs (docs/design/gc.md): `touched` on blobs, blob
 links and manifests (when something last made the row referenced or unreferenced: the grace
-period counts from it; existing rows start at their creation), an index of blobs by storage
-key, and `gc_deletions`, the stored objects whose blob rows are gone and that the collector is
-deleting."""
+period counts from it; existing rows start at their creation), indexes for the collector's
+lookups, and `gc_deletions`, the stored objects whose blob rows are gone and that the
+collector is deleting."""
 
 from __future__ import annotations
 
@@ -33,9 +33,16 @@ def upgrade() -> None:
     op.create_index("blobs_storage_key", "blobs", ["storage_key"])
     op.create_index("repository_blobs_touched", "repository_blobs", ["touched"])
     op.create_index("manifests_touched", "manifests", ["touched"])
+    # What the collector asks of every candidate: who else refers to this digest or image?
+    op.create_index("repository_blobs_digest", "repository_blobs", ["digest"])
+    op.create_index("v1_images_blob_digest", "v1_images", ["blob_digest"])
+    op.create_index("v1_manifest_images_image", "v1_manifest_images", ["image_id"])
 
 
 def downgrade() -> None:
+    op.drop_index("v1_manifest_images_image", table_name="v1_manifest_images")
+    op.drop_index("v1_images_blob_digest", table_name="v1_images")
+    op.drop_index("repository_blobs_digest", table_name="repository_blobs")
     op.drop_index("manifests_touched", table_name="manifests")
     op.drop_index("repository_blobs_touched", table_name="repository_blobs")
     op.drop_index("blobs_storage_key", table_name="blobs")

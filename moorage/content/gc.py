@@ -1,0 +1,72 @@
+"""Online garbage collection (docs/design/gc.md): one cycle deletes from the metadata what
+nothing has referred to for the grace period (`MetadataStore.gc_collect`), then deletes the
+stored objects the deleted blob rows named. The server runs a cycle every `gc.interval` in one
+worker of the deployment; `moorage gc` runs one now."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from moorage.config import GCSettings
+from moorage.metadata import MetadataStore
+from moorage.metadata.gc import Collected
+from moorage.storage.objects import ObjectDriver
+
+log = logging.getLogger("moorage.gc")
+
+
+@dataclass
+class Cycle:
+    collected: Collected
+    objects_deleted: int
+    seconds: float
+    dry_run: bool
+
+    def summary(self) -> dict[str, Any]:
+        c = self.collected
+        return {
+            "dry_run": self.dry_run,
+            "manifests": c.manifests,
+            "links": c.links,
+            "v1_images": c.v1_images,
+            "blobs": c.blobs,
+            "bytes": c.bytes,
+            "objects_deleted": self.objects_deleted,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class Collector:
+    def __init__(self, metadata: MetadataStore, storage: ObjectDriver, settings: GCSettings):
+        self.metadata = metadata
+        self.storage = storage
+        self.settings = settings
+
+    async def cycle(
+        self, grace: float | None = None, dry_run: bool = False, pause: Any = None
+    ) -> Cycle:
+        """One collection. `grace` overrides `gc.grace`; a dry run changes nothing and
+        reports what a cycle would delete now. `pause` is for tests (`gc_collect`)."""
+        started = time.monotonic()
+        cutoff = time.time() - (self.settings.grace if grace is None else grace)
+        collected = await self.metadata.gc_collect(
+            cutoff, self.settings.untagged == "collect", dry_run=dry_run, pause=pause
+        )
+        deleted = 0 if dry_run else await self.delete_objects()
+        cycle = Cycle(collected, deleted, time.monotonic() - started, dry_run)
+        if not dry_run:
+            log.info("garbage collection cycle", extra=cycle.summary())
+        return cycle
+
+    async def delete_objects(self) -> int:
+        """Delete every stored object queued for deletion, this cycle's and any an
+        interrupted cycle left; each is forgotten only once it is gone from storage."""
+        deleted = 0
+        while keys := await self.metadata.gc_pending():
+            for key in keys:
+                await self.storage.delete(key)
+                deleted += await self.metadata.gc_deleted(key)
+        return deleted

@@ -1,0 +1,410 @@
+"""Queries for online garbage collection (docs/design/gc.md): find what nothing refers to any
+more, then delete each candidate in its own transaction after checking again, under a row
+lock, that nothing refers to it. A mixin of `MetadataStore`.
+
+The checks that decide "unreferenced" are one SQL expression per kind of row, used both to
+find candidates (an anti-join over the whole table, in batches) and to check one candidate
+again before deleting it, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from sqlalchemy import ColumnElement, Connection, and_, delete, exists, not_, select
+from sqlalchemy.orm import aliased
+
+from moorage.metadata import dialect
+from moorage.metadata import schema as t
+
+T = TypeVar("T")
+BATCH = 500
+
+
+@dataclass
+class RepositoryFreed:
+    manifests: int = 0
+    links: int = 0
+    bytes: int = 0  # sizes of the blobs unlinked from the repository
+
+
+@dataclass
+class Collected:
+    """What a collection cycle deleted (or, dry, would delete) from the metadata."""
+
+    repositories: dict[str, RepositoryFreed] = field(default_factory=dict)
+    v1_images: int = 0
+    blobs: int = 0
+    bytes: int = 0  # sizes of the stored objects no blob row names any more
+    keys: list[str] = field(default_factory=list)  # their storage keys, queued for deletion
+
+    def repository(self, name: str) -> RepositoryFreed:
+        return self.repositories.setdefault(name, RepositoryFreed())
+
+    @property
+    def manifests(self) -> int:
+        return sum(r.manifests for r in self.repositories.values())
+
+    @property
+    def links(self) -> int:
+        return sum(r.links for r in self.repositories.values())
+
+
+class _DryRun(Exception):
+    """Rolls back a dry run's transaction, carrying what it found."""
+
+    def __init__(self, collected: Collected) -> None:
+        self.collected = collected
+
+
+# -- what keeps what ------------------------------------------------------------------------
+
+_m, _tg, _mr, _rb = t.manifests, t.tags, t.manifest_references, t.repository_blobs
+_b, _i, _l, _mi = t.blobs, t.v1_images, t.v1_links, t.v1_manifest_images
+_subject = aliased(t.manifests)
+_child = aliased(t.v1_images)
+_mapped = aliased(t.manifests)
+
+
+def _manifest_kept() -> ColumnElement[bool]:
+    """A manifest is kept by a tag, by an index that lists it, or by its subject."""
+    return (
+        exists().where(_tg.c.repository_id == _m.c.repository_id, _tg.c.digest == _m.c.digest)
+        | exists().where(_mr.c.repository_id == _m.c.repository_id, _mr.c.child == _m.c.digest)
+        | exists().where(
+            _subject.c.repository_id == _m.c.repository_id, _subject.c.digest == _m.c.subject
+        )
+    )
+
+
+def _link_kept() -> ColumnElement[bool]:
+    """A link is kept by a manifest of its repository, or a v1 image linked to it, that
+    references the blob."""
+    return exists().where(
+        _mr.c.repository_id == _rb.c.repository_id, _mr.c.child == _rb.c.digest
+    ) | exists().where(
+        _l.c.repository_id == _rb.c.repository_id,
+        _i.c.id == _l.c.image_id,
+        _i.c.blob_digest == _rb.c.digest,
+    )
+
+
+def _blob_kept() -> ColumnElement[bool]:
+    """A blob is kept by any link, any manifest reference, any v1 image's layer."""
+    return (
+        exists().where(_rb.c.digest == _b.c.digest)
+        | exists().where(_mr.c.child == _b.c.digest)
+        | exists().where(_i.c.blob_digest == _b.c.digest)
+    )
+
+
+def _v1_image_kept() -> ColumnElement[bool]:
+    """A v1 image is kept by a repository link, a child image, or a manifest shown as it."""
+    return (
+        exists().where(_l.c.image_id == _i.c.id)
+        | exists().where(_child.c.parent == _i.c.id)
+        | exists().where(
+            _mi.c.image_id == _i.c.id,
+            _mapped.c.repository_id == _mi.c.repository_id,
+            _mapped.c.digest == _mi.c.manifest_digest,
+        )
+    )
+
+
+# -- one candidate at a time, checked again under a lock ------------------------------------
+
+
+def _delete_manifest(conn: Connection, repo_id: int, digest: str, cutoff: float) -> bool:
+    row = conn.execute(
+        select(_m.c.digest)
+        .where(
+            _m.c.repository_id == repo_id,
+            _m.c.digest == digest,
+            _m.c.touched < cutoff,
+        )
+        .with_for_update()
+    ).first()
+    if row is None:
+        return False
+    kept = conn.execute(
+        select(_manifest_kept()).where(_m.c.repository_id == repo_id, _m.c.digest == digest)
+    ).scalar()
+    if kept:
+        return False
+    conn.execute(delete(_m).where(_m.c.repository_id == repo_id, _m.c.digest == digest))
+    conn.execute(delete(_mr).where(_mr.c.repository_id == repo_id, _mr.c.digest == digest))
+    conn.execute(delete(_mi).where(_mi.c.repository_id == repo_id, _mi.c.manifest_digest == digest))
+    return True
+
+
+def _delete_v1_image(conn: Connection, image_id: str, cutoff: float) -> bool:
+    row = conn.execute(
+        select(_i.c.id).where(_i.c.id == image_id, _i.c.updated < cutoff).with_for_update()
+    ).first()
+    if row is None or conn.execute(select(_v1_image_kept()).where(_i.c.id == image_id)).scalar():
+        return False
+    conn.execute(delete(t.v1_proofs).where(t.v1_proofs.c.image_id == image_id))
+    conn.execute(delete(_i).where(_i.c.id == image_id))
+    return True
+
+
+def _delete_link(conn: Connection, repo_id: int, digest: str, cutoff: float) -> int | None:
+    """Delete the link if still unreferenced; the blob's size, or None if kept."""
+    row = conn.execute(
+        select(_rb.c.digest)
+        .where(_rb.c.repository_id == repo_id, _rb.c.digest == digest, _rb.c.touched < cutoff)
+        .with_for_update()
+    ).first()
+    if row is None:
+        return None
+    kept = conn.execute(
+        select(_link_kept()).where(_rb.c.repository_id == repo_id, _rb.c.digest == digest)
+    ).scalar()
+    if kept:
+        return None
+    conn.execute(delete(_rb).where(_rb.c.repository_id == repo_id, _rb.c.digest == digest))
+    size = conn.execute(select(_b.c.size).where(_b.c.digest == digest)).scalar()
+    return int(size or 0)
+
+
+def _delete_blob(conn: Connection, digest: str, cutoff: float) -> tuple[str, int] | bool | None:
+    """Delete the blob row if still unreferenced (None if kept); (key, size) when no other
+    row names its object, which is then queued for deletion in this same transaction."""
+    row = conn.execute(
+        select(_b.c.storage_key, _b.c.size)
+        .where(_b.c.digest == digest, _b.c.touched < cutoff)
+        .with_for_update()
+    ).first()
+    if row is None or conn.execute(select(_blob_kept()).where(_b.c.digest == digest)).scalar():
+        return None
+    key, size = str(row[0]), int(row[1])
+    conn.execute(delete(_b).where(_b.c.digest == digest))
+    if conn.execute(select(_b.c.digest).where(_b.c.storage_key == key).limit(1)).first():
+        return True  # deleted; another digest (sha512 of the same bytes) still names the object
+    g = t.gc_deletions
+    conn.execute(
+        dialect.insert(conn, g)
+        .values(storage_key=key, since=time.time())
+        .on_conflict_do_nothing(index_elements=["storage_key"])
+    )
+    return key, size
+
+
+# -- candidates ----------------------------------------------------------------------------
+
+
+def _manifest_candidates(cutoff: float, after: tuple[int, str] | None) -> Any:
+    query = select(_m.c.repository_id, _m.c.digest).where(
+        _m.c.touched < cutoff, not_(_manifest_kept())
+    )
+    if after is not None:
+        query = query.where(
+            (_m.c.repository_id > after[0])
+            | and_(_m.c.repository_id == after[0], _m.c.digest > after[1])
+        )
+    return query.order_by(_m.c.repository_id, _m.c.digest).limit(BATCH)
+
+
+def _link_candidates(cutoff: float, after: tuple[int, str] | None) -> Any:
+    query = select(_rb.c.repository_id, _rb.c.digest).where(
+        _rb.c.touched < cutoff, not_(_link_kept())
+    )
+    if after is not None:
+        query = query.where(
+            (_rb.c.repository_id > after[0])
+            | and_(_rb.c.repository_id == after[0], _rb.c.digest > after[1])
+        )
+    return query.order_by(_rb.c.repository_id, _rb.c.digest).limit(BATCH)
+
+
+def _blob_candidates(cutoff: float, after: str | None) -> Any:
+    query = select(_b.c.digest).where(_b.c.touched < cutoff, not_(_blob_kept()))
+    if after is not None:
+        query = query.where(_b.c.digest > after)
+    return query.order_by(_b.c.digest).limit(BATCH)
+
+
+def _v1_candidates(cutoff: float, after: str | None) -> Any:
+    query = select(_i.c.id).where(_i.c.updated < cutoff, not_(_v1_image_kept()))
+    if after is not None:
+        query = query.where(_i.c.id > after)
+    return query.order_by(_i.c.id).limit(BATCH)
+
+
+Stage = Literal["manifests", "v1", "links", "blobs"]
+# Stages whose deletions can make more rows of the same kind unreferenced (an index's
+# children, an image's parent): passed over again until a pass deletes nothing.
+_CASCADING = ("manifests", "v1")
+
+
+class GCQueries:
+    if TYPE_CHECKING:  # provided by MetadataStore
+
+        async def _read(self, work: Callable[[Connection], T]) -> T: ...
+        async def _write(self, work: Callable[[Connection], T], frees: bool = False) -> T: ...
+
+    async def gc_collect(
+        self, cutoff: float, untagged: bool, dry_run: bool = False, pause: Any = None
+    ) -> Collected:
+        """Delete from the metadata what nothing has referred to since before `cutoff`:
+        untagged manifests (with `untagged`), v1 images, blob links, blob rows; the objects of
+        deleted blob rows are queued in `gc_deletions` (the caller deletes them). Each
+        deletion is its own transaction. A dry run does all of it in one transaction that is
+        rolled back, so it reports exactly what a cycle would delete now (it holds the
+        writer for its length: an operator's command, not the server's).
+
+        `pause(stage, candidate)`, if given, is awaited before each deletion (tests use it to
+        run a race at that exact point)."""
+        if dry_run:
+
+            def dry(conn: Connection) -> Collected:
+                collected = Collected()
+                names = _names(conn)
+                for stage in _stages(untagged):
+                    _run_stage_in(conn, stage, cutoff, collected, names)
+                raise _DryRun(collected)
+
+            try:
+                await self._write(dry)
+            except _DryRun as done:
+                return done.collected
+            raise AssertionError("a dry run always rolls back")
+        collected = Collected()
+        names = await self._read(_names)
+        for stage in _stages(untagged):
+            await self._run_stage(stage, cutoff, collected, names, pause)
+        return collected
+
+    async def _run_stage(
+        self,
+        stage: Stage,
+        cutoff: float,
+        collected: Collected,
+        names: dict[int, str],
+        pause: Any,
+    ) -> None:
+        after: Any = None
+        deleted = False  # in this pass
+        while True:
+            query = _candidates(stage, cutoff, after)
+
+            def find(conn: Connection, q: Any = query) -> list[Any]:
+                return list(conn.execute(q).all())
+
+            batch = await self._read(find)
+            if not batch:
+                if stage in _CASCADING and deleted:
+                    after, deleted = None, False  # what the deleted ones kept: another pass
+                    continue
+                return
+            for candidate in batch:
+                if pause is not None:
+                    await pause(stage, tuple(candidate))
+
+                def one(conn: Connection, c: tuple[Any, ...] = tuple(candidate)) -> Any:
+                    return _delete_one(conn, stage, c, cutoff)
+
+                done = await self._write(one, frees=True)
+                deleted |= _count(stage, tuple(candidate), done, collected, names)
+            after = _position(stage, batch[-1])
+
+    async def gc_pending(self, limit: int = BATCH) -> list[str]:
+        """Storage keys queued for deletion (by this cycle or one that was interrupted)."""
+        g = t.gc_deletions
+        query = select(g.c.storage_key).order_by(g.c.storage_key).limit(limit)
+        return await self._read(lambda conn: list(conn.execute(query).scalars()))
+
+    async def gc_deleted(self, key: str) -> bool:
+        """The object at `key` is gone from storage: forget it (False: another collector
+        running at the same time did)."""
+        g = t.gc_deletions
+
+        def work(conn: Connection) -> bool:
+            return bool(conn.execute(delete(g).where(g.c.storage_key == key)).rowcount)
+
+        return await self._write(work, frees=True)
+
+
+def _stages(untagged: bool) -> list[Stage]:
+    later: list[Stage] = ["v1", "links", "blobs"]
+    return ["manifests", *later] if untagged else later
+
+
+def _names(conn: Connection) -> dict[int, str]:
+    r = t.repositories
+    return {int(i): str(n) for i, n in conn.execute(select(r.c.id, r.c.name))}
+
+
+def _candidates(stage: Stage, cutoff: float, after: Any) -> Any:
+    if stage == "manifests":
+        return _manifest_candidates(cutoff, after)
+    if stage == "links":
+        return _link_candidates(cutoff, after)
+    if stage == "blobs":
+        return _blob_candidates(cutoff, after)
+    return _v1_candidates(cutoff, after)
+
+
+def _delete_one(conn: Connection, stage: Stage, candidate: tuple[Any, ...], cutoff: float) -> Any:
+    if stage == "manifests":
+        return _delete_manifest(conn, candidate[0], candidate[1], cutoff)
+    if stage == "links":
+        return _delete_link(conn, candidate[0], candidate[1], cutoff)
+    if stage == "blobs":
+        return _delete_blob(conn, candidate[0], cutoff)
+    return _delete_v1_image(conn, candidate[0], cutoff)
+
+
+def _count(
+    stage: Stage,
+    candidate: tuple[Any, ...],
+    done: Any,
+    collected: Collected,
+    names: dict[int, str],
+) -> bool:
+    """Add one deletion's result to `collected`; whether something was deleted."""
+    if done is None or done is False:
+        return False
+    if stage == "manifests":
+        collected.repository(names.get(candidate[0], "?")).manifests += 1
+    elif stage == "links":
+        freed = collected.repository(names.get(candidate[0], "?"))
+        freed.links += 1
+        freed.bytes += int(done)
+    elif stage == "blobs":
+        collected.blobs += 1
+        if done is not True:
+            key, size = done
+            collected.keys.append(key)
+            collected.bytes += size
+    else:
+        collected.v1_images += 1
+    return True
+
+
+def _run_stage_in(
+    conn: Connection, stage: Stage, cutoff: float, collected: Collected, names: dict[int, str]
+) -> None:
+    """A stage inside one transaction (the dry run): the same candidates and checks, each
+    deletion seen by the next query."""
+    after: Any = None
+    deleted = False
+    while True:
+        batch = list(conn.execute(_candidates(stage, cutoff, after)).all())
+        if not batch:
+            if stage in _CASCADING and deleted:
+                after, deleted = None, False
+                continue
+            return
+        for candidate in batch:
+            done = _delete_one(conn, stage, tuple(candidate), cutoff)
+            deleted |= _count(stage, tuple(candidate), done, collected, names)
+        after = _position(stage, batch[-1])
+
+
+def _position(stage: Stage, row: Any) -> Any:
+    """Where the next batch of candidates starts (keyset pagination)."""
+    return (row[0], row[1]) if stage in ("manifests", "links") else row[0]
