@@ -133,7 +133,7 @@ async def test_a_v1_push_through_one_node_pulls_through_v2_on_another(
     cluster: Cluster, fresh: aiohttp.ClientSession
 ) -> None:
     chain = make_chain(2)
-    v1 = V1Client(RemoteHttp(fresh, cluster.nodes[0].url))  # type: ignore[arg-type]
+    v1 = V1Client(RemoteHttp(fresh, cluster.nodes[0].url))
     await v1.push("cluster/v1", chain, tags={chain[-1].id: ["latest"]})
     other = Registry(fresh, cluster.nodes[1].url)
     status, body, _ = await other.get_manifest("cluster/v1", "latest")

@@ -198,7 +198,7 @@ async def test_soak_mixed_load_with_hostile_clients(make_server: MakeServer) -> 
     deadline = time.monotonic() + SOAK_SECONDS
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         reg = Registry(session, server.url)
-        v1 = V1Client(RemoteHttp(session, server.url))  # type: ignore[arg-type]
+        v1 = V1Client(RemoteHttp(session, server.url))
 
         async def v2_pull(i: int) -> None:
             if not tally.v2:
