@@ -32,8 +32,6 @@ from client import BenchError
 from datagen import (
     BLOCK,
     CREATED,
-    OCI_CONFIG,
-    OCI_LAYER_GZIP,
     OCI_MANIFEST,
     Blob,
     Image,
@@ -44,7 +42,7 @@ from datagen import (
 )
 from servers import Server
 
-from tests.images import stream_file
+from tests.images import memory_image, stream_file
 from tests.v1.client import PullResult, RemoteHttp, V1Client, V1FileImage, write_image
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -513,67 +511,9 @@ class ImagePull(Workload):
 SMALL_REPO = "bench/small"
 
 
-@dataclass(frozen=True)
-class SmallImage:
-    config: bytes
-    config_digest: str
-    layer: bytes
-    layer_digest: str
-    manifest: bytes
-    manifest_digest: str
-
-
-def _small_image() -> SmallImage:
-    import gzip
-    import io
-    import tarfile
-
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        payload = Blob("small-layer", 4 * KiB, 1 * KiB)
-        data = b"".join(payload.chunks())
-        info = tarfile.TarInfo("hello.bin")
-        info.size = len(data)
-        info.mtime = 1704067200
-        tar.addfile(info, io.BytesIO(data))
-    tar_bytes = raw.getvalue()
-    layer = gzip.compress(tar_bytes, compresslevel=0, mtime=0)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar_bytes)]},
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": OCI_CONFIG,
-                "digest": sha256_digest(config),
-                "size": len(config),
-            },
-            "layers": [
-                {"mediaType": OCI_LAYER_GZIP, "digest": sha256_digest(layer), "size": len(layer)}
-            ],
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
-    return SmallImage(
-        config,
-        sha256_digest(config),
-        layer,
-        sha256_digest(layer),
-        manifest,
-        sha256_digest(manifest),
-    )
-
-
-SMALL = _small_image()
+SMALL = memory_image("bench-small", (4 * KiB,), "the small image of the request workloads")
+SMALL_LAYER = SMALL.layers[0]
+SMALL_BLOBS = (sha256_digest(SMALL.config), sha256_digest(SMALL_LAYER))
 
 
 async def ensure_small(ctx: Context, server: Server) -> None:
@@ -582,7 +522,7 @@ async def ensure_small(ctx: Context, server: Server) -> None:
     if state.get("small"):
         return
     await client.push_bytes(ctx.session, server, SMALL_REPO, SMALL.config)
-    await client.push_bytes(ctx.session, server, SMALL_REPO, SMALL.layer)
+    await client.push_bytes(ctx.session, server, SMALL_REPO, SMALL_LAYER)
     await client.push_manifest(
         ctx.session, server, SMALL_REPO, "latest", SMALL.manifest, OCI_MANIFEST
     )
@@ -669,8 +609,8 @@ class ManifestGet(_WrkWorkload):
     async def verify(self, ctx: Context, server: Server, r: int) -> None:
         url = server.url + self.path(ctx)
         digest, _, resp = await client.fetch_digest(ctx.session, url, self.headers())
-        if digest != SMALL.manifest_digest:
-            raise BenchError(f"GET {url}: body {digest}, expected {SMALL.manifest_digest}")
+        if digest != SMALL.digest:
+            raise BenchError(f"GET {url}: body {digest}, expected {SMALL.digest}")
         client.check_digest_header(resp, digest)
         if resp.headers.get("Content-Type") != OCI_MANIFEST:
             raise BenchError(f"GET {url}: Content-Type {resp.headers.get('Content-Type')}")
@@ -687,7 +627,7 @@ class BlobHead(_WrkWorkload):
         return super().describe(p) + "HEAD /v2/bench/small/blobs/<layer digest>"
 
     def path(self, ctx: Context) -> str:
-        return f"/v2/{SMALL_REPO}/blobs/{SMALL.layer_digest}"
+        return f"/v2/{SMALL_REPO}/blobs/{SMALL_BLOBS[1]}"
 
     async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
         await ensure_small(ctx, server)
@@ -695,9 +635,7 @@ class BlobHead(_WrkWorkload):
         return {}
 
     async def verify(self, ctx: Context, server: Server, r: int) -> None:
-        await client.head_blob(
-            ctx.session, server, SMALL_REPO, SMALL.layer_digest, len(SMALL.layer)
-        )
+        await client.head_blob(ctx.session, server, SMALL_REPO, SMALL_BLOBS[1], len(SMALL_LAYER))
 
 
 class _Populated(_WrkWorkload):
@@ -751,7 +689,7 @@ class TagsList(_Populated):
 
     async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
         await ensure_small(ctx, server)
-        for digest in (SMALL.config_digest, SMALL.layer_digest):
+        for digest in SMALL_BLOBS:
             await client.mount(ctx.session, server, TAGS_REPO, digest, SMALL_REPO)
         return {}
 
@@ -801,7 +739,7 @@ class Catalog(_Populated):
         return f"/v2/_catalog?n={n}&last={last}"
 
     async def add(self, ctx: Context, server: Server, item: str) -> None:
-        for digest in (SMALL.config_digest, SMALL.layer_digest):
+        for digest in SMALL_BLOBS:
             await client.mount(ctx.session, server, item, digest, SMALL_REPO)
         await client.push_manifest(
             ctx.session, server, item, "latest", SMALL.manifest, OCI_MANIFEST

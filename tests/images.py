@@ -9,6 +9,7 @@
   with the digests a client computes on the way: the blob digest, the diff_id, and for the v1
   protocol TarSum v0 and the payload checksum (`tarsum_v0`, `TarSum`; our own code, not the
   server's).
+- Small images held in memory (`memory_image`) for clients that push bytes.
 
 Everything is reproducible: layer data comes from `random.Random(seed)` (or the caller's
 chunks), tar entries are ustar with fixed owners and mtimes, gzip headers carry no name and
@@ -522,6 +523,59 @@ class _ChunkReader:
 
 
 # ---------------------------------------------------------------------------------------------
+# Small images in memory
+
+
+@dataclass(frozen=True)
+class MemoryImage:
+    """An OCI image manifest with its config and layers, all in memory (the layers are opaque
+    random bytes: a registry never looks inside them)."""
+
+    config: bytes
+    layers: tuple[bytes, ...]
+    manifest: bytes
+
+    @property
+    def digest(self) -> str:
+        return sha256_digest(self.manifest)
+
+    @property
+    def blobs(self) -> tuple[bytes, ...]:
+        return (self.config, *self.layers)
+
+
+def manifest_for(config: bytes, layers: Sequence[bytes], note: str) -> bytes:
+    """An OCI image manifest of `config` and `layers`, `note` in its annotations."""
+    body = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": _descriptor(OCI_CONFIG, config),
+        "layers": [_descriptor(OCI_LAYER_GZIP, layer) for layer in layers],
+        "annotations": {"org.example.note": note},
+    }
+    return json.dumps(body, sort_keys=True, indent=2).encode()
+
+
+def memory_image(seed: int | str, layer_sizes: Sequence[int], note: str = "") -> MemoryImage:
+    rng = random.Random(seed)
+    layers = tuple(rng.randbytes(size) for size in layer_sizes)
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(layer) for layer in layers]},
+            "config": {"Labels": {"seed": str(seed)}},
+        },
+        sort_keys=True,
+    ).encode()
+    return MemoryImage(config, layers, manifest_for(config, layers, note or f"seed {seed}"))
+
+
+def _descriptor(media_type: str, data: bytes) -> dict[str, Any]:
+    return {"mediaType": media_type, "digest": sha256_digest(data), "size": len(data)}
+
+
+# ---------------------------------------------------------------------------------------------
 # Builders
 
 
@@ -745,6 +799,39 @@ def layer_file(layer: bytes, name: str) -> bytes:
                     raise KeyError(f"{name} is not a regular file")
                 return f.read()
     raise KeyError(name)
+
+
+def verify_layout(layout: Path, tag: str, manifest_digest: str) -> None:
+    """Check a pulled layout: `tag` names `manifest_digest`, and every blob it references is
+    present with the digest it is stored under and the size its descriptor gives; blobs are
+    hashed in 1 MiB reads (a pulled layer can be large). Raises AssertionError otherwise."""
+    index = read_index(layout)
+    found = [
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get(REF_NAME) == tag or len(index["manifests"]) == 1
+    ]
+    assert found, f"{layout}: no manifest tagged {tag}"
+    assert found[0]["digest"] == manifest_digest, (
+        f"pulled manifest {found[0]['digest']} != pushed {manifest_digest}"
+    )
+
+    def check(digest: str, size: int | None = None) -> None:
+        path = Path(layout) / "blobs" / "sha256" / digest.split(":", 1)[1]
+        h = hashlib.sha256()
+        n = 0
+        with open(path, "rb") as f:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                n += len(chunk)
+        assert "sha256:" + h.hexdigest() == digest, f"{path}: content does not match its digest"
+        assert size is None or n == size, f"{path}: {n} bytes, expected {size}"
+
+    check(manifest_digest)
+    manifest = json.loads(blob_bytes(layout, manifest_digest))
+    check(manifest["config"]["digest"], manifest["config"]["size"])
+    for layer in manifest["layers"]:
+        check(layer["digest"], layer["size"])
 
 
 def sha256_digest(data: bytes) -> str:

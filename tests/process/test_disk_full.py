@@ -20,7 +20,8 @@ import pytest
 
 from moorage.metadata.reserve import RESERVE_BYTES
 from tests.harness import MakeServer
-from tests.process.registry import Registry, make_image, sha256
+from tests.images import memory_image
+from tests.process.registry import Registry, sha256
 from tests.v1.client import make_image as v1_image
 
 DISK_SIZE = "16m"
@@ -119,7 +120,7 @@ async def test_full_disk_refuses_pushes_and_allows_deletes(
     blob_root = server.data_dir / "storage"
     await server.start()
     registry = Registry(http, server.url)
-    image = make_image(1, (1000,))
+    image = memory_image(1, (1000,))
     await registry.push_image("kept", "v1", image)
 
     await pushes_are_refused(http, server.url, small_disk)
@@ -132,7 +133,7 @@ async def test_full_disk_refuses_pushes_and_allows_deletes(
     assert uploads_left(server.data_dir, blob_root) == (0, [])
 
     free(small_disk)
-    again = make_image(2, (BIG,))
+    again = memory_image(2, (BIG,))
     await registry.push_image("kept", "v2", again)
     await registry.assert_blob("kept", sha256(again.layers[0]), again.layers[0])
     assert uploads_left(server.data_dir, blob_root) == (0, [])
@@ -152,7 +153,7 @@ async def test_full_metadata_disk_refuses_pushes_and_allows_deletes(
     server.data_dir = small_disk / "data"
     await server.start()
     registry = Registry(http, server.url)
-    image, other = make_image(3, (1000,)), make_image(4, (1000,))
+    image, other = memory_image(3, (1000,)), memory_image(4, (1000,))
     await registry.push_image("kept", "v1", image)
     await registry.push_image("kept", "other", other)
 
