@@ -310,7 +310,6 @@ class Pulled:
     layer: bytes  # empty when the pull did not keep layers
     digest: str  # sha256 of the layer as received
     length: int  # its length
-    json_headers: CIMultiDictProxy[str]
 
     @property
     def document(self) -> dict[str, Any]:
@@ -717,9 +716,7 @@ class V1Client:
                 layer, digest, length = await self.get_layer(
                     ancestor, registry_auth, size, resume=resume, keep=keep_layers
                 )
-                result.images[ancestor] = Pulled(
-                    ancestor, meta.body, size, layer, digest, length, meta.headers
-                )
+                result.images[ancestor] = Pulled(ancestor, meta.body, size, layer, digest, length)
                 have.add(ancestor)
         result.replies = self.log[start:]
         return result
