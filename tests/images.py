@@ -452,7 +452,7 @@ class LayerFile:
 def write_layer(path: Path, entries: Iterable[Entry], *, v1_json: bytes | None = None) -> LayerFile:
     """Write a gzip (level 0) ustar layer of `entries` to `path` in one pass at flat memory,
     hashing it on the way. With `v1_json` (the v1 image's JSON) the two v1 checksums are
-    computed in the same pass (docs/design/v1-checksums.md)."""
+    computed in the same pass (docs/contracts/v1-protocol.md sections 5.1 and 5.2)."""
     blob, uncompressed = hashlib.sha256(), hashlib.sha256()
     tarsum = TarSum(v1_json) if v1_json is not None else None
     payload = hashlib.sha256(v1_json + b"\n") if v1_json is not None else None

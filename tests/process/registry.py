@@ -1,9 +1,9 @@
 """A small /v2/ client for the process-level tests (aiohttp, no other HTTP library).
 
-It speaks the push and pull flows of docs/oci-distribution.md sections 6 and 7 and asserts the
-status of every step, so a test reads as the flow it drives. Upload URLs are always taken from
-the latest `Location` and resolved against the server URL; `digest` is added as a query
-parameter, never concatenated.
+It speaks the push and pull flows of docs/contracts/oci-distribution.md sections 6 and 7 and
+asserts the status of every step, so a test reads as the flow it drives. Upload URLs are always
+taken from the latest `Location` and resolved against the server URL; `digest` is added as a
+query parameter, never concatenated.
 """
 
 from __future__ import annotations

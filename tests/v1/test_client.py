@@ -1,6 +1,7 @@
-"""The test client's own checksums against the contract's vectors (sections 5.1 and 5.2), and
-against the server's TarSum, so the v1 tests do not rest on the code they test; a layer written
-to a file in one pass has the checksums of the same layer in memory."""
+"""The test client's own checksums against the contract's vectors (docs/contracts/v1-protocol.md
+sections 5.1 and 5.2), and against the server's TarSum, so the v1 tests do not rest on the code
+they test; a layer written to a file in one pass has the checksums of the same layer in
+memory."""
 
 from __future__ import annotations
 
