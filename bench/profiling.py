@@ -15,6 +15,8 @@ import sys
 from functools import cache
 from pathlib import Path
 
+# Frames in this checkout are shown relative to it, as frames in site-packages are.
+CHECKOUT = str(Path(__file__).resolve().parent.parent) + "/"
 _LINE = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 # A thread parked on one of these source lines is waiting, not working: the event loop in
 # epoll, the SQLite writer's and the default executor's threads waiting for work. py-spy's own idle
@@ -96,7 +98,7 @@ def _frame(raw: str) -> str:
     if not m:
         return raw
     path = m.group("file")
-    for marker in ("site-packages/", "lib/python3.11/", "/work/main/"):
+    for marker in ("site-packages/", "lib/python3.11/", CHECKOUT):
         if marker in path:
             path = path.split(marker, 1)[1]
     return f"{m.group('func')} ({path})"

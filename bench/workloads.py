@@ -22,7 +22,6 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,19 +32,18 @@ from client import BenchError
 from datagen import (
     BLOCK,
     CREATED,
-    OCI_CONFIG,
-    OCI_LAYER_GZIP,
     OCI_MANIFEST,
     Blob,
     Image,
-    V1Layer,
     build_image,
     layer_sizes,
     sha256_digest,
     verify_layout,
-    write_v1_layer,
 )
 from servers import Server
+
+from tests.images import memory_image, stream_file
+from tests.v1.client import PullResult, RemoteHttp, V1Client, V1FileImage, write_image
 
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 MANIFEST_ACCEPT = ", ".join(
@@ -513,67 +511,9 @@ class ImagePull(Workload):
 SMALL_REPO = "bench/small"
 
 
-@dataclass(frozen=True)
-class SmallImage:
-    config: bytes
-    config_digest: str
-    layer: bytes
-    layer_digest: str
-    manifest: bytes
-    manifest_digest: str
-
-
-def _small_image() -> SmallImage:
-    import gzip
-    import io
-    import tarfile
-
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        payload = Blob("small-layer", 4 * KiB, 1 * KiB)
-        data = b"".join(payload.chunks())
-        info = tarfile.TarInfo("hello.bin")
-        info.size = len(data)
-        info.mtime = 1704067200
-        tar.addfile(info, io.BytesIO(data))
-    tar_bytes = raw.getvalue()
-    layer = gzip.compress(tar_bytes, compresslevel=0, mtime=0)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(tar_bytes)]},
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
-    manifest = json.dumps(
-        {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "config": {
-                "mediaType": OCI_CONFIG,
-                "digest": sha256_digest(config),
-                "size": len(config),
-            },
-            "layers": [
-                {"mediaType": OCI_LAYER_GZIP, "digest": sha256_digest(layer), "size": len(layer)}
-            ],
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    ).encode()
-    return SmallImage(
-        config,
-        sha256_digest(config),
-        layer,
-        sha256_digest(layer),
-        manifest,
-        sha256_digest(manifest),
-    )
-
-
-SMALL = _small_image()
+SMALL = memory_image("bench-small", (4 * KiB,), "the small image of the request workloads")
+SMALL_LAYER = SMALL.layers[0]
+SMALL_BLOBS = (sha256_digest(SMALL.config), sha256_digest(SMALL_LAYER))
 
 
 async def ensure_small(ctx: Context, server: Server) -> None:
@@ -582,7 +522,7 @@ async def ensure_small(ctx: Context, server: Server) -> None:
     if state.get("small"):
         return
     await client.push_bytes(ctx.session, server, SMALL_REPO, SMALL.config)
-    await client.push_bytes(ctx.session, server, SMALL_REPO, SMALL.layer)
+    await client.push_bytes(ctx.session, server, SMALL_REPO, SMALL_LAYER)
     await client.push_manifest(
         ctx.session, server, SMALL_REPO, "latest", SMALL.manifest, OCI_MANIFEST
     )
@@ -669,8 +609,8 @@ class ManifestGet(_WrkWorkload):
     async def verify(self, ctx: Context, server: Server, r: int) -> None:
         url = server.url + self.path(ctx)
         digest, _, resp = await client.fetch_digest(ctx.session, url, self.headers())
-        if digest != SMALL.manifest_digest:
-            raise BenchError(f"GET {url}: body {digest}, expected {SMALL.manifest_digest}")
+        if digest != SMALL.digest:
+            raise BenchError(f"GET {url}: body {digest}, expected {SMALL.digest}")
         client.check_digest_header(resp, digest)
         if resp.headers.get("Content-Type") != OCI_MANIFEST:
             raise BenchError(f"GET {url}: Content-Type {resp.headers.get('Content-Type')}")
@@ -687,7 +627,7 @@ class BlobHead(_WrkWorkload):
         return super().describe(p) + "HEAD /v2/bench/small/blobs/<layer digest>"
 
     def path(self, ctx: Context) -> str:
-        return f"/v2/{SMALL_REPO}/blobs/{SMALL.layer_digest}"
+        return f"/v2/{SMALL_REPO}/blobs/{SMALL_BLOBS[1]}"
 
     async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
         await ensure_small(ctx, server)
@@ -695,9 +635,7 @@ class BlobHead(_WrkWorkload):
         return {}
 
     async def verify(self, ctx: Context, server: Server, r: int) -> None:
-        await client.head_blob(
-            ctx.session, server, SMALL_REPO, SMALL.layer_digest, len(SMALL.layer)
-        )
+        await client.head_blob(ctx.session, server, SMALL_REPO, SMALL_BLOBS[1], len(SMALL_LAYER))
 
 
 class _Populated(_WrkWorkload):
@@ -751,7 +689,7 @@ class TagsList(_Populated):
 
     async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
         await ensure_small(ctx, server)
-        for digest in (SMALL.config_digest, SMALL.layer_digest):
+        for digest in SMALL_BLOBS:
             await client.mount(ctx.session, server, TAGS_REPO, digest, SMALL_REPO)
         return {}
 
@@ -801,7 +739,7 @@ class Catalog(_Populated):
         return f"/v2/_catalog?n={n}&last={last}"
 
     async def add(self, ctx: Context, server: Server, item: str) -> None:
-        for digest in (SMALL.config_digest, SMALL.layer_digest):
+        for digest in SMALL_BLOBS:
             await client.mount(ctx.session, server, item, digest, SMALL_REPO)
         await client.push_manifest(
             ctx.session, server, item, "latest", SMALL.manifest, OCI_MANIFEST
@@ -821,57 +759,23 @@ class Catalog(_Populated):
 # --- the legacy v1 protocol (Moorage alone) --------------------------------------------------
 
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_UA = (
-    "docker/1.2.0 go/go1.3.1 git-commit/fa7b24f kernel/3.13.0-24-generic os/linux arch/amd64"
-)
 V1_TAG = "latest"
 
 
-@dataclass(frozen=True)
-class V1Image:
-    id: str
-    parent: str | None
-    json: bytes
-    layer: V1Layer
-
-
-def _v1_image(path: Path, seed: str, index: int, parent: str | None, size: int) -> V1Image:
-    """One v1 image: a fresh id, Docker 1.2 style JSON (Go field order, compact), and a gzip-0
-    tar layer of one file of `size` generated bytes written to `path`."""
-    image_id = hashlib.sha256(f"moorage-bench-v1/{seed}/{index}".encode()).hexdigest()
-    document: dict[str, Any] = {"id": image_id}
-    if parent:
-        document["parent"] = parent
-    document.update(
-        {
-            "created": CREATED,
-            "container": hashlib.sha256(f"container/{seed}/{index}".encode()).hexdigest(),
-            "container_config": {
-                "Hostname": "",
-                "User": "",
-                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                "Cmd": ["/bin/sh", "-c", f"#(nop) ADD file:layer{index}.bin in /"],
-                "Image": parent or "",
-                "WorkingDir": "",
-            },
-            "docker_version": "1.2.0",
-            "config": {"Cmd": ["/bin/sh"], "Env": None},
-            "architecture": "amd64",
-            "os": "linux",
-            "Size": size,
-        }
+def _v1_image(path: Path, seed: str, index: int, parent: str | None, size: int) -> V1FileImage:
+    """One v1 image: an id from the seed, Docker 1.2 style JSON, and a gzip-0 tar layer of one
+    file of `size` generated bytes written to `path`, its v1 checksums computed on the way."""
+    blob = Blob(f"{seed}/{index}", size, min(BLOCK, max(64, size)))
+    return write_image(
+        path,
+        [stream_file(f"layer{index}.bin", size, blob.chunks)],
+        image_id=hashlib.sha256(f"moorage-bench-v1/{seed}/{index}".encode()).hexdigest(),
+        parent=parent,
+        size=size,
+        created=CREATED,
+        container=hashlib.sha256(f"container/{seed}/{index}".encode()).hexdigest(),
+        cmd=f"#(nop) ADD file:layer{index}.bin in /",
     )
-    body = json.dumps(document, separators=(",", ":")).encode()
-    block = min(BLOCK, max(64, size))
-    layer = write_v1_layer(path, f"layer{index}.bin", Blob(f"{seed}/{index}", size, block), body)
-    return V1Image(image_id, parent, body, layer)
-
-
-async def _file_chunks(path: Path, size: int = BLOCK) -> AsyncIterator[bytes]:
-    """A request body of unknown length (aiohttp sends it chunked, as Docker 1.x does)."""
-    with open(path, "rb") as f:
-        while chunk := f.read(size):
-            yield chunk
 
 
 def _sizes_v1(p: Profile) -> list[int]:
@@ -881,7 +785,8 @@ def _sizes_v1(p: Profile) -> list[int]:
 class V1PushPull(Workload):
     """`docker push` then `docker pull` of a new image through the v1 protocol, request by
     request as Docker 1.2 makes them against a standalone registry without authentication
-    (contract v1-protocol.md 7.2 and 7.3), except that connections are kept alive.
+    (docs/contracts/v1-protocol.md 7.2 and 7.3; the tests' v1 client, tests/v1/client.py),
+    except that connections are kept alive.
 
     Each round builds a new chain of `v1_layers` images (fresh ids, fresh layer content, so
     nothing deduplicates): each layer a tar of one generated file, gzip level 0, written to a
@@ -930,122 +835,30 @@ class V1PushPull(Workload):
         self.dir.mkdir(parents=True, exist_ok=True)
         seed = f"v1-push-{r}"
 
-        def build() -> list[V1Image]:
-            chain: list[V1Image] = []
+        def build() -> list[V1FileImage]:
+            chain: list[V1FileImage] = []
             for i, size in enumerate(_sizes_v1(ctx.profile)):
                 parent = chain[-1].id if chain else None
                 chain.append(_v1_image(self.dir / f"layer{i}.tar.gz", seed, i, parent, size))
             return chain
 
-        self.chain: list[V1Image] = await asyncio.to_thread(build)
-        self.pulled: dict[str, dict[str, Any]] = {}
+        self.chain: list[V1FileImage] = await asyncio.to_thread(build)
+        self.pulled: dict[str, PullResult] = {}
 
     @property
     def _layer_bytes(self) -> int:
-        return sum(i.layer.size for i in self.chain)
+        return sum(i.size for i in self.chain)
 
     async def _push(self, ctx: Context, server: Server, repo: str) -> None:
-        session, base = ctx.session, f"{server.url}/v1"
-        top = self.chain[-1]
-        entries: list[dict[str, str]] = [{"id": i.id} for i in self.chain[:-1]]
-        entries.append({"id": top.id, "Tag": V1_TAG})
-        index = {"User-Agent": DOCKER_UA, "Authorization": "Basic Og==", "X-Docker-Token": "true"}
-        async with session.put(
-            f"{base}/repositories/{repo}/",
-            data=json.dumps(entries).encode(),
-            headers={**index, "Content-Type": "application/json"},
-        ) as resp:
-            await client.expect(resp, 200, 201)
-            token = resp.headers.get("X-Docker-Token", "")
-            endpoints = resp.headers.get("X-Docker-Endpoints", "")
-            await resp.read()
-        if not token or not endpoints.strip():
-            raise BenchError(f"PUT {resp.url}: token {token!r}, endpoints {endpoints!r}")
-        auth = {"User-Agent": DOCKER_UA, "Authorization": f"Token {token}"}
-        for image in self.chain:
-            url = f"{base}/images/{image.id}"
-            async with session.get(f"{url}/json", headers=auth) as resp:
-                await client.expect(resp, 404)  # a new id: "upload it"
-                await resp.read()
-            async with session.put(
-                f"{url}/json",
-                data=image.json,
-                headers={**auth, "Content-Type": "application/json"},
-            ) as resp:
-                await client.expect(resp, 200)
-                await resp.read()
-            async with session.put(
-                f"{url}/layer",
-                data=_file_chunks(image.layer.path),
-                headers={**auth, "Content-Type": client.OCTET},
-            ) as resp:
-                await client.expect(resp, 200)
-                await resp.read()
-            async with session.put(
-                f"{url}/checksum",
-                headers={
-                    **auth,
-                    "X-Docker-Checksum": image.layer.tarsum,
-                    "X-Docker-Checksum-Payload": image.layer.payload,
-                },
-            ) as resp:
-                await client.expect(resp, 200)
-                await resp.read()
-        async with session.put(
-            f"{base}/repositories/{repo}/tags/{V1_TAG}",
-            data=json.dumps(top.id).encode(),
-            headers={**auth, "Content-Type": "application/json"},
-        ) as resp:
-            await client.expect(resp, 200, 201)
-            await resp.read()
-        async with session.put(
-            f"{base}/repositories/{repo}/images",
-            data=b"[]",
-            headers={
-                **index,
-                "X-Docker-Endpoints": f"{server.url}/v1/",
-                "Content-Type": "application/json",
-            },
-        ) as resp:
-            await client.expect(resp, 204)
-            await resp.read()
+        v1 = V1Client(RemoteHttp(ctx.session, server.url))
+        pushed = await v1.push(repo, self.chain, {self.chain[-1].id: [V1_TAG]})
+        if pushed.uploaded != [i.id for i in self.chain]:  # new ids: every probe must be a 404
+            raise BenchError(f"v1 push of {repo}: {pushed.uploaded} uploaded, {pushed.skipped} not")
 
-    async def _pull(self, ctx: Context, server: Server, repo: str) -> dict[str, Any]:
-        session, base = ctx.session, f"{server.url}/v1"
-        got: dict[str, Any] = {"json": {}, "layers": {}, "sizes": {}}
-        async with session.get(
-            f"{base}/repositories/{repo}/images",
-            headers={"User-Agent": DOCKER_UA, "X-Docker-Token": "true"},
-        ) as resp:
-            await client.expect(resp, 200)
-            got["list"] = await resp.json(content_type=None)
-            tokens = resp.headers.getall("X-Docker-Token", [])
-        auth = {"User-Agent": DOCKER_UA, "Authorization": "Token " + ",".join(tokens)}
-        async with session.get(f"{base}/repositories/{repo}/tags", headers=auth) as resp:
-            await client.expect(resp, 200)
-            got["tags"] = await resp.json(content_type=None)
-        top = got["tags"].get(V1_TAG)
-        if not isinstance(top, str):
-            raise BenchError(f"GET {resp.url}: no tag {V1_TAG} in {got['tags']}")
-        async with session.get(f"{base}/images/{top}/ancestry", headers=auth) as resp:
-            await client.expect(resp, 200)
-            got["ancestry"] = ancestry = await resp.json(content_type=None)
-        if not isinstance(ancestry, list) or not ancestry:
-            raise BenchError(f"GET {resp.url}: ancestry {ancestry!r}")
-        for image_id in reversed(ancestry):
-            async with session.get(f"{base}/images/{image_id}/json", headers=auth) as resp:
-                await client.expect(resp, 200)
-                body = await resp.read()
-                size = resp.headers.get("X-Docker-Size", "")
-            if not size.isdigit():
-                raise BenchError(f"GET {resp.url}: X-Docker-Size {size!r}")
-            got["json"][image_id] = body
-            got["sizes"][image_id] = int(size)
-            layer_id = json.loads(body)["id"]  # Docker fetches the id found in the JSON
-            got["layers"][image_id] = await client.fetch_digest(
-                session, f"{base}/images/{layer_id}/layer", headers=auth
-            )
-        return got
+    async def _pull(self, ctx: Context, server: Server, repo: str) -> PullResult:
+        """The pull, layers hashed as they stream and not kept."""
+        v1 = V1Client(RemoteHttp(ctx.session, server.url))
+        return await v1.pull(repo, V1_TAG, resume=False, keep_layers=False)
 
     async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
         repo = self._repo(r)
@@ -1066,26 +879,27 @@ class V1PushPull(Workload):
         repo, got = self._repo(r), self.pulled[server.name]
         ids = [i.id for i in self.chain]
         top = ids[-1]
-        if got["ancestry"] != ids[::-1]:
-            raise BenchError(f"v1 ancestry of {top[:12]}: {got['ancestry']}, pushed {ids[::-1]}")
-        if got["tags"] != {V1_TAG: top}:
-            raise BenchError(f"v1 tags of {repo}: {got['tags']}, pushed {V1_TAG} -> {top}")
-        listed = {e.get("id") for e in got["list"] if isinstance(e, dict)}
+        if got.tags != {V1_TAG: top}:
+            raise BenchError(f"v1 tags of {repo}: {got.tags}, pushed {V1_TAG} -> {top}")
+        if got.ancestries[top] != ids[::-1]:
+            raise BenchError(
+                f"v1 ancestry of {top[:12]}: {got.ancestries[top]}, pushed {ids[::-1]}"
+            )
+        listed = {e.get("id") for e in got.image_list if isinstance(e, dict)}
         if not set(ids) <= listed:
             raise BenchError(f"v1 image list of {repo} lacks {sorted(set(ids) - listed)}")
         for image in self.chain:
-            digest, size, _ = got["layers"][image.id]
-            if (digest, size) != (image.layer.digest, image.layer.size):
+            pulled = got.images[image.id]
+            if (pulled.digest, pulled.length) != (image.blob_digest, image.size):
                 raise BenchError(
-                    f"v1 layer of {image.id[:12]}: {digest} ({size} bytes), pushed "
-                    f"{image.layer.digest} ({image.layer.size} bytes)"
+                    f"v1 layer of {image.id[:12]}: {pulled.digest} ({pulled.length} bytes), "
+                    f"pushed {image.blob_digest} ({image.size} bytes)"
                 )
-            if got["sizes"][image.id] != image.layer.size:
+            if pulled.size != image.size:
                 raise BenchError(
-                    f"v1 json of {image.id[:12]}: X-Docker-Size {got['sizes'][image.id]}, "
-                    f"layer {image.layer.size}"
+                    f"v1 json of {image.id[:12]}: X-Docker-Size {pulled.size}, layer {image.size}"
                 )
-            if got["json"][image.id] != image.json:
+            if pulled.json != image.json:
                 raise BenchError(f"v1 json of {image.id[:12]} differs from what was pushed")
         url = f"{server.url}/v1/repositories/{repo}/tags/{V1_TAG}"
         async with ctx.session.get(url) as resp:
@@ -1100,7 +914,7 @@ class V1PushPull(Workload):
             client.check_digest_header(resp, sha256_digest(body))
         manifest = json.loads(body)
         layers = [(d.get("digest"), d.get("size")) for d in manifest.get("layers") or []]
-        pushed = [(i.layer.digest, i.layer.size) for i in self.chain]
+        pushed = [(i.blob_digest, i.size) for i in self.chain]
         if (manifest.get("schemaVersion"), manifest.get("mediaType")) != (2, DOCKER_MANIFEST):
             raise BenchError(f"GET {url}: not a schema 2 manifest: {body[:300]!r}")
         if layers != pushed:
@@ -1110,9 +924,7 @@ class V1PushPull(Workload):
             await client.expect(resp, 200)
             config_bytes = await resp.read()
         diff_ids = json.loads(config_bytes).get("rootfs", {}).get("diff_ids")
-        if sha256_digest(config_bytes) != config or diff_ids != [
-            i.layer.diff_id for i in self.chain
-        ]:
+        if sha256_digest(config_bytes) != config or diff_ids != [i.diff_id for i in self.chain]:
             raise BenchError(f"v2 config {config} of {repo}: diff_ids {diff_ids}")
 
     async def finish_round(self, ctx: Context, r: int) -> None:

@@ -165,8 +165,6 @@ class Guard:
         self.limits = limits
         self.now = now
         self.open: dict[asyncio.Protocol, Connection] = {}  # aiohttp's handler -> ours
-        self.shed = 0
-        self.refused = 0
 
     def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], Connection]:
         return lambda: Connection(self, inner())
@@ -175,10 +173,8 @@ class Guard:
         if len(self.open) >= self.limits.connections:
             victim = self._oldest_not_busy()
             if victim is None:
-                self.refused += 1
                 log.warning("connection limit reached, every connection busy: refused one")
                 return False
-            self.shed += 1
             log.warning("connection limit reached: closed the longest waiting connection")
             self.open.pop(victim.inner, None)
             victim.abort()

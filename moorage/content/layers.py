@@ -1,7 +1,7 @@
 """Every checksum of a v1 layer upload, computed in one pass while the body streams in.
 
 `LayerAnalyzer` is fed the request body (chunked framing already removed) piece by piece and
-computes, without a second read (v1 protocol sections 4.4.3, 5.1-5.3, 11):
+computes, without a second read (docs/contracts/v1-protocol.md sections 4.4.3, 5.1-5.3, 11):
 - the payload checksum `sha256(json || LF || body)` (`X-Docker-Checksum-Payload`);
 - the v2 blob digest `sha256(body)` and the body's length;
 - the v2 `diff_id` `sha256(decompressed tar)` and the decompressed length;

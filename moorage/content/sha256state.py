@@ -201,12 +201,6 @@ class ResumableSha256:
                 if self._lib.update(self._ptr, buf, n) != 1:
                     raise RuntimeError("SHA256_Update failed")
 
-    def copy(self) -> ResumableSha256:
-        other = type(self)._new(self._lib)
-        with self._lock:
-            ctypes.memmove(other._ptr, self._ptr, _SIZE)
-        return other
-
     def digest(self) -> bytes:
         with self._lock:
             ctx = _Ctx.from_buffer_copy(self._ctx)  # SHA256_Final consumes its context

@@ -1,4 +1,5 @@
-"""TarSum (Docker's tar checksum, v1 protocol section 5.2) over an incremental tar parser.
+"""TarSum (Docker's tar checksum, docs/contracts/v1-protocol.md section 5.2) over an incremental
+tar parser.
 
 `TarReader` parses an uncompressed tar stream fed in pieces of any size and reports each entry
 (long names and PAX records already applied) with its content to one or more sinks; `TarSum`

@@ -924,15 +924,6 @@ class MetadataStore(V1Queries, GCQueries):
 
         return await self._read(work)
 
-    async def tags_of(self, repository: str, digest: str) -> list[str]:
-        tg, r = t.tags, t.repositories
-        query = (
-            select(tg.c.name)
-            .join(r, r.c.id == tg.c.repository_id)
-            .where(r.c.name == repository, tg.c.digest == digest)
-        )
-        return await self._column(query)
-
     async def referrers(
         self,
         repository: str,

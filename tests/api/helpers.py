@@ -1,4 +1,5 @@
-"""Shared helpers for the in-process /v2/ API tests (contract: docs/oci-distribution.md)."""
+"""Shared helpers for the in-process /v2/ API tests (contract:
+docs/contracts/oci-distribution.md)."""
 
 from __future__ import annotations
 

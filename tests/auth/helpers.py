@@ -1,4 +1,4 @@
-"""Helpers for the auth tests (contract: docs/oci-distribution.md §12 and §16).
+"""Helpers for the auth tests (contract: docs/contracts/oci-distribution.md §12 and §16).
 
 Users, passwords and access rules shared by every auth test module, plus small request
 helpers that carry credentials. Kept separate from tests/api so the auth tests stand alone.

@@ -1,22 +1,25 @@
 """One store, both protocols, proven with real clients.
 
-Images pushed through the v1 registry protocol (Docker 1.2's flow, `tests/clients/v1push.py`)
+Images pushed through the v1 registry protocol (Docker 1.2's flow, `tests/v1/client.py`)
 pull through v2 with skopeo, podman and docker; images pushed through v2 with skopeo and docker
 pull through v1; a tag moved on either side is seen on the other; docker-registry-client reads
 both (v1 mode, and v2 mode where the server converts schema 2 to signed schema 1 for it); and
 `docker search` finds repositories through `/v1/_ping` + `/v1/search`.
 
-Contract: shared/docs/v1-protocol.md sections 4, 5, 7 and 11; docs/design/v1-v2-translation.md.
+Contract: docs/contracts/v1-protocol.md sections 4, 5, 7 and 11; docs/design/v1-v2-translation.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import aiohttp
 import pytest
 import requests
 from docker_registry_client import DockerRegistryClient
@@ -24,26 +27,21 @@ from docker_registry_client._BaseClient import BaseClientV1, BaseClientV2
 
 from moorage.content import schema1, translate
 from tests.clients.conftest import ContainersTool, Docker, Registry
-from tests.clients.v1push import (
-    PulledImage,
-    PushResult,
-    V1Client,
-    V1Image,
-    build_chain,
-    directory,
-    file,
-    random_bytes,
-    symlink,
-)
 from tests.images import (
     Image,
     blob_bytes,
     busybox_path,
+    directory,
+    file,
     layer_file,
     make_image,
+    random_file,
     sha256_digest,
+    symlink,
     tagged_digest,
 )
+from tests.v1.client import PullResult, PushResult, RemoteHttp, V1Client, V1Image
+from tests.v1.client import make_image as make_v1_image
 
 pytestmark = pytest.mark.clients
 
@@ -52,6 +50,7 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 SCHEMA1_SIGNED = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 NOTLS = "--tls-verify=false"
+T = TypeVar("T")
 
 #: The run configuration of the v1-pushed busybox image (every image of its chain carries it).
 RUN_CONFIG = {"Cmd": ["/bin/busybox", "echo", "hello from v1"], "Env": ["PATH=/bin"]}
@@ -60,6 +59,8 @@ COMMANDS = (
     ["/bin/sh", "-c", "echo pushed through v1 > /etc/motd"],
     ["/bin/sh", "-c", "#(nop) ADD file:busybox in /bin/busybox"],
 )
+#: Docker 1.2 streamed a layer as an unterminated tar, gzip-flushed after every 32 KiB.
+DOCKER12_FLUSH = 32 * 1024
 
 
 def busybox_chain(parent: V1Image | None = None, docker12_stream: bool = False) -> list[V1Image]:
@@ -71,7 +72,7 @@ def busybox_chain(parent: V1Image | None = None, docker12_stream: bool = False) 
         directory("etc"),
         directory("tmp", 0o1777),
         file("etc/hostname", b"moorage\n"),
-        file("etc/random.bin", random_bytes(96 * 1024, "v1-translation-base")),
+        random_file("etc/random.bin", 96 * 1024, "v1-translation-base"),
     ]
     middle = [directory("etc"), file("etc/motd", b"pushed through v1\n")]
     top = [
@@ -79,13 +80,21 @@ def busybox_chain(parent: V1Image | None = None, docker12_stream: bool = False) 
         file("bin/busybox", busybox_path().read_bytes(), 0o755),
         symlink("bin/sh", "busybox"),
     ]
-    return build_chain(
-        [base, middle, top],
-        COMMANDS,
-        config=RUN_CONFIG,
-        parent=parent,
-        docker12_stream=docker12_stream,
-    )
+    chain: list[V1Image] = []
+    for i, (entries, cmd) in enumerate(zip([base, middle, top], COMMANDS, strict=True)):
+        chain.append(
+            make_v1_image(
+                chain[-1] if chain else parent,
+                entries=entries,
+                cmd=cmd,
+                config=RUN_CONFIG,
+                created=f"2014-09-24T09:12:{i + 1:02d}.5+00:00",
+                author="moorage tests <tests@moorage.invalid>",
+                end_blocks=not docker12_stream,
+                flush_every=DOCKER12_FLUSH if docker12_stream else None,
+            )
+        )
+    return chain
 
 
 @dataclass(frozen=True)
@@ -113,13 +122,29 @@ def v1_pushed(registry: Registry) -> Pushed:
     """The busybox chain pushed once through v1 into `v1x/busybox`, tagged `latest`, with
     layer bodies exactly as Docker 1.2 streamed them."""
     chain = busybox_chain(docker12_stream=True)
-    result = v1client(registry).push("v1x/busybox", chain, {"latest": chain[-1].id})
+    result = asyncio.run(
+        with_v1(registry, lambda v1: v1.push("v1x/busybox", chain, {chain[-1].id: ["latest"]}))
+    )
     return Pushed("v1x/busybox", "latest", chain, result)
 
 
-def v1client(registry: Registry) -> V1Client:
+async def with_v1(registry: Registry, work: Callable[[V1Client], Awaitable[T]]) -> T:
+    """Run `work` with a v1 client on a session of its own."""
+    async with aiohttp.ClientSession() as session:
+        return await work(V1Client(RemoteHttp(session, registry.url), context=registry.log_tail))
+
+
+@pytest.fixture
+async def v1(registry: Registry) -> AsyncIterator[V1Client]:
     """The v1 client; its failures show the server's log tail."""
-    return V1Client(registry.url, context=registry.log_tail)
+    async with aiohttp.ClientSession() as session:
+        yield V1Client(RemoteHttp(session, registry.url), context=registry.log_tail)
+
+
+def pulled_chain(pulled: PullResult, tag: str) -> tuple[list[str], list[Any]]:
+    """The ancestry (top first) of the pulled tag, and its images root first."""
+    top = pulled.tags[tag]
+    return pulled.ancestries[top], pulled.chain(top)
 
 
 def v2_manifest(registry: Registry, repository: str, reference: str) -> tuple[bytes, str]:
@@ -177,8 +202,8 @@ def check_v2_view_of_v1_image(registry: Registry, repository: str, pushed: Pushe
 # 1. v1 push -> v2 pull
 
 
-def test_v1_push_follows_docker_1_2_and_builds_the_v2_image(
-    v1_pushed: Pushed, registry: Registry
+async def test_v1_push_follows_docker_1_2_and_builds_the_v2_image(
+    v1_pushed: Pushed, registry: Registry, v1: V1Client
 ) -> None:
     result = v1_pushed.result
     assert result.endpoints == [registry.host]
@@ -190,25 +215,25 @@ def test_v1_push_follows_docker_1_2_and_builds_the_v2_image(
     check_v2_view_of_v1_image(registry, "v1x/busybox", v1_pushed)
 
     # The v1 side reads back what was pushed, byte for byte, with the client's checksum.
-    client = v1client(registry)
-    pulled = client.pull("v1x/busybox", "latest")
-    assert pulled.ancestry == [image.id for image in reversed(v1_pushed.chain)]
-    for got, image in zip(pulled.chain, v1_pushed.chain, strict=True):
+    pulled = await v1.pull("v1x/busybox", "latest")
+    ancestry, chain = pulled_chain(pulled, "latest")
+    assert ancestry == [image.id for image in reversed(v1_pushed.chain)]
+    for got, image in zip(chain, v1_pushed.chain, strict=True):
         assert got.json == image.json
         assert got.layer == image.layer
         assert got.size == len(image.layer)
-    listed = {entry["id"]: entry for entry in pulled.listed}
+    listed = {entry["id"]: entry for entry in pulled.image_list}
     assert set(listed) == {image.id for image in v1_pushed.chain}
-    assert all("Tag" not in entry for entry in pulled.listed)
+    assert all("Tag" not in entry for entry in pulled.image_list)
     assert listed[v1_pushed.top.id].get("checksum") == v1_pushed.top.tarsum
     for image in v1_pushed.chain:
-        resp = client.request("GET", f"/v1/images/{image.id}/json")
-        assert resp.header("X-Docker-Checksum-Payload") == image.payload_checksum
-        assert resp.header("X-Docker-Checksum") == image.tarsum
+        resp = await v1.call("GET", f"/v1/images/{image.id}/json")
+        assert resp.headers.get("X-Docker-Checksum-Payload") == image.payload
+        assert resp.headers.get("X-Docker-Checksum") == image.tarsum
 
     # A second push of the same chain under another tag moves no data: every existence
     # probe answers 200, and the new tag reaches the same v2 manifest.
-    again = client.push("v1x/busybox", v1_pushed.chain, {"again": v1_pushed.top.id})
+    again = await v1.push("v1x/busybox", v1_pushed.chain, {v1_pushed.top.id: ["again"]})
     assert again.uploaded == []
     assert again.skipped == [image.id for image in v1_pushed.chain]
     assert v2_manifest(registry, "v1x/busybox", "again") == v2_manifest(
@@ -266,20 +291,19 @@ def test_v1_push_pulls_with_docker(v1_pushed: Pushed, dockerd: Docker, registry:
         dockerd("rmi", "--force", name, check=False)
 
 
-def test_one_component_v1_name_pulls_as_library_via_v2(
-    registry: Registry, dockerd: Docker, skopeo: ContainersTool
+async def test_one_component_v1_name_pulls_as_library_via_v2(
+    registry: Registry, dockerd: Docker, skopeo: ContainersTool, v1: V1Client
 ) -> None:
     """Docker 1.2 pushes `host/busybox` as `PUT /v1/repositories/busybox/` and tags without
     `library/`; v1 readers use `library/busybox`; v2 clients pull `host/busybox`."""
     chain = busybox_chain()
-    client = v1client(registry)
-    result = client.push("busybox", chain, {"v1": chain[-1].id})
+    result = await v1.push("busybox", chain, {chain[-1].id: ["v1"]})
     assert "library/busybox" in result.token
-    assert client.tags("library/busybox")["v1"] == chain[-1].id
-    assert client.tag("busybox", "v1") == chain[-1].id
+    assert (await v1.tags("library/busybox", "Token "))["v1"] == chain[-1].id
+    assert await v1.tag("busybox", "v1", "Token ") == chain[-1].id
     # Docker 1.2's pull: index call with the name as typed, tags with library/.
-    pulled = client.pull("busybox", "v1")
-    assert [got.layer for got in pulled.chain] == [image.layer for image in chain]
+    pulled = await v1.pull("busybox", "v1")
+    assert [got.layer for got in pulled_chain(pulled, "v1")[1]] == [i.layer for i in chain]
 
     pushed = Pushed("busybox", "v1", chain, result)
     config_digest = check_v2_view_of_v1_image(registry, "busybox", pushed)
@@ -302,9 +326,9 @@ def test_one_component_v1_name_pulls_as_library_via_v2(
 # 2. v2 push -> v1 pull
 
 
-def check_v1_view_of_v2_image(
-    registry: Registry, repository: str, tag: str, expected_diff_ids: list[str]
-) -> PulledImage:
+async def check_v1_view_of_v2_image(
+    v1: V1Client, registry: Registry, repository: str, tag: str, expected_diff_ids: list[str]
+) -> list[Any]:
     """Pull `repository:tag` the way Docker 1.2 does and compare every v1 answer with the v2
     manifest and blobs: same layer bytes, ancestry = manifest layers top first, X-Docker-Size =
     layer size, parents chained, the top JSON carries the image config."""
@@ -313,13 +337,14 @@ def check_v1_view_of_v2_image(
     layers = manifest["layers"]
     config = json.loads(v2_blob(registry, repository, manifest["config"]["digest"]))
 
-    pulled = v1client(registry).pull(repository, tag)
-    assert len(pulled.ancestry) == len(layers)
-    assert len(set(pulled.ancestry)) == len(layers)
-    assert {entry["id"] for entry in pulled.listed} >= set(pulled.ancestry)
-    assert all("Tag" not in entry for entry in pulled.listed)
+    pulled = await v1.pull(repository, tag)
+    ancestry, chain = pulled_chain(pulled, tag)
+    assert len(ancestry) == len(layers)
+    assert len(set(ancestry)) == len(layers)
+    assert {entry["id"] for entry in pulled.image_list} >= set(ancestry)
+    assert all("Tag" not in entry for entry in pulled.image_list)
     parent = None
-    for got, descriptor, diff_id in zip(pulled.chain, layers, expected_diff_ids, strict=True):
+    for got, descriptor, diff_id in zip(chain, layers, expected_diff_ids, strict=True):
         blob = v2_blob(registry, repository, descriptor["digest"])
         assert got.layer == blob, f"v1 layer of {got.id} differs from {descriptor['digest']}"
         assert got.size == descriptor["size"] == len(blob)
@@ -328,14 +353,14 @@ def check_v1_view_of_v2_image(
         assert document["id"] == got.id
         assert document.get("parent") == parent
         parent = got.id
-    top = pulled.chain[-1].document
+    top = chain[-1].document
     assert top["config"] == config["config"]
     assert (top["architecture"], top["os"]) == (config["architecture"], config["os"])
-    return pulled
+    return chain
 
 
-def test_skopeo_v2s2_push_pulls_through_v1(
-    skopeo: ContainersTool, registry: Registry, tmp_path: Path
+async def test_skopeo_v2s2_push_pulls_through_v1(
+    skopeo: ContainersTool, registry: Registry, tmp_path: Path, v1: V1Client
 ) -> None:
     img = make_image(
         tmp_path / "layout", layers=[256 * 1024, 4096, 300], seed=731, tag="v2s2", cmd=["/x"]
@@ -353,16 +378,18 @@ def test_skopeo_v2s2_push_pulls_through_v1(
     assert manifest["mediaType"] == DOCKER_V2
     assert [x["digest"] for x in manifest["layers"]] == img.layer_digests
 
-    pulled = check_v1_view_of_v2_image(registry, "v1x/from-skopeo", "v2s2", list(img.diff_ids))
+    chain = await check_v1_view_of_v2_image(
+        v1, registry, "v1x/from-skopeo", "v2s2", list(img.diff_ids)
+    )
     # Root last in the ancestry, and each v1 layer is the layout's blob.
-    assert [got.layer for got in reversed(pulled.chain)] == [b.read() for b in reversed(img.layers)]
-    assert pulled.chain[-1].document["config"]["Cmd"] == ["/x"]
+    assert [got.layer for got in reversed(chain)] == [b.read() for b in reversed(img.layers)]
+    assert chain[-1].document["config"]["Cmd"] == ["/x"]
     # The v1 view is persisted: asking again gives the same ids.
-    assert v1client(registry).tags("v1x/from-skopeo") == {"v2s2": pulled.id}
+    assert await v1.tags("v1x/from-skopeo", "Token ") == {"v2s2": chain[-1].id}
 
 
-def test_docker_push_pulls_through_v1(
-    dockerd: Docker, skopeo: ContainersTool, registry: Registry, tmp_path: Path
+async def test_docker_push_pulls_through_v1(
+    dockerd: Docker, skopeo: ContainersTool, registry: Registry, tmp_path: Path, v1: V1Client
 ) -> None:
     img = make_image(tmp_path / "layout", layers=[128 * 1024, 2048], seed=732, tag="d", cmd=["/y"])
     archive = tmp_path / "image.tar"
@@ -379,12 +406,14 @@ def test_docker_push_pulls_through_v1(
         dockerd("rmi", "--force", local, remote, check=False)
     # docker compressed the layers itself: the v1 layers are its blobs, and they unpack to
     # the same diff_ids.
-    pulled = check_v1_view_of_v2_image(registry, "v1x/from-docker", "d", list(img.diff_ids))
-    assert pulled.chain[-1].document["config"]["Cmd"] == ["/y"]
+    chain = await check_v1_view_of_v2_image(
+        v1, registry, "v1x/from-docker", "d", list(img.diff_ids)
+    )
+    assert chain[-1].document["config"]["Cmd"] == ["/y"]
 
 
-def test_predictable_v1_ids_cannot_be_squatted(
-    skopeo: ContainersTool, registry: Registry, tmp_path: Path
+async def test_predictable_v1_ids_cannot_be_squatted(
+    skopeo: ContainersTool, registry: Registry, tmp_path: Path, v1: V1Client
 ) -> None:
     """v1 ids of v2 content are computable by anyone (design doc, "Hazard"): someone who
     pushes other content under such an id through v1 before the image is first read through
@@ -398,23 +427,20 @@ def test_predictable_v1_ids_cannot_be_squatted(
     root_id = translate.v2_to_v1(manifest, config)[0].id
 
     # The squatter: a root image with that id and other bytes, pushed into its own repository.
-    [squat] = build_chain([[file("evil", b"not the real layer\n")]], [["/bin/sh"]])
-    document = {**squat.document, "id": root_id}
-    squat = V1Image(
-        root_id, None, json.dumps(document, separators=(",", ":")).encode(), squat.tar, squat.layer
-    )
-    client = v1client(registry)
-    client.push("v1x/squatter", [squat], {"latest": root_id})
+    squat = make_v1_image(image_id=root_id, entries=[file("evil", b"not the real layer\n")])
+    await v1.push("v1x/squatter", [squat], {root_id: ["latest"]})
 
-    assert client.tags("v1x/squatter") == {"latest": root_id}
-    tags = client.tags("v1x/squat-target")
+    assert await v1.tags("v1x/squatter", "Token ") == {"latest": root_id}
+    tags = await v1.tags("v1x/squat-target", "Token ")
     if "sq" in tags:  # a v1 view, if any, must be the real image
-        pulled = client.pull("v1x/squat-target", "sq")
-        assert [got.layer for got in pulled.chain] == [b.read() for b in img.layers]
+        pulled = await v1.pull("v1x/squat-target", "sq")
+        assert [got.layer for got in pulled_chain(pulled, "sq")[1]] == [
+            b.read() for b in img.layers
+        ]
 
 
-def test_docker_built_image_round_trips_through_v1(
-    dockerd: Docker, skopeo: ContainersTool, registry: Registry, tmp_path: Path
+async def test_docker_built_image_round_trips_through_v1(
+    dockerd: Docker, skopeo: ContainersTool, registry: Registry, tmp_path: Path, v1: V1Client
 ) -> None:
     """`docker build` writes empty-layer history (ENV, LABEL, CMD): the v1 view has one image
     per real layer, each with its own step; a v1 client that pulled it and pushes it into
@@ -441,18 +467,18 @@ def test_docker_built_image_round_trips_through_v1(
         diff_ids = info["RootFS"]["Layers"]
         assert len(diff_ids) == 2
 
-        pulled = check_v1_view_of_v2_image(registry, "v1x/built", "b", diff_ids)
+        pulled = await check_v1_view_of_v2_image(v1, registry, "v1x/built", "b", diff_ids)
         raw, _ = v2_manifest(registry, "v1x/built", "b")
         config_digest = json.loads(raw)["config"]["digest"]
         config = json.loads(v2_blob(registry, "v1x/built", config_digest))
         steps = [h["created_by"] for h in config["history"] if not h.get("empty_layer")]
         # Lower images carry their own build step; the top carries the image's whole
         # config, container_config included (Docker's MakeV1ConfigFromConfig).
-        assert [got.document["container_config"]["Cmd"] for got in pulled.chain[:-1]] == [
+        assert [got.document["container_config"]["Cmd"] for got in pulled[:-1]] == [
             [step] for step in steps[:-1]
         ]
-        assert pulled.chain[-1].document["container_config"] == config["container_config"]
-        top = pulled.chain[-1].document
+        assert pulled[-1].document["container_config"] == config["container_config"]
+        top = pulled[-1].document
         assert "GREETING=hello" in top["config"]["Env"]
         assert top["config"]["Labels"] == {"org.example.built": "by-docker"}
 
@@ -461,9 +487,9 @@ def test_docker_built_image_round_trips_through_v1(
             V1Image(
                 got.id, got.document.get("parent"), got.json, gzip.decompress(got.layer), got.layer
             )
-            for got in pulled.chain
+            for got in pulled
         ]
-        again = v1client(registry).push("v1x/built-copy", chain, {"b": pulled.id})
+        again = await v1.push("v1x/built-copy", chain, {pulled[-1].id: ["b"]})
         assert again.uploaded == []
         assert again.skipped == [image.id for image in chain]
         assert skopeo_layers(skopeo, registry, "v1x/built-copy", "b") == [
@@ -483,24 +509,23 @@ def test_docker_built_image_round_trips_through_v1(
 # 3. Tags are shared
 
 
-def test_tags_moved_on_one_side_are_seen_on_the_other(
-    skopeo: ContainersTool, registry: Registry, tmp_path: Path
+async def test_tags_moved_on_one_side_are_seen_on_the_other(
+    skopeo: ContainersTool, registry: Registry, tmp_path: Path, v1: V1Client
 ) -> None:
     repo = "v1x/moving"
-    client = v1client(registry)
     first = busybox_chain()
-    client.push(repo, first, {"current": first[-1].id, "first": first[-1].id})
+    await v1.push(repo, first, {first[-1].id: ["current", "first"]})
     assert skopeo_layers(skopeo, registry, repo, "current") == [i.blob_digest for i in first]
 
     # A second image on the same base, pushed under its own tag: the base is not uploaded.
     second = [first[0], *busybox_chain(parent=first[0])[:1]]
-    result = client.push(repo, second, {"second": second[-1].id})
+    result = await v1.push(repo, second, {second[-1].id: ["second"]})
     assert result.skipped == [first[0].id]
     assert result.uploaded == [second[-1].id]
 
     # Move `current` with a bare v1 tag write: skopeo sees the other image at once.
-    token = client.write_token(repo)
-    client.put_tag(repo, "current", second[-1].id, token)
+    token = await v1.open_push(repo, [])
+    v1.expect(await v1.put_tag(repo, "current", second[-1].id, token), 200)
     layers = skopeo_layers(skopeo, registry, repo, "current")
     assert layers == [i.blob_digest for i in second]
     assert v2_manifest(registry, repo, "current") == v2_manifest(registry, repo, "second")
@@ -516,14 +541,15 @@ def test_tags_moved_on_one_side_are_seen_on_the_other(
         img.ref,
         registry.ref(repo, "current"),
     )
-    tags = client.tags(repo)
+    tags = await v1.tags(repo, "Token ")
     assert tags["first"] == first[-1].id
     assert tags["second"] == second[-1].id
     moved = tags["current"]
     assert moved not in (first[-1].id, second[-1].id)
-    ancestry = client.ancestry(moved)
+    ancestry = await v1.ancestry(moved, "Token ")
     assert len(ancestry) == len(img.layers)
-    assert [client.layer(i) for i in reversed(ancestry)] == [b.read() for b in img.layers]
+    layers_read = [(await v1.get_layer(i, "Token "))[0] for i in reversed(ancestry)]
+    assert layers_read == [b.read() for b in img.layers]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -625,11 +651,11 @@ def test_docker_registry_client_v2_mode_gets_signed_schema1(
 # 5. docker search
 
 
-def test_docker_search_finds_the_repository(
-    dockerd: Docker, registry: Registry, tmp_path: Path
+async def test_docker_search_finds_the_repository(
+    dockerd: Docker, registry: Registry, tmp_path: Path, v1: V1Client
 ) -> None:
     chain = busybox_chain()
-    v1client(registry).push("v1x/searchable-narwhal", chain[:1], {"latest": chain[0].id})
+    await v1.push("v1x/searchable-narwhal", chain[:1], {chain[0].id: ["latest"]})
     found = dockerd("search", "--format", "{{.Name}}", f"{registry.host}/searchable-narwhal")
     assert "v1x/searchable-narwhal" in found.stdout.split(), found.stdout
     none = dockerd("search", "--format", "{{.Name}}", f"{registry.host}/no-such-okapi")

@@ -24,9 +24,9 @@ from tests.clients.conftest import ContainersRun, layer_statuses, pushed_digest,
 from tests.clients.conftest import Registry as Registry_
 from tests.clients.test_skopeo import PULL, PUSH
 from tests.harness import MoorageProcess
-from tests.images import blob_bytes, tagged_digest
+from tests.images import MemoryImage, blob_bytes, memory_image, tagged_digest
 from tests.images import make_image as oci_image
-from tests.process.registry import TIMEOUT, Image, Registry, make_image, sha256
+from tests.process.registry import TIMEOUT, Registry, sha256
 from tests.services.fixtures import (
     POSTGRES,
     Settings,
@@ -120,7 +120,7 @@ async def test_a_chunked_upload_whose_chunks_visit_every_node(
 async def test_two_nodes_push_the_same_blobs_into_one_new_repository_at_once(
     cluster: Cluster, fresh: aiohttp.ClientSession
 ) -> None:
-    image = make_image(7, (300_000, 200_000), "same blobs")
+    image = memory_image(7, (300_000, 200_000), "same blobs")
     one, two = (Registry(fresh, node.url) for node in cluster.nodes[:2])
     digests = await asyncio.gather(
         *(reg.push_image("cluster/same", f"t{i}", image) for i, reg in enumerate((one, two)))
@@ -134,7 +134,7 @@ async def test_a_v1_push_through_one_node_pulls_through_v2_on_another(
     cluster: Cluster, fresh: aiohttp.ClientSession
 ) -> None:
     chain = make_chain(2)
-    v1 = V1Client(RemoteHttp(fresh, cluster.nodes[0].url))  # type: ignore[arg-type]
+    v1 = V1Client(RemoteHttp(fresh, cluster.nodes[0].url))
     await v1.push("cluster/v1", chain, tags={chain[-1].id: ["latest"]})
     other = Registry(fresh, cluster.nodes[1].url)
     status, body, _ = await other.get_manifest("cluster/v1", "latest")
@@ -186,11 +186,11 @@ async def test_a_node_killed_in_the_middle_of_pushes(
     """Clients push through the balancer while one node is killed with SIGKILL. A push that
     fails is retried from the start, as clients do; every acknowledged push is whole."""
     reg = Registry(fresh, cluster.lb_url)
-    acknowledged: list[tuple[str, Image]] = []
+    acknowledged: list[tuple[str, MemoryImage]] = []
 
     async def pusher(worker: int) -> None:
         for i in range(6):
-            image = make_image(worker * 100 + i, (150_000, 90_000), f"kill {worker}/{i}")
+            image = memory_image(worker * 100 + i, (150_000, 90_000), f"kill {worker}/{i}")
             for _attempt in range(5):
                 try:
                     await reg.push_image(f"cluster/kill-{worker}", f"t{i}", image, chunk=64_000)
@@ -328,7 +328,7 @@ async def test_postgresql_restarted_under_load(
 
 async def _push_through_a_restart(lb: str, run_dir: Path, pg: Settings) -> None:
     statuses: list[int] = []
-    acknowledged: list[tuple[str, Image]] = []
+    acknowledged: list[tuple[str, MemoryImage]] = []
     done = asyncio.Event()
     connector = aiohttp.TCPConnector(force_close=True)
     async with aiohttp.ClientSession(timeout=TIMEOUT, connector=connector) as session:
@@ -337,7 +337,7 @@ async def _push_through_a_restart(lb: str, run_dir: Path, pg: Settings) -> None:
         async def pusher() -> None:
             i = 0
             while not done.is_set():
-                image = make_image(1000 + i, (40_000,), f"restart {i}")
+                image = memory_image(1000 + i, (40_000,), f"restart {i}")
                 try:
                     await reg.push_image("cluster/restart", f"t{i}", image)
                     acknowledged.append((f"t{i}", image))

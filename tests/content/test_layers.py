@@ -1,5 +1,6 @@
-"""LayerAnalyzer: every checksum of a v1 layer upload in one streaming pass (contract sections
-4.4.3, 5.1-5.3), and the refusals: bombs, corrupt gzip, non-tar bodies."""
+"""LayerAnalyzer: every checksum of a v1 layer upload in one streaming pass
+(docs/contracts/v1-protocol.md sections 4.4.3, 5.1-5.3), and the refusals: bombs, corrupt gzip,
+non-tar bodies."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""TarSum and the incremental tar reader: the v1 contract's vectors (section 5.2), Docker's own
-test vectors, raw header fields, extended headers, and the parsing limits."""
+"""TarSum and the incremental tar reader: the v1 contract's vectors
+(docs/contracts/v1-protocol.md section 5.2), Docker's own test vectors, raw header fields,
+extended headers, and the parsing limits."""
 
 from __future__ import annotations
 

@@ -1,29 +1,26 @@
 """A small /v2/ client for the process-level tests (aiohttp, no other HTTP library).
 
-It speaks the push and pull flows of docs/oci-distribution.md sections 6 and 7 and asserts the
-status of every step, so a test reads as the flow it drives. Upload URLs are always taken from
-the latest `Location` and resolved against the server URL; `digest` is added as a query
-parameter, never concatenated.
+It speaks the push and pull flows of docs/contracts/oci-distribution.md sections 6 and 7 and
+asserts the status of every step, so a test reads as the flow it drives. Upload URLs are always
+taken from the latest `Location` and resolved against the server URL; `digest` is added as a
+query parameter, never concatenated.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
 from collections.abc import AsyncIterable, Mapping
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 from yarl import URL
+
+from tests.images import MemoryImage
 
 # Bounds for every client request: a hung server fails the test instead of hanging it.
 TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10, sock_read=60)
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
 ACCEPT = ",".join(
     [
         OCI_MANIFEST,
@@ -46,53 +43,6 @@ def range_end(header: str | None) -> int:
     first, sep, last = header.partition("-")
     assert sep and first == "0" and last.isdigit(), f"bad Range header {header!r}"
     return 0 if last == "0" else int(last) + 1
-
-
-@dataclass(frozen=True)
-class Image:
-    """An OCI image manifest with its config and layers, all in memory."""
-
-    config: bytes
-    layers: tuple[bytes, ...]
-    manifest: bytes
-
-    @property
-    def digest(self) -> str:
-        return sha256(self.manifest)
-
-    @property
-    def blobs(self) -> tuple[bytes, ...]:
-        return (self.config, *self.layers)
-
-
-def descriptor(media_type: str, data: bytes) -> dict[str, Any]:
-    return {"mediaType": media_type, "digest": sha256(data), "size": len(data)}
-
-
-def manifest_for(config: bytes, layers: tuple[bytes, ...], note: str) -> bytes:
-    body = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": descriptor(OCI_CONFIG, config),
-        "layers": [descriptor(OCI_LAYER, layer) for layer in layers],
-        "annotations": {"org.example.note": note},
-    }
-    return json.dumps(body, sort_keys=True, indent=2).encode()
-
-
-def make_image(seed: int, layer_sizes: tuple[int, ...], note: str = "") -> Image:
-    rng = random.Random(seed)
-    layers = tuple(rng.randbytes(size) for size in layer_sizes)
-    config = json.dumps(
-        {
-            "architecture": "amd64",
-            "os": "linux",
-            "rootfs": {"type": "layers", "diff_ids": [sha256(layer) for layer in layers]},
-            "config": {"Labels": {"seed": str(seed)}},
-        },
-        sort_keys=True,
-    ).encode()
-    return Image(config, layers, manifest_for(config, layers, note or f"seed {seed}"))
 
 
 class Registry:
@@ -170,7 +120,7 @@ class Registry:
             assert digest == sha256(body)
             return digest
 
-    async def push_image(self, repo: str, tag: str, image: Image, chunk: int = 0) -> str:
+    async def push_image(self, repo: str, tag: str, image: MemoryImage, chunk: int = 0) -> str:
         for blob in image.blobs:
             if chunk and len(blob) > chunk:
                 await self.push_blob_chunked(repo, blob, chunk)

@@ -30,12 +30,10 @@ import aiohttp
 import pytest
 
 from tests.harness import MakeServer, MoorageProcess
+from tests.images import MemoryImage, manifest_for, memory_image
 from tests.process.registry import (
     TIMEOUT,
-    Image,
     Registry,
-    make_image,
-    manifest_for,
     range_end,
     sha256,
 )
@@ -80,7 +78,7 @@ class Ledger:
     maybe_tags: dict[Key, set[str]] = field(default_factory=dict)
     interrupted: list[Interrupted] = field(default_factory=list)
 
-    def commit_image(self, repo: str, tag: str | None, image: Image) -> None:
+    def commit_image(self, repo: str, tag: str | None, image: MemoryImage) -> None:
         for blob in image.blobs:
             self.blobs[(repo, sha256(blob))] = blob
         self.manifests[(repo, image.digest)] = image.manifest
@@ -109,19 +107,19 @@ class Kill:
 # -- the committed part of a round ---------------------------------------------------------
 
 
-async def commit_phase(reg: Registry, ledger: Ledger, rnd: int) -> Image:
+async def commit_phase(reg: Registry, ledger: Ledger, rnd: int) -> MemoryImage:
     """Push and record images; returns one whose blobs later manifests can reference."""
     repo = f"crash/app{rnd}"
-    images = [make_image(1000 * rnd + k, (300 * KIB + k, 1200 * KIB + 7 * k)) for k in range(2)]
+    images = [memory_image(1000 * rnd + k, (300 * KIB + k, 1200 * KIB + 7 * k)) for k in range(2)]
     for k, image in enumerate(images):
         await reg.push_image(repo, f"r{rnd}-img{k}", image, chunk=(512 * KIB) if k else 0)
         ledger.commit_image(repo, f"r{rnd}-img{k}", image)
     # by digest only, no tag
-    image = make_image(1000 * rnd + 9, (64 * KIB,), note="by digest")
+    image = memory_image(1000 * rnd + 9, (64 * KIB,), note="by digest")
     await reg.push_image(repo, image.digest, image)
     ledger.commit_image(repo, None, image)
     # a tag that moves every round
-    image = make_image(1000 * rnd + 5, (100 * KIB + rnd,), note=f"shared {rnd}")
+    image = memory_image(1000 * rnd + 5, (100 * KIB + rnd,), note=f"shared {rnd}")
     await reg.push_image("crash/shared", "latest", image)
     ledger.commit_image("crash/shared", "latest", image)
     return images[0]
@@ -217,7 +215,7 @@ async def manifest_loop(
     started: asyncio.Event,
     repo: str,
     rnd: int,
-    base: Image,
+    base: MemoryImage,
 ) -> None:
     """PUT new manifests as fast as possible: by tag, by digest, and re-pointing `moving`.
     They reference the blobs of `base`, which is committed in `repo`."""
@@ -268,7 +266,7 @@ async def crash_phase(
     server: MoorageProcess,
     ledger: Ledger,
     rnd: int,
-    base: Image,
+    base: MemoryImage,
     delay: float,
     next_workers: int,
 ) -> float:
@@ -430,7 +428,7 @@ async def test_sigkill_under_load_loses_nothing_committed(make_server: MakeServe
     # Still a working registry: a whole new push, chunked and monolithic, by tag.
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         reg = Registry(session, server.url)
-        image = make_image(99, (2 * MIB + 1, 10 * KIB), note="after the crashes")
+        image = memory_image(99, (2 * MIB + 1, 10 * KIB), note="after the crashes")
         await reg.push_image("crash/after", "v1", image, chunk=MIB)
         ledger.commit_image("crash/after", "v1", image)
         await check_store(reg, ledger)

@@ -8,12 +8,10 @@ push works again. The same with only the metadata database on the full disk.
 from __future__ import annotations
 
 import errno
-import io
 import json
 import random
 import sqlite3
 import subprocess
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +20,9 @@ import pytest
 
 from moorage.metadata.reserve import RESERVE_BYTES
 from tests.harness import MakeServer
-from tests.process.registry import Registry, make_image, sha256
+from tests.images import memory_image
+from tests.process.registry import Registry, sha256
+from tests.v1.client import make_image as v1_image
 
 DISK_SIZE = "16m"
 BIG = 5 << 20  # more than the space reserve (moorage.metadata.reserve) frees
@@ -78,18 +78,6 @@ async def assert_full(resp: aiohttp.ClientResponse, v1: bool = False) -> None:
         assert json.loads(body)["errors"][0] == {"code": "STORAGE_FULL", "message": message}
 
 
-def v1_layer(seed: int, size: int) -> tuple[str, bytes, bytes]:
-    """A v1 image id, its JSON, and a tar layer holding `size` random bytes."""
-    image_id = f"{seed:064x}"
-    image_json = json.dumps({"id": image_id, "created": "2024-01-01T00:00:00Z"}).encode()
-    data = io.BytesIO()
-    with tarfile.open(fileobj=data, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        info = tarfile.TarInfo("file")
-        info.size = size
-        tar.addfile(info, io.BytesIO(random.Random(seed).randbytes(size)))
-    return image_id, image_json, data.getvalue()
-
-
 async def pushes_are_refused(http: aiohttp.ClientSession, base: str, disk: Path) -> None:
     """Each kind of push on the full disk answers 507 STORAGE_FULL."""
     data = random.Random(7).randbytes(BIG)
@@ -115,12 +103,12 @@ async def pushes_are_refused(http: aiohttp.ClientSession, base: str, disk: Path)
             await assert_full(resp)
 
     fill(disk)
-    image_id, image_json, layer = v1_layer(1, BIG)
-    async with http.put(f"{base}/v1/images/{image_id}/json", data=image_json) as resp:
+    image = v1_image(files={"file": random.Random(1).randbytes(BIG)}, compress=False)
+    async with http.put(f"{base}/v1/images/{image.id}/json", data=image.json) as resp:
         if resp.status != 200:
             await assert_full(resp, v1=True)
             return
-    async with http.put(f"{base}/v1/images/{image_id}/layer", data=layer) as resp:
+    async with http.put(f"{base}/v1/images/{image.id}/layer", data=image.layer) as resp:
         await assert_full(resp, v1=True)
 
 
@@ -132,7 +120,7 @@ async def test_full_disk_refuses_pushes_and_allows_deletes(
     blob_root = server.data_dir / "storage"
     await server.start()
     registry = Registry(http, server.url)
-    image = make_image(1, (1000,))
+    image = memory_image(1, (1000,))
     await registry.push_image("kept", "v1", image)
 
     await pushes_are_refused(http, server.url, small_disk)
@@ -145,7 +133,7 @@ async def test_full_disk_refuses_pushes_and_allows_deletes(
     assert uploads_left(server.data_dir, blob_root) == (0, [])
 
     free(small_disk)
-    again = make_image(2, (BIG,))
+    again = memory_image(2, (BIG,))
     await registry.push_image("kept", "v2", again)
     await registry.assert_blob("kept", sha256(again.layers[0]), again.layers[0])
     assert uploads_left(server.data_dir, blob_root) == (0, [])
@@ -165,7 +153,7 @@ async def test_full_metadata_disk_refuses_pushes_and_allows_deletes(
     server.data_dir = small_disk / "data"
     await server.start()
     registry = Registry(http, server.url)
-    image, other = make_image(3, (1000,)), make_image(4, (1000,))
+    image, other = memory_image(3, (1000,)), memory_image(4, (1000,))
     await registry.push_image("kept", "v1", image)
     await registry.push_image("kept", "other", other)
 

@@ -1,6 +1,6 @@
 """An upload session outlives the server process: it continues after a restart.
 
-Sessions live in metadata + storage (docs/oci-distribution.md §6.1), so a chunked upload
+Sessions live in metadata + storage (docs/contracts/oci-distribution.md §6.1), so a chunked upload
 started before a restart -- graceful (SIGTERM) or not (SIGKILL) -- resumes on the same
 Location, reports the right Range, and closes with the right bytes.
 """

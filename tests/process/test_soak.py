@@ -24,7 +24,8 @@ import pytest
 from yarl import URL
 
 from tests.harness import MakeServer, MoorageProcess
-from tests.process.registry import Image, Registry, make_image, sha256
+from tests.images import MemoryImage, memory_image
+from tests.process.registry import Registry, sha256
 from tests.v1.client import RemoteHttp, V1Client, V1Image, make_chain
 
 SOAK_SECONDS = float(os.environ.get("MOORAGE_SOAK_SECONDS", "60"))
@@ -47,7 +48,7 @@ class Tally:
 
     ops: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
-    v2: list[tuple[str, str, Image]] = field(default_factory=list)
+    v2: list[tuple[str, str, MemoryImage]] = field(default_factory=list)
     v1: list[tuple[str, list[V1Image]]] = field(default_factory=list)
 
 
@@ -70,13 +71,13 @@ async def _loop(deadline: float, tally: Tally, name: str, step: Callable[[int], 
 
 async def _v2_pusher(reg: Registry, tally: Tally, worker: int, i: int) -> None:
     rng = random.Random(worker * 100_000 + i)
-    image = make_image(rng.randrange(1 << 30), (rng.randrange(1, 300_000), 70_000))
+    image = memory_image(rng.randrange(1 << 30), (rng.randrange(1, 300_000), 70_000))
     repo, tag = f"soak/v2-{worker}", f"t{i}"
     await reg.push_image(repo, tag, image, chunk=rng.choice((0, 64 * 1024)))
     tally.v2.append((repo, tag, image))
 
 
-async def _v2_check(reg: Registry, repo: str, tag: str, image: Image) -> None:
+async def _v2_check(reg: Registry, repo: str, tag: str, image: MemoryImage) -> None:
     status, body, _ = await reg.get_manifest(repo, tag)
     assert status == 200, f"GET manifest {repo}:{tag}: {status}"
     assert body == image.manifest, f"{repo}:{tag}: other manifest bytes"
@@ -198,7 +199,7 @@ async def test_soak_mixed_load_with_hostile_clients(make_server: MakeServer) -> 
     deadline = time.monotonic() + SOAK_SECONDS
     async with aiohttp.ClientSession(timeout=CLIENT_TIMEOUT) as session:
         reg = Registry(session, server.url)
-        v1 = V1Client(RemoteHttp(session, server.url))  # type: ignore[arg-type]
+        v1 = V1Client(RemoteHttp(session, server.url))
 
         async def v2_pull(i: int) -> None:
             if not tally.v2:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -28,8 +28,6 @@ MiB = 1 << 20
 KiB = 1 << 10
 BLOB = paths.blob("ab" + "0" * 62)
 PREFIX = "reg/istry"  # S3: every key lives under it, which the checks below also prove
-
-Nodes = Callable[[], Awaitable[ObjectDriver]]
 
 
 class Backend:

@@ -1,15 +1,18 @@
-"""A Docker 1.2 v1 client for the in-process tests (contract: docs v1-protocol.md).
+"""The one Docker 1.2 v1 client of the tests and the benchmark (contract:
+docs/contracts/v1-protocol.md).
 
-`V1Client.push` and `V1Client.pull` replay the seed's "life of a push" and "life of a pull"
-request by request, with the headers Docker 1.2 sends and the checks it makes on each answer
-(contract 7.2 and 7.3); a step the real client would reject raises `V1FlowError`. The low-level
-`call` sends any single request, records it in `log`, and never follows redirects.
+`V1Client.push` and `V1Client.pull` replay the contract's "life of a push" and "life of a pull"
+(sections 7.3 and 7.2) request by request, with the headers Docker 1.2 sends and the checks it
+makes on each answer; a step the real client would reject raises `V1FlowError`, with the
+caller's `context` (a server's log tail, say) appended. The low-level `call` sends any single
+request, records it in `log`, and never follows redirects.
 
-Images are built here: real tar layers (ustar, fixed owners and mtimes), gzip-compressed,
-with Docker 1.2 style JSON. The checksums a client sends are computed here, independently of
-the server's code: the payload checksum (section 5.1) and TarSum v0 with the JSON as prefix
-(section 5.2) by a small ustar parser of our own; `test_client.py` checks both against the
-contract's vectors.
+It runs over aiohttp: the in-process tests' `TestClient`, or `RemoteHttp` over a session of the
+caller's for real servers (the process, cluster and client tests, the benchmark), whose
+connections are kept alive. Images are held in memory (`V1Image`, `make_image`), or for big
+layers written to a file with their checksums computed in the same pass and streamed from it on
+push (`V1FileImage`, `write_image`); pulled layers are hashed as they stream, and kept only when
+asked. Layers are built by tests.images.
 """
 
 from __future__ import annotations
@@ -17,14 +20,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import gzip
 import hashlib
-import io
 import json
 import secrets
-import tarfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession
@@ -32,14 +33,23 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-HttpClient = TestClient[Any, Any]
+from tests.images import (
+    Entry,
+    LayerFile,
+    file_entries,
+    gzip_bytes,
+    make_tar,
+    tarsum_v0,
+    write_layer,
+)
 
 USER_AGENT = (
     "docker/1.2.0 go/go1.3.1 git-commit/fa7b24f kernel/3.13.0-24-generic os/linux arch/amd64"
 )
 EMPTY_BASIC = "Basic Og=="  # Docker 1.2 when the user never logged in
-MTIME = 1411549921  # 2014-09-24T09:12:01Z, tar entry times of every built layer
-CHUNK = 16 * 1024
+CREATED = "2014-09-24T09:12:01.123456789Z"
+CHUNK = 16 * 1024  # request body pieces of an in-memory layer
+FILE_CHUNK = 1 << 20  # reads of a layer file on push, and of a layer body on pull
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
@@ -59,7 +69,7 @@ def library(name: str) -> str:
     return name if "/" in name else f"library/{name}"
 
 
-# -- checksums (independent of moorage.content) -------------------------------------------
+# -- images ----------------------------------------------------------------------------------
 
 
 def payload_checksum(image_json: bytes, layer: bytes) -> str:
@@ -67,112 +77,37 @@ def payload_checksum(image_json: bytes, layer: bytes) -> str:
     return sha256(image_json + b"\n" + layer)
 
 
-def _octal(field_bytes: bytes) -> int:
-    text = field_bytes.rstrip(b"\0 ").strip()
-    return int(text, 8) if text else 0
-
-
-def _text(field_bytes: bytes) -> bytes:
-    return field_bytes.split(b"\0", 1)[0]
-
-
-def tarsum_v0(archive: bytes, extra: bytes = b"") -> str:
-    """TarSum Version 0 of an uncompressed ustar archive (no PAX or GNU extensions; the layers
-    built here have none), with `extra` hashed first."""
-    sums: list[str] = []
-    at = 0
-    while at + 512 <= len(archive):
-        block = archive[at : at + 512]
-        if block == bytes(512):
-            break
-        name = _text(block[0:100])
-        if block[257:263] == b"ustar\0" and _text(block[345:500]):
-            name = _text(block[345:500]) + b"/" + name
-        size = _octal(block[124:136])
-        typeflag = block[156:157]
-        device = typeflag in (b"3", b"4")
-        header = b"".join(
-            [
-                b"name" + name,
-                b"mode%d" % _octal(block[100:108]),
-                b"uid%d" % _octal(block[108:116]),
-                b"gid%d" % _octal(block[116:124]),
-                b"size%d" % size,
-                b"mtime%d" % _octal(block[136:148]),
-                b"typeflag" + typeflag,
-                b"linkname" + _text(block[157:257]),
-                b"uname" + _text(block[265:297]),
-                b"gname" + _text(block[297:329]),
-                b"devmajor%d" % (_octal(block[329:337]) if device else 0),
-                b"devminor%d" % (_octal(block[337:345]) if device else 0),
-            ]
-        )
-        at += 512
-        content = b""
-        if typeflag not in (b"1", b"2", b"3", b"4", b"5", b"6"):
-            content = archive[at : at + size]
-            at += (size + 511) // 512 * 512
-        sums.append(hashlib.sha256(header + content).hexdigest())
-    final = hashlib.sha256(extra)
-    for entry in sorted(sums):
-        final.update(entry.encode())
-    return "tarsum+sha256:" + final.hexdigest()
-
-
-# -- images ----------------------------------------------------------------------------------
-
-
-def build_tar(files: dict[str, bytes], *, end_blocks: bool = True) -> bytes:
-    """A deterministic ustar archive: the parent directories of `files`, then the files.
-    Without `end_blocks` the two zero blocks (and the record padding) are cut off, as Docker
-    1.2's TarSum writer left them out."""
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        dirs = sorted({name.rsplit("/", 1)[0] + "/" for name in files if "/" in name})
-        for directory in dirs:
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, MTIME
-            tar.addfile(info)
-        for name, data in sorted(files.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, MTIME
-            info.uid = info.gid = 0
-            tar.addfile(info, io.BytesIO(data))
-    data = out.getvalue()
-    if end_blocks:
-        return data
-    end = 0
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        for member in tar.getmembers():
-            end = max(end, member.offset_data + (member.size + 511) // 512 * 512)
-    return data[:end]
-
-
-def gzip_bytes(data: bytes) -> bytes:
-    return gzip.compress(data, compresslevel=6, mtime=0)
-
-
 def image_json(
-    image_id: str, parent: str | None, *, cmd: str = "/bin/sh", size: int = 0, **extra: Any
+    image_id: str,
+    parent: str | None,
+    *,
+    cmd: str | Sequence[str] = "/bin/sh",
+    size: int = 0,
+    created: str = CREATED,
+    container: str | None = None,
+    config: dict[str, Any] | None = None,
+    **extra: Any,
 ) -> bytes:
-    """Image JSON the way a Docker 1.2 daemon writes it (Go field order, compact)."""
+    """Image JSON the way a Docker 1.2 daemon writes it (Go field order, compact). `cmd` is
+    the build step (`container_config.Cmd`; a string runs under `/bin/sh -c`), `config` the
+    run configuration (Docker copies it up the chain)."""
     document: dict[str, Any] = {"id": image_id}
     if parent:
         document["parent"] = parent
     document.update(
         {
-            "created": "2014-09-24T09:12:01.123456789Z",
-            "container": secrets.token_hex(32),
+            "created": created,
+            "container": container or secrets.token_hex(32),
             "container_config": {
                 "Hostname": "",
                 "User": "",
                 "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-                "Cmd": ["/bin/sh", "-c", cmd],
+                "Cmd": ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd),
                 "Image": parent or "",
                 "WorkingDir": "",
             },
             "docker_version": "1.2.0",
-            "config": {"Cmd": ["/bin/sh"], "Env": None},
+            "config": config or {"Cmd": ["/bin/sh"], "Env": None},
             "architecture": "amd64",
             "os": "linux",
             "Size": size,
@@ -184,11 +119,18 @@ def image_json(
 
 @dataclass(frozen=True)
 class V1Image:
+    """A v1 image held in memory. Its checksums are computed by our own code (the payload
+    checksum here, TarSum v0 in tests.images), not the server's."""
+
     id: str
     parent: str | None
     json: bytes
     tar: bytes  # the uncompressed layer
     layer: bytes  # the bytes sent as the layer body (gzip of `tar`, or `tar` itself)
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return json.loads(self.json)  # type: ignore[no-any-return]
 
     @property
     def size(self) -> int:
@@ -210,30 +152,86 @@ class V1Image:
     def diff_id(self) -> str:
         return sha256(self.tar)
 
+    def body(self) -> AsyncIterator[bytes]:
+        return chunks(self.layer)
+
+
+@dataclass(frozen=True)
+class V1FileImage:
+    """A v1 image whose layer is a file, streamed on push: a layer of any size at flat memory,
+    its checksums computed while it was written (`write_image`)."""
+
+    id: str
+    parent: str | None
+    json: bytes
+    file: LayerFile
+
+    @property
+    def size(self) -> int:
+        return self.file.size
+
+    @property
+    def payload(self) -> str:
+        assert self.file.payload is not None
+        return self.file.payload
+
+    @property
+    def tarsum(self) -> str:
+        assert self.file.tarsum is not None
+        return self.file.tarsum
+
+    @property
+    def blob_digest(self) -> str:
+        return self.file.digest
+
+    @property
+    def diff_id(self) -> str:
+        return self.file.diff_id
+
+    async def body(self) -> AsyncIterator[bytes]:
+        with open(self.file.path, "rb") as f:
+            while piece := f.read(FILE_CHUNK):
+                yield piece
+
+
+AnyV1Image = V1Image | V1FileImage
+
 
 def new_id() -> str:
-    return secrets.token_hex(32)
+    """A random 256-bit id, as Docker generates them (never 64 decimal digits, which Docker
+    refuses as an id)."""
+    while True:
+        candidate = secrets.token_hex(32)
+        if not candidate.isdigit():
+            return candidate
 
 
 def make_image(
     parent: V1Image | None = None,
     *,
     files: dict[str, bytes] | None = None,
+    entries: Sequence[Entry] | None = None,
     compress: bool = True,
     end_blocks: bool = True,
+    flush_every: int | None = None,
     image_id: str | None = None,
     parent_id: str | None = None,
-    **extra: Any,
+    **json_fields: Any,
 ) -> V1Image:
-    """One v1 image: a fresh id (unless given), a small random file in its layer; its parent
-    is `parent` (or the bare id `parent_id`)."""
+    """One v1 image: a fresh id (unless given), a layer of tar `entries` (or of `files` and
+    their directories; by default one small random file); its parent is `parent` (or the bare
+    id `parent_id`). Without `end_blocks` and with `flush_every` the layer is the way Docker
+    1.2 streamed it (an unterminated tar, gzip flushed every that many bytes). `json_fields`
+    go to `image_json`."""
     image_id = image_id or new_id()
-    if files is None:
-        files = {f"etc/{image_id[:12]}.conf": secrets.token_bytes(3000) + b"\n"}
-    tar = build_tar(files, end_blocks=end_blocks)
-    layer = gzip_bytes(tar) if compress else tar
+    if entries is None:
+        if files is None:
+            files = {f"etc/{image_id[:12]}.conf": secrets.token_bytes(3000) + b"\n"}
+        entries = file_entries(files)
+    tar = make_tar(entries, end_blocks=end_blocks)
+    layer = gzip_bytes(tar, flush_every) if compress else tar
     parent_id = parent.id if parent else parent_id
-    document = image_json(image_id, parent_id, size=len(tar), **extra)
+    document = image_json(image_id, parent_id, size=len(tar), **json_fields)
     return V1Image(image_id, parent_id, document, tar, layer)
 
 
@@ -243,6 +241,22 @@ def make_chain(count: int = 2) -> list[V1Image]:
     for _ in range(count):
         chain.append(make_image(chain[-1] if chain else None))
     return chain
+
+
+def write_image(
+    path: Path,
+    entries: Sequence[Entry],
+    *,
+    image_id: str | None = None,
+    parent: str | None = None,
+    size: int = 0,
+    **json_fields: Any,
+) -> V1FileImage:
+    """A v1 image whose layer (a gzip level 0 tar of `entries`) is written to `path`, its
+    checksums computed in the same pass; `size` is the JSON's `Size`."""
+    image_id = image_id or new_id()
+    document = image_json(image_id, parent, size=size, **json_fields)
+    return V1FileImage(image_id, parent, document, write_layer(path, entries, v1_json=document))
 
 
 # -- requests --------------------------------------------------------------------------------
@@ -269,12 +283,6 @@ class V1FlowError(AssertionError):
     """An answer that the Docker 1.2 client would not accept."""
 
 
-def _expect(reply: Reply, *statuses: int) -> Reply:
-    if reply.status not in statuses:
-        raise V1FlowError(f"expected {statuses}, got {reply!r}")
-    return reply
-
-
 def token_auth(token: str) -> str:
     return f"Token {token}"
 
@@ -289,17 +297,23 @@ async def chunks(data: bytes, size: int = CHUNK) -> AsyncIterator[bytes]:
 class PushResult:
     token: str
     endpoints: list[str]
-    uploaded: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
+    uploaded: list[str] = field(default_factory=list)  # ids whose json/layer/checksum went up
+    skipped: list[str] = field(default_factory=list)  # ids the server already had
     replies: list[Reply] = field(default_factory=list)
 
 
 @dataclass
 class Pulled:
+    id: str
     json: bytes
-    size: int
-    layer: bytes
-    json_headers: CIMultiDictProxy[str]
+    size: int  # X-Docker-Size
+    layer: bytes  # empty when the pull did not keep layers
+    digest: str  # sha256 of the layer as received
+    length: int  # its length
+
+    @property
+    def document(self) -> dict[str, Any]:
+        return json.loads(self.json)  # type: ignore[no-any-return]
 
 
 @dataclass
@@ -308,9 +322,13 @@ class PullResult:
     endpoints: list[str]
     image_list: list[dict[str, Any]]
     tags: dict[str, str]
-    ancestries: dict[str, list[str]] = field(default_factory=dict)
+    ancestries: dict[str, list[str]] = field(default_factory=dict)  # top first
     images: dict[str, Pulled] = field(default_factory=dict)
     replies: list[Reply] = field(default_factory=list)
+
+    def chain(self, top: str) -> list[Pulled]:
+        """The images of `top`'s ancestry, root first."""
+        return [self.images[image_id] for image_id in reversed(self.ancestries[top])]
 
 
 class RemoteHttp:
@@ -331,15 +349,28 @@ class RemoteHttp:
         return self.request("GET", path, **kwargs)
 
 
+HttpClient = TestClient[Any, Any] | RemoteHttp
+
+
 class V1Client:
-    def __init__(self, http: HttpClient) -> None:
+    def __init__(self, http: HttpClient, context: Callable[[], str] | None = None) -> None:
+        """`context` adds to the message of every `V1FlowError` (a server's log tail, say)."""
         self.http = http
+        self.context = context
         self.log: list[Reply] = []
 
     @property
     def host(self) -> str:
         url = self.http.make_url("/")
         return f"{url.host}:{url.port}"
+
+    def fail(self, message: str) -> V1FlowError:
+        return V1FlowError(message + (f"\n{self.context()}" if self.context else ""))
+
+    def expect(self, reply: Reply, *statuses: int) -> Reply:
+        if reply.status not in statuses:
+            raise self.fail(f"expected {statuses}, got {reply!r}")
+        return reply
 
     async def call(
         self,
@@ -380,7 +411,9 @@ class V1Client:
             data=json.dumps(entries).encode(),
         )
 
-    async def put_json(self, image: V1Image, auth: str | None, body: bytes | None = None) -> Reply:
+    async def put_json(
+        self, image: AnyV1Image, auth: str | None, body: bytes | None = None
+    ) -> Reply:
         return await self.call(
             "PUT",
             f"/v1/images/{image.id}/json",
@@ -390,20 +423,29 @@ class V1Client:
         )
 
     async def put_layer(
-        self, image: V1Image, auth: str | None, body: bytes | None = None, chunked: bool = True
+        self, image: AnyV1Image, auth: str | None, body: bytes | None = None, chunked: bool = True
     ) -> Reply:
-        data = image.layer if body is None else body
+        """The layer (or `body`), chunked with no Content-Length as Docker 1.2 sends it, or in
+        one piece without `chunked` (an in-memory image or `body` only)."""
+        data: Any
+        if body is not None:
+            data = chunks(body) if chunked else body
+        elif chunked:
+            data = image.body()
+        else:
+            assert isinstance(image, V1Image), "a layer file is streamed"
+            data = image.layer
         return await self.call(
             "PUT",
             f"/v1/images/{image.id}/layer",
             auth=auth,
             headers={"Content-Type": "application/octet-stream"},
-            data=chunks(data) if chunked else data,
+            data=data,
         )
 
     async def put_checksum(
         self,
-        image: V1Image,
+        image: AnyV1Image,
         auth: str | None,
         *,
         payload: str | None = "",
@@ -417,11 +459,11 @@ class V1Client:
             headers["X-Docker-Checksum-Payload"] = payload or image.payload
         return await self.call("PUT", f"/v1/images/{image.id}/checksum", auth=auth, headers=headers)
 
-    async def upload(self, image: V1Image, auth: str | None) -> None:
+    async def upload(self, image: AnyV1Image, auth: str | None) -> None:
         """PUT json, layer (chunked) and checksum; each must answer 200."""
-        _expect(await self.put_json(image, auth), 200)
-        _expect(await self.put_layer(image, auth), 200)
-        _expect(await self.put_checksum(image, auth), 200)
+        self.expect(await self.put_json(image, auth), 200)
+        self.expect(await self.put_layer(image, auth), 200)
+        self.expect(await self.put_checksum(image, auth), 200)
 
     async def put_tag(self, name: str, tag: str, image_id: str, auth: str | None) -> Reply:
         return await self.call(
@@ -433,33 +475,128 @@ class V1Client:
         )
 
     async def open_push(
-        self, name: str, images: Sequence[V1Image], auth: str | None = EMPTY_BASIC
+        self, name: str, images: Sequence[AnyV1Image], auth: str | None = EMPTY_BASIC
     ) -> str:
         """`PUT /v1/repositories/R/` declaring `images`; returns the `Token ...` header value."""
-        reply = _expect(await self.start_push(name, [{"id": i.id} for i in images], auth), 200)
+        reply = self.expect(await self.start_push(name, [{"id": i.id} for i in images], auth), 200)
         return token_auth(reply.headers["X-Docker-Token"])
 
     async def push_images(
-        self, name: str, images: Sequence[V1Image], tags: dict[str, str] | None = None
+        self, name: str, images: Sequence[AnyV1Image], tags: dict[str, str] | None = None
     ) -> str:
         """Open a push (no login), upload `images` in order, set `tags`; returns the token."""
         token = await self.open_push(name, images)
         for image in images:
             await self.upload(image, token)
         for tag, image_id in (tags or {}).items():
-            _expect(await self.put_tag(name, tag, image_id, token), 200)
+            self.expect(await self.put_tag(name, tag, image_id, token), 200)
         return token
+
+    # Reads, each with the checks Docker 1.2 makes on its answer.
+
+    async def tags(self, name: str, auth: str | None) -> dict[str, str]:
+        """`GET /v1/repositories/L(N)/tags`: the tag map."""
+        reply = await self.call("GET", f"/v1/repositories/{library(name)}/tags", auth=auth)
+        if reply.status == 404:
+            raise self.fail(f"Repository not found {reply!r}")
+        tags = self.expect(reply, 200).json()
+        if not isinstance(tags, dict):
+            raise self.fail(f"tag map is not an object: {reply!r}")
+        return tags
+
+    async def tag(self, name: str, tag: str, auth: str | None) -> str:
+        """`GET /v1/repositories/L(N)/tags/T`: the image id."""
+        reply = await self.call("GET", f"/v1/repositories/{library(name)}/tags/{tag}", auth=auth)
+        image_id = self.expect(reply, 200).json()
+        if not isinstance(image_id, str):
+            raise self.fail(f"tag is not an image id: {reply!r}")
+        return image_id
+
+    async def ancestry(self, image_id: str, auth: str | None) -> list[str]:
+        """`GET /v1/images/ID/ancestry`: the ids, the image itself first."""
+        reply = self.expect(
+            await self.call("GET", f"/v1/images/{image_id}/ancestry", auth=auth), 200
+        )
+        ids = reply.json()
+        if not isinstance(ids, list) or not ids or ids[0] != image_id:
+            raise self.fail(f"ancestry must start with the image itself: {reply!r}")
+        return ids
+
+    async def get_json(self, image_id: str, auth: str | None) -> Reply:
+        """`GET /v1/images/ID/json`: 200, a decimal `X-Docker-Size`, a JSON object whose `id`
+        is the image's."""
+        reply = self.expect(await self.call("GET", f"/v1/images/{image_id}/json", auth=auth), 200)
+        size = reply.headers.get("X-Docker-Size", "")
+        if not size.isdigit():
+            raise self.fail(f"X-Docker-Size missing or not a decimal: {reply!r}")
+        document = reply.json()
+        if not isinstance(document, dict) or document.get("id") != image_id:
+            raise self.fail(f"image JSON does not describe {image_id}: {reply!r}")
+        return reply
+
+    async def get_layer(
+        self,
+        image_id: str,
+        auth: str | None,
+        size: int = -1,
+        *,
+        resume: bool = False,
+        keep: bool = True,
+    ) -> tuple[bytes, str, int]:
+        """`GET /v1/images/ID/layer`: (the bytes, or b"" without `keep`; their sha256 digest;
+        their length). The body is hashed as it streams, so without `keep` a layer of any size
+        costs no memory. With `resume` and the layer's `size`, the download is broken off
+        half-way and resumed with `Range: bytes=n-SIZE`, as Docker's resumable reader does
+        after a dropped connection."""
+        path = f"/v1/images/{image_id}/layer"
+        headers = {"User-Agent": USER_AGENT}
+        if auth is not None:
+            headers["Authorization"] = auth
+        hasher = hashlib.sha256()
+        kept: list[bytes] = []
+        length = 0
+
+        def take(piece: bytes) -> None:
+            nonlocal length
+            hasher.update(piece)
+            length += len(piece)
+            if keep:
+                kept.append(piece)
+
+        cut = None
+        async with self.http.get(path, headers=headers, allow_redirects=False) as resp:
+            first = Reply("GET", path, resp.status, resp.headers, b"", headers)
+            self.log.append(first)
+            if resp.status != 200:
+                first.body = await resp.read()
+                raise self.fail(f"layer: expected 200, got {first!r}")
+            if resume and size > 1 and resp.headers.get("Accept-Ranges") == "bytes":
+                cut = size // 2  # the connection "breaks" after half the layer
+                take(await resp.content.readexactly(cut))
+                resp.close()
+            else:
+                async for piece in resp.content.iter_chunked(FILE_CHUNK):
+                    take(piece)
+            first.body = b"".join(kept)
+        if cut is not None:
+            range_header = {"Range": f"bytes={cut}-{size}"}
+            take(
+                self.expect(await self.call("GET", path, auth=auth, headers=range_header), 206).body
+            )
+        return b"".join(kept), "sha256:" + hasher.hexdigest(), length
 
     # -- the life of a push (contract 7.3) -------------------------------------------------
 
     async def push(
         self,
         name: str,
-        images: Sequence[V1Image],
+        images: Sequence[AnyV1Image],
         tags: dict[str, Sequence[str]] | None = None,
         auth: str = EMPTY_BASIC,
     ) -> PushResult:
-        """`docker push H/name` of `images` (root first); `tags` maps image id -> its tags."""
+        """`docker push H/name` of `images` (root first); `tags` maps image id -> its tags.
+        `name` is used as typed (one component stays one component), as Docker 1.2 does on
+        every push call."""
         tags = tags or {}
         start = len(self.log)
         entries: list[dict[str, str]] = []
@@ -468,22 +605,22 @@ class V1Client:
                 entries += [{"id": image.id, "Tag": t} for t in tags[image.id]]
             else:
                 entries.append({"id": image.id})
-        reply = _expect(await self.start_push(name, entries, auth), 200, 201)
+        reply = self.expect(await self.start_push(name, entries, auth), 200, 201)
         token = reply.headers.get("X-Docker-Token", "")
         endpoints = [e.strip() for e in reply.headers.get("X-Docker-Endpoints", "").split(",")]
         if not token:
-            raise V1FlowError("Index response didn't contain an access token")
+            raise self.fail(f"Index response didn't contain an access token {reply!r}")
         if not [e for e in endpoints if e]:
-            raise V1FlowError("Index response didn't contain any endpoints")
+            raise self.fail(f"Index response didn't contain any endpoints {reply!r}")
         result = PushResult(token, endpoints)
         for endpoint in endpoints:
-            # In-process there is one origin; the endpoint must be it.
+            # One origin serves index and registry; the endpoint must be it.
             if endpoint != self.host:
-                raise V1FlowError(f"endpoint {endpoint!r} is not this registry {self.host!r}")
+                raise self.fail(f"endpoint {endpoint!r} is not this registry {self.host!r}")
             for image in images:
                 await self._push_image(name, image, tags.get(image.id, ()), result)
         urls = ", ".join(f"http://{e}/v1/" for e in endpoints)
-        _expect(
+        self.expect(
             await self.call(
                 "PUT",
                 f"/v1/repositories/{name}/images",
@@ -501,7 +638,7 @@ class V1Client:
         return result
 
     async def _push_image(
-        self, name: str, image: V1Image, image_tags: Sequence[str], result: PushResult
+        self, name: str, image: AnyV1Image, image_tags: Sequence[str], result: PushResult
     ) -> None:
         auth = token_auth(result.token)
         probe = await self.call("GET", f"/v1/images/{image.id}/json", auth=auth)
@@ -512,12 +649,12 @@ class V1Client:
             if reply.status != 200 and _decodes_to_exists(reply.body):
                 result.skipped.append(image.id)
             else:
-                _expect(reply, 200)
-                _expect(await self.put_layer(image, auth), 200)
-                _expect(await self.put_checksum(image, auth), 200)
+                self.expect(reply, 200)
+                self.expect(await self.put_layer(image, auth), 200)
+                self.expect(await self.put_checksum(image, auth), 200)
                 result.uploaded.append(image.id)
         for tag in image_tags:
-            _expect(await self.put_tag(name, tag, image.id, auth), 200, 201)
+            self.expect(await self.put_tag(name, tag, image.id, auth), 200, 201)
 
     # -- the life of a pull (contract 7.2) -------------------------------------------------
 
@@ -530,13 +667,14 @@ class V1Client:
         resume: bool = True,
         have: set[str] | None = None,
         index_token: bool = True,
+        keep_layers: bool = True,
     ) -> PullResult:
         """`docker pull H/name[:tag]`; `auth` is the Basic header of a logged-in user. With
-        `resume`, every layer download is broken off half-way and resumed with
-        `Range: bytes=n-SIZE`, as Docker's resumable reader does after a dropped connection.
+        `resume`, every layer download is broken off half-way and resumed (`get_layer`).
         Without `index_token` the image list is asked for without `X-Docker-Token: true` and
         the registry calls carry `Authorization: Token ` with nothing after it, as Docker 1.2
-        sends when the index returned no token."""
+        sends when the index returned no token. Without `keep_layers` layers are hashed as
+        they stream and dropped (`Pulled.digest`, `Pulled.length`)."""
         start = len(self.log)
         have = set() if have is None else have
         headers = {"X-Docker-Token": "true"}
@@ -546,74 +684,42 @@ class V1Client:
             "GET", f"/v1/repositories/{name}/images", auth=auth, headers=headers
         )
         if listed.status == 401:
-            raise V1FlowError(f"Authentication is required. {listed!r}")
+            raise self.fail(f"Authentication is required. {listed!r}")
         if listed.status == 404:
-            raise V1FlowError(f"Error: image {name} not found {listed!r}")
-        _expect(listed, 200)
+            raise self.fail(f"Error: image {name} not found {listed!r}")
+        image_list = self.expect(listed, 200).json()
+        if not isinstance(image_list, list):
+            raise self.fail(f"image list is not a list: {listed!r}")
         tokens = listed.headers.getall("X-Docker-Token", []) if index_token else []
         endpoint_header = listed.headers.get("X-Docker-Endpoints")
         endpoints = [e.strip() for e in (endpoint_header or self.host).split(",")]
         registry_auth = "Token " + ",".join(tokens)  # "Token " alone when no token came
-        result = PullResult(tokens[0] if tokens else None, endpoints, listed.json(), tags={})
+        result = PullResult(tokens[0] if tokens else None, endpoints, image_list, tags={})
         for endpoint in endpoints:
             if endpoint != self.host:
-                raise V1FlowError(f"endpoint {endpoint!r} is not this registry {self.host!r}")
-        tags_reply = await self.call(
-            "GET", f"/v1/repositories/{library(name)}/tags", auth=registry_auth
-        )
-        if tags_reply.status == 404:
-            raise V1FlowError(f"Repository not found {tags_reply!r}")
-        _expect(tags_reply, 200)
-        result.tags = tags_reply.json()
+                raise self.fail(f"endpoint {endpoint!r} is not this registry {self.host!r}")
+        result.tags = await self.tags(name, registry_auth)
         if tag is not None:
             if tag not in result.tags:
-                raise V1FlowError(f"Tag {tag} not found in repository {name}")
+                raise self.fail(f"Tag {tag} not found in repository {name}: {result.tags}")
             wanted = [result.tags[tag]]
         else:
             wanted = list(dict.fromkeys(result.tags.values()))
         for image_id in wanted:
-            ancestry = _expect(
-                await self.call("GET", f"/v1/images/{image_id}/ancestry", auth=registry_auth), 200
-            ).json()
+            ancestry = await self.ancestry(image_id, registry_auth)
             result.ancestries[image_id] = ancestry
             for ancestor in reversed(ancestry):
                 if ancestor in have:
                     continue
-                result.images[ancestor] = await self._pull_image(ancestor, registry_auth, resume)
+                meta = await self.get_json(ancestor, registry_auth)
+                size = int(meta.headers["X-Docker-Size"])
+                layer, digest, length = await self.get_layer(
+                    ancestor, registry_auth, size, resume=resume, keep=keep_layers
+                )
+                result.images[ancestor] = Pulled(ancestor, meta.body, size, layer, digest, length)
                 have.add(ancestor)
         result.replies = self.log[start:]
         return result
-
-    async def _pull_image(self, image_id: str, auth: str, resume: bool) -> Pulled:
-        meta = _expect(await self.call("GET", f"/v1/images/{image_id}/json", auth=auth), 200)
-        size_header = meta.headers.get("X-Docker-Size")
-        size = int(size_header) if size_header is not None else -1
-        body_id = meta.json()["id"]
-        layer = await self._download(body_id, auth, size, resume)
-        return Pulled(meta.body, size, layer, meta.headers)
-
-    async def _download(self, image_id: str, auth: str, size: int, resume: bool) -> bytes:
-        path = f"/v1/images/{image_id}/layer"
-        headers = {"User-Agent": USER_AGENT, "Authorization": auth}
-        async with self.http.get(path, headers=headers, allow_redirects=False) as resp:
-            first = Reply("GET", path, resp.status, resp.headers, b"", headers)
-            if resp.status != 200:
-                first.body = await resp.read()
-                self.log.append(first)
-                raise V1FlowError(f"layer: expected 200, got {first!r}")
-            resumable = resp.headers.get("Accept-Ranges") == "bytes" and size > 0
-            if not (resume and resumable and size > 1):
-                first.body = await resp.read()
-                self.log.append(first)
-                return first.body
-            # The connection "breaks" after half the layer.
-            cut = size // 2
-            first.body = await resp.content.readexactly(cut)
-            self.log.append(first)
-            resp.close()
-        rest = await self.call("GET", path, auth=auth, headers={"Range": f"bytes={cut}-{size}"})
-        _expect(rest, 206)
-        return first.body + rest.body
 
 
 def _decodes_to_exists(body: bytes) -> bool:

@@ -1,7 +1,8 @@
 """Fixtures for the v1 protocol tests: an open registry ("O") and an authenticated one ("A").
 
-Mode A (contract section 14): users `alice` and `bob` (htpasswd, basic auth); alice owns the
-private `alice/*` repositories, bob owns `bob/*`, and `library/pub` is public (anonymous and
+Mode A (docs/contracts/v1-protocol.md section 14, the contract every "section" and "contract"
+in tests/v1 cites): users `alice` and `bob` (htpasswd, basic auth); alice owns the private
+`alice/*` repositories, bob owns `bob/*`, and `library/pub` is public (anonymous and
 every user may pull it; alice may push it). Both modes configure `auth` themselves, so the
 shared `auth_mode` parameter would only run every test twice: it is pinned to one value here.
 """

@@ -13,12 +13,12 @@ import lzma
 import pytest
 
 from moorage.api.context import V1
+from tests.images import gzip_bytes
 from tests.v1.client import (
     V1Client,
     V1Image,
     assert_error,
     assert_true,
-    gzip_bytes,
     make_chain,
     make_image,
     new_id,
