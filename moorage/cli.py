@@ -209,9 +209,13 @@ def gc_command(
     verb = "would free" if dry_run else "freed"
     for name in sorted(c.repositories):
         r = c.repositories[name]
-        click.echo(f"{name}: {r.manifests} manifests, {r.links} blob links ({_bytes(r.bytes)})")
+        tags = f"{r.tags} tags (retention), " if r.tags else ""
+        click.echo(
+            f"{name}: {tags}{r.manifests} manifests, {r.links} blob links ({_bytes(r.bytes)})"
+        )
+    tags = f"{c.tags} tags (retention), " if c.tags else ""
     click.echo(
-        f"{verb}: {c.manifests} manifests, {c.links} blob links, {c.v1_images} v1 images, "
+        f"{verb}: {tags}{c.manifests} manifests, {c.links} blob links, {c.v1_images} v1 images, "
         f"{c.blobs} blobs, {len(c.keys)} stored objects ({_bytes(c.bytes)})"
         f" in {cycle.seconds:.1f} s"
     )
@@ -233,6 +237,49 @@ async def _gc(settings: config.Settings, grace: float | None, dry_run: bool) -> 
     finally:
         await metadata.close()
         await storage.close()
+
+
+@main.command("usage")
+@_db_options
+@click.argument("namespace", required=False)
+def usage_command(config_file: Path | None, data_dir: Path | None, namespace: str | None) -> None:
+    """Print the storage used per namespace (each stored blob counted once per namespace),
+    with its quota where one is configured; NAMESPACE: that one only."""
+    import asyncio
+
+    try:
+        settings = config.load(config_file, datadir=data_dir)
+    except config.ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in asyncio.run(_usage(settings, namespace)):
+        click.echo(line)
+
+
+async def _usage(settings: config.Settings, namespace: str | None) -> list[str]:
+    from moorage.metadata import MetadataStore, migrations
+
+    quotas = {q.namespace.strip("/"): q.bytes for q in settings.quotas}
+    metadata = MetadataStore(settings.metadata_url)
+    try:
+        try:
+            await metadata.open()
+        except migrations.SchemaError as exc:
+            raise click.ClickException(str(exc)) from exc
+        if namespace:
+            wanted = [namespace.strip("/")]
+        else:
+            wanted = sorted(set(await metadata.namespaces()) | set(quotas))
+        lines = []
+        for ns in wanted:
+            used, blobs = await metadata.namespace_usage(ns)
+            line = f"{ns}: {_bytes(used)} in {blobs} blobs"
+            if ns in quotas:
+                share = used / quotas[ns] * 100 if quotas[ns] else 100.0
+                line += f", quota {_bytes(quotas[ns])} ({share:.0f}% used)"
+            lines.append(line)
+        return lines
+    finally:
+        await metadata.close()
 
 
 def _bytes(n: int) -> str:

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -98,6 +106,63 @@ class GCSettings(_Section):
     interval: Duration = 600.0
     # Manifests that no tag, index or subject keeps: kept (the default), or collected too.
     untagged: Literal["keep", "collect"] = "keep"
+
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgtp]?i?b?)")
+_SIZE_UNIT = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15}
+
+
+def parse_size(value: Any) -> Any:
+    """Bytes from a number or a size such as `10GiB`, `500MB`, `2T` (KiB/MiB/GiB are powers
+    of 1024; kB/MB/GB and bare K/M/G of 1000)."""
+    if not isinstance(value, str):
+        return value
+    m = _SIZE.fullmatch(value.strip().lower())
+    if not m:
+        raise ValueError(f"not a size: {value!r} (examples: 10GiB, 500MB, 1000000)")
+    number, unit = m.groups()
+    base = _SIZE_UNIT[unit[:1]]
+    if unit[1:2] == "i":
+        base = 1024 ** "bkmgtp".index(unit[:1])
+    return int(float(number) * base)
+
+
+Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+
+
+class RetentionRule(_Section):
+    """Which tags of the repositories matching `repository` (a glob, `*` crosses `/`) the
+    collector deletes: those beyond the newest `keep_last` (by push time) and, if also set,
+    pushed more than `older_than` ago. Tags matching a `protect` glob, and immutable tags,
+    are never deleted. The first rule whose glob matches a repository applies to it."""
+
+    repository: str
+    keep_last: int | None = Field(default=None, ge=0)
+    older_than: Duration | None = None
+    protect: list[str] = []
+
+    @model_validator(mode="after")
+    def _deletes_something(self) -> RetentionRule:
+        if self.keep_last is None and self.older_than is None:
+            raise ValueError("a retention rule needs keep_last, older_than or both")
+        return self
+
+
+class ImmutableRule(_Section):
+    """Tags matching `tags` (globs) in repositories matching `repository` never move and are
+    never deleted once pushed."""
+
+    repository: str
+    tags: list[str]
+
+
+class Quota(_Section):
+    """At most `bytes` of blobs in the repositories of `namespace` (its first path component,
+    or a longer prefix such as `team/sub`): each blob counted once however many of them
+    link it."""
+
+    namespace: str
+    bytes: Size
 
 
 class ManifestSettings(_Section):
@@ -220,6 +285,9 @@ class Settings(BaseSettings):
     metadata: MetadataSettings = MetadataSettings()
     uploads: UploadSettings = UploadSettings()
     gc: GCSettings = GCSettings()
+    retention: list[RetentionRule] = []
+    immutable: list[ImmutableRule] = []
+    quotas: list[Quota] = []
     manifests: ManifestSettings = ManifestSettings()
     deletes: DeleteSettings = DeleteSettings()
     mount: MountSettings = MountSettings()

@@ -38,6 +38,7 @@ from moorage.errors import (
     BlobUnknown,
     BlobUploadInvalid,
     BlobUploadUnknown,
+    Denied,
     DigestInvalid,
     RangeInvalid,
     SizeInvalid,
@@ -170,6 +171,9 @@ class BlobService:
         self.lease_seconds = lease_seconds
         self.renew_seconds = lease_seconds / 3
         self._hashers: OrderedDict[str, Hasher] = OrderedDict()
+        # Called before a blob is committed into a repository (repository, digest, size);
+        # raises to refuse it (the storage quotas of `Registry`).
+        self.admit: Callable[[str, str, int], Awaitable[None]] | None = None
 
     # -- reading -------------------------------------------------------------------------
 
@@ -209,6 +213,11 @@ class BlobService:
             row = await self.metadata.repository_blob(name, digest)
             if row is None:
                 continue
+            if self.admit is not None:
+                try:
+                    await self.admit(repository, digest, row.size)
+                except Denied:  # over quota: the client uploads, and is refused then
+                    return False
             try:
                 await self.metadata.link_blobs(repository, [row], existing=True)
             except BlobGone:  # collected since it was looked up: the client uploads it
@@ -310,7 +319,7 @@ class BlobService:
                 lease.offset = await self._stream(state.id, start, body, content_range, lease)
                 try:
                     digest = await self._commit(state.id, repository, lease, parsed)
-                except DigestInvalid:
+                except (DigestInvalid, Denied):  # a wrong digest, over quota: the session ends
                     await self._drop(session_id)
                     raise
                 lease.ended = True
@@ -584,6 +593,8 @@ class BlobService:
         hashed, and removed again if it does not match."""
         assert lease.offset is not None
         size = lease.offset
+        if self.admit is not None:
+            await self.admit(repository, str(expected[0]), size)
         algorithms = tuple(sorted({d.algorithm for d in expected} | {"sha256"}))
         hasher = self._hasher(session_id, size, algorithms, saved=lease.saved)
         self._hashers.pop(session_id, None)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from moorage.config import GCSettings
+from moorage.content.policy import Policy
 from moorage.metadata import MetadataStore
-from moorage.metadata.gc import Collected
+from moorage.metadata.gc import Collected, Retention
 from moorage.storage.objects import ObjectDriver
 
 log = logging.getLogger("moorage.gc")
@@ -29,6 +30,7 @@ class Cycle:
         c = self.collected
         return {
             "dry_run": self.dry_run,
+            "tags": c.tags,
             "manifests": c.manifests,
             "links": c.links,
             "v1_images": c.v1_images,
@@ -40,10 +42,28 @@ class Cycle:
 
 
 class Collector:
-    def __init__(self, metadata: MetadataStore, storage: ObjectDriver, settings: GCSettings):
+    def __init__(
+        self,
+        metadata: MetadataStore,
+        storage: ObjectDriver,
+        settings: GCSettings,
+        policy: Policy | None = None,
+    ):
         self.metadata = metadata
         self.storage = storage
         self.settings = settings
+        self.policy = policy
+
+    def _retention(self, repository: str) -> Retention | None:
+        """What the configured retention rules delete in `repository` (immutable tags are
+        kept like protected ones)."""
+        assert self.policy is not None
+        rule = self.policy.retention_rule(repository)
+        if rule is None:
+            return None
+        cutoff = None if rule.older_than is None else time.time() - rule.older_than
+        keep = (*rule.protect, *self.policy.frozen_tags(repository))
+        return Retention(rule.keep_last, cutoff, keep)
 
     async def cycle(
         self, grace: float | None = None, dry_run: bool = False, pause: Any = None
@@ -52,8 +72,13 @@ class Collector:
         reports what a cycle would delete now. `pause` is for tests (`gc_collect`)."""
         started = time.monotonic()
         cutoff = time.time() - (self.settings.grace if grace is None else grace)
+        retention = self._retention if self.policy and self.policy.retention else None
         collected = await self.metadata.gc_collect(
-            cutoff, self.settings.untagged == "collect", dry_run=dry_run, pause=pause
+            cutoff,
+            self.settings.untagged == "collect",
+            dry_run=dry_run,
+            pause=pause,
+            retention=retention,
         )
         deleted = 0 if dry_run else await self.delete_objects()
         cycle = Cycle(collected, deleted, time.monotonic() - started, dry_run)

@@ -20,6 +20,7 @@ from moorage.content import digest as digests
 from moorage.content import jsondoc, manifests, names, schema1, translate
 from moorage.content.blobs import BlobService
 from moorage.content.gc import Collector
+from moorage.content.policy import Policy, QuotaExceeded
 from moorage.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
@@ -31,7 +32,7 @@ from moorage.errors import (
     Unsupported,
 )
 from moorage.keys import load_or_create_ec_key
-from moorage.metadata import BlobRow, ManifestRow, MetadataStore, ReferencesGone
+from moorage.metadata import BlobRow, ManifestRow, MetadataStore, ReferencesGone, TagFrozen
 from moorage.storage import paths
 from moorage.storage.objects import ObjectDriver
 
@@ -93,12 +94,43 @@ class Registry:
         self.settings = settings
         self.metadata = metadata
         self.blobs = BlobService(storage, metadata, settings.uploads.ttl, settings.uploads.lease)
-        self.collector = Collector(metadata, storage, settings.gc)
+        self.policy = Policy(settings)
+        self.collector = Collector(metadata, storage, settings.gc, self.policy)
+        if settings.quotas:
+            self.blobs.admit = self.admit
         self._signing_key: ec.EllipticCurvePrivateKey | None = None
 
     async def close(self) -> None:
         await self.metadata.close()
         await self.blobs.storage.close()
+
+    # -- quotas --------------------------------------------------------------------------
+
+    async def admit(self, repository: str, digest: str, size: int) -> None:
+        """Refuse a blob that would take its namespace over quota (QuotaExceeded, DENIED).
+        One already linked anywhere in the namespace costs nothing. Checked before the blob
+        is linked, outside its transaction: pushes that run at the same instant may together
+        overshoot by what they add (docs/operations.md)."""
+        await self.admit_many(repository, {digest: size})
+
+    async def admit_many(self, repository: str, sizes: dict[str, int]) -> None:
+        quota = self.policy.quota(repository)
+        if quota is None:
+            return
+        namespace = quota.namespace.strip("/")
+        needed = 0
+        for digest, size in sizes.items():
+            if not await self.metadata.namespace_has_blob(namespace, digest):
+                needed += size
+        if not needed:
+            return
+        used, _ = await self.metadata.namespace_usage(namespace)
+        if used + needed > quota.bytes:
+            raise QuotaExceeded(
+                f"storage quota of namespace {namespace} exceeded: {used} bytes used of "
+                f"{quota.bytes}, this push needs {needed} more",
+                {"namespace": namespace, "used": used, "quota": quota.bytes, "needed": needed},
+            )
 
     # -- manifests -----------------------------------------------------------------------
 
@@ -196,19 +228,23 @@ class Registry:
             manifest.artifact_type,
             manifest.annotations,
         )
+        tag = None if by_digest else reference
         try:
             await self.metadata.put_manifest(
                 repository,
                 row,
                 manifest.references,
-                None if by_digest else reference,
+                tag,
                 blobs=manifest.blobs,
                 manifests=manifest.manifests,
+                frozen=tag is not None and self.policy.is_immutable(repository, tag),
             )
         except ReferencesGone as exc:  # collected since _check_references looked
             raise RegistryErrors(
                 [ManifestBlobUnknown(detail={"digest": d}) for d in exc.digests]
             ) from None
+        except TagFrozen as exc:
+            raise self.policy.refuse_tag(repository, exc.tag, "moved to another manifest") from None
         return PutResult(digest, manifest.subject)
 
     @staticmethod
@@ -241,8 +277,15 @@ class Registry:
             raise Unsupported("deletes are disabled")
         if ":" in reference:
             digests.parse(reference)
-            deleted = await self.metadata.delete_manifest(repository, reference)
+            try:
+                deleted = await self.metadata.delete_manifest(
+                    repository, reference, self.policy.frozen_tags(repository)
+                )
+            except TagFrozen as exc:
+                raise self.policy.refuse_tag(repository, exc.tag, "deleted") from None
         else:
+            if names.is_tag(reference) and self.policy.is_immutable(repository, reference):
+                raise self.policy.refuse_tag(repository, reference, "deleted")
             deleted = names.is_tag(reference) and await self.metadata.delete_tag(
                 repository, reference
             )

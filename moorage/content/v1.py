@@ -29,7 +29,7 @@ from moorage.content.blobs import Blob
 from moorage.content.layers import LayerAnalyzer
 from moorage.content.registry import CatalogFilter, Registry
 from moorage.errors import ManifestUnknown
-from moorage.metadata import BlobRow, KeyPending, LayerSums, ManifestRow, V1ImageRow
+from moorage.metadata import BlobRow, KeyPending, LayerSums, ManifestRow, TagFrozen, V1ImageRow
 from moorage.storage import paths
 from moorage.storage.objects import ObjectWriter
 
@@ -537,9 +537,21 @@ class V1Service:
         if not readable(await self.metadata.v1_repositories_of(image_id)):
             raise ImageNotFound(image_id)
         target = await self._v2_manifest_of(image_id) or await self._build_manifest(image_id)
-        await self.metadata.v1_tag(
-            repository, tag, image_id, target.manifest, target.references, target.blobs, info
-        )
+        policy = self.registry.policy
+        await self.registry.admit_many(repository, {b.digest: b.size for b in target.blobs})
+        try:
+            await self.metadata.v1_tag(
+                repository,
+                tag,
+                image_id,
+                target.manifest,
+                target.references,
+                target.blobs,
+                info,
+                frozen=policy.is_immutable(repository, tag),
+            )
+        except TagFrozen:
+            raise policy.refuse_tag(repository, tag, "moved to another image") from None
 
     async def _build_manifest(self, image_id: str) -> _TagTarget:
         """A Docker schema 2 manifest for the image's ancestry; its config blob is stored (as
@@ -594,10 +606,17 @@ class V1Service:
 
     async def delete_tag(self, repository: str, tag: str) -> None:
         check_tag(tag)
+        if self.registry.policy.is_immutable(repository, tag):
+            raise self.registry.policy.refuse_tag(repository, tag, "deleted")
         if not await self.metadata.delete_tag(repository, tag):
             raise TagNotFound(tag)
 
     async def delete_repository(self, repository: str) -> None:
+        policy = self.registry.policy
+        if policy.frozen_tags(repository):
+            for tag in await self.metadata.list_tags(repository, None, 1_000_000) or []:
+                if policy.is_immutable(repository, tag):
+                    raise policy.refuse_tag(repository, tag, "deleted with its repository")
         if not await self.metadata.delete_repository(repository):
             raise RepositoryNotFound(repository)
 

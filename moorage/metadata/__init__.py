@@ -11,6 +11,7 @@ from moorage.metadata.store import (
     ManifestRow,
     MetadataStore,
     ReferencesGone,
+    TagFrozen,
     UploadRow,
 )
 from moorage.metadata.v1 import LayerSums, V1ImageRow
@@ -24,6 +25,7 @@ __all__ = [
     "ManifestRow",
     "MetadataStore",
     "ReferencesGone",
+    "TagFrozen",
     "UploadRow",
     "V1ImageRow",
 ]

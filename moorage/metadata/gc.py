@@ -9,12 +9,13 @@ again before deleting it, so the two can never disagree.
 
 from __future__ import annotations
 
+import fnmatch
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, exists, not_, select
+from sqlalchemy import ColumnElement, Connection, and_, delete, exists, not_, select, update
 from sqlalchemy.orm import aliased
 
 from moorage.metadata import dialect
@@ -24,8 +25,20 @@ T = TypeVar("T")
 BATCH = 500
 
 
+@dataclass(frozen=True)
+class Retention:
+    """What retention deletes in one repository: tags beyond the newest `keep_last` (None:
+    no count limit) that were pushed before `cutoff` (None: no age limit); tags matching a
+    `keep` glob are never deleted and not counted."""
+
+    keep_last: int | None
+    cutoff: float | None
+    keep: tuple[str, ...] = ()
+
+
 @dataclass
 class RepositoryFreed:
+    tags: int = 0  # deleted by retention
     manifests: int = 0
     links: int = 0
     bytes: int = 0  # sizes of the blobs unlinked from the repository
@@ -43,6 +56,10 @@ class Collected:
 
     def repository(self, name: str) -> RepositoryFreed:
         return self.repositories.setdefault(name, RepositoryFreed())
+
+    @property
+    def tags(self) -> int:
+        return sum(r.tags for r in self.repositories.values())
 
     @property
     def manifests(self) -> int:
@@ -193,6 +210,79 @@ def _delete_blob(conn: Connection, digest: str, cutoff: float) -> tuple[str, int
     return key, size
 
 
+def _retention_victims(
+    conn: Connection, repo_id: int, rule: Retention
+) -> list[tuple[str, str, float]]:
+    """The tags `rule` deletes in the repository now: (name, digest, pushed)."""
+    rows = conn.execute(
+        select(_tg.c.name, _tg.c.digest, _tg.c.updated)
+        .where(_tg.c.repository_id == repo_id)
+        .order_by(_tg.c.updated.desc(), _tg.c.name)
+    ).all()
+    counted = [r for r in rows if not any(fnmatch.fnmatchcase(r[0], g) for g in rule.keep)]
+    victims = counted if rule.keep_last is None else counted[rule.keep_last :]
+    if rule.cutoff is not None:
+        victims = [r for r in victims if r[2] < rule.cutoff]
+    return [(str(n), str(d), float(u)) for n, d, u in victims]
+
+
+def _retire_tag(
+    conn: Connection, repo_id: int, victim: tuple[str, str, float], now: float
+) -> tuple[bool, bool]:
+    """Delete a tag retention chose, if it still points where it did when chosen (a push
+    that moved it since made it new); then its manifest too, if nothing keeps it now. What
+    the manifest referenced starts its grace period, as after a user's delete.
+    (tag deleted, manifest deleted)."""
+    name, digest, pushed = victim
+    deleted = conn.execute(
+        delete(_tg).where(
+            _tg.c.repository_id == repo_id,
+            _tg.c.name == name,
+            _tg.c.digest == digest,
+            _tg.c.updated == pushed,
+        )
+    ).rowcount
+    if not deleted:
+        return False, False
+    row = conn.execute(
+        select(_m.c.digest)
+        .where(_m.c.repository_id == repo_id, _m.c.digest == digest)
+        .with_for_update()
+    ).first()
+    if (
+        row is None
+        or conn.execute(
+            select(_manifest_kept()).where(_m.c.repository_id == repo_id, _m.c.digest == digest)
+        ).scalar()
+    ):
+        return True, False
+    children = select(_mr.c.child).where(_mr.c.repository_id == repo_id, _mr.c.digest == digest)
+    conn.execute(
+        update(_rb)
+        .where(_rb.c.repository_id == repo_id, _rb.c.digest.in_(children))
+        .values(touched=now)
+    )
+    conn.execute(
+        update(_m)
+        .where(
+            _m.c.repository_id == repo_id,
+            _m.c.digest.in_(children) | (_m.c.subject == digest),
+        )
+        .values(touched=now)
+    )
+    conn.execute(delete(_m).where(_m.c.repository_id == repo_id, _m.c.digest == digest))
+    conn.execute(delete(_mr).where(_mr.c.repository_id == repo_id, _mr.c.digest == digest))
+    conn.execute(delete(_mi).where(_mi.c.repository_id == repo_id, _mi.c.manifest_digest == digest))
+    return True, True
+
+
+def _count_retired(collected: Collected, name: str, done: tuple[bool, bool]) -> None:
+    tag, manifest = done
+    freed = collected.repository(name)
+    freed.tags += tag
+    freed.manifests += manifest
+
+
 # -- candidates ----------------------------------------------------------------------------
 
 
@@ -247,10 +337,16 @@ class GCQueries:
         async def _write(self, work: Callable[[Connection], T], frees: bool = False) -> T: ...
 
     async def gc_collect(
-        self, cutoff: float, untagged: bool, dry_run: bool = False, pause: Any = None
+        self,
+        cutoff: float,
+        untagged: bool,
+        dry_run: bool = False,
+        pause: Any = None,
+        retention: Callable[[str], Retention | None] | None = None,
     ) -> Collected:
-        """Delete from the metadata what nothing has referred to since before `cutoff`:
-        untagged manifests (with `untagged`), v1 images, blob links, blob rows; the objects of
+        """Delete the tags `retention(repository)` says to (first), then from the metadata
+        what nothing has referred to since before `cutoff`: untagged manifests (with
+        `untagged`), v1 images, blob links, blob rows; the objects of
         deleted blob rows are queued in `gc_deletions` (the caller deletes them). Each
         deletion is its own transaction. A dry run does all of it in one transaction that is
         rolled back, so it reports exactly what a cycle would delete now (it holds the
@@ -263,6 +359,8 @@ class GCQueries:
             def dry(conn: Connection) -> Collected:
                 collected = Collected()
                 names = _names(conn)
+                if retention is not None:
+                    _retain_in(conn, retention, collected, names)
                 for stage in _stages(untagged):
                     _run_stage_in(conn, stage, cutoff, collected, names)
                 raise _DryRun(collected)
@@ -274,9 +372,32 @@ class GCQueries:
             raise AssertionError("a dry run always rolls back")
         collected = Collected()
         names = await self._read(_names)
+        if retention is not None:
+            await self._retain(retention, collected, names)
         for stage in _stages(untagged):
             await self._run_stage(stage, cutoff, collected, names, pause)
         return collected
+
+    async def _retain(
+        self,
+        retention: Callable[[str], Retention | None],
+        collected: Collected,
+        names: dict[int, str],
+    ) -> None:
+        for repo_id, name in names.items():
+            rule = retention(name)
+            if rule is None:
+                continue
+
+            def choose(conn: Connection, r: int = repo_id, k: Retention = rule) -> Any:
+                return _retention_victims(conn, r, k)
+
+            for victim in await self._read(choose):
+
+                def retire(conn: Connection, r: int = repo_id, v: Any = victim) -> Any:
+                    return _retire_tag(conn, r, v, time.time())
+
+                _count_retired(collected, name, await self._write(retire, frees=True))
 
     async def _run_stage(
         self,
@@ -408,3 +529,18 @@ def _run_stage_in(
 def _position(stage: Stage, row: Any) -> Any:
     """Where the next batch of candidates starts (keyset pagination)."""
     return (row[0], row[1]) if stage in ("manifests", "links") else row[0]
+
+
+def _retain_in(
+    conn: Connection,
+    retention: Callable[[str], Retention | None],
+    collected: Collected,
+    names: dict[int, str],
+) -> None:
+    """Retention inside one transaction (the dry run)."""
+    now = time.time()
+    for repo_id, name in names.items():
+        rule = retention(name)
+        if rule is not None:
+            for victim in _retention_victims(conn, repo_id, rule):
+                _count_retired(collected, name, _retire_tag(conn, repo_id, victim, now))

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import fcntl
+import fnmatch
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import (
+    ColumnElement,
     Connection,
     Engine,
     Select,
@@ -105,6 +107,15 @@ class ReferencesGone(Exception):
     def __init__(self, digests: Iterable[str]) -> None:
         self.digests = sorted(digests)
         super().__init__(", ".join(self.digests))
+
+
+class TagFrozen(Exception):
+    """A write would move or delete an immutable tag (the content layer names which tags
+    are; the check runs in the write's transaction)."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        super().__init__(tag)
 
 
 class LeaseTaken(enum.Enum):
@@ -569,6 +580,49 @@ class MetadataStore(V1Queries, GCQueries):
         b = t.blobs
         return bool(await self._column(select(b.c.digest).where(b.c.storage_key == key).limit(1)))
 
+    # -- usage (quotas) ------------------------------------------------------------------
+
+    @staticmethod
+    def _in_namespace(namespace: str) -> ColumnElement[bool]:
+        """Repositories named `namespace` or below it (`team` -> `team`, `team/...`)."""
+        r = t.repositories
+        below = globs.parse(namespace + "/*").condition(r.c.name)
+        return (r.c.name == namespace) | below
+
+    async def namespace_usage(self, namespace: str) -> tuple[int, int]:
+        """(bytes, blobs) stored for the repositories of `namespace`: each stored object
+        counted once however many repositories (or digests) link it."""
+        r, rb, b = t.repositories, t.repository_blobs, t.blobs
+        linked = (
+            select(rb.c.digest)
+            .join(r, r.c.id == rb.c.repository_id)
+            .where(self._in_namespace(namespace))
+        )
+        objects = (
+            select(b.c.storage_key, func.max(b.c.size).label("size"))
+            .where(b.c.digest.in_(linked))
+            .group_by(b.c.storage_key)
+            .subquery()
+        )
+        query = select(func.coalesce(func.sum(objects.c.size), 0), func.count())
+        row = await self._read(lambda conn: conn.execute(query.select_from(objects)).one())
+        return int(row[0]), int(row[1])
+
+    async def namespace_has_blob(self, namespace: str, digest: str) -> bool:
+        r, rb = t.repositories, t.repository_blobs
+        query = (
+            select(rb.c.digest)
+            .join(r, r.c.id == rb.c.repository_id)
+            .where(rb.c.digest == digest, self._in_namespace(namespace))
+            .limit(1)
+        )
+        return bool(await self._column(query))
+
+    async def namespaces(self) -> list[str]:
+        """The first path component of every repository, in order."""
+        names = await self._column(select(t.repositories.c.name))
+        return sorted({name.split("/", 1)[0] for name in names})
+
     async def repositories_with_blob(self, digest: str) -> list[str]:
         r, rb = t.repositories, t.repository_blobs
         query = (
@@ -734,13 +788,15 @@ class MetadataStore(V1Queries, GCQueries):
         tag: str | None,
         blobs: Iterable[str] = (),
         manifests: Iterable[str] = (),
+        frozen: bool = False,
     ) -> None:
         """Store a manifest (idempotent) and optionally point a tag at it, atomically.
         `blobs` must be linked into the repository and `manifests` stored in it, checked in
-        the same transaction under share locks (ReferencesGone if not; nothing is stored)."""
+        the same transaction under share locks (ReferencesGone if not; nothing is stored).
+        A `frozen` tag may be created or set to the digest it has, never moved (TagFrozen)."""
         await self._write(
             lambda conn: self._put_manifest(
-                conn, repository, row, references, tag, blobs, manifests
+                conn, repository, row, references, tag, blobs, manifests, frozen
             )
         )
 
@@ -753,6 +809,7 @@ class MetadataStore(V1Queries, GCQueries):
         tag: str | None,
         blobs: Iterable[str] = (),
         manifests: Iterable[str] = (),
+        frozen: bool = False,
     ) -> None:
         now = time.time()
         children = sorted(set(references))
@@ -802,12 +859,14 @@ class MetadataStore(V1Queries, GCQueries):
             moved = dialect.insert(conn, tg).values(
                 repository_id=repo_id, name=tag, digest=row.digest, updated=now
             )
-            conn.execute(
-                moved.on_conflict_do_update(
-                    index_elements=["repository_id", "name"],
-                    set_={"digest": moved.excluded.digest, "updated": moved.excluded.updated},
-                )
+            upsert = moved.on_conflict_do_update(
+                index_elements=["repository_id", "name"],
+                set_={"digest": moved.excluded.digest, "updated": moved.excluded.updated},
+                # An immutable tag is set again only to the digest it has.
+                where=(tg.c.digest == moved.excluded.digest) if frozen else None,
             )
+            if conn.execute(upsert.returning(tg.c.name)).first() is None:
+                raise TagFrozen(tag)
 
     @staticmethod
     def _check_references(
@@ -838,14 +897,19 @@ class MetadataStore(V1Queries, GCQueries):
         if missing:
             raise ReferencesGone(missing)
 
-    async def delete_manifest(self, repository: str, digest: str) -> bool:
-        """Delete a manifest and every tag pointing at it. What it referenced in the
-        repository (blob links, child manifests, its referrers) starts its grace period."""
+    async def delete_manifest(
+        self, repository: str, digest: str, frozen: Sequence[str] = ()
+    ) -> bool:
+        """Delete a manifest and every tag pointing at it, unless one of those tags matches
+        a `frozen` glob (TagFrozen). What it referenced in the repository (blob links, child
+        manifests, its referrers) starts its grace period."""
 
         def work(conn: Connection) -> bool:
             repo_id = self._repository_id(conn, repository, create=False)
             if repo_id is None:
                 return False
+            if frozen:
+                self._refuse_frozen(conn, repo_id, digest, frozen)
             m = t.manifests
             result = conn.execute(
                 delete(m).where(m.c.repository_id == repo_id, m.c.digest == digest)
@@ -877,6 +941,18 @@ class MetadataStore(V1Queries, GCQueries):
             return True
 
         return await self._write(work, frees=True)
+
+    @staticmethod
+    def _refuse_frozen(conn: Connection, repo_id: int, digest: str, frozen: Sequence[str]) -> None:
+        tg = t.tags
+        names = conn.execute(
+            select(tg.c.name)
+            .where(tg.c.repository_id == repo_id, tg.c.digest == digest)
+            .with_for_update()
+        ).scalars()
+        for name in names:
+            if any(fnmatch.fnmatchcase(name, glob) for glob in frozen):
+                raise TagFrozen(name)
 
     async def delete_tag(self, repository: str, tag: str) -> bool:
         def work(conn: Connection) -> bool:

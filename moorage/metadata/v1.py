@@ -102,6 +102,7 @@ class V1Queries:
             tag: str | None,
             blobs: Iterable[str] = (),
             manifests: Iterable[str] = (),
+            frozen: bool = False,
         ) -> None: ...
 
     # -- images --------------------------------------------------------------------------
@@ -307,16 +308,18 @@ class V1Queries:
         references: Iterable[str],
         blobs: Iterable[BlobRow],
         info: dict[str, Any],
+        frozen: bool = False,
     ) -> None:
         """Point a tag at a v1 image, in one transaction: link the manifest's blobs and the
-        image (with its ancestors), store the manifest and move the tag, map the manifest to
-        the image id the client pushed, and record the tag's client metadata. A failure
-        anywhere leaves none of it (else the tag would later get freshly derived v1 ids)."""
+        image (with its ancestors), store the manifest and move the tag (never a `frozen`
+        one: TagFrozen), map the manifest to the image id the client pushed, and record the
+        tag's client metadata. A failure anywhere leaves none of it (else the tag would later
+        get freshly derived v1 ids)."""
 
         def work(conn: Connection) -> None:
             self._link(conn, repository, blobs)
             self._v1_link(conn, repository, [image_id])
-            self._put_manifest(conn, repository, manifest, references, tag)
+            self._put_manifest(conn, repository, manifest, references, tag, frozen=frozen)
             self._v1_set_manifest_image(conn, repository, manifest.digest, image_id)
             self._v1_set_tag_info(conn, repository, tag, info)
 

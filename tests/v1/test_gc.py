@@ -56,3 +56,27 @@ async def test_a_child_pushed_onto_a_parent_being_collected_keeps_it(make_client
     assert sorted(pulled.images) == sorted([parent.id, child.id])
     for image in (parent, child):
         assert pulled.images[image.id].layer == image.layer
+
+
+async def test_v1_respects_immutable_tags_and_quotas(make_client: Any) -> None:
+    v1 = V1Client(
+        await make_client(
+            auth={"mode": "none"},
+            immutable=[{"repository": "rel/*", "tags": ["v*"]}],
+            quotas=[{"namespace": "tiny", "bytes": 10}],
+        )
+    )
+    first, second = make_chain(1), make_chain(1)
+    await v1.push_images("rel/app", first, {"v1": first[0].id})
+    await v1.push("rel/app", second)
+    moved = await v1.put_tag("rel/app", "v1", second[0].id, None)
+    assert moved.status == 403 and b"immutable" in moved.body
+    assert await v1.tag("rel/app", "v1", None) == first[0].id
+    gone = await v1.call("DELETE", "/v1/repositories/rel/app/tags/v1")
+    assert gone.status == 403
+    assert (await v1.call("DELETE", "/v1/repositories/rel/app/")).status == 403
+    # Over quota: the tag (which links the layers into the namespace) is refused.
+    (image,) = make_chain(1)
+    await v1.push("tiny/app", [image])
+    refused = await v1.put_tag("tiny/app", "latest", image.id, None)
+    assert refused.status == 403 and b"quota" in refused.body
