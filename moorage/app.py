@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage import keys
-from moorage.api import http, requestid
+from moorage.api import health, http, requestid
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.v1 import errors as v1_errors
@@ -114,6 +114,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(requestid.add_header)
     app.on_response_prepare.append(v2_errors.add_version_header)
     app.on_response_prepare.append(v1_routes.add_version_header)
+    probes = health.setup(app)
     v2_routes.setup(app)
     v1_routes.setup(app)
 
@@ -127,6 +128,7 @@ def create_app(settings: Settings) -> web.Application:
         registry = Registry(settings, storage, metadata)
         app[REGISTRY] = registry
         app[V1] = V1Service(registry)
+        probes.watch({"metadata": registry.check_metadata, "storage": registry.check_storage})
         expiry = asyncio.create_task(_expire_uploads(registry))
         yield
         expiry.cancel()

@@ -155,6 +155,10 @@ class HTTPSettings(_Section):
     sendtimeout: float = Field(default=60, gt=0)
     # Connections open at once; lowered to fit the open-file limit.
     maxconnections: int = Field(default=4096, ge=1)
+    # After SIGTERM the node drains for this long before it stops accepting: /readyz answers
+    # 503 while requests are still served, so a balancer's health check takes the node out
+    # first. At least the balancer's check interval times the failed checks it waits for.
+    draintimeout: float = Field(default=5, ge=0)
     # The one secret every node of a deployment shares (as Distribution's http.secret): the
     # v1 token secret, the built-in token server's signing key (unless auth.token.key names a
     # file) and the schema 1 signing key are derived from it, so that every node issues and

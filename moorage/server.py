@@ -3,8 +3,13 @@
 The parent binds the listening socket(s), then either serves itself (one worker) or forks
 workers, each accepting on its own socket of the same port (SO_REUSEPORT, see `bind`). No state
 lives only in one worker (upload sessions are in metadata + storage), so any worker can take
-any request. SIGTERM/SIGINT stop accepting new connections and let in-flight requests finish
-(up to SHUTDOWN_TIMEOUT seconds).
+any request.
+
+SIGTERM first drains: `/readyz` fails at once while the node goes on serving for
+`http.draintimeout` seconds, so a balancer takes it out before it stops. Then it stops
+accepting and lets requests in flight finish (up to SHUTDOWN_TIMEOUT seconds). SIGINT (Ctrl-C),
+or a second SIGTERM, skips what is left of the drain. The supervisor passes each signal on to
+its workers as it came.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any
 from aiohttp import web
 
 from moorage import connections
+from moorage.api.health import HEALTH
 from moorage.app import IN_FLIGHT, InFlight, create_app
 from moorage.config import Settings
 from moorage.connections import Guard, Limits, connection_cap
@@ -192,8 +198,22 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         ssl_handshake_timeout=settings.http.headertimeout if context is not None else None,
     )
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    hurry = asyncio.Event()  # skip the drain
+    health = app[HEALTH]
+
+    def terminate() -> None:
+        if stop.is_set():
+            hurry.set()
+        health.draining = True  # here, not after stop.wait(): no probe may slip in between
+        stop.set()
+
+    def interrupt() -> None:
+        hurry.set()
+        health.draining = True
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    loop.add_signal_handler(signal.SIGINT, interrupt)
     if context is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_tls, settings, context)
     else:
@@ -207,6 +227,11 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         guard.limits.connections,
     )
     await stop.wait()
+    drain = settings.http.draintimeout
+    if drain > 0 and not hurry.is_set():
+        log.info("draining for %gs: /readyz answers 503 (pid %d)", drain, os.getpid())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), drain)
     log.info("shutting down (pid %d)", os.getpid())
     trimmer.cancel()
     # Stop accepting first and let requests in flight (an upload still streaming its body)
@@ -231,13 +256,15 @@ def _worker(settings: Settings, sock: socket.socket) -> int:
 
 
 def _die_with(parent: int) -> None:
-    """In a forked worker: have the kernel send SIGTERM when the supervisor dies (even by
-    SIGKILL), so no orphan goes on serving the port a restarted server needs. The supervisor
-    may have died between the fork and the prctl; then the signal will never come, but the
-    worker has a new parent already, and leaves at once."""
+    """In a forked worker: have the kernel send SIGINT when the supervisor dies (even by
+    SIGKILL), so no orphan goes on serving the port a restarted server needs. SIGINT, not
+    SIGTERM: no drain, the port must be free within the second a restart waits for it (the
+    requests in flight still finish). The supervisor may have died between the fork and the
+    prctl; then the signal will never come, but the worker has a new parent already, and
+    leaves at once."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0) != 0:
             log.warning(
                 "cannot tie the worker to its supervisor: %s", os.strerror(ctypes.get_errno())
             )
@@ -270,7 +297,13 @@ def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
         stopping = True
         for child in list(children):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
+                os.kill(child, signum)
+        # No worker will be started again: let go of the listening sockets kept for that.
+        # Each worker holds its own until it stops accepting; were the supervisor's still
+        # open then, the kernel would go on queueing connections on them that nobody accepts
+        # (clients hang until the supervisor exits, instead of being refused at once).
+        for sock in sockets:
+            sock.close()
 
     def forward(signum: int, _frame: object) -> None:
         for child in list(children):

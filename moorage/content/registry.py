@@ -98,6 +98,14 @@ class Registry:
         await self.metadata.close()
         await self.blobs.storage.close()
 
+    # -- readiness (/readyz): each raises when its side does not answer --------------------
+
+    async def check_metadata(self) -> None:
+        await self.metadata.ping()
+
+    async def check_storage(self) -> None:
+        await self.blobs.storage.check()
+
     # -- manifests -----------------------------------------------------------------------
 
     async def get_manifest(
