@@ -14,6 +14,7 @@ from moorage import keys
 from moorage.api import health, http, requestid
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, REGISTRY, SETTINGS, V1, V1TOKENS
+from moorage.api.maintenance import MAINTENANCE, Maintenance
 from moorage.api.v1 import errors as v1_errors
 from moorage.api.v1 import routes as v1_routes
 from moorage.api.v2 import errors as v2_errors
@@ -53,9 +54,11 @@ class InFlight:
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
-async def _expire_uploads(registry: Registry) -> None:
+async def _expire_uploads(registry: Registry, maintenance: Maintenance) -> None:
     while True:
         await asyncio.sleep(EXPIRY_INTERVAL)
+        if maintenance.readonly:
+            continue  # read-only means nothing is written, this sweep's deletes included
         try:
             # One sweep per period for the whole cluster: every worker of every node asks.
             if not await registry.metadata.claim("upload-expiry", EXPIRY_INTERVAL * 0.9):
@@ -103,6 +106,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
+    app[MAINTENANCE] = Maintenance(settings)
     app[AUTH] = Authenticator(settings)
     if settings.http.secret is not None:
         v1_secret = keys.derive_secret(settings.http.secret.get_secret_value(), keys.V1_TOKENS)
@@ -129,7 +133,7 @@ def create_app(settings: Settings) -> web.Application:
         app[REGISTRY] = registry
         app[V1] = V1Service(registry)
         probes.watch({"metadata": registry.check_metadata, "storage": registry.check_storage})
-        expiry = asyncio.create_task(_expire_uploads(registry))
+        expiry = asyncio.create_task(_expire_uploads(registry, app[MAINTENANCE]))
         yield
         expiry.cancel()
         with contextlib.suppress(asyncio.CancelledError):

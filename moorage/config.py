@@ -166,6 +166,23 @@ class HTTPSettings(_Section):
     secret: SecretStr | None = Field(default=None, min_length=16)
 
 
+class ReadOnlySettings(_Section):
+    enabled: bool = False
+
+
+class MaintenanceSettings(_Section):
+    """`readonly.enabled`, as Distribution's `storage.maintenance.readonly.enabled`: every write
+    is refused (405 UNSUPPORTED), reads go on. Switched by SIGHUP without a restart."""
+
+    readonly: ReadOnlySettings = ReadOnlySettings()
+
+    @field_validator("readonly", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `readonly: true` (or MOORAGE_MAINTENANCE_READONLY=true) for `readonly: {enabled: true}`
+        return {"enabled": value} if isinstance(value, bool | int | str) else value
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     accesslog: bool = False
@@ -193,6 +210,7 @@ class Settings(BaseSettings):
     pagination: PaginationSettings = PaginationSettings()
     http: HTTPSettings = HTTPSettings()
     log: LogSettings = LogSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
     auth: AuthSettings = AuthSettings()
     tls: TLSSettings = TLSSettings()
 

@@ -28,6 +28,7 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,15 @@ from aiohttp import web
 
 from moorage import connections
 from moorage.api.health import HEALTH
+from moorage.api.maintenance import MAINTENANCE
 from moorage.app import IN_FLIGHT, InFlight, create_app
-from moorage.config import Settings
+from moorage.config import ConfigError, Settings
 from moorage.connections import Guard, Limits, connection_cap
 
 log = logging.getLogger("moorage.server")
+
+# Builds the settings again the way they were built at start (file, environment, flags).
+Reload = Callable[[], Settings]
 
 SHUTDOWN_TIMEOUT = 60.0
 BACKLOG = 1024
@@ -131,6 +136,39 @@ def _reload_tls(settings: Settings, context: ssl.SSLContext) -> None:
         log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
 
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _reload(
+    settings: Settings, reload: Reload | None, app: web.Application, context: ssl.SSLContext | None
+) -> None:
+    """SIGHUP: the TLS certificate and key again, and the configuration again, of which
+    `maintenance.readonly` takes effect at once. Other changes wait for a restart, and are
+    named; a configuration that no longer loads is logged and the running one kept."""
+    if context is not None:
+        _reload_tls(settings, context)
+    if reload is None:
+        return
+    try:
+        fresh = reload()
+    except ConfigError as exc:
+        log.error("config reload failed, keeping the running settings: %s", exc)
+        return
+    app[MAINTENANCE].update(fresh)
+    before = _flat(settings.model_dump(mode="json", exclude={"maintenance"}))
+    after = _flat(fresh.model_dump(mode="json", exclude={"maintenance"}))
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        log.warning("config reloaded; these changes need a restart: %s", ", ".join(changed))
+
+
 async def _give_back_memory(in_flight: InFlight) -> None:
     """Every few seconds after requests were served, hand freed heap memory back to the system.
 
@@ -175,7 +213,7 @@ def _limits(settings: Settings) -> Limits:
     )
 
 
-async def _serve(settings: Settings, sock: socket.socket) -> None:
+async def _serve(settings: Settings, sock: socket.socket, reload: Reload | None) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_on_loop_error)
     app = create_app(settings)
@@ -214,10 +252,7 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
 
     loop.add_signal_handler(signal.SIGTERM, terminate)
     loop.add_signal_handler(signal.SIGINT, interrupt)
-    if context is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload_tls, settings, context)
-    else:
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    loop.add_signal_handler(signal.SIGHUP, _reload, settings, reload, app, context)
     trimmer = asyncio.create_task(_give_back_memory(app[IN_FLIGHT]))
     sweeper = asyncio.create_task(guard.run())
     log.info(
@@ -246,9 +281,9 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     await runner.cleanup()
 
 
-def _worker(settings: Settings, sock: socket.socket) -> int:
+def _worker(settings: Settings, sock: socket.socket, reload: Reload | None) -> int:
     try:
-        asyncio.run(_serve(settings, sock))
+        asyncio.run(_serve(settings, sock, reload))
     except Exception:
         log.exception("worker failed")
         return 1
@@ -272,7 +307,9 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _fork(settings: Settings, sockets: list[socket.socket], slot: int) -> int:
+def _fork(
+    settings: Settings, sockets: list[socket.socket], slot: int, reload: Reload | None
+) -> int:
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -285,11 +322,11 @@ def _fork(settings: Settings, sockets: list[socket.socket], slot: int) -> int:
         for other in sockets:
             if other is not sock:
                 other.close()
-        os._exit(_worker(settings, sock))
+        os._exit(_worker(settings, sock, reload))
     return pid
 
 
-def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
+def _supervise(settings: Settings, sockets: list[socket.socket], reload: Reload | None) -> int:
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -315,7 +352,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, forward)
     for slot in range(settings.workers):
-        children[_fork(settings, sockets, slot)] = slot
+        children[_fork(settings, sockets, slot, reload)] = slot
     failures: list[float] = []
     status = 0
     while children:
@@ -339,7 +376,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
             status = 1
             on_signal(signal.SIGTERM, None)
             continue
-        children[_fork(settings, sockets, slot)] = slot
+        children[_fork(settings, sockets, slot, reload)] = slot
     return status
 
 
@@ -356,7 +393,9 @@ def _raise_open_file_limit() -> None:
         log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, reload: Reload | None = None) -> int:
+    """Serve until stopped. `reload` builds the settings again on SIGHUP (in each worker:
+    the supervisor only passes the signal on)."""
     if settings.auth.mode == "none" and not _is_loopback(settings.host):
         print(
             "\n*** WARNING: Moorage is listening on "
@@ -377,5 +416,5 @@ def run(settings: Settings) -> int:
         return 1
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload handler is installed
     if settings.workers == 1:
-        return _worker(settings, sockets[0])
-    return _supervise(settings, sockets)
+        return _worker(settings, sockets[0], reload)
+    return _supervise(settings, sockets, reload)
