@@ -11,9 +11,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage import keys
-from moorage.api import http, requestid
+from moorage.api import health, http, requestid
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, CURSORS, REGISTRY, SETTINGS, V1, V1TOKENS
+from moorage.api.maintenance import MAINTENANCE, Maintenance
 from moorage.api.v1 import errors as v1_errors
 from moorage.api.v1 import routes as v1_routes
 from moorage.api.v2 import errors as v2_errors
@@ -53,16 +54,19 @@ class InFlight:
 IN_FLIGHT = web.AppKey("in_flight", InFlight)
 
 
-async def _chores(registry: Registry, gc_interval: float) -> None:
+async def _chores(registry: Registry, gc_interval: float, maintenance: Maintenance) -> None:
     """The deployment's housekeeping, each chore run by one worker of one node per period
     (every worker of every node asks for it): expiring abandoned upload sessions with their
-    bytes, and garbage collection every `gc.interval` (0: never on its own)."""
+    bytes, and garbage collection every `gc.interval` (0: never on its own). Nothing runs in
+    read-only mode (read-only means nothing is written, these deletes included)."""
     chores = [("upload-expiry", EXPIRY_INTERVAL, _expire_uploads)]
     if gc_interval > 0:
         chores.append(("gc", gc_interval, _collect))
     tick = min(period for _, period, _ in chores)
     while True:
         await asyncio.sleep(tick)
+        if maintenance.readonly:
+            continue
         for name, period, run in chores:
             try:
                 if await registry.metadata.claim(name, period * 0.9):
@@ -119,6 +123,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
+    app[MAINTENANCE] = Maintenance(settings)
     app[AUTH] = Authenticator(settings)
     if settings.http.secret is not None:
         v1_secret = keys.derive_secret(settings.http.secret.get_secret_value(), keys.V1_TOKENS)
@@ -132,6 +137,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(requestid.add_header)
     app.on_response_prepare.append(v2_errors.add_version_header)
     app.on_response_prepare.append(v1_routes.add_version_header)
+    probes = health.setup(app)
     v2_routes.setup(app)
     v1_routes.setup(app)
 
@@ -145,7 +151,8 @@ def create_app(settings: Settings) -> web.Application:
         registry = Registry(settings, storage, metadata)
         app[REGISTRY] = registry
         app[V1] = V1Service(registry)
-        chores = asyncio.create_task(_chores(registry, settings.gc.interval))
+        probes.watch({"metadata": registry.check_metadata, "storage": registry.check_storage})
+        chores = asyncio.create_task(_chores(registry, settings.gc.interval, app[MAINTENANCE]))
         yield
         chores.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -72,8 +72,10 @@ def serve(
     elif auth_mode is not None:
         auth["mode"] = auth_mode
     tls = {k: v for k, v in (("certificate", tls_cert), ("key", tls_key)) if v is not None}
-    try:
-        settings = config.load(
+
+    def load() -> config.Settings:
+        # Also what a SIGHUP runs, to read the file again under the same flags.
+        return config.load(
             config_file,
             listen=listen,
             datadir=data_dir,
@@ -81,6 +83,9 @@ def serve(
             auth=auth or None,
             tls=tls or None,
         )
+
+    try:
+        settings = load()
     except config.ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     try:
@@ -88,7 +93,7 @@ def serve(
     except preflight.PreflightError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
     logs.configure(settings.log.level)
-    sys.exit(run(settings))
+    sys.exit(run(settings, reload=load))
 
 
 @main.group("config")

@@ -256,11 +256,32 @@ class HTTPSettings(_Section):
     sendtimeout: float = Field(default=60, gt=0)
     # Connections open at once; lowered to fit the open-file limit.
     maxconnections: int = Field(default=4096, ge=1)
+    # After SIGTERM the node drains for this long before it stops accepting: /readyz answers
+    # 503 while requests are still served, so a balancer's health check takes the node out
+    # first. At least the balancer's check interval times the failed checks it waits for.
+    draintimeout: float = Field(default=5, ge=0)
     # The one secret every node of a deployment shares (as Distribution's http.secret): the
     # v1 token secret, the built-in token server's signing key (unless auth.token.key names a
     # file) and the schema 1 signing key are derived from it, so that every node issues and
     # accepts the same tokens. Unset: each is created once in the data directory (one node).
     secret: SecretStr | None = Field(default=None, min_length=16)
+
+
+class ReadOnlySettings(_Section):
+    enabled: bool = False
+
+
+class MaintenanceSettings(_Section):
+    """`readonly.enabled`, as Distribution's `storage.maintenance.readonly.enabled`: every write
+    is refused (405 UNSUPPORTED), reads go on. Switched by SIGHUP without a restart."""
+
+    readonly: ReadOnlySettings = ReadOnlySettings()
+
+    @field_validator("readonly", mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        # `readonly: true` (or MOORAGE_MAINTENANCE_READONLY=true) for `readonly: {enabled: true}`
+        return {"enabled": value} if isinstance(value, bool | int | str) else value
 
 
 class LogSettings(_Section):
@@ -294,6 +315,7 @@ class Settings(BaseSettings):
     pagination: PaginationSettings = PaginationSettings()
     http: HTTPSettings = HTTPSettings()
     log: LogSettings = LogSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
     auth: AuthSettings = AuthSettings()
     tls: TLSSettings = TLSSettings()
 

@@ -22,6 +22,7 @@ Domain code raises these; each protocol renders them in its own dialect (v2: the
     ├── Unauthorized                   401 UNAUTHORIZED
     ├── Denied                         403 DENIED
     ├── Unsupported                    405 UNSUPPORTED
+    │   └── ReadOnly                   405 UNSUPPORTED (a write in read-only mode)
     ├── TooManyRequests                429 TOOMANYREQUESTS
     ├── Unavailable                    503 UNAVAILABLE
     └── StorageFull                    507 STORAGE_FULL (no space left for blobs or metadata)
@@ -147,6 +148,12 @@ class Denied(RegistryError):
 
 class Unsupported(RegistryError):
     code, status, default_message = "UNSUPPORTED", 405, "the operation is unsupported"
+
+
+class ReadOnly(Unsupported):
+    """A write while the registry is in read-only mode (`maintenance.readonly.enabled`)."""
+
+    default_message = "registry is in read-only mode"
 
 
 class TooManyRequests(RegistryError):

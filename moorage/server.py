@@ -3,8 +3,13 @@
 The parent binds the listening socket(s), then either serves itself (one worker) or forks
 workers, each accepting on its own socket of the same port (SO_REUSEPORT, see `bind`). No state
 lives only in one worker (upload sessions are in metadata + storage), so any worker can take
-any request. SIGTERM/SIGINT stop accepting new connections and let in-flight requests finish
-(up to SHUTDOWN_TIMEOUT seconds).
+any request.
+
+SIGTERM first drains: `/readyz` fails at once while the node goes on serving for
+`http.draintimeout` seconds, so a balancer takes it out before it stops. Then it stops
+accepting and lets requests in flight finish (up to SHUTDOWN_TIMEOUT seconds). SIGINT (Ctrl-C),
+or a second SIGTERM, skips what is left of the drain. The supervisor passes each signal on to
+its workers as it came.
 """
 
 from __future__ import annotations
@@ -23,17 +28,23 @@ import ssl
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from moorage import connections
+from moorage.api.health import HEALTH
+from moorage.api.maintenance import MAINTENANCE
 from moorage.app import IN_FLIGHT, InFlight, create_app
-from moorage.config import Settings
+from moorage.config import ConfigError, Settings
 from moorage.connections import Guard, Limits, connection_cap
 
 log = logging.getLogger("moorage.server")
+
+# Builds the settings again the way they were built at start (file, environment, flags).
+Reload = Callable[[], Settings]
 
 SHUTDOWN_TIMEOUT = 60.0
 BACKLOG = 1024
@@ -125,6 +136,39 @@ def _reload_tls(settings: Settings, context: ssl.SSLContext) -> None:
         log.error("TLS reload failed, keeping the old certificate: %s", exc)
 
 
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _reload(
+    settings: Settings, reload: Reload | None, app: web.Application, context: ssl.SSLContext | None
+) -> None:
+    """SIGHUP: the TLS certificate and key again, and the configuration again, of which
+    `maintenance.readonly` takes effect at once. Other changes wait for a restart, and are
+    named; a configuration that no longer loads is logged and the running one kept."""
+    if context is not None:
+        _reload_tls(settings, context)
+    if reload is None:
+        return
+    try:
+        fresh = reload()
+    except ConfigError as exc:
+        log.error("config reload failed, keeping the running settings: %s", exc)
+        return
+    app[MAINTENANCE].update(fresh)
+    before = _flat(settings.model_dump(mode="json", exclude={"maintenance"}))
+    after = _flat(fresh.model_dump(mode="json", exclude={"maintenance"}))
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if changed:
+        log.warning("config reloaded; these changes need a restart: %s", ", ".join(changed))
+
+
 async def _give_back_memory(in_flight: InFlight) -> None:
     """Every few seconds after requests were served, hand freed heap memory back to the system.
 
@@ -169,7 +213,7 @@ def _limits(settings: Settings) -> Limits:
     )
 
 
-async def _serve(settings: Settings, sock: socket.socket) -> None:
+async def _serve(settings: Settings, sock: socket.socket, reload: Reload | None) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_on_loop_error)
     app = create_app(settings)
@@ -192,12 +236,23 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         ssl_handshake_timeout=settings.http.headertimeout if context is not None else None,
     )
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if context is not None:
-        loop.add_signal_handler(signal.SIGHUP, _reload_tls, settings, context)
-    else:
-        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    hurry = asyncio.Event()  # skip the drain
+    health = app[HEALTH]
+
+    def terminate() -> None:
+        if stop.is_set():
+            hurry.set()
+        health.draining = True  # here, not after stop.wait(): no probe may slip in between
+        stop.set()
+
+    def interrupt() -> None:
+        hurry.set()
+        health.draining = True
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    loop.add_signal_handler(signal.SIGHUP, _reload, settings, reload, app, context)
     trimmer = asyncio.create_task(_give_back_memory(app[IN_FLIGHT]))
     sweeper = asyncio.create_task(guard.run())
     log.info(
@@ -207,6 +262,11 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
         guard.limits.connections,
     )
     await stop.wait()
+    drain = settings.http.draintimeout
+    if drain > 0 and not hurry.is_set():
+        log.info("draining for %gs: /readyz answers 503 (pid %d)", drain, os.getpid())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(hurry.wait(), drain)
     log.info("shutting down (pid %d)", os.getpid())
     trimmer.cancel()
     # Stop accepting first and let requests in flight (an upload still streaming its body)
@@ -221,9 +281,9 @@ async def _serve(settings: Settings, sock: socket.socket) -> None:
     await runner.cleanup()
 
 
-def _worker(settings: Settings, sock: socket.socket) -> int:
+def _worker(settings: Settings, sock: socket.socket, reload: Reload | None) -> int:
     try:
-        asyncio.run(_serve(settings, sock))
+        asyncio.run(_serve(settings, sock, reload))
     except Exception:
         log.exception("worker failed")
         return 1
@@ -231,13 +291,15 @@ def _worker(settings: Settings, sock: socket.socket) -> int:
 
 
 def _die_with(parent: int) -> None:
-    """In a forked worker: have the kernel send SIGTERM when the supervisor dies (even by
-    SIGKILL), so no orphan goes on serving the port a restarted server needs. The supervisor
-    may have died between the fork and the prctl; then the signal will never come, but the
-    worker has a new parent already, and leaves at once."""
+    """In a forked worker: have the kernel send SIGINT when the supervisor dies (even by
+    SIGKILL), so no orphan goes on serving the port a restarted server needs. SIGINT, not
+    SIGTERM: no drain, the port must be free within the second a restart waits for it (the
+    requests in flight still finish). The supervisor may have died between the fork and the
+    prctl; then the signal will never come, but the worker has a new parent already, and
+    leaves at once."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT, 0, 0, 0) != 0:
             log.warning(
                 "cannot tie the worker to its supervisor: %s", os.strerror(ctypes.get_errno())
             )
@@ -245,7 +307,9 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _fork(settings: Settings, sockets: list[socket.socket], slot: int) -> int:
+def _fork(
+    settings: Settings, sockets: list[socket.socket], slot: int, reload: Reload | None
+) -> int:
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -258,11 +322,11 @@ def _fork(settings: Settings, sockets: list[socket.socket], slot: int) -> int:
         for other in sockets:
             if other is not sock:
                 other.close()
-        os._exit(_worker(settings, sock))
+        os._exit(_worker(settings, sock, reload))
     return pid
 
 
-def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
+def _supervise(settings: Settings, sockets: list[socket.socket], reload: Reload | None) -> int:
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -270,7 +334,13 @@ def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
         stopping = True
         for child in list(children):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGTERM)
+                os.kill(child, signum)
+        # No worker will be started again: let go of the listening sockets kept for that.
+        # Each worker holds its own until it stops accepting; were the supervisor's still
+        # open then, the kernel would go on queueing connections on them that nobody accepts
+        # (clients hang until the supervisor exits, instead of being refused at once).
+        for sock in sockets:
+            sock.close()
 
     def forward(signum: int, _frame: object) -> None:
         for child in list(children):
@@ -282,7 +352,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, forward)
     for slot in range(settings.workers):
-        children[_fork(settings, sockets, slot)] = slot
+        children[_fork(settings, sockets, slot, reload)] = slot
     failures: list[float] = []
     status = 0
     while children:
@@ -306,7 +376,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket]) -> int:
             status = 1
             on_signal(signal.SIGTERM, None)
             continue
-        children[_fork(settings, sockets, slot)] = slot
+        children[_fork(settings, sockets, slot, reload)] = slot
     return status
 
 
@@ -323,7 +393,9 @@ def _raise_open_file_limit() -> None:
         log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, reload: Reload | None = None) -> int:
+    """Serve until stopped. `reload` builds the settings again on SIGHUP (in each worker:
+    the supervisor only passes the signal on)."""
     if settings.auth.mode == "none" and not _is_loopback(settings.host):
         print(
             "\n*** WARNING: Moorage is listening on "
@@ -344,5 +416,5 @@ def run(settings: Settings) -> int:
         return 1
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload handler is installed
     if settings.workers == 1:
-        return _worker(settings, sockets[0])
-    return _supervise(settings, sockets)
+        return _worker(settings, sockets[0], reload)
+    return _supervise(settings, sockets, reload)

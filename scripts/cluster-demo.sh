@@ -25,9 +25,10 @@ stop_nodes() {
     for pidfile in "$RUN_DIR"/node*/pid; do
         [ -f "$pidfile" ] || continue
         pid=$(cat "$pidfile")
-        # Only our own node: its command line names its data directory in RUN_DIR.
+        # Only our own node: its command line names its data directory in RUN_DIR. SIGINT:
+        # the balancer goes too, so no drain (SIGTERM would keep each node http.draintimeout).
         if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$RUN_DIR"; then
-            kill -TERM "$pid" 2>/dev/null || true
+            kill -INT "$pid" 2>/dev/null || true
             for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         fi
         rm -f "$pidfile"
@@ -106,16 +107,16 @@ for i in $(seq 1 "$NODES"); do
         </dev/null >"$node/server.log" 2>&1 &
     echo $! >"$node/pid"
     for _ in $(seq 1 100); do
-        curl -fs -o /dev/null "http://127.0.0.1:$port/v2/" && break
+        curl -fs -o /dev/null "http://127.0.0.1:$port/readyz" && break
         sleep 0.1
     done
-    curl -fs -o /dev/null "http://127.0.0.1:$port/v2/" || {
+    curl -fs -o /dev/null "http://127.0.0.1:$port/readyz" || {
         echo "node $i did not start:" >&2; tail -20 "$node/server.log" >&2; exit 1
     }
     backends+=("127.0.0.1:$port")
 done
 
-lb=$(HAPROXY_HEALTH_PATH=/v2/ bash "$SERVICES/haproxy.sh" start "$RUN_DIR/lb" "${backends[@]}")
+lb=$(HAPROXY_HEALTH_PATH=/readyz bash "$SERVICES/haproxy.sh" start "$RUN_DIR/lb" "${backends[@]}")
 eval "$lb"
 echo "Moorage cluster: $NODES nodes (${backends[*]}) on PostgreSQL and S3"
 echo "balancer: $LB_URL    logs: $RUN_DIR/node*/server.log    stop: bash $0 stop $RUN_DIR"

@@ -304,6 +304,11 @@ class MoorageProcess(ServerProcess):
         if self.source is not None:
             paths.insert(0, str(self.source))
         env["PYTHONPATH"] = os.pathsep.join([*paths, str(REPO_ROOT)])
+        # Tests stop servers with SIGTERM all the time: no drain (http.draintimeout) unless the
+        # test sets one. Not for another package (`source`), which may predate the setting.
+        drain_set = "draintimeout" in (self.config or {}).get("http", {})
+        if self.source is None and not drain_set:
+            env.setdefault("MOORAGE_HTTP_DRAINTIMEOUT", "0")
         return env
 
     async def start(self, timeout: float = READY_TIMEOUT, workers: int | None = None) -> None:

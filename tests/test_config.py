@@ -51,3 +51,31 @@ def test_listen_must_be_host_port() -> None:
     with pytest.raises(config.ConfigError, match="HOST:PORT"):
         config.load(listen="localhost")
     assert config.load(listen="[::1]:5001").host == "::1"
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "expected"),
+    [
+        ("", {}, False),
+        ("maintenance: {readonly: {enabled: true}}\n", {}, True),  # Distribution's spelling
+        ("maintenance: {readonly: true}\n", {}, True),  # the shorthand
+        ("", {"MOORAGE_MAINTENANCE_READONLY_ENABLED": "true"}, True),
+        ("", {"MOORAGE_MAINTENANCE_READONLY": "true"}, True),
+        ("maintenance: {readonly: true}\n", {"MOORAGE_MAINTENANCE_READONLY": "false"}, False),
+    ],
+)
+def test_maintenance_readonly_in_the_file_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, env: dict[str, str], expected: bool
+) -> None:
+    file = tmp_path / "moorage.yaml"
+    file.write_text(text)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert config.load(file).maintenance.readonly.enabled is expected
+
+
+def test_maintenance_readonly_must_be_a_boolean(tmp_path: Path) -> None:
+    file = tmp_path / "moorage.yaml"
+    file.write_text("maintenance: {readonly: {enabled: sometimes}}\n")
+    with pytest.raises(config.ConfigError, match=r"maintenance\.readonly\.enabled"):
+        config.load(file)

@@ -132,6 +132,14 @@ class Registry:
                 {"namespace": namespace, "used": used, "quota": quota.bytes, "needed": needed},
             )
 
+    # -- readiness (/readyz): each raises when its side does not answer --------------------
+
+    async def check_metadata(self) -> None:
+        await self.metadata.ping()
+
+    async def check_storage(self) -> None:
+        await self.blobs.storage.check()
+
     # -- manifests -----------------------------------------------------------------------
 
     async def get_manifest(

@@ -1108,6 +1108,13 @@ class MetadataStore(V1Queries, GCQueries):
 
         await self._write(work)
 
+    async def ping(self) -> None:
+        """Raise unless the database answers a query that reads a table (`/readyz`). On
+        SQLite it runs on the reader connection kept open, which goes on reading a file that
+        was deleted or replaced under it: a check of that connection, not of the path."""
+        query = select(t.repositories.c.id).limit(1)
+        await self._read(lambda conn: conn.execute(query).all())
+
     async def count(self, table: str) -> int:
         """Row count of one table (for tests and diagnostics)."""
         query = select(func.count()).select_from(t.metadata.tables[table])

@@ -123,6 +123,20 @@ class FilesystemObjects:
     async def stat(self, key: str) -> int | None:
         return await asyncio.to_thread(self._stat, key)
 
+    def _check(self) -> None:
+        # The root is made when the driver is; gone, replaced or read-only since is a fault.
+        try:
+            info = os.stat(self.root)
+        except OSError as exc:
+            raise StorageError(f"storage root {self.root}: {exc.strerror}") from exc
+        if not stat.S_ISDIR(info.st_mode):
+            raise StorageError(f"storage root {self.root} is not a directory")
+        if not os.access(self.root, os.R_OK | os.W_OK | os.X_OK):
+            raise StorageError(f"storage root {self.root} is not readable and writable")
+
+    async def check(self) -> None:
+        await asyncio.to_thread(self._check)
+
     def reader(self, key: str, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.files.read(key, offset, length)
 

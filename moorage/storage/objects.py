@@ -94,6 +94,10 @@ class ObjectDriver(Protocol):
     def local_path(self, key: str) -> Path | None:
         """A local file holding the object, for zero-copy sending; None if not local."""
 
+    async def check(self) -> None:
+        """Raise StorageError unless the store answers and is usable (a node's readiness):
+        not whether any object is there."""
+
     async def close(self) -> None:
         """Release connections."""
 

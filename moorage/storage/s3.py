@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from aiobotocore.config import AioConfig  # type: ignore[import-untyped]
 from aiobotocore.session import get_session  # type: ignore[import-untyped]
-from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
 from moorage.storage import paths
 from moorage.storage.base import PathNotFound, StorageError
@@ -306,6 +306,14 @@ class S3Driver:
         except ClientError as exc:
             if _code(exc) != "BucketAlreadyOwnedByYou":
                 raise
+
+    async def check(self) -> None:
+        """The bucket answers (HeadBucket): the endpoint is up, the bucket there, the
+        credentials good."""
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageError(f"bucket {self.bucket}: {exc}") from exc
 
     def _name(self, key: str) -> str:
         _check_key(key)

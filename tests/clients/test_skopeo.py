@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.clients.conftest import ContainersTool, Registry
+from tests.clients.conftest import ContainersRun, ContainersTool, Registry, serve
 from tests.images import (
     Image,
     blob_bytes,
@@ -263,3 +264,21 @@ def test_image_builder_is_deterministic(tmp_path: Path) -> None:
     assert a.digest == b.digest
     assert a.layer_digests == b.layer_digests
     assert read_index(tmp_path / "a") == read_index(tmp_path / "b")
+
+
+def test_read_only_mode_refuses_a_push_with_a_clear_message_and_pulls_go_on(
+    tmp_path: Path, containers_for: Callable[[Registry], ContainersRun]
+) -> None:
+    img = make_image(tmp_path / "src", layers=[4096], seed=131, tag="v1")
+    base = tmp_path / "server"
+    with serve(base) as server:
+        push(containers_for(server).skopeo(), img.ref, server.ref("skopeo/frozen", "v1"))
+    with serve(base, env={"MOORAGE_MAINTENANCE_READONLY": "true"}) as server:
+        skopeo = containers_for(server).skopeo()
+        other = make_image(tmp_path / "other", layers=[2048], seed=132, tag="v2")
+        refused = skopeo(*PUSH, other.ref, server.ref("skopeo/frozen", "v2"), check=False)
+        assert refused.returncode != 0
+        assert "registry is in read-only mode" in refused.stderr, refused.stderr
+        out = tmp_path / "pulled"
+        skopeo(*PULL, server.ref("skopeo/frozen", "v1"), f"oci:{out}:v1")
+        assert tagged_digest(out, "v1") == img.digest

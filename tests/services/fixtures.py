@@ -7,7 +7,8 @@
 - `fresh_bucket`: a new empty S3 bucket per test; yields its name. `s3_client(settings)` opens
   an aiobotocore client with the settings this S3 server needs.
 - `haproxy`: a factory, `haproxy("127.0.0.1:8001", "127.0.0.1:8002")` starts a balancer over
-  those backends and returns its settings (`LB_URL`, `HAPROXY_SOCKET`, ...).
+  those backends and returns its settings (`LB_URL`, `HAPROXY_SOCKET`, ...);
+  `health_path="/readyz"` makes its checks HTTP requests instead of TCP connects.
 
 A service that cannot start is an error, never a skip. Every script stops only what it started.
 """
@@ -18,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import os
 import secrets
 import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -37,8 +39,15 @@ HAPROXY = HERE / "haproxy.sh"
 Settings = dict[str, str]
 
 
-def start_service(script: Path, run_dir: Path, *args: str, timeout: float = 900) -> Settings:
-    """Run `script start run_dir args...` and return the KEY=VALUE settings it printed.
+def start_service(
+    script: Path,
+    run_dir: Path,
+    *args: str,
+    timeout: float = 900,
+    env: dict[str, str] | None = None,
+) -> Settings:
+    """Run `script start run_dir args...` (with `env` added to the environment) and return the
+    KEY=VALUE settings it printed.
 
     The timeout covers a first start that installs the Debian packages."""
     done = subprocess.run(
@@ -47,6 +56,7 @@ def start_service(script: Path, run_dir: Path, *args: str, timeout: float = 900)
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     if done.returncode != 0:
         raise RuntimeError(f"{script.name} start {run_dir} failed:\n{done.stderr}")
@@ -79,10 +89,11 @@ def s3_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
 def haproxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Settings]]:
     run_dirs: list[Path] = []
 
-    def start(*backends: str) -> Settings:
+    def start(*backends: str, health_path: str | None = None) -> Settings:
         run_dir = tmp_path_factory.mktemp("haproxy")
         run_dirs.append(run_dir)
-        return start_service(HAPROXY, run_dir, *backends)
+        env = {"HAPROXY_HEALTH_PATH": health_path} if health_path else None
+        return start_service(HAPROXY, run_dir, *backends, env=env)
 
     yield start
     for run_dir in run_dirs:

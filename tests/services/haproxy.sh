@@ -11,7 +11,7 @@
 # be/node1", "enable server be/node1", "show stat"). Log: RUN_DIR/haproxy.log.
 #
 # Environment (optional): HAPROXY_PORT (default: the previous port when free, else a free one),
-# HAPROXY_HEALTH_PATH (e.g. /v2/: HTTP checks, any status below 500 is up; default TCP checks),
+# HAPROXY_HEALTH_PATH (e.g. /readyz: HTTP checks, any status below 500 is up; default TCP checks),
 # HAPROXY_TIMEOUT (inactivity, 1h), HAPROXY_START_TIMEOUT (20 s), HAPROXY_NO_INSTALL=1.
 set -euo pipefail
 NAME=haproxy.sh

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from moorage.storage import paths
-from moorage.storage.base import PathNotFound
+from moorage.storage.base import PathNotFound, StorageError
 from moorage.storage.fsobjects import FilesystemObjects
 from moorage.storage.objects import ObjectDriver, StaleWriter
 from moorage.storage.s3 import S3Driver
@@ -350,6 +350,30 @@ async def test_memory_stays_flat(driver: ObjectDriver, backend: Backend) -> None
         total += len(chunk)
     assert total == 64 * MiB
     assert process.memory_info().rss - before < 64 * MiB
+
+
+async def test_check_answers_on_working_storage_and_raises_on_broken(
+    driver: ObjectDriver, backend: Backend
+) -> None:
+    """`check` (a node's readiness) passes on an empty store, and raises StorageError when
+    the store is gone: a root directory replaced by a file, a bucket that does not exist."""
+    await driver.check()
+    if backend.kind == "filesystem":
+        assert backend.root is not None
+        backend.root.rename(backend.root.with_name("aside"))
+        backend.root.write_text("a file, not a directory")  # as root, chmod 000 would not do
+        with pytest.raises(StorageError, match="is not a directory"):
+            await driver.check()
+        backend.root.unlink()
+        with pytest.raises(StorageError, match="No such file"):
+            await driver.check()
+    else:
+        gone = await Backend("s3", s3={**backend.s3, "bucket": "never-made-here"}).node()
+        try:
+            with pytest.raises(StorageError, match="never-made-here"):
+                await gone.check()
+        finally:
+            await gone.close()
 
 
 async def test_s3_bucket_creation_tolerates_an_existing_bucket(

@@ -21,6 +21,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from moorage.api.maintenance import MAINTENANCE, READS, refusal
 from moorage.api.v1 import images, index
 from moorage.api.v1.access import caller, require
 from moorage.api.v1.errors import (
@@ -45,6 +46,8 @@ class Endpoint:
     handler: Handler
     access: Access | None
     challenge: Challenge = "token"
+    # A method other than GET/HEAD that changes nothing, so read-only mode lets it through.
+    changes_nothing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,8 @@ ROUTES: tuple[Route, ...] = (
         "users",
         r"/users/?",
         GET=Endpoint(index.login, None, "basic"),
-        POST=Endpoint(index.register, None, "basic"),
+        # Self-registration is off: it answers 401, which sends `docker login` on to GET.
+        POST=Endpoint(index.register, None, "basic", changes_nothing=True),
     ),
     _route("user", r"/users/+(?P<username>.+?)/*", PUT=Endpoint(index.update_user, None, "basic")),
     _route(
@@ -184,6 +188,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if endpoint is None:
         raise MethodNotAllowed(sorted(route.methods))
     await _authorize(request, endpoint, params.get("repository"))
+    if (
+        request.method not in READS
+        and not endpoint.changes_nothing
+        and request.app[MAINTENANCE].readonly
+    ):
+        raise refusal(route.methods)
     return await endpoint.handler(request, params)
 
 

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from moorage.api.auth import authorize
 from moorage.api.context import V2_NAME
+from moorage.api.maintenance import MAINTENANCE, READS, refusal
 from moorage.api.v2 import blobs, discovery, manifests, uploads
 from moorage.auth.access import Scope
 from moorage.content import names
@@ -107,6 +108,8 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     await authorize(
         request, _scopes(access, params.get("repository")), _scopes(access, params.get("name"))
     )
+    if request.method not in READS and request.app[MAINTENANCE].readonly:
+        raise refusal(route.methods)
     return await handler(request, params)
 
 
