@@ -11,9 +11,9 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage import keys
-from moorage.api import health, http, requestid
+from moorage.api import health, http, notify, requestid
 from moorage.api import token as token_endpoint
-from moorage.api.context import AUTH, CURSORS, REGISTRY, SETTINGS, V1, V1TOKENS
+from moorage.api.context import AUTH, CURSORS, EVENTS, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.maintenance import MAINTENANCE, Maintenance
 from moorage.api.v1 import errors as v1_errors
 from moorage.api.v1 import routes as v1_routes
@@ -22,6 +22,7 @@ from moorage.api.v2 import routes as v2_routes
 from moorage.auth.service import Authenticator
 from moorage.auth.v1tokens import V1Tokens, load_or_create_secret
 from moorage.config import Settings
+from moorage.content.events import Events
 from moorage.content.registry import Registry
 from moorage.content.v1 import V1Service
 from moorage.metadata import MetadataStore
@@ -153,10 +154,16 @@ def create_app(settings: Settings) -> web.Application:
         app[V1] = V1Service(registry)
         probes.watch({"metadata": registry.check_metadata, "storage": registry.check_storage})
         chores = asyncio.create_task(_chores(registry, settings.gc.interval, app[MAINTENANCE]))
+        background = [chores]
+        if settings.notifications.endpoints:
+            events = Events(metadata, settings.notifications, settings.listen)
+            app[EVENTS] = events
+            background.append(asyncio.create_task(notify.Deliverer(events).run()))
         yield
-        chores.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await chores
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await registry.close()
 
     app.cleanup_ctx.append(lifecycle)

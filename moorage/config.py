@@ -165,6 +165,32 @@ class Quota(_Section):
     bytes: Size
 
 
+EventAction = Literal["push", "pull", "delete", "mount"]
+
+
+class EventEndpoint(_Section):
+    """A receiver of events in CNCF Distribution's notification format (docs/operations.md):
+    POSTs of `application/vnd.docker.distribution.events.v1+json` envelopes, in order, at
+    least once, retried with a doubling pause from `backoff` up to `maxbackoff`."""
+
+    name: str = Field(min_length=1, max_length=64)
+    url: str
+    headers: dict[str, str | list[str]] = {}
+    timeout: Duration = 5.0
+    backoff: Duration = 1.0
+    maxbackoff: Duration = 60.0
+    # Filters; empty: everything. Globs for repositories; media types of the target.
+    repositories: list[str] = []
+    actions: list[EventAction] = []
+    mediatypes: list[str] = []
+    ignoredmediatypes: list[str] = []
+    disabled: bool = False
+
+
+class NotificationSettings(_Section):
+    endpoints: list[EventEndpoint] = []
+
+
 class ManifestSettings(_Section):
     maxsize: int = Field(default=4 * 1024 * 1024, ge=1024)
     schema1: bool = True
@@ -309,6 +335,7 @@ class Settings(BaseSettings):
     retention: list[RetentionRule] = []
     immutable: list[ImmutableRule] = []
     quotas: list[Quota] = []
+    notifications: NotificationSettings = NotificationSettings()
     manifests: ManifestSettings = ManifestSettings()
     deletes: DeleteSettings = DeleteSettings()
     mount: MountSettings = MountSettings()

@@ -8,6 +8,7 @@ from moorage.auth.access import Identity
 from moorage.auth.service import Authenticator
 from moorage.auth.v1tokens import V1Tokens
 from moorage.config import Settings
+from moorage.content.events import Events
 from moorage.content.registry import Registry
 from moorage.content.v1 import V1Service
 from moorage.keys import Sealer
@@ -18,6 +19,7 @@ AUTH = web.AppKey("auth", Authenticator)
 V1 = web.AppKey("v1", V1Service)
 V1TOKENS = web.AppKey("v1tokens", V1Tokens)
 CURSORS = web.AppKey("cursors", Sealer)
+EVENTS = web.AppKey("events", Events)
 
 # Per-request state, resolved once.
 IDENTITY = web.RequestKey("identity", Identity)

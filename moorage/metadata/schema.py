@@ -243,3 +243,31 @@ gc_deletions = Table(
     Column("storage_key", String(200), primary_key=True),
     Column("since", Float, nullable=False),
 )
+
+
+# -- events (webhooks, issue 15) -------------------------------------------------------------
+
+# Every event recorded, in order; delivered to each endpoint from its cursor on, then pruned.
+events = Table(
+    "events",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("created", Float, nullable=False),
+    Column("action", String(16), nullable=False),
+    Column("repository", String(255), nullable=False),
+    Column("media_type", String(255), nullable=True),
+    Column("payload", Text, nullable=False),  # the event's JSON, as sent
+)
+
+# Per endpoint: the last event delivered, and who is delivering (one deliverer per endpoint in
+# the whole deployment, holding the row until `until` and renewing it while it works).
+event_cursors = Table(
+    "event_cursors",
+    metadata,
+    Column("endpoint", String(64), primary_key=True),
+    Column("delivered", BigInteger, nullable=False),
+    Column("holder", String(64), nullable=True),
+    Column("until", Float, nullable=False),
+)

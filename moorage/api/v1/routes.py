@@ -21,6 +21,8 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from moorage.api import notify
+from moorage.api.context import EVENTS
 from moorage.api.maintenance import MAINTENANCE, READS, refusal
 from moorage.api.v1 import images, index
 from moorage.api.v1.access import caller, require
@@ -194,7 +196,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         and request.app[MAINTENANCE].readonly
     ):
         raise refusal(route.methods)
-    return await endpoint.handler(request, params)
+    response = await endpoint.handler(request, params)
+    if "repository" in params and EVENTS in request.app:
+        await notify.after_v1(request, route.name, params, response)
+    return response
 
 
 async def _authorize(request: web.Request, endpoint: Endpoint, repository: str | None) -> None:

@@ -19,8 +19,9 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
+from moorage.api import notify
 from moorage.api.auth import authorize
-from moorage.api.context import V2_NAME
+from moorage.api.context import EVENTS, V2_NAME
 from moorage.api.maintenance import MAINTENANCE, READS, refusal
 from moorage.api.v2 import blobs, discovery, manifests, uploads
 from moorage.auth.access import Scope
@@ -110,7 +111,10 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     )
     if request.method not in READS and request.app[MAINTENANCE].readonly:
         raise refusal(route.methods)
-    return await handler(request, params)
+    response = await handler(request, params)
+    if "repository" in params and EVENTS in request.app:
+        await notify.after_v2(request, route.name, params, response)
+    return response
 
 
 # What each access name needs, as Distribution maps it: writing needs pull and push.
