@@ -399,3 +399,20 @@ def test_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     assert "blobs" in screen and "orphans" in screen, screen
     assert "3/3 objects 9.0 MiB/9.0 MiB" in screen, screen  # counts, bytes and the totals
     assert "no problems found" in out and "fsck: checking" not in screen
+
+
+def test_a_check_that_cannot_run_exits_2(tmp_path: Path) -> None:
+    """Status 2, not 1: a cron job can tell "the store is damaged" from "fsck did not run"."""
+    config_file = tmp_path / "config.yml"
+    config_file.write_text("storage: {driver: s3}\n")  # no bucket
+    done = subprocess.run(
+        fsck_argv(tmp_path / "data", "--config", str(config_file)),
+        capture_output=True,
+        text=True,
+        env=fsck_env(),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done
+    assert "fsck could not finish: the s3 driver needs a bucket" in done.stderr
+    assert "Traceback" not in done.stderr
