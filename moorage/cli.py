@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from moorage import __version__, config, logs
+from moorage.cli_fsck import fsck
 
 T = TypeVar("T")
 
@@ -18,6 +19,9 @@ T = TypeVar("T")
 @click.version_option(__version__, prog_name="moorage")
 def main() -> None:
     """Moorage: a container image registry."""
+
+
+main.add_command(fsck)
 
 
 @main.command()

@@ -7,16 +7,22 @@ writer resumed from a state whose file someone still holds locked (a writer that
 lease and may still write) does not touch that file: it copies the first `offset` bytes into a
 new file and unlinks the old name, so whatever the old writer writes later lands in a file
 that no key and no state names.
+
+`walk` skips those hidden writer files and `put`'s temporary files: they are no objects. An
+object's time is the later of its file's mtime and ctime: `link`, `rename` (a commit, a move)
+change the ctime, so an upload written slowly and committed just now is not taken for old.
 """
 
 from __future__ import annotations
 
 import asyncio
 import fcntl
+import itertools
 import os
+import re
 import stat
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from glob import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -32,6 +38,7 @@ from moorage.storage.filesystem import (
 )
 from moorage.storage.objects import (
     REDIRECT_EXPIRES,
+    Listed,
     ObjectDriver,
     ObjectWriter,
     StaleWriter,
@@ -40,6 +47,9 @@ from moorage.storage.objects import (
 )
 
 DRIVER = "filesystem"
+WALK_BATCH = 1000  # entries listed per trip to a thread
+# A writer's data file (`_data_name`, also of a detached copy) and `put`'s temporary file.
+_NOT_OBJECTS = re.compile(r"^\..*\.(?:[0-9a-f]{32}\.upload|\d+\.[0-9a-f]{32}\.tmp)$")
 
 
 def _data_name(key_path: Path) -> str:
@@ -50,6 +60,15 @@ def _lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        return False
+    return True
+
+
+def _addressable(name: str) -> bool:
+    """A file name that can be part of a key (keys are text: not one with undecodable bytes)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
         return False
     return True
 
@@ -237,6 +256,47 @@ class FilesystemObjects:
     async def delete(self, key: str) -> None:
         await self.files.delete(key)
         await asyncio.to_thread(self._delete_uploads, key)
+
+    def _listed(self, key: str, info: os.stat_result) -> Listed:
+        return Listed(key, info.st_size, max(info.st_mtime, info.st_ctime))
+
+    def _walk(self, prefix: str) -> Iterator[Listed]:
+        """Depth first, one folder's entries at a time; what vanishes meanwhile is skipped."""
+        start = self.root if prefix == "" else self.files._path(prefix)
+        try:
+            info = os.stat(start, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if stat.S_ISREG(info.st_mode):
+            if not _NOT_OBJECTS.match(start.name):
+                yield self._listed(prefix, info)
+            return
+        folders = [(str(start), f"{prefix}/" if prefix else "")]
+        while folders:
+            folder, keys = folders.pop()
+            try:
+                entries = os.scandir(folder)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            with entries:
+                for entry in entries:
+                    if not _addressable(entry.name):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            folders.append((entry.path, f"{keys}{entry.name}/"))
+                        elif entry.is_file(follow_symlinks=False) and not _NOT_OBJECTS.match(
+                            entry.name
+                        ):
+                            yield self._listed(keys + entry.name, entry.stat(follow_symlinks=False))
+                    except FileNotFoundError:
+                        continue
+
+    async def walk(self, prefix: str = "") -> AsyncIterator[Listed]:
+        found = self._walk(prefix)
+        while batch := await asyncio.to_thread(lambda: list(itertools.islice(found, WALK_BATCH))):
+            for listed in batch:
+                yield listed
 
     async def redirect_url(
         self, key: str, method: Literal["GET", "HEAD"] = "GET", expires: int = REDIRECT_EXPIRES

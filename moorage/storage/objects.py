@@ -3,7 +3,8 @@
 A driver stores opaque byte strings at slash-separated keys, in the shape object stores have:
 stat, ranged read, small get/put, a resumable append-only writer whose `commit` makes the
 object whole *at its own key* (on S3 the multipart upload simply becomes the object: no byte
-is copied), a move, a delete (of a key or a prefix), and an optional presigned URL. It must
+is copied), a move, a delete (of a key or a prefix), a listing (`walk`, for `moorage fsck`:
+nothing else decides from a listing) and an optional presigned URL. It must
 not know about digests, manifests or HTTP; keys are computed in `moorage.storage.paths`.
 
 Design and the reasoning behind each rule: docs/design/storage-drivers.md. What defines a
@@ -15,11 +16,19 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from moorage.storage.base import StorageError
 
 REDIRECT_EXPIRES = 1200  # seconds a presigned URL stays valid unless asked otherwise
+
+
+class Listed(NamedTuple):
+    """One object found by `ObjectDriver.walk`."""
+
+    key: str
+    size: int
+    modified: float  # seconds since the epoch: when the object was last written or put in place
 
 
 class StaleWriter(StorageError):
@@ -85,6 +94,14 @@ class ObjectDriver(Protocol):
     async def delete(self, key: str) -> None:
         """Remove an object, or everything below a prefix, and any unfinished writer data of
         them; absent is not an error."""
+
+    def walk(self, prefix: str = "") -> AsyncIterator[Listed]:
+        """Every object whose key is `prefix` or below `prefix/` (everything when ""), in no
+        particular order, holding at most a page of them in memory. Unfinished writer data
+        (filesystem hidden files, S3 tail objects and multipart uploads) are no objects and
+        are not listed; neither are names the driver could not address as keys. `modified`
+        is the latest of when the object's bytes were written and when it was put at its key
+        (a commit or a move), so an object just put in place never looks old."""
 
     async def redirect_url(
         self, key: str, method: Literal["GET", "HEAD"] = "GET", expires: int = REDIRECT_EXPIRES

@@ -25,6 +25,7 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -38,6 +39,7 @@ from moorage.storage import paths
 from moorage.storage.base import PathNotFound, StorageError
 from moorage.storage.objects import (
     REDIRECT_EXPIRES,
+    Listed,
     ObjectDriver,
     ObjectWriter,
     StaleWriter,
@@ -56,6 +58,8 @@ DELETE_BATCH = 1000
 # A part upload that takes longer is abandoned (the connection is closed before the part is
 # whole). Keep it under two thirds of `uploads.lease`: see the design note.
 PART_TIMEOUT = 30.0
+LIST_PAGE = 1000  # keys per ListObjectsV2 page (the most S3 returns)
+_TAIL = re.compile(r"\.tail\.[0-9a-f]{32}$")  # a writer's tail object: no object of its own
 
 
 def part_size(number: int) -> int:
@@ -69,6 +73,14 @@ def _check_key(key: str) -> None:
     parts = key.split("/")
     if not key or any(p in ("", ".", "..") or "\0" in p for p in parts):
         raise StorageError(f"invalid storage key {key!r}")
+
+
+def _valid_key(key: str) -> bool:
+    try:
+        _check_key(key)
+    except StorageError:
+        return False
+    return True
 
 
 def _code(exc: ClientError) -> str:
@@ -248,6 +260,7 @@ class S3Driver:
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
         self.part_timeout = part_timeout
+        self.list_page = LIST_PAGE
         self._exit: contextlib.AsyncExitStack | None = None
 
     @classmethod
@@ -479,6 +492,23 @@ class S3Driver:
             if n == name or n.startswith((f"{name}/", f"{name}.tail."))
         ]
         await self._delete_names(names if name in names else [name, *names])
+
+    async def walk(self, prefix: str = "") -> AsyncIterator[Listed]:
+        """One ListObjectsV2 page in memory at a time; the time is the store's LastModified
+        (a move is a copy: a new object)."""
+        base = self._name(prefix) if prefix else self.prefix
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=base, PaginationConfig={"PageSize": self.list_page}
+        )
+        async for page in pages:
+            for found in page.get("Contents", []):
+                name = str(found["Key"])
+                if prefix and name != base and not name.startswith(f"{base}/"):
+                    continue  # a sibling that only shares the prefix's name
+                key = name[len(self.prefix) :]
+                if _TAIL.search(key) or not _valid_key(key):
+                    continue
+                yield Listed(key, int(found["Size"]), found["LastModified"].timestamp())
 
     async def redirect_url(
         self, key: str, method: Literal["GET", "HEAD"] = "GET", expires: int = REDIRECT_EXPIRES

@@ -8,8 +8,10 @@ node. Design: docs/design/storage-drivers.md.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -388,3 +390,56 @@ async def test_s3_bucket_creation_tolerates_an_existing_bucket(
         assert await driver.get("k") == b"v"
     finally:
         await driver.close()
+
+
+async def walked(driver: ObjectDriver, prefix: str = "") -> dict[str, int]:
+    return {found.key: found.size async for found in driver.walk(prefix)}
+
+
+async def test_walk_lists_objects_below_a_prefix(driver: ObjectDriver) -> None:
+    if isinstance(driver, S3Driver):
+        driver.list_page = 2  # several ListObjectsV2 pages
+    started = time.time()
+    await driver.put("k/one", b"1")
+    await driver.put("k/sub/two", b"22")
+    await driver.put("k/sub/deeper/three", b"333")
+    await driver.put("ks/sibling", b"4444")  # shares the prefix's name, not its folder
+    await driver.put(BLOB, b"blob")
+    committed = await driver.writer("k/committed")
+    await committed.write(b"55555")
+    await committed.commit()
+    pending = await driver.writer("k/pending")
+    await pending.write(pattern(6 * MiB))  # S3: a part uploaded
+    await pending.write(b"tail")
+    state = await pending.state()  # S3: a tail object stored; filesystem: a hidden data file
+    await pending.close()
+
+    below_k = {"k/one": 1, "k/sub/two": 2, "k/sub/deeper/three": 3, "k/committed": 5}
+    assert await walked(driver, "k") == below_k  # an unfinished writer is no object
+    assert await walked(driver, "k/sub") == {"k/sub/two": 2, "k/sub/deeper/three": 3}
+    assert await walked(driver, "k/one") == {"k/one": 1}  # a key is its own prefix
+    assert await walked(driver, "k/missing") == {}
+    assert await walked(driver, "") == {**below_k, "ks/sibling": 4, BLOB: 4}
+    times = [found.modified async for found in driver.walk()]
+    assert all(started - 2 <= t <= time.time() + 2 for t in times), (started, times)
+
+    resumed = await driver.writer("k/pending", state)
+    await resumed.commit()
+    assert (await walked(driver, "k"))["k/pending"] == 6 * MiB + 4
+
+
+async def test_walk_time_is_when_an_object_was_put_in_place(driver: ObjectDriver) -> None:
+    """A writer whose bytes were written a while ago and that commits now, and an object moved
+    now, look new: an object just put in place (with no blob row yet) must not look old."""
+    writer = await driver.writer("t/slow")
+    await writer.write(b"written early")
+    state = await writer.state()
+    await writer.close()
+    await driver.put("t/source", b"put early")
+    await asyncio.sleep(2.5)
+    placed = time.time()
+    await (await driver.writer("t/slow", state)).commit()
+    await driver.move("t/source", BLOB)
+    times = {found.key: found.modified async for found in driver.walk()}
+    assert times.keys() == {"t/slow", BLOB}
+    assert all(t >= placed - 1 for t in times.values()), (placed, times)
