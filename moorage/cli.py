@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from moorage import __version__, config, logs
+from moorage.cli_import import import_group
 
 T = TypeVar("T")
 
@@ -89,6 +90,9 @@ def serve(
         raise click.ClickException(f"cannot start: {exc}") from exc
     logs.configure(settings.log.level)
     sys.exit(run(settings))
+
+
+main.add_command(import_group)
 
 
 @main.group("config")
