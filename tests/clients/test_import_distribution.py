@@ -25,6 +25,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from moorage import config
 from moorage.app import open_storage
@@ -209,10 +211,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Root]:
 # Running the import, and what it leaves
 
 
-def import_command(data_dir: Path, root: Path) -> list[str]:
+def import_command(data_dir: Path, root: Path, *args: str) -> list[str]:
     return [
         sys.executable, "-m", "moorage", "import", "distribution", str(root),
-        "--data-dir", str(data_dir),
+        "--data-dir", str(data_dir), *args,
     ]  # fmt: skip
 
 
@@ -222,9 +224,11 @@ def import_env() -> dict[str, str]:
     return env
 
 
-def moorage_import(data_dir: Path, root: Path, expect: int = 0) -> subprocess.CompletedProcess[str]:
+def moorage_import(
+    data_dir: Path, root: Path, *args: str, expect: int = 0
+) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        import_command(data_dir, root),
+        import_command(data_dir, root, *args),
         capture_output=True,
         text=True,
         timeout=300,
@@ -305,6 +309,22 @@ def assert_same_pull(skopeo: ContainersTool, expected: Path, got: Path) -> None:
         assert have == want, f"{got / name} differs from what Distribution served"
 
 
+def pull_and_compare(skopeo: ContainersTool, moorage: Registry, root: Root, into: Path) -> None:
+    """Pull every image of the root from Moorage and compare it with Distribution's."""
+    into.mkdir()
+    for ref, digest in root.refs.items():
+        source = f"docker://{moorage.host}/{ref}"
+        assert remote_digest(skopeo, source, into / "manifest.json") == digest, ref
+        pulled = into / ref.replace("/", "_").replace(":", "_")
+        skopeo(*PULL, source, f"dir:{pulled}")
+        assert_same_pull(skopeo, root.pulled[ref], pulled)
+
+
+def stored_count(report: str) -> int:
+    """How many blobs a report says the import stored."""
+    return int(report.split("blobs         ", 1)[1].split(" ", 1)[0])
+
+
 def test_import_a_root_and_pull_every_image(
     root: Root, tmp_path: Path, containers_for: Callable[[Registry], ContainersRun]
 ) -> None:
@@ -323,14 +343,7 @@ def test_import_a_root_and_pull_every_image(
         total = done.stderr.split("import: importing: 0/", 1)[1].split(" ", 1)[0]
         assert f"import: importing: {total}/{total} items" in done.stderr, done.stderr
 
-        skopeo = containers_for(moorage).skopeo()
-        for ref, digest in root.refs.items():
-            source = f"docker://{moorage.host}/{ref}"
-            assert remote_digest(skopeo, source, tmp_path / "manifest.json") == digest, ref
-            pulled = tmp_path / "pulled" / ref.replace("/", "_").replace(":", "_")
-            pulled.parent.mkdir(exist_ok=True)
-            skopeo(*PULL, source, f"dir:{pulled}")
-            assert_same_pull(skopeo, root.pulled[ref], pulled)
+        pull_and_compare(containers_for(moorage).skopeo(), moorage, root, tmp_path / "pulled")
 
         # The manifest deleted in Distribution is not in Moorage; the repository's layers are.
         repository, _, digest = root.deleted.partition("@")
@@ -346,7 +359,7 @@ def test_import_a_root_and_pull_every_image(
         # Every blob is a hard link of Distribution's file: nothing was copied.
         files = stored(moorage.data_dir)
         blobs = {k: v for k, v in files.items() if k.startswith("blobs/sha256/")}
-        assert len(blobs) == int(out.split("blobs         ")[1].split(" ")[0]) > 10
+        assert len(blobs) == stored_count(out) > 10
         for key, (inode, _, _) in blobs.items():
             assert root.data("sha256:" + key.rsplit("/", 1)[1]).stat().st_ino == inode, key
         assert [k for k in files if k.startswith("blobs/uploads/")] == []
@@ -367,6 +380,60 @@ def test_import_a_root_and_pull_every_image(
         assert "manifests     0 stored, 12 there already" in again, again
         assert "tags          0 set (0 moved), 7 there already" in again, again
         assert (query(moorage.data_dir, DUMP), stored(moorage.data_dir)) == before
+
+
+def test_on_another_filesystem_blobs_are_copied(root: Root, tmp_path: Path) -> None:
+    linked = moorage_import(tmp_path / "linked", root.path).stdout
+    n = stored_count(linked)
+    assert f"{n} stored ({n} hard-linked, 0 copied" in linked, linked
+    other = Path(tempfile.mkdtemp(prefix="moorage-import-", dir="/dev/shm"))  # a tmpfs
+    try:
+        assert other.stat().st_dev != root.path.stat().st_dev
+        copied = moorage_import(other / "data", root.path).stdout
+        assert f"{n} stored (0 hard-linked, {n} copied" in copied, copied
+        assert content(other / "data") == content(tmp_path / "linked")
+        for key in stored(other / "data"):
+            path = other / "data" / "storage" / key
+            digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+            assert path.name == digest[7:]
+            assert path.stat().st_ino != root.data(digest).stat().st_ino
+    finally:
+        shutil.rmtree(other)
+
+
+def test_into_s3_and_postgresql(
+    root: Root,
+    tmp_path: Path,
+    migrated_database: str,
+    fresh_bucket: str,
+    s3_service: dict[str, str],
+    containers_for: Callable[[Registry], ContainersRun],
+) -> None:
+    """With `--config` naming PostgreSQL and S3, as `serve` takes it: every blob is copied
+    into the bucket, and a server on that configuration serves every image."""
+    settings = {
+        "metadata": {"url": migrated_database},
+        "storage": {
+            "driver": "s3",
+            "s3": {
+                "endpoint": s3_service["S3_ENDPOINT"],
+                "region": s3_service["S3_REGION"],
+                "bucket": fresh_bucket,
+                "accesskey": s3_service["S3_ACCESS_KEY"],
+                "secretkey": s3_service["S3_SECRET_KEY"],
+            },
+        },
+    }
+    config_file = tmp_path / "moorage.yml"
+    config_file.write_text(yaml.safe_dump(settings))
+    out = moorage_import(tmp_path / "data", root.path, "--config", str(config_file)).stdout
+    n = stored_count(out)
+    assert n > 10 and f"{n} stored (0 hard-linked, {n} copied" in out, out
+    assert "manifests     12 stored" in out and "could not import" not in out, out
+    with serve(tmp_path / "server", "--config", config_file, env=clean_env()) as moorage:
+        pull_and_compare(containers_for(moorage).skopeo(), moorage, root, tmp_path / "pulled")
+    again = moorage_import(tmp_path / "data", root.path, "--config", str(config_file)).stdout
+    assert "blobs         0 stored" in again and "12 there already" in again, again
 
 
 # ---------------------------------------------------------------------------------------------
