@@ -59,7 +59,7 @@ def distribution(path: Path, data_dir: Path | None, config_file: Path | None) ->
     _show(report, root, time.monotonic() - started, "imported")
     if report.problems:
         raise click.ClickException(
-            f"{len(report.problems)} could not be imported (listed above); the rest was"
+            f"could not import {len(report.problems)} (listed above); the rest is imported"
         )
 
 

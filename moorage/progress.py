@@ -142,7 +142,7 @@ class Progress:
             done = self.items_done / self.items
         else:
             return None
-        if done <= 0:
+        if not 0 < done < 1:
             return None
         return (time.monotonic() - self._started) * (1 - min(done, 1.0)) / done
 

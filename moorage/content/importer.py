@@ -66,7 +66,7 @@ class SourceError(Exception):
     """The path is not a Distribution storage root."""
 
 
-class Corrupt(Exception):
+class _Corrupt(Exception):
     """A blob whose bytes do not hash to its digest."""
 
 
@@ -125,12 +125,11 @@ class SourceRepository:
 
     name: str  # as Distribution names it
     path: Path
-    layers: list[tuple[str, str | None]] = field(default_factory=list)  # (digest, link content)
-    revisions: list[tuple[str, str | None]] = field(default_factory=list)
+    layers: list[tuple[str, str]] = field(default_factory=list)  # (digest, what its link holds)
+    revisions: list[tuple[str, str]] = field(default_factory=list)
     deleted: set[str] = field(default_factory=set)  # revisions without a link
     tags: list[tuple[str, str | None]] = field(default_factory=list)  # (tag, current link)
     uploads: list[tuple[str, int]] = field(default_factory=list)  # (id, bytes received)
-    bad_links: list[tuple[str, str]] = field(default_factory=list)  # (path, why)
 
 
 def find_root(path: Path) -> Path:
@@ -255,6 +254,12 @@ def _hard_link(source: Path, target: Path) -> bool:
     return True
 
 
+def _head(path: Path, most: int) -> bytes:
+    """The first `most` bytes of a file."""
+    with open(path, "rb") as f:
+        return f.read(most)
+
+
 def _hash_step(file: BinaryIO, hasher: hashlib._Hash) -> bytes:
     chunk = file.read(READ_SIZE)
     hasher.update(chunk)
@@ -305,7 +310,7 @@ class DistributionImport:
     # -- what the root holds -------------------------------------------------------------
 
     async def _scan(self) -> list[SourceRepository]:
-        self.progress.phase("scanning")
+        self.progress.phase("scanning repositories")
         found = await asyncio.to_thread(_repository_dirs, self.root)
         repositories: list[SourceRepository] = []
         linked: set[str] = set()
@@ -314,19 +319,23 @@ class DistributionImport:
             repositories.append(repo)
             self.report.deleted_manifests += len(repo.deleted)
             self.report.uploads += [f"{name} {id_} ({n} bytes)" for id_, n in repo.uploads]
-            linked.update(link for _, link in repo.layers if link is not None)
-            linked.update(link for _, link in repo.revisions if link is not None)
+            linked.update(link for _, link in repo.layers)
+            linked.update(link for _, link in repo.revisions)
             self.progress.advance(1)
         stored = await asyncio.to_thread(_blob_names, self.root)
         self.report.unlinked_blobs = len(stored - linked)
-        for repo in repositories:
-            for digest, _ in repo.layers:
-                if digest not in self._sizes and digest in stored:
-                    with contextlib.suppress(OSError):
-                        self._sizes[digest] = self._data(digest).stat().st_size
+        layers = {digest for repo in repositories for digest, _ in repo.layers} & stored
+        self._sizes = await asyncio.to_thread(self._stat, layers)
         return repositories
 
-    def _link_problem(self, digest: str, link: str | None) -> str | None:
+    def _stat(self, blobs: Iterable[str]) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for digest in blobs:
+            with contextlib.suppress(OSError):
+                sizes[digest] = self._data(digest).stat().st_size
+        return sizes
+
+    def _link_problem(self, digest: str, link: str) -> str | None:
         """Why the link `<digest>/link` (holding `link`) cannot be imported, if it cannot."""
         if not digests.is_valid(digest) or not digest.startswith("sha256:"):
             return "not a sha256 digest (Distribution names every blob by its sha256)"
@@ -436,7 +445,7 @@ class DistributionImport:
             self._failed[digest] = "missing from the root"
             self._problem("missing blob", digest, why)
             return None
-        except Corrupt as exc:
+        except _Corrupt as exc:
             self._failed[digest] = "corrupt in the root"
             self._problem("corrupt blob", digest, str(exc))
             return None
@@ -473,7 +482,7 @@ class DistributionImport:
         return await place(self.storage, self.metadata, key, digest), size, False
 
     async def _verify(self, digest: str, path: Path) -> int:
-        """Hash the file; its size if it is blob `digest`, else `Corrupt`."""
+        """Hash the file; its size if it is blob `digest`, else `_Corrupt`."""
         hasher = hashlib.sha256()
         size = 0
         self._counted.add(digest)
@@ -486,7 +495,7 @@ class DistributionImport:
     def _check(self, digest: str, hasher: hashlib._Hash, size: int) -> int:
         got = f"sha256:{hasher.hexdigest()}"
         if got != digest:
-            raise Corrupt(f"its {size} bytes hash to {got}")
+            raise _Corrupt(f"its {size} bytes hash to {got}")
         return size
 
     async def _copy(self, digest: str, source: Path) -> tuple[str, int]:
@@ -551,11 +560,16 @@ class DistributionImport:
         """The manifest's bytes as Moorage is to keep them, verified; None (and a problem)
         when they cannot be had."""
         where = f"{repo.name}@{digest}"
+        most = self.registry.settings.manifests.maxsize
         try:
-            content = await asyncio.to_thread(self._data(digest).read_bytes)
+            content = await asyncio.to_thread(_head, self._data(digest), most + 1)
         except FileNotFoundError:
             self._unstored[name, digest] = "its bytes are missing from the root"
             self._problem("manifest", where, "its revision link remains, its bytes are gone")
+            return None
+        if len(content) > most:
+            self._unstored[name, digest] = "it is larger than manifests.maxsize"
+            self._problem("manifest", where, f"larger than manifests.maxsize ({most} bytes)")
             return None
         if digests.of(content) != digest:
             self._unstored[name, digest] = "its bytes are corrupt in the root"
@@ -582,14 +596,15 @@ class DistributionImport:
         try:
             await self.registry.put_manifest(name, digest, None, content)
         except RegistryError as exc:
-            why = self._describe(exc)
+            why = self._describe(exc, name)
             self._unstored[name, digest] = why
             self._problem("manifest", f"{repo.name}@{digest}", why)
         else:
             self.report.manifests_stored += 1
 
-    def _describe(self, exc: RegistryError) -> str:
-        """What a refused put says, with why each missing reference is missing."""
+    def _describe(self, exc: RegistryError, name: str) -> str:
+        """What a refused put into repository `name` says, with why each missing reference is
+        missing."""
         errors = exc.errors if isinstance(exc, RegistryErrors) else [exc]
         missing = [
             e.detail["digest"]
@@ -597,10 +612,17 @@ class DistributionImport:
             if isinstance(e, ManifestBlobUnknown) and isinstance(e.detail, dict)
         ]
         if missing and len(missing) == len(errors):
-            named = [f"{d} ({self._failed.get(d, 'not in the repository')})" for d in missing]
-            return "needs " + ", ".join(named)
+            return "needs " + ", ".join(f"{d} ({self._missing(name, d)})" for d in missing)
         detail = f" {exc.detail}" if exc.detail else ""
         return f"{exc.code}: {exc.message}{detail}"
+
+    def _missing(self, name: str, digest: str) -> str:
+        """Why blob or manifest `digest` is not in repository `name`."""
+        if digest in self._failed:
+            return self._failed[digest]
+        if (name, digest) in self._unstored:
+            return f"not imported: {self._unstored[name, digest]}"
+        return "not in the repository"
 
     async def _tags(self, repo: SourceRepository, name: str) -> None:
         for tag, digest in repo.tags:
@@ -624,7 +646,7 @@ class DistributionImport:
             try:
                 await self.registry.put_manifest(name, tag, row.media_type, row.content)
             except RegistryError as exc:
-                self._problem("tag", where, self._describe(exc))
+                self._problem("tag", where, self._describe(exc, name))
             else:
                 self.report.tags_set += 1
                 self.report.tags_moved += current is not None

@@ -550,37 +550,65 @@ def test_a_stopped_import_process_finishes_when_run_again(
 
 
 def test_a_corrupt_blob_is_reported_and_not_imported(root: Root, tmp_path: Path) -> None:
+    """A byte flipped in a layer of app/one:v1 and in one of a platform image of the index
+    app/multi:latest: neither layer, nor what needs it (the image, the index over it, their
+    tags), is imported, and the report says why; everything else is."""
     copy = tmp_path / "root"
     shutil.copytree(root.path, copy)
-    manifest = json.loads(
-        (copy / root.data(root.refs["app/one:v1"]).relative_to(root.path)).read_bytes()
-    )
-    layer = manifest["layers"][0]["digest"]
-    data = copy / root.data(layer).relative_to(root.path)
-    flipped = bytearray(data.read_bytes())
-    flipped[len(flipped) // 2] ^= 0x01
-    data.write_bytes(flipped)
-    got = "sha256:" + hashlib.sha256(flipped).hexdigest()
+
+    def read(digest: str) -> bytes:
+        return (copy / root.data(digest).relative_to(root.path)).read_bytes()
+
+    def corrupt(digest: str) -> str:
+        data = bytearray(read(digest))
+        data[len(data) // 2] ^= 0x01
+        (copy / root.data(digest).relative_to(root.path)).write_bytes(data)
+        return f"its {len(data)} bytes hash to sha256:{hashlib.sha256(data).hexdigest()}"
+
+    image, artifact = root.refs["app/one:v1"], root.refs["app/one:sig"]
+    index = root.refs["app/multi:latest"]
+    child = json.loads(read(index))["manifests"][0]["digest"]
+    layer = json.loads(read(image))["layers"][0]["digest"]
+    child_layer = json.loads(read(child))["layers"][0]["digest"]
+    hashes_to = corrupt(layer)
+    child_hashes_to = corrupt(child_layer)
 
     out = moorage_import(tmp_path / "data", copy, expect=1).stdout
-    image, artifact = root.refs["app/one:v1"], root.refs["app/one:sig"]
-    assert "could not import (3)" in out, out
-    assert f"corrupt blob {layer}: its {len(flipped)} bytes hash to {got}" in out, out
-    assert f"manifest app/one@{image}: needs {layer} (corrupt in the root)" in out, out
-    assert f"tag app/one:v1: names {image}, not imported: needs {layer}" in out, out
+    corrupt_layer = f"{layer} (corrupt in the root)"
+    child_needs = f"needs {child_layer} (corrupt in the root)"
+    problems = [
+        f"corrupt blob {layer}: {hashes_to}",
+        f"manifest app/one@{image}: needs {corrupt_layer}",
+        f"tag app/one:v1: names {image}, not imported: needs {corrupt_layer}",
+        f"corrupt blob {child_layer}: {child_hashes_to}",
+        f"manifest app/multi@{child}: {child_needs}",
+        f"manifest app/multi@{index}: needs {child} (not imported: {child_needs})",
+        f"tag app/multi:latest: names {index}, not imported: needs {child} (not imported: ",
+    ]
+    assert f"could not import ({len(problems)})" in out, out
+    for problem in problems:
+        assert f"\n  {problem}" in out, out
+    assert (
+        "Error: could not import 7 (listed above); the rest is imported"
+        in moorage_import(tmp_path / "data", copy, expect=1).stderr
+    )  # and so again: nothing corrupt got in meanwhile
 
-    # Neither the blob nor what needs it is in Moorage; everything else is, the artifact whose
-    # subject it is too.
+    # None of that is in Moorage; everything else is, the artifact whose subject is the image
+    # too, and the other platform image of the index.
     imported = query(tmp_path / "data", CONTENT)
-    assert layer not in {row[0] for row in imported["blobs"]}
-    assert not [p for p in (tmp_path / "data" / "storage").rglob("*") if layer[7:] in p.name]
+    blobs = {row[0] for row in imported["blobs"]}
+    assert layer not in blobs and child_layer not in blobs
+    names = {p.name for p in (tmp_path / "data" / "storage").rglob("*")}
+    assert layer[7:] not in names and child_layer[7:] not in names
     manifests = {(row[0], row[1]) for row in imported["manifests"]}
-    assert ("app/one", image) not in manifests
+    assert not {("app/one", image), ("app/multi", child), ("app/multi", index)} & manifests
     assert ("app/one", artifact) in manifests
+    other = json.loads(read(index))["manifests"][1]["digest"]
+    assert ("app/multi", other) in manifests
     tags = {(row[0], row[1]): row[2] for row in imported["tags"]}
-    assert ("app/one", "v1") not in tags
+    assert ("app/one", "v1") not in tags and ("app/multi", "latest") not in tags
     assert tags[("app/one", "sig")] == artifact
-    assert len(tags) == 6 and len(manifests) == 11
+    assert len(tags) == 5 and len(manifests) == 9
 
 
 def test_progress_on_a_terminal_is_a_bar(root: Root, tmp_path: Path) -> None:
