@@ -39,10 +39,10 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from moorage.content import digest as digests
 from moorage.content import jsondoc, names
@@ -54,7 +54,9 @@ from moorage.storage import paths
 
 READ_SIZE = 8 << 20  # bytes hashed per step (a Ctrl-C waits for one step at most)
 BATCH = 500  # links per metadata transaction, digests per lookup
+AT_ONCE = 8  # blobs brought in at the same time
 LINK_MAX = 512  # a link file holds one digest; anything longer is not one
+T = TypeVar("T")
 # Errors of os.link that mean "cannot hard-link here" (another filesystem, no hard links, not
 # allowed on this file, too many links): then the blob is copied.
 _NO_LINK = frozenset(
@@ -246,12 +248,15 @@ def _hard_link(source: Path, target: Path) -> bool:
         if exc.errno in _NO_LINK:
             return False
         raise
-    fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)  # the new name is durable
+    return True
+
+
+def _sync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    return True
 
 
 def _head(path: Path, most: int) -> bytes:
@@ -264,6 +269,19 @@ def _hash_step(file: BinaryIO, hasher: hashlib._Hash) -> bytes:
     chunk = file.read(READ_SIZE)
     hasher.update(chunk)
     return chunk
+
+
+async def _all(steps: Sequence[Awaitable[T]]) -> list[T]:
+    """Run the steps together; if one fails (or this is cancelled), cancel the others and let
+    them finish their cleanup before the error goes on, as it was."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
@@ -375,22 +393,31 @@ class DistributionImport:
         for chunk in _chunks(wanted):
             linked |= await self.metadata.linked_blobs(name, chunk)
         existing: list[BlobRow] = []
-        new: list[BlobRow] = []
+        bring: list[str] = []
         for digest in wanted:
             if digest in linked:
                 self.report.links_present += 1
-                self._count_bytes(digest)
             elif (row := await self.metadata.blob(digest)) is not None:
                 self.report.blobs_present += digest not in self._counted
                 existing.append(row)
-                self._count_bytes(digest)
-            elif (row := await self._bring(digest)) is not None:
-                new.append(row)
+            else:
+                bring.append(digest)
+                continue
+            self._count_bytes(digest)
             self.progress.advance(1)
-            if len(existing) + len(new) >= BATCH:
-                await self._link(name, existing, new)
-                existing, new = [], []
-        await self._link(name, existing, new)
+        for start in range(0, len(existing), BATCH):
+            await self._link(name, existing[start : start + BATCH], [])
+        # A few blobs at a time: each one mostly waits for the disk (a hash, fsyncs).
+        new: list[BlobRow] = []
+        for start in range(0, len(bring), AT_ONCE):
+            window = bring[start : start + AT_ONCE]
+            brought = await _all([self._bring(digest) for digest in window])
+            new += [row for row in brought if row is not None]
+            self.progress.advance(len(window))
+            if len(new) >= BATCH:
+                await self._link(name, [], new)
+                new = []
+        await self._link(name, [], new)
 
     async def _link(self, name: str, existing: list[BlobRow], new: list[BlobRow]) -> None:
         """Link stored blobs (`existing`, share-locked as a mount does) and the ones this run
@@ -477,7 +504,10 @@ class DistributionImport:
                 except BaseException:
                     await asyncio.shield(self.storage.delete(staging))
                     raise
-                return await place(self.storage, self.metadata, staging, digest), size, True
+                key = await place(self.storage, self.metadata, staging, digest)
+                if key == staging:  # not moved (a move syncs its target): make the name durable
+                    await asyncio.to_thread(_sync_directory, staged.parent)
+                return key, size, True
         key, size = await self._copy(digest, source)
         return await place(self.storage, self.metadata, key, digest), size, False
 
