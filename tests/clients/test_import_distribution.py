@@ -343,7 +343,8 @@ def test_import_a_root_and_pull_every_image(
         total = done.stderr.split("import: importing: 0/", 1)[1].split(" ", 1)[0]
         assert f"import: importing: {total}/{total} items" in done.stderr, done.stderr
 
-        pull_and_compare(containers_for(moorage).skopeo(), moorage, root, tmp_path / "pulled")
+        skopeo = containers_for(moorage).skopeo()
+        pull_and_compare(skopeo, moorage, root, tmp_path / "pulled")
 
         # The manifest deleted in Distribution is not in Moorage; the repository's layers are.
         repository, _, digest = root.deleted.partition("@")
@@ -380,6 +381,16 @@ def test_import_a_root_and_pull_every_image(
         assert "manifests     0 stored, 12 there already" in again, again
         assert "tags          0 set (0 moved), 7 there already" in again, again
         assert (query(moorage.data_dir, DUMP), stored(moorage.data_dir)) == before
+
+        # A tag that names another manifest in Moorage is set back to what the root says (a
+        # run that catches up with a root still in use).
+        moved = f"docker://{moorage.host}/app/moved:current"
+        source = f"docker://{moorage.host}/app/one:v1"
+        skopeo(*PUSH, "--src-tls-verify=false", "--preserve-digests", source, moved)
+        assert remote_digest(skopeo, moved, tmp_path / "m.json") == root.refs["app/one:v1"]
+        caught_up = moorage_import(moorage.data_dir, root.path).stdout
+        assert "tags          1 set (1 moved), 6 there already" in caught_up, caught_up
+        assert remote_digest(skopeo, moved, tmp_path / "m.json") == root.refs["app/moved:current"]
 
 
 def test_on_another_filesystem_blobs_are_copied(root: Root, tmp_path: Path) -> None:
