@@ -7,11 +7,14 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from moorage import config, logs
-from moorage.content.importer import Report
+
+if TYPE_CHECKING:  # imported where it runs: it would slow the start of every other command
+    from moorage.content.importer import Report
 
 
 @click.group("import")
@@ -33,7 +36,7 @@ def distribution(path: Path, data_dir: Path | None, config_file: Path | None) ->
     `rootdirectory`. Repositories, blobs (hard-linked where the storage allows, else copied,
     each verified), manifests of every type and tags. Safe while the server runs; run it again
     to resume after an interrupt or to catch up: nothing is imported twice."""
-    from moorage.content.importer import SourceError, find_root
+    from moorage.content.importer import Report, SourceError, find_root
 
     try:
         settings = config.load(config_file, datadir=data_dir)
