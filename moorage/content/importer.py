@@ -27,9 +27,10 @@ manifest that needs it.
 
 It keeps no state of its own. Each step first asks Moorage whether it has what the step would
 bring, so a second run imports nothing twice and a run after an interrupt (Ctrl-C, a kill, a
-crash) finishes the rest. A step cut short leaves at most a stored file that no row names yet,
-at a key of its own per content (`paths.imported`, or the hard link at the content-addressed
-key): the next run uses or replaces it.
+crash) finishes the rest. A run cut short leaves at most stored files that no row names yet
+(the blobs of the last batch), each at a key of its own per content (`paths.imported`, or a
+hard link at the content-addressed key): the next run uses or replaces them. Tags are set to
+what the root says, also when that moves a tag Moorage has (a run that catches up).
 """
 
 from __future__ import annotations
