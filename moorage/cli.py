@@ -11,6 +11,7 @@ import click
 
 from moorage import __version__, config, logs
 from moorage.cli_fsck import fsck
+from moorage.cli_import import import_group
 
 T = TypeVar("T")
 
@@ -98,6 +99,9 @@ def serve(
         raise click.ClickException(f"cannot start: {exc}") from exc
     logs.configure(settings.log.level)
     sys.exit(run(settings, reload=load))
+
+
+main.add_command(import_group)
 
 
 @main.group("config")

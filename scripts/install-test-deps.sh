@@ -2,7 +2,9 @@
 # Install what the tests need on a fresh Debian 12 machine, as root. Safe to run again.
 #
 #   apt: the real clients tests/clients drives (skopeo, podman, buildah, umoci, docker.io with
-#        its dockerd), busybox-static (the binary in the runnable test image), jq, curl, openssl,
+#        its dockerd), Debian's docker-registry (CNCF Distribution 2.8, whose storage root
+#        `moorage import distribution` is tested on; run by hand, never as the system
+#        service), busybox-static (the binary in the runnable test image), jq, curl, openssl,
 #        and the real services tests/services starts (PostgreSQL 15, Swift with its S3 API,
 #        memcached, HAProxy; the scripts there would install them too, but slower and mid-test).
 #   pip: Moorage itself, editable, with its [test] extras (pytest, python-dxf, ruff, mypy, ...).
@@ -25,6 +27,8 @@ APT_PACKAGES=(
   skopeo podman buildah umoci containernetworking-plugins uidmap
   # Docker Engine 20.10 (dockerd + CLI, pulls containerd, runc, iptables, tini).
   docker.io
+  # CNCF Distribution 2.8: tests/clients/test_import_distribution.py writes a root with it
+  docker-registry
   busybox-static
   jq curl openssl ca-certificates
   # tests/services: PostgreSQL 15, OpenStack Swift (S3 API) with memcached, HAProxy
@@ -62,7 +66,7 @@ fi
 python3 -m pip install -q -e '.[test]'
 
 # Report what was installed, so a failed run shows what is missing.
-for bin in skopeo podman buildah umoci dockerd docker busybox jq curl openssl \
+for bin in skopeo podman buildah umoci dockerd docker docker-registry busybox jq curl openssl \
   /usr/lib/postgresql/15/bin/pg_ctl psql swift-proxy-server swift-object-server memcached haproxy; do
   command -v "$bin" >/dev/null || { echo "install-test-deps.sh: $bin missing" >&2; exit 1; }
 done

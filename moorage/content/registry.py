@@ -188,6 +188,11 @@ class Registry:
         signed = schema1.sign(payload, self._schema1_key())
         return StoredManifest(digests.of(payload), manifests.SCHEMA1_SIGNED, signed)
 
+    def sign_schema1(self, payload: bytes) -> bytes:
+        """A schema 1 manifest's payload signed with this registry's key (the digest stays
+        that of `payload`), as Distribution signs the unsigned ones it keeps when serving them."""
+        return schema1.sign(payload, self._schema1_key())
+
     def _schema1_key(self) -> ec.EllipticCurvePrivateKey:
         if self._signing_key is None:
             shared = self.settings.http.secret
