@@ -168,6 +168,11 @@ class Quota(_Section):
 EventAction = Literal["push", "pull", "delete", "mount"]
 
 
+class EventIgnore(_Section):
+    mediatypes: list[str] = []
+    actions: list[EventAction] = []
+
+
 class EventEndpoint(_Section):
     """A receiver of events in CNCF Distribution's notification format (docs/operations.md):
     POSTs of `application/vnd.docker.distribution.events.v1+json` envelopes, in order, at
@@ -177,6 +182,8 @@ class EventEndpoint(_Section):
     url: str
     headers: dict[str, str | list[str]] = {}
     timeout: Duration = 5.0
+    # Failures in a row retried at once before pausing `backoff` (doubling up to `maxbackoff`).
+    threshold: int = Field(default=3, ge=0)
     backoff: Duration = 1.0
     maxbackoff: Duration = 60.0
     # Filters; empty: everything. Globs for repositories; media types of the target.
@@ -184,6 +191,7 @@ class EventEndpoint(_Section):
     actions: list[EventAction] = []
     mediatypes: list[str] = []
     ignoredmediatypes: list[str] = []
+    ignore: EventIgnore = EventIgnore()  # as Distribution writes it
     disabled: bool = False
 
 

@@ -146,6 +146,7 @@ async def after_v1(
 
 @dataclass
 class _Backoff:
+    failures: int = 0  # in a row
     pause: float = 0.0
     until: float = 0.0
 
@@ -193,10 +194,12 @@ class Deliverer:
             return False
         chosen = [row.payload for row in rows if accepts(endpoint, row)]
         if chosen and not await self._post(session, endpoint, chosen):
-            backoff.pause = min(endpoint.maxbackoff, backoff.pause * 2 or endpoint.backoff)
-            backoff.until = time.monotonic() + backoff.pause
+            backoff.failures += 1
+            if backoff.failures > endpoint.threshold:
+                backoff.pause = min(endpoint.maxbackoff, backoff.pause * 2 or endpoint.backoff)
+                backoff.until = time.monotonic() + backoff.pause
             return False
-        backoff.pause = 0.0
+        backoff.failures, backoff.pause = 0, 0.0
         await metadata.delivered(endpoint.name, self.holder, rows[-1].id)
         return True
 

@@ -54,7 +54,9 @@ class Events:
         self.metadata = metadata
         self.endpoints = [e for e in settings.endpoints if not e.disabled]
         self.source = source
-        self._actions = {a for e in self.endpoints for a in (e.actions or _ALL)}
+        self._actions = {
+            a for e in self.endpoints for a in (e.actions or _ALL) if a not in e.ignore.actions
+        }
 
     def wanted(self, action: str) -> bool:
         """Does any endpoint take events of this action? (Nothing is recorded otherwise.)"""
@@ -111,6 +113,8 @@ def accepts(endpoint: EventEndpoint, row: EventRow) -> bool:
     """Does the endpoint's filter let this event through?"""
     if endpoint.actions and row.action not in endpoint.actions:
         return False
+    if row.action in endpoint.ignore.actions:
+        return False
     if endpoint.repositories and not any(
         fnmatch.fnmatchcase(row.repository, glob) for glob in endpoint.repositories
     ):
@@ -118,4 +122,5 @@ def accepts(endpoint: EventEndpoint, row: EventRow) -> bool:
     media = row.media_type or ""
     if endpoint.mediatypes and media not in endpoint.mediatypes:
         return False
-    return not (media and media in endpoint.ignoredmediatypes)
+    ignored = (*endpoint.ignoredmediatypes, *endpoint.ignore.mediatypes)
+    return not (media and media in ignored)

@@ -181,7 +181,11 @@ async def test_filters_by_repository_action_and_media_type(
     try:
         hooks = [
             endpoint(receiver, name="team", repositories=["team/*"], actions=["push"]),
-            endpoint(other, name="manifests", ignoredmediatypes=["application/octet-stream"]),
+            endpoint(
+                other,
+                name="manifests",
+                ignore={"mediatypes": ["application/octet-stream"], "actions": ["delete"]},
+            ),
         ]
         server = make_server(config={"notifications": {"endpoints": hooks}})
         await server.start()
@@ -190,8 +194,11 @@ async def test_filters_by_repository_action_and_media_type(
         await reg.push_image("team/app", "v1", team)
         await reg.push_image("solo/app", "v1", solo)
         await reg.get_manifest("team/app", "v1")
+        async with http.delete(f"{server.url}/v2/solo/app/manifests/{solo.digest}") as resp:
+            assert resp.status == 202
         await other.wait_for(3, lambda e: e["target"].get("tag") == "v1")  # 2 pushes, 1 pull
         await asyncio.sleep(1.0)
+        assert "delete" not in {e["action"] for e in other.events}
         assert {e["target"]["repository"] for e in receiver.events} == {"team/app"}
         assert {e["action"] for e in receiver.events} == {"push"}
         assert len(receiver.events) == 3  # config, layer, manifest
