@@ -97,7 +97,7 @@ def serve(
         preflight.check(settings)
     except preflight.PreflightError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
-    logs.configure(settings.log.level)
+    logs.configure(settings.log.level, settings.log.format)
     sys.exit(run(settings, reload=load))
 
 
@@ -216,7 +216,7 @@ def gc_command(
         raise click.ClickException(str(exc)) from exc
     if grace_seconds is not None and grace_seconds < 0:
         raise click.ClickException("--grace must not be negative")
-    logs.configure(settings.log.level)
+    logs.configure(settings.log.level, settings.log.format)
     cycle = asyncio.run(_gc(settings, grace_seconds, dry_run))
     c = cycle.collected
     verb = "would free" if dry_run else "freed"

@@ -253,7 +253,7 @@ def fsck(
         settings = config.load(config_file, datadir=data_dir)
     except config.ConfigError as exc:
         raise CannotRun(str(exc)) from exc
-    logs.configure(settings.log.level)
+    logs.configure(settings.log.level, settings.log.format)
     display: Lines | Bar = Bar(sys.stdout.isatty()) if sys.stderr.isatty() else Lines(sys.stderr)
     try:
         report = asyncio.run(_run(settings, verify_digests, delete, display))

@@ -46,7 +46,7 @@ def distribution(path: Path, data_dir: Path | None, config_file: Path | None) ->
         root = find_root(path)
     except SourceError as exc:
         raise click.ClickException(str(exc)) from exc
-    logs.configure(settings.log.level)
+    logs.configure(settings.log.level, settings.log.format)
     report = Report()
     started = time.monotonic()
     try:

@@ -320,7 +320,10 @@ class MaintenanceSettings(_Section):
 
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    accesslog: bool = False
+    # One line per request (moorage/api/accesslog.py); at level info.
+    accesslog: bool = True
+    # `text` (fields as key=value after the message) or `json` (one object per line).
+    format: Literal["text", "json"] = "text"
 
 
 class Settings(BaseSettings):

@@ -5,15 +5,23 @@ When a worker ran out of file descriptors, asyncio logged the same accept-error 
 fields) is let through `limit` times per `interval` seconds; after that its repeats are counted,
 and once the interval is over one line says how many were dropped. The access log is left
 alone: each of its lines is a request.
+
+Two formats (`log.format`): `text`, one line per record with its fields as `key=value` after
+the message, and `json`, one JSON object per line for log shippers. Either way a string from a
+client (a path, a user name, a user agent) cannot start a line of its own or forge one:
+control characters are escaped.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Hashable
+from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 LIMIT = 10
@@ -101,11 +109,66 @@ class RepeatLimiter(logging.Filter):
         return summaries
 
 
-def configure(level: str) -> None:
-    """Log to stderr at `level`, with repeated lines rate-limited."""
-    logging.basicConfig(level=level.upper(), format=FORMAT, stream=sys.stderr)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _escape(text: str) -> str:
+    """Control characters (a newline, an escape sequence) as visible escapes."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def fields(record: logging.LogRecord) -> dict[str, Any]:
+    """What the record carries beyond the standard attributes (its `extra=`)."""
+    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+
+
+class TextFormatter(logging.Formatter):
+    """`FORMAT`, then each field as `key=value` (quoted when it has a space or a quote)."""
+
+    def __init__(self) -> None:
+        super().__init__(FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = _escape(super().format(record)) if record.exc_info is None else None
+        if line is None:  # a traceback keeps its lines; the message itself is escaped
+            record.msg, record.args = _escape(record.getMessage()), None
+            line = super().format(record)
+        extra = fields(record)
+        if not extra:
+            return line
+        parts = []
+        for key, value in extra.items():
+            text = _escape(value if isinstance(value, str) else json.dumps(value, default=str))
+            if not text or " " in text or '"' in text or "=" in text:
+                text = json.dumps(text)
+            parts.append(f"{key}={text}")
+        return f"{line} {' '.join(parts)}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, the fields, a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in fields(record).items():
+            entry.setdefault(key, value)
+        if record.exc_info:
+            entry["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure(level: str, format: str = "text") -> None:
+    """Log to stderr at `level` in `format` (`text` or `json`), with repeated lines
+    rate-limited."""
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
+    stderr.addFilter(RepeatLimiter(stderr))
+    logging.basicConfig(level=level.upper(), handlers=[stderr], force=True)
     # Alembic narrates every step (plugins, each revision's whole docstring); the store logs
     # one line when it upgrades the schema.
     logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(RepeatLimiter(handler))

@@ -35,6 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from moorage import connections
+from moorage.api.accesslog import AccessLogger
 from moorage.api.health import HEALTH
 from moorage.api.maintenance import MAINTENANCE
 from moorage.app import IN_FLIGHT, InFlight, create_app
@@ -223,6 +224,7 @@ async def _serve(settings: Settings, sock: socket.socket, reload: Reload | None)
         app,
         handle_signals=False,
         access_log=logging.getLogger("moorage.access") if settings.log.accesslog else None,
+        access_log_class=AccessLogger,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
     )
     await runner.setup()

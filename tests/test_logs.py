@@ -48,3 +48,34 @@ def test_lines_that_differ_in_text_or_fields_are_not_repeats() -> None:
         logger.info("upload %d", n)
         logger.info("request failed", extra={"path": f"/v2/{n}"})
     assert len(out.getvalue().splitlines()) == 20
+
+
+def _record(msg: str, *args: object, **extra: object) -> logging.LogRecord:
+    record = logging.LogRecord("moorage.test", logging.INFO, __file__, 1, msg, args, None)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_text_lines_carry_fields_and_cannot_be_forged() -> None:
+    from moorage.logs import TextFormatter
+
+    line = TextFormatter().format(
+        _record("GET %s", "/v2/x\n2026-01-01 ERROR forged", user="eve\r\nroot", bytes=12)
+    )
+    assert "\n" not in line and "\r" not in line
+    assert "/v2/x\\n2026-01-01 ERROR forged" in line
+    assert " user=eve\\r\\nroot " in line
+    assert line.endswith("bytes=12")
+
+
+def test_json_lines_are_one_object_each() -> None:
+    import json
+
+    from moorage.logs import JsonFormatter
+
+    line = JsonFormatter().format(_record("GET %s", "/v2/x\ny", status=200, user="bob"))
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["message"] == "GET /v2/x\ny"
+    assert (entry["status"], entry["user"], entry["level"]) == (200, "bob", "info")
+    assert entry["logger"] == "moorage.test" and entry["time"]
