@@ -286,7 +286,7 @@ class Fsck:
             now.key, upload_id(now.key), blob_digest(now.key)
         ):
             await self.storage.delete(now.key)
-            await self.metadata.gc_deleted(now.key)
+            await self.metadata.gc_deleted([now.key])
             r.deleted += 1
             r.deleted_bytes += now.size
 

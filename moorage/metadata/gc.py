@@ -1,6 +1,7 @@
 """Queries for online garbage collection (docs/design/gc.md): find what nothing refers to any
-more, then delete each candidate in its own transaction after checking again, under a row
-lock, that nothing refers to it. A mixin of `MetadataStore`.
+more, then delete each candidate after checking again, under a row lock, that nothing refers
+to it (in short transactions of up to `PER_TRANSACTION` candidates). A mixin of
+`MetadataStore`.
 
 The checks that decide "unreferenced" are one SQL expression per kind of row, used both to
 find candidates (an anti-join over the whole table, in batches) and to check one candidate
@@ -15,14 +16,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, and_, delete, exists, not_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    and_,
+    delete,
+    exists,
+    not_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.orm import aliased
 
 from moorage.metadata import dialect
 from moorage.metadata import schema as t
 
 T = TypeVar("T")
-BATCH = 500
+BATCH = 500  # candidates found per query
+# Candidates deleted per transaction, each checked again under its own row lock: fewer commits
+# (one per candidate made 100,000 deletions take ~10 minutes on SQLite), short transactions.
+PER_TRANSACTION = 100
 
 
 @dataclass(frozen=True)
@@ -168,48 +182,6 @@ def _delete_v1_image(conn: Connection, image_id: str, cutoff: float) -> bool:
     return True
 
 
-def _delete_link(conn: Connection, repo_id: int, digest: str, cutoff: float) -> int | None:
-    """Delete the link if still unreferenced; the blob's size, or None if kept."""
-    row = conn.execute(
-        select(_rb.c.digest)
-        .where(_rb.c.repository_id == repo_id, _rb.c.digest == digest, _rb.c.touched < cutoff)
-        .with_for_update()
-    ).first()
-    if row is None:
-        return None
-    kept = conn.execute(
-        select(_link_kept()).where(_rb.c.repository_id == repo_id, _rb.c.digest == digest)
-    ).scalar()
-    if kept:
-        return None
-    conn.execute(delete(_rb).where(_rb.c.repository_id == repo_id, _rb.c.digest == digest))
-    size = conn.execute(select(_b.c.size).where(_b.c.digest == digest)).scalar()
-    return int(size or 0)
-
-
-def _delete_blob(conn: Connection, digest: str, cutoff: float) -> tuple[str, int] | bool | None:
-    """Delete the blob row if still unreferenced (None if kept); (key, size) when no other
-    row names its object, which is then queued for deletion in this same transaction."""
-    row = conn.execute(
-        select(_b.c.storage_key, _b.c.size)
-        .where(_b.c.digest == digest, _b.c.touched < cutoff)
-        .with_for_update()
-    ).first()
-    if row is None or conn.execute(select(_blob_kept()).where(_b.c.digest == digest)).scalar():
-        return None
-    key, size = str(row[0]), int(row[1])
-    conn.execute(delete(_b).where(_b.c.digest == digest))
-    if conn.execute(select(_b.c.digest).where(_b.c.storage_key == key).limit(1)).first():
-        return True  # deleted; another digest (sha512 of the same bytes) still names the object
-    g = t.gc_deletions
-    conn.execute(
-        dialect.insert(conn, g)
-        .values(storage_key=key, since=time.time())
-        .on_conflict_do_nothing(index_elements=["storage_key"])
-    )
-    return key, size
-
-
 def _retention_victims(
     conn: Connection, repo_id: int, rule: Retention
 ) -> list[tuple[str, str, float]]:
@@ -347,12 +319,14 @@ class GCQueries:
         """Delete the tags `retention(repository)` says to (first), then from the metadata
         what nothing has referred to since before `cutoff`: untagged manifests (with
         `untagged`), v1 images, blob links, blob rows; the objects of
-        deleted blob rows are queued in `gc_deletions` (the caller deletes them). Each
-        deletion is its own transaction. A dry run does all of it in one transaction that is
-        rolled back, so it reports exactly what a cycle would delete now (it holds the
-        writer for its length: an operator's command, not the server's).
+        deleted blob rows are queued in `gc_deletions` (the caller deletes them). Deletions
+        run in short transactions of up to `PER_TRANSACTION` candidates. A dry run does all
+        of it in one transaction that is rolled back, so it reports exactly what a cycle
+        would delete now (it holds the writer for its length: an operator's command, not the
+        server's).
 
-        `pause(stage, candidate)`, if given, is awaited before each deletion (tests use it to
+        `pause(stage, candidate)`, if given, is awaited for each candidate before the
+        transaction that deletes it (tests use it to
         run a race at that exact point)."""
         if dry_run:
 
@@ -421,15 +395,17 @@ class GCQueries:
                     after, deleted = None, False  # what the deleted ones kept: another pass
                     continue
                 return
-            for candidate in batch:
+            for first in range(0, len(batch), PER_TRANSACTION):
+                chunk = [tuple(candidate) for candidate in batch[first : first + PER_TRANSACTION]]
                 if pause is not None:
-                    await pause(stage, tuple(candidate))
+                    for candidate in chunk:
+                        await pause(stage, candidate)
 
-                def one(conn: Connection, c: tuple[Any, ...] = tuple(candidate)) -> Any:
-                    return _delete_one(conn, stage, c, cutoff)
+                def some(conn: Connection, cs: list[tuple[Any, ...]] = chunk) -> list[Any]:
+                    return _delete_chunk(conn, stage, cs, cutoff)
 
-                done = await self._write(one, frees=True)
-                deleted |= _count(stage, tuple(candidate), done, collected, names)
+                for candidate, done in zip(chunk, await self._write(some, frees=True), strict=True):
+                    deleted |= _count(stage, candidate, done, collected, names)
             after = _position(stage, batch[-1])
 
     async def gc_pending(self, limit: int = BATCH) -> list[str]:
@@ -438,13 +414,13 @@ class GCQueries:
         query = select(g.c.storage_key).order_by(g.c.storage_key).limit(limit)
         return await self._read(lambda conn: list(conn.execute(query).scalars()))
 
-    async def gc_deleted(self, key: str) -> bool:
-        """The object at `key` is gone from storage: forget it (False: another collector
-        running at the same time did)."""
+    async def gc_deleted(self, keys: list[str]) -> int:
+        """The objects at `keys` are gone from storage: forget them; how many this call
+        forgot (fewer: another collector running at the same time did)."""
         g = t.gc_deletions
 
-        def work(conn: Connection) -> bool:
-            return bool(conn.execute(delete(g).where(g.c.storage_key == key)).rowcount)
+        def work(conn: Connection) -> int:
+            return int(conn.execute(delete(g).where(g.c.storage_key.in_(keys))).rowcount)
 
         return await self._write(work, frees=True)
 
@@ -469,13 +445,95 @@ def _candidates(stage: Stage, cutoff: float, after: Any) -> Any:
     return _v1_candidates(cutoff, after)
 
 
+def _delete_links(conn: Connection, chunk: list[tuple[Any, ...]], cutoff: float) -> list[Any]:
+    """`_delete_link` for many links in three statements: lock the ones still old enough,
+    then (a new statement, so it sees what committed while it waited for the locks) find
+    which of them are referenced now, then delete the others."""
+    pairs = [(int(c[0]), str(c[1])) for c in chunk]
+    key = tuple_(_rb.c.repository_id, _rb.c.digest)
+    locked = conn.execute(
+        select(_rb.c.repository_id, _rb.c.digest)
+        .where(key.in_(pairs), _rb.c.touched < cutoff)
+        .order_by(_rb.c.repository_id, _rb.c.digest)
+        .with_for_update()
+    ).all()
+    if not locked:
+        return [None] * len(chunk)
+    candidates = [(int(r), str(d)) for r, d in locked]
+    kept = {
+        (int(r), str(d))
+        for r, d in conn.execute(
+            select(_rb.c.repository_id, _rb.c.digest).where(key.in_(candidates), _link_kept())
+        )
+    }
+    victims = [c for c in candidates if c not in kept]
+    if victims:
+        conn.execute(delete(_rb).where(key.in_(victims)))
+    query = select(_b.c.digest, _b.c.size).where(_b.c.digest.in_({d for _, d in victims}))
+    sizes = {str(d): int(z) for d, z in conn.execute(query).all()}
+    gone = set(victims)
+    return [int(sizes.get(d, 0)) if (r, d) in gone else None for r, d in pairs]
+
+
+def _delete_blobs(conn: Connection, chunk: list[tuple[Any, ...]], cutoff: float) -> list[Any]:
+    """`_delete_blob` for many blobs, set by set in the same way as `_delete_links`."""
+    digests = [str(c[0]) for c in chunk]
+    locked = conn.execute(
+        select(_b.c.digest, _b.c.storage_key, _b.c.size)
+        .where(_b.c.digest.in_(digests), _b.c.touched < cutoff)
+        .order_by(_b.c.digest)
+        .with_for_update()
+    ).all()
+    if not locked:
+        return [None] * len(chunk)
+    rows = {str(d): (str(k), int(z)) for d, k, z in locked}
+    kept = set(
+        conn.execute(select(_b.c.digest).where(_b.c.digest.in_(list(rows)), _blob_kept())).scalars()
+    )
+    victims = [d for d in rows if d not in kept]
+    if not victims:
+        return [None] * len(chunk)
+    conn.execute(delete(_b).where(_b.c.digest.in_(victims)))
+    keys = {rows[d][0] for d in victims}
+    named = set(conn.execute(select(_b.c.storage_key).where(_b.c.storage_key.in_(keys))).scalars())
+    orphaned = keys - named  # another digest (sha512 of the same bytes) may still name one
+    if orphaned:
+        g = t.gc_deletions
+        now = time.time()
+        conn.execute(
+            dialect.insert(conn, g).on_conflict_do_nothing(index_elements=["storage_key"]),
+            [{"storage_key": k, "since": now} for k in sorted(orphaned)],
+        )
+    results: list[Any] = []
+    queued: set[str] = set()
+    for digest in digests:
+        if digest not in victims:
+            results.append(None)
+            continue
+        k, size = rows[digest]
+        if k in orphaned and k not in queued:
+            queued.add(k)
+            results.append((k, size))
+        else:
+            results.append(True)
+    return results
+
+
+def _delete_chunk(
+    conn: Connection, stage: Stage, chunk: list[tuple[Any, ...]], cutoff: float
+) -> list[Any]:
+    """Delete what is still unreferenced among `chunk`, in one transaction: a result per
+    candidate, as `_count` takes them."""
+    if stage == "links":
+        return _delete_links(conn, chunk, cutoff)
+    if stage == "blobs":
+        return _delete_blobs(conn, chunk, cutoff)
+    return [_delete_one(conn, stage, c, cutoff) for c in chunk]
+
+
 def _delete_one(conn: Connection, stage: Stage, candidate: tuple[Any, ...], cutoff: float) -> Any:
     if stage == "manifests":
         return _delete_manifest(conn, candidate[0], candidate[1], cutoff)
-    if stage == "links":
-        return _delete_link(conn, candidate[0], candidate[1], cutoff)
-    if stage == "blobs":
-        return _delete_blob(conn, candidate[0], cutoff)
     return _delete_v1_image(conn, candidate[0], cutoff)
 
 
@@ -520,9 +578,9 @@ def _run_stage_in(
                 after, deleted = None, False
                 continue
             return
-        for candidate in batch:
-            done = _delete_one(conn, stage, tuple(candidate), cutoff)
-            deleted |= _count(stage, tuple(candidate), done, collected, names)
+        chunk = [tuple(candidate) for candidate in batch]
+        for candidate, done in zip(chunk, _delete_chunk(conn, stage, chunk, cutoff), strict=True):
+            deleted |= _count(stage, candidate, done, collected, names)
         after = _position(stage, batch[-1])
 
 

@@ -47,7 +47,7 @@ async def test_queue_refuses_what_something_names(store: MetadataStore) -> None:
     assert await store.fsck_queue("k/orphan", None, None)
     assert not await store.fsck_queue("k/orphan", None, None)  # queued already
     assert await store.gc_pending() == ["k/orphan"]
-    assert await store.gc_deleted("k/orphan")
+    assert await store.gc_deleted(["k/orphan"]) == 1
     assert await store.gc_pending() == []
 
 
