@@ -253,5 +253,8 @@ async def test_soak_mixed_load_with_hostile_clients(make_server: MakeServer) -> 
 
     log = server.log_path.read_text(errors="replace")
     assert "Traceback" not in log, server.log_tail(80)
-    assert server.log_path.stat().st_size < 5 << 20, "the log grew past 5 MiB"
+    # Hostile clients must not flood the log: everything but the access log (one line per
+    # request, by design) stays small.
+    other = [line for line in log.splitlines() if " moorage.access " not in line]
+    assert sum(len(line) + 1 for line in other) < 5 << 20, "the log grew past 5 MiB"
     assert await server.stop() == 0, server.log_tail()
