@@ -646,7 +646,7 @@ class BlobService:
         try:
             await self.metadata.finish_upload(session_id, repository, rows.values())
         except KeyPending as exc:
-            # The content-addressed key we linked to got a deletion queued after _place
+            # The content-addressed key we linked to got a deletion queued after `place`
             # looked (possible only with a grace period near zero): our bytes are at that
             # key alone, which is about to go. The client pushes again.
             raise BlobUploadInvalid("upload data lost, push again", {"uuid": session_id}) from exc
