@@ -305,6 +305,84 @@ def _bytes(n: int) -> str:
 
 
 @main.group()
+def service() -> None:
+    """Run Moorage as a systemd service."""
+
+
+@service.command("install")
+@click.option(
+    "--user",
+    "user_name",
+    default="moorage",
+    show_default=True,
+    help="The unprivileged user it runs as (created if missing).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=Path("/var/lib/moorage"),
+    show_default=True,
+    help="Where blobs and metadata live (the only place it writes).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, exists=True),
+    help="YAML configuration file the service reads.",
+)
+@click.option("--name", default="moorage", show_default=True, help="The unit's name.")
+@click.option(
+    "--unit-dir",
+    type=click.Path(path_type=Path),
+    default=Path("/etc/systemd/system"),
+    show_default=True,
+    help="Where the unit file goes.",
+)
+@click.option("--no-reload", is_flag=True, help="Do not run `systemctl daemon-reload`.")
+def service_install(
+    user_name: str,
+    data_dir: Path,
+    config_file: Path | None,
+    name: str,
+    unit_dir: Path,
+    no_reload: bool,
+) -> None:
+    """Write a systemd unit for `moorage serve` (confined, restarted on failure, reloaded by
+    SIGHUP); it neither enables nor starts it."""
+    import subprocess
+
+    from moorage import service as svc
+
+    data_dir = data_dir.resolve()
+    config_path = config_file.resolve() if config_file is not None else None
+    try:
+        settings = config.load(config_path, datadir=data_dir)  # a file that would not start
+        made = svc.ensure_user(user_name, data_dir)
+        command = svc.executable()
+        group = svc.group_of(user_name)
+        drain = settings.http.draintimeout
+        unit = svc.Service(name, user_name, group, data_dir, config_path, command, drain)
+        path = svc.install(unit, unit_dir, reload=not no_reload)
+    except (config.ConfigError, OSError, subprocess.CalledProcessError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if made:
+        click.echo(f"created system user {user_name}")
+    for needed in (command, Path(sys.executable).resolve()):
+        closed = svc.unreachable(needed)
+        if closed is not None:
+            click.echo(
+                f"warning: {user_name} cannot enter {closed}, so it cannot run {needed}: "
+                "install Moorage (and its Python) where every user may read them, e.g. "
+                "/opt/moorage, or open that directory",
+                err=True,
+            )
+    click.echo(f"wrote {path}; data in {data_dir} (owned by {user_name})")
+    click.echo(f"start it now and at boot:  systemctl enable --now {name}")
+    click.echo(f"its log:                   journalctl -u {name} -f")
+    click.echo(f"reload the configuration:  systemctl reload {name}")
+
+
+@main.group()
 def user() -> None:
     """Manage the users of an htpasswd file (bcrypt entries)."""
 
