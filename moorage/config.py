@@ -10,6 +10,7 @@ Nothing else in Moorage reads configuration: the rest of the code receives a `Se
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -299,6 +300,21 @@ class HTTPSettings(_Section):
     # file) and the schema 1 signing key are derived from it, so that every node issues and
     # accepts the same tokens. Unset: each is created once in the data directory (one node).
     secret: SecretStr | None = Field(default=None, min_length=16)
+    # The registry's external URL (scheme://host[:port]) when clients reach it through a
+    # proxy or under another name: used for the token realm, the v1 endpoints header and the
+    # URLs in events (Location headers are relative). Unset: from the request (and from the
+    # X-Forwarded-* headers of a trusted proxy).
+    host: str | None = None
+    # Addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For, -Proto and -Host
+    # are believed; anyone else's are ignored.
+    trustedproxies: list[str] = []
+
+    @field_validator("trustedproxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            ipaddress.ip_network(entry, strict=False)  # ValueError names the bad entry
+        return value
 
 
 class ReadOnlySettings(_Section):
@@ -336,8 +352,7 @@ class Settings(BaseSettings):
     listen: str = "127.0.0.1:5000"
     datadir: Path = Path("moorage-data")
     workers: int = Field(default=1, ge=1, le=256)
-    # Externally visible base URL (scheme://host[:port]) when behind a proxy; Location headers
-    # are relative by default, so this is only needed where an absolute URL must be built.
+    # The older name of `http.host` (read when that is unset).
     baseurl: str | None = None
     storage: StorageSettings = StorageSettings()
     metadata: MetadataSettings = MetadataSettings()

@@ -35,6 +35,8 @@ APT_PACKAGES=(
   postgresql-15 postgresql-client-15
   swift swift-proxy swift-account swift-container swift-object python3-swift memcached
   haproxy
+  # the client tests run once more through a real nginx in front (docs/deploy/nginx-site.conf)
+  nginx-light
   # ./.venv, when the system Python is the one we install into (see below)
   python3 python3-venv
 )

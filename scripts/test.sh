@@ -15,6 +15,11 @@ python -m pytest -q -ra "$@"
 # the fixtures start): tests that look inside SQLite or the data directory are deselected by
 # name (marker embedded_only), nothing is skipped.
 MOORAGE_TEST_BACKEND=scaleout python -m pytest -q -ra -m "not embedded_only" tests/api tests/v1
+# The real clients once more through a real nginx in front, configured as
+# docs/deploy/nginx-site.conf tells operators (the session's registry is reached through it).
+MOORAGE_TEST_PROXY=nginx python -m pytest -q -ra tests/clients/test_skopeo.py \
+  tests/clients/test_podman.py tests/clients/test_buildah.py tests/clients/test_docker.py \
+  tests/clients/test_dxf.py tests/clients/test_v1_translation.py
 # The benchmark's quick mode: proves bench/ still works (no assertions on timings).
 bench_out=$(mktemp -d)
 trap 'rm -rf "$bench_out"' EXIT

@@ -8,27 +8,24 @@ from __future__ import annotations
 from aiohttp import web
 
 from moorage.api.context import AUTH, IDENTITY, settings
+from moorage.api.proxy import client_address, external_base
 from moorage.auth.access import Identity, Scope
 from moorage.auth.service import Authenticator, BadCredentials, RateLimited
 from moorage.errors import Denied, RegistryError, TooManyRequests, Unauthorized
 
 TOKEN_PATH = "/auth/token"
+__all__ = ["TOKEN_PATH", "authenticator", "challenge", "client_address", "identify"]
 
 
 def authenticator(request: web.Request) -> Authenticator:
     return request.app[AUTH]
 
 
-def client_address(request: web.Request) -> str:
-    return request.remote or "unknown"
-
-
 def realm_url(request: web.Request) -> str:
     configured = settings(request).auth.token.realm
     if configured:
         return configured
-    base = settings(request).baseurl or f"{request.scheme}://{request.host}"
-    return base.rstrip("/") + TOKEN_PATH
+    return external_base(request) + TOKEN_PATH
 
 
 def challenge(request: web.Request, scopes: list[Scope], error: str | None = None) -> str:

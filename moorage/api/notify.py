@@ -26,7 +26,8 @@ import aiohttp
 from aiohttp import web
 
 from moorage.api.auth import client_address
-from moorage.api.context import EVENTS, IDENTITY, REGISTRY, REQUEST_ID, settings
+from moorage.api.context import EVENTS, IDENTITY, REGISTRY, REQUEST_ID
+from moorage.api.proxy import external_base
 from moorage.api.v1.access import CALLER
 from moorage.config import EventEndpoint
 from moorage.content.events import ENVELOPE, Events, RequestInfo, Target, accepts
@@ -44,7 +45,7 @@ def _info(request: web.Request, actor: str | None) -> RequestInfo:
     return RequestInfo(
         id=request.get(REQUEST_ID, ""),
         addr=client_address(request),
-        host=request.host,
+        host=external_base(request).split("://", 1)[-1],
         method=request.method,
         useragent=request.headers.get("User-Agent", ""),
         actor=actor,
@@ -52,8 +53,7 @@ def _info(request: web.Request, actor: str | None) -> RequestInfo:
 
 
 def _url(request: web.Request, path: str) -> str:
-    base = settings(request).baseurl or f"{request.scheme}://{request.host}"
-    return base.rstrip("/") + path
+    return external_base(request) + path
 
 
 async def after_v2(

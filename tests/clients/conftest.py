@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime
 import ipaddress
 import json
@@ -47,7 +48,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.harness import LOOPBACK, REPO_ROOT, MoorageProcess
+from tests.harness import LOOPBACK, REPO_ROOT, MoorageProcess, free_port
 
 SERVER_START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -253,11 +254,79 @@ def serve(
         server.cleanup()
 
 
+#: `MOORAGE_TEST_PROXY=nginx`: the session's registry is reached through a real nginx in front
+#: (CI runs this suite once that way), configured as docs/operations.md tells operators.
+PROXY = os.environ.get("MOORAGE_TEST_PROXY", "")
+assert PROXY in ("", "nginx"), f"MOORAGE_TEST_PROXY={PROXY!r}"
+
+NGINX_CONF = """
+user root;
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+{site}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx_in_front(base: Path, upstream: str) -> Iterator[str]:
+    """A private nginx on a free loopback port proxying to `upstream` (host:port) with the
+    site settings of docs/operations.md; yields its host:port; stopped by its PID."""
+    binary = require_binary("nginx")
+    site = (REPO_ROOT / "docs" / "deploy" / "nginx-site.conf").read_text()
+    port = free_port()
+    base.mkdir(parents=True, exist_ok=True)
+    conf = base / "nginx.conf"
+    conf.write_text(
+        NGINX_CONF.format(dir=base, port=port, site=site.replace("127.0.0.1:5000", upstream))
+    )
+    log = base / "nginx.out"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [binary, "-c", str(conf), "-p", str(base), "-e", str(base / "error.log")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"nginx exited: {tail(log)}\n{tail(base / 'error.log')}")
+            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 1):
+                break
+            assert time.monotonic() < deadline, tail(base / "error.log")
+            time.sleep(0.05)
+        yield f"{LOOPBACK}:{port}"
+    finally:
+        stop_process(proc)
+
+
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """`python -m moorage serve` on a free loopback port with a fresh data dir."""
-    with serve(tmp_path_factory.mktemp("moorage-server")) as server:
-        yield server
+    """`python -m moorage serve` on a free loopback port with a fresh data dir (with
+    `MOORAGE_TEST_PROXY=nginx`, behind nginx: the registry's URL is then nginx's)."""
+    base = tmp_path_factory.mktemp("moorage-server")
+    if not PROXY:
+        with serve(base) as server:
+            yield server
+        return
+    trusted = {"MOORAGE_HTTP_TRUSTEDPROXIES": '["127.0.0.1"]'}
+    with serve(base, env=trusted) as server, nginx_in_front(base / "nginx", server.host) as front:
+        yield dataclasses.replace(server, url=f"http://{front}", host=front)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from aiohttp import web
 
 from moorage.api import http
 from moorage.api.auth import authenticator, client_address
-from moorage.api.context import SETTINGS, V1, V1TOKENS
+from moorage.api.context import V1, V1TOKENS
+from moorage.api.proxy import external_base
 from moorage.api.v1.access import CALLER, Caller, allowed, caller, readable
 from moorage.api.v1.errors import (
     AccessDenied,
@@ -41,10 +42,8 @@ def _json(value: object, status: int = 200, headers: dict[str, str] | None = Non
 
 
 def _endpoint(request: web.Request) -> str:
-    base = request.app[SETTINGS].baseurl
-    if base:
-        return base.split("://", 1)[-1].rstrip("/")
-    return request.host
+    """host[:port] the client reached the registry at (v1 endpoints have no scheme)."""
+    return external_base(request).split("://", 1)[-1]
 
 
 def _index_headers(
