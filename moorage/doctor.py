@@ -589,7 +589,7 @@ async def check_token(
                 "token",
                 f"the Bearer challenge names no usable realm ({realm!r}): clients cannot log in",
                 "set the token realm to an absolute URL the clients reach (moorage: "
-                "auth.token.realm, or http.host behind a proxy)",
+                "auth.token.realm, or baseurl, the external URL, behind a proxy)",
             )
         ]
     findings = []
@@ -610,8 +610,8 @@ async def check_token(
                 "token",
                 f"the token realm {realm} is a loopback address: clients on other machines "
                 "send their passwords to themselves",
-                "behind a reverse proxy, set http.host to the external URL (and "
-                "http.trustedproxies) or auth.token.realm",
+                "behind a reverse proxy, set the external URL (moorage: baseurl) or "
+                "auth.token.realm",
             )
         )
     service = params.get("service")
@@ -650,8 +650,8 @@ async def check_token(
                 "docker reports a login or pull failure (or a v1 fallback error), while the "
                 "real cause is this unreachable realm",
                 "the registry must advertise a realm URL its clients reach: moorage derives "
-                "it from the request, or from http.host behind a proxy; an external token "
-                "server: auth.token.realm",
+                "it from the request, or from baseurl (the external URL) behind a proxy; "
+                "an external token server: auth.token.realm",
             ),
         ]
     who = f"user {target.user}" if target.user else "anonymous"

@@ -111,6 +111,17 @@ def test_token_auth_over_https(moorage_server: ServerFactory) -> None:
     assert f"FAIL  token  the token realm refused the credentials of {USER} (401)" in out
 
 
+def test_token_realm_out_of_reach(moorage_server: ServerFactory) -> None:
+    """A registry that advertises a realm its clients cannot reach (the external URL set wrong
+    behind a proxy): /v2/ itself answers, the login cannot."""
+    elsewhere = f"http://{LOOPBACK}:{free_port()}"
+    server = moorage_server("token", tls=False, config={"baseurl": elsewhere})
+    out = fails(doctor(server.url, "--user", USER, password=PASSWORD))
+    assert f"/v2/ asks for a token: realm '{elsewhere}/auth/token'" in out
+    assert f"FAIL  token  the token realm {elsewhere}/auth/token cannot be reached from here" in out
+    assert "baseurl (the external URL) behind a proxy" in out
+
+
 def test_https_trust(moorage_server: ServerFactory) -> None:
     server = moorage_server()
     assert server.ca is not None
