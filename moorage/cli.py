@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from moorage import __version__, config, logs
+from moorage.cli_doctor import doctor
 from moorage.cli_fsck import fsck
 from moorage.cli_import import import_group
 
@@ -23,6 +24,7 @@ def main() -> None:
 
 
 main.add_command(fsck)
+main.add_command(doctor)
 
 
 @main.command()
