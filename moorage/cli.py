@@ -12,6 +12,7 @@ import click
 from moorage import __version__, config, logs
 from moorage.cli_fsck import fsck
 from moorage.cli_import import import_group
+from moorage.progress import human_bytes
 
 T = TypeVar("T")
 
@@ -224,12 +225,12 @@ def gc_command(
         r = c.repositories[name]
         tags = f"{r.tags} tags (retention), " if r.tags else ""
         click.echo(
-            f"{name}: {tags}{r.manifests} manifests, {r.links} blob links ({_bytes(r.bytes)})"
+            f"{name}: {tags}{r.manifests} manifests, {r.links} blob links ({human_bytes(r.bytes)})"
         )
     tags = f"{c.tags} tags (retention), " if c.tags else ""
     click.echo(
         f"{verb}: {tags}{c.manifests} manifests, {c.links} blob links, {c.v1_images} v1 images, "
-        f"{c.blobs} blobs, {len(c.keys)} stored objects ({_bytes(c.bytes)})"
+        f"{c.blobs} blobs, {len(c.keys)} stored objects ({human_bytes(c.bytes)})"
         f" in {cycle.seconds:.1f} s"
     )
 
@@ -285,23 +286,14 @@ async def _usage(settings: config.Settings, namespace: str | None) -> list[str]:
         lines = []
         for ns in wanted:
             used, blobs = await metadata.namespace_usage(ns)
-            line = f"{ns}: {_bytes(used)} in {blobs} blobs"
+            line = f"{ns}: {human_bytes(used)} in {blobs} blobs"
             if ns in quotas:
                 share = used / quotas[ns] * 100 if quotas[ns] else 100.0
-                line += f", quota {_bytes(quotas[ns])} ({share:.0f}% used)"
+                line += f", quota {human_bytes(quotas[ns])} ({share:.0f}% used)"
             lines.append(line)
         return lines
     finally:
         await metadata.close()
-
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 @main.group()
