@@ -12,7 +12,7 @@ import click
 from moorage import __version__, config, logs
 from moorage.cli_fsck import fsck
 from moorage.cli_import import import_group
-from moorage.progress import human_bytes
+from moorage.progress import Progress, human_bytes
 
 T = TypeVar("T")
 
@@ -218,7 +218,18 @@ def gc_command(
     if grace_seconds is not None and grace_seconds < 0:
         raise click.ClickException("--grace must not be negative")
     logs.configure(settings.log.level)
-    cycle = asyncio.run(_gc(settings, grace_seconds, dry_run))
+    try:
+        with Progress("gc") as display:
+            cycle = asyncio.run(_gc(settings, grace_seconds, dry_run, display))
+    except (_Stopped, KeyboardInterrupt):
+        click.echo(
+            "interrupted: a dry run changes nothing"
+            if dry_run
+            else "interrupted: what was deleted is deleted whole (each deletion is a transaction "
+            "of its own); the next cycle collects the rest",
+            err=True,
+        )
+        sys.exit(130)
     c = cycle.collected
     verb = "would free" if dry_run else "freed"
     for name in sorted(c.repositories):
@@ -235,10 +246,31 @@ def gc_command(
     )
 
 
-async def _gc(settings: config.Settings, grace: float | None, dry_run: bool) -> Any:
+class _Stopped(Exception):
+    """Ctrl-C: raised by the cycle's progress at its next report, where stopping is safe."""
+
+
+# What `moorage gc` counts in each stage (moorage/metadata/gc.py), and how the stage is shown.
+_GC_UNITS = {"retention": "tags", "objects": "deleted"}
+_GC_STAGES = {"v1": "v1 images"}
+
+
+async def _gc(
+    settings: config.Settings, grace: float | None, dry_run: bool, display: Progress
+) -> Any:
     from moorage.app import open_storage
     from moorage.content.gc import Collector
     from moorage.metadata import MetadataStore, migrations
+
+    where = "the dry run, which changes nothing" if dry_run else "between two deletions"
+    stop = display.stop_on_interrupt(f"stopping {where} (Ctrl-C again to abort)")
+
+    def progress(stage: str, done: int) -> None:
+        """Called on the thread that runs the dry run's transaction (SQLite): Progress and
+        threading.Event are safe to use from there."""
+        if stop.is_set():
+            raise _Stopped()
+        display.count(_GC_STAGES.get(stage, stage), done, _GC_UNITS.get(stage, "candidates"))
 
     storage = await open_storage(settings)
     metadata = MetadataStore(settings.metadata_url)
@@ -247,7 +279,8 @@ async def _gc(settings: config.Settings, grace: float | None, dry_run: bool) -> 
             await metadata.open()
         except migrations.SchemaError as exc:
             raise click.ClickException(str(exc)) from exc
-        return await Collector(metadata, storage, settings.gc).cycle(grace, dry_run)
+        collector = Collector(metadata, storage, settings.gc)
+        return await collector.cycle(grace, dry_run, progress=progress)
     finally:
         await metadata.close()
         await storage.close()

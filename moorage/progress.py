@@ -1,7 +1,7 @@
-"""How long commands show how far they are (`moorage import distribution`, `moorage fsck`): on
-a terminal, a bar with counts, bytes and an estimate of the time left (rich); anywhere else (a
-log file, CI, a pipe), a plain line when a phase starts, every `every` seconds, and when it
-ends. Both go to standard error, so that standard output carries only the command's
+"""How long commands show how far they are (`moorage import distribution`, `moorage fsck`,
+`moorage gc`): on a terminal, a bar with counts, bytes and an estimate of the time left (rich);
+anywhere else (a log file, CI, a pipe), a plain line when a phase starts, every `every` seconds,
+and when it ends. Both go to standard error, so that standard output carries only the command's
 report; lines of that report printed meanwhile (`echo`) go above the bar. Also the one byte
 formatter of the command line (`human_bytes`), and how a long command stops on Ctrl-C
 (`stop_on_interrupt`)."""
@@ -127,6 +127,13 @@ class Progress:
             self._bar.update(self._task, completed=completed, counts=counts, size=size)
         elif time.monotonic() - self._shown >= self.every:
             self._line()
+
+    def count(self, name: str, done: int, unit: str | None = None) -> None:
+        """`done` steps of phase `name` so far, starting that phase if it is not the current
+        one: for work that reports where it is rather than each step (garbage collection)."""
+        if name != self.name:
+            self.phase(name, unit=unit)
+        self.advance(done - self.items_done)
 
     def echo(self, line: str, err: bool = False) -> None:
         """A line of the command's report (standard output), or with `err` a message (standard
