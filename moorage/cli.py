@@ -13,6 +13,7 @@ from moorage import __version__, config, logs
 from moorage.cli_doctor import doctor
 from moorage.cli_fsck import fsck
 from moorage.cli_import import import_group
+from moorage.progress import Progress, human_bytes
 
 T = TypeVar("T")
 
@@ -219,27 +220,59 @@ def gc_command(
     if grace_seconds is not None and grace_seconds < 0:
         raise click.ClickException("--grace must not be negative")
     logs.configure(settings.log.level, settings.log.format)
-    cycle = asyncio.run(_gc(settings, grace_seconds, dry_run))
+    try:
+        with Progress("gc") as display:
+            cycle = asyncio.run(_gc(settings, grace_seconds, dry_run, display))
+    except (_Stopped, KeyboardInterrupt):
+        click.echo(
+            "interrupted: a dry run changes nothing"
+            if dry_run
+            else "interrupted: what was deleted is deleted whole (deletions are transactions of "
+            "up to 100); the next cycle collects the rest",
+            err=True,
+        )
+        sys.exit(130)
     c = cycle.collected
     verb = "would free" if dry_run else "freed"
     for name in sorted(c.repositories):
         r = c.repositories[name]
         tags = f"{r.tags} tags (retention), " if r.tags else ""
         click.echo(
-            f"{name}: {tags}{r.manifests} manifests, {r.links} blob links ({_bytes(r.bytes)})"
+            f"{name}: {tags}{r.manifests} manifests, {r.links} blob links ({human_bytes(r.bytes)})"
         )
     tags = f"{c.tags} tags (retention), " if c.tags else ""
     click.echo(
         f"{verb}: {tags}{c.manifests} manifests, {c.links} blob links, {c.v1_images} v1 images, "
-        f"{c.blobs} blobs, {len(c.keys)} stored objects ({_bytes(c.bytes)})"
+        f"{c.blobs} blobs, {len(c.keys)} stored objects ({human_bytes(c.bytes)})"
         f" in {cycle.seconds:.1f} s"
     )
 
 
-async def _gc(settings: config.Settings, grace: float | None, dry_run: bool) -> Any:
+class _Stopped(Exception):
+    """Ctrl-C: raised by the cycle's progress at its next report, where stopping is safe."""
+
+
+# What `moorage gc` counts in each stage (moorage/metadata/gc.py), and how the stage is shown.
+_GC_UNITS = {"retention": "tags", "objects": "deleted"}
+_GC_STAGES = {"v1": "v1 images"}
+
+
+async def _gc(
+    settings: config.Settings, grace: float | None, dry_run: bool, display: Progress
+) -> Any:
     from moorage.app import open_storage
     from moorage.content.gc import Collector
     from moorage.metadata import MetadataStore, migrations
+
+    where = "the dry run, which changes nothing" if dry_run else "between two deletions"
+    stop = display.stop_on_interrupt(f"stopping {where} (Ctrl-C again to abort)")
+
+    def progress(stage: str, done: int) -> None:
+        """Called on the thread that runs the dry run's transaction (SQLite): Progress and
+        threading.Event are safe to use from there."""
+        if stop.is_set():
+            raise _Stopped()
+        display.count(_GC_STAGES.get(stage, stage), done, _GC_UNITS.get(stage, "candidates"))
 
     storage = await open_storage(settings)
     metadata = MetadataStore(settings.metadata_url)
@@ -248,7 +281,8 @@ async def _gc(settings: config.Settings, grace: float | None, dry_run: bool) -> 
             await metadata.open()
         except migrations.SchemaError as exc:
             raise click.ClickException(str(exc)) from exc
-        return await Collector(metadata, storage, settings.gc).cycle(grace, dry_run)
+        collector = Collector(metadata, storage, settings.gc)
+        return await collector.cycle(grace, dry_run, progress=progress)
     finally:
         await metadata.close()
         await storage.close()
@@ -287,23 +321,14 @@ async def _usage(settings: config.Settings, namespace: str | None) -> list[str]:
         lines = []
         for ns in wanted:
             used, blobs = await metadata.namespace_usage(ns)
-            line = f"{ns}: {_bytes(used)} in {blobs} blobs"
+            line = f"{ns}: {human_bytes(used)} in {blobs} blobs"
             if ns in quotas:
                 share = used / quotas[ns] * 100 if quotas[ns] else 100.0
-                line += f", quota {_bytes(quotas[ns])} ({share:.0f}% used)"
+                line += f", quota {human_bytes(quotas[ns])} ({share:.0f}% used)"
             lines.append(line)
         return lines
     finally:
         await metadata.close()
-
-
-def _bytes(n: int) -> str:
-    size = float(n)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 @main.group()

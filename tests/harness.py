@@ -36,6 +36,16 @@ READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 
 
+def command_env() -> dict[str, str]:
+    """The environment for a `python -m moorage COMMAND` a test runs: this one, with this
+    checkout last on PYTHONPATH so the command runs from any directory."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p] + [str(REPO_ROOT)]
+    )
+    return env
+
+
 def free_port() -> int:
     import socket
 

@@ -20,6 +20,7 @@ Two passes, both safe beside a running server (docs/design/gc.md, "Checking the 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -69,21 +70,22 @@ class Report:
 
 
 class Progress(Protocol):
-    """Where fsck says how far it got (a progress bar, periodic lines, nothing)."""
+    """Where fsck says how far it got and what it found as it finds it (moorage/progress.py
+    shows it, cli_fsck.py says how a finding reads)."""
 
-    def stage(self, name: str, total: int | None, total_bytes: int | None) -> None:
-        """A pass begins: how many objects and bytes it expects (None: unknown)."""
+    def phase(self, name: str, items: int | None = None, nbytes: int = 0) -> None:
+        """A pass begins: how many objects (None: unknown) and bytes it expects."""
 
-    def advance(self, objects: int, nbytes: int) -> None: ...
+    def advance(self, items: int = 0, nbytes: int = 0) -> None: ...
 
     def found(self, finding: Finding) -> None: ...
 
 
 class Silent:
-    def stage(self, name: str, total: int | None, total_bytes: int | None) -> None:
+    def phase(self, name: str, items: int | None = None, nbytes: int = 0) -> None:
         pass
 
-    def advance(self, objects: int, nbytes: int) -> None:
+    def advance(self, items: int = 0, nbytes: int = 0) -> None:
         pass
 
     def found(self, finding: Finding) -> None:
@@ -112,7 +114,7 @@ class Fsck:
         verify: bool = False,
         delete: bool = False,
         progress: Progress | None = None,
-        stop: asyncio.Event | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.metadata = metadata
         self.storage = storage
@@ -120,7 +122,7 @@ class Fsck:
         self.verify = verify
         self.delete = delete
         self.progress = progress or Silent()
-        self.stop = stop or asyncio.Event()
+        self.stop = stop or threading.Event()
         self.report = Report()
 
     async def run(self) -> Report:
@@ -140,7 +142,7 @@ class Fsck:
 
     async def check_named(self) -> None:
         objects, nbytes = await self.metadata.fsck_totals()
-        self.progress.stage("blobs", objects, nbytes)
+        self.progress.phase("blobs", objects, nbytes)
         limit = asyncio.Semaphore(CONCURRENCY)
 
         async def check(named: NamedObject) -> None:
@@ -234,7 +236,7 @@ class Fsck:
     # -- 2. what nothing names -------------------------------------------------------------
 
     async def find_orphans(self) -> None:
-        self.progress.stage("objects", self.report.objects or None, None)
+        self.progress.phase("orphans", self.report.objects or None)
         batch: list[Listed] = []
         async for listed in self.storage.walk(paths.BLOBS):
             batch.append(listed)

@@ -14,7 +14,7 @@ from typing import Any
 from moorage.config import GCSettings
 from moorage.content.policy import Policy
 from moorage.metadata import MetadataStore
-from moorage.metadata.gc import Collected, Retention
+from moorage.metadata.gc import Collected, Progress, Retention, looked_at, silent
 from moorage.storage.objects import ObjectDriver
 
 log = logging.getLogger("moorage.gc")
@@ -69,10 +69,16 @@ class Collector:
         return Retention(rule.keep_last, cutoff, keep)
 
     async def cycle(
-        self, grace: float | None = None, dry_run: bool = False, pause: Any = None
+        self,
+        grace: float | None = None,
+        dry_run: bool = False,
+        pause: Any = None,
+        progress: Progress | None = None,
     ) -> Cycle:
         """One collection. `grace` overrides `gc.grace`; a dry run changes nothing and
-        reports what a cycle would delete now. `pause` is for tests (`gc_collect`)."""
+        reports what a cycle would delete now. `pause` is for tests; `progress` is told how
+        far each stage is and may raise to stop the cycle safely (`gc_collect`), the last
+        stage being "objects" (stored objects deleted)."""
         started = time.monotonic()
         cutoff = time.time() - (self.settings.grace if grace is None else grace)
         retention = self._retention if self.policy and self.policy.retention else None
@@ -82,21 +88,29 @@ class Collector:
             dry_run=dry_run,
             pause=pause,
             retention=retention,
+            progress=progress,
         )
-        deleted = 0 if dry_run else await self.delete_objects()
+        deleted = 0 if dry_run else await self.delete_objects(progress)
         cycle = Cycle(collected, deleted, time.monotonic() - started, dry_run)
         if not dry_run:
             log.info("garbage collection cycle", extra=cycle.summary())
         return cycle
 
-    async def delete_objects(self) -> int:
+    async def delete_objects(self, progress: Progress | None = None) -> int:
         """Delete every stored object queued for deletion, this cycle's and any an
-        interrupted cycle left; each is forgotten only once it is gone from storage."""
-        deleted = 0
+        interrupted cycle left; each is forgotten only once it is gone from storage (so
+        stopping between two, `progress` raising, leaves the rest queued)."""
+        report = progress or silent
+        deleted = looked = 0
+        report("objects", looked)
         while keys := await self.metadata.gc_pending():
-            # Several at once: each is a round trip (a thread hop, an S3 request).
+            # Several at once: each is a round trip (a thread hop, an S3 request); the rows are
+            # forgotten per group, only once the group is gone from storage.
             for first in range(0, len(keys), DELETES_AT_ONCE):
                 group = keys[first : first + DELETES_AT_ONCE]
                 await asyncio.gather(*(self.storage.delete(key) for key in group))
-            deleted += await self.metadata.gc_deleted(keys)
+                deleted += await self.metadata.gc_deleted(group)
+                for _ in group:
+                    looked = looked_at(report, "objects", looked)
+        report("objects", looked)
         return deleted

@@ -37,6 +37,15 @@ BATCH = 500  # candidates found per query
 # Candidates deleted per transaction, each checked again under its own row lock: fewer commits
 # (one per candidate made 100,000 deletions take ~10 minutes on SQLite), short transactions.
 PER_TRANSACTION = 100
+REPORT_EVERY = 100  # candidates between two calls of a cycle's `progress`
+
+Progress = Callable[[str, int], None]
+"""`progress(stage, done)`: how many candidates a stage has looked at so far (see
+`GCQueries.gc_collect`)."""
+
+
+def silent(stage: str, done: int) -> None:
+    """No progress shown (the server's own cycles)."""
 
 
 @dataclass(frozen=True)
@@ -315,6 +324,7 @@ class GCQueries:
         dry_run: bool = False,
         pause: Any = None,
         retention: Callable[[str], Retention | None] | None = None,
+        progress: Progress | None = None,
     ) -> Collected:
         """Delete the tags `retention(repository)` says to (first), then from the metadata
         what nothing has referred to since before `cutoff`: untagged manifests (with
@@ -326,17 +336,26 @@ class GCQueries:
         server's).
 
         `pause(stage, candidate)`, if given, is awaited for each candidate before the
-        transaction that deletes it (tests use it to
-        run a race at that exact point)."""
+        transaction that deletes it (tests use it to run a race at that exact point).
+
+        `progress(stage, done)` is called as each stage ("retention", then those of `_stages`)
+        starts, every REPORT_EVERY candidates and as it ends, with the candidates looked at
+        so far (retention: tags). On a dry run it is called inside the transaction, on the
+        thread that runs it (SQLite's writer): it must be quick and thread-safe. It may raise
+        to stop the cycle: a dry run is rolled back as always; a real cycle stops between two
+        transactions (each of up to PER_TRANSACTION deletions), so what it deleted stays
+        deleted, whole, and the next cycle carries on (objects queued in `gc_deletions`
+        included)."""
+        progress = progress or silent
         if dry_run:
 
             def dry(conn: Connection) -> Collected:
                 collected = Collected()
                 names = _names(conn)
                 if retention is not None:
-                    _retain_in(conn, retention, collected, names)
+                    _retain_in(conn, retention, collected, names, progress)
                 for stage in _stages(untagged):
-                    _run_stage_in(conn, stage, cutoff, collected, names)
+                    _run_stage_in(conn, stage, cutoff, collected, names, progress)
                 raise _DryRun(collected)
 
             try:
@@ -347,9 +366,9 @@ class GCQueries:
         collected = Collected()
         names = await self._read(_names)
         if retention is not None:
-            await self._retain(retention, collected, names)
+            await self._retain(retention, collected, names, progress)
         for stage in _stages(untagged):
-            await self._run_stage(stage, cutoff, collected, names, pause)
+            await self._run_stage(stage, cutoff, collected, names, pause, progress)
         return collected
 
     async def _retain(
@@ -357,7 +376,10 @@ class GCQueries:
         retention: Callable[[str], Retention | None],
         collected: Collected,
         names: dict[int, str],
+        progress: Progress,
     ) -> None:
+        done = 0
+        progress("retention", done)
         for repo_id, name in names.items():
             rule = retention(name)
             if rule is None:
@@ -372,6 +394,8 @@ class GCQueries:
                     return _retire_tag(conn, r, v, time.time())
 
                 _count_retired(collected, name, await self._write(retire, frees=True))
+                done = looked_at(progress, "retention", done)
+        progress("retention", done)
 
     async def _run_stage(
         self,
@@ -380,9 +404,12 @@ class GCQueries:
         collected: Collected,
         names: dict[int, str],
         pause: Any,
+        progress: Progress,
     ) -> None:
         after: Any = None
         deleted = False  # in this pass
+        looked = 0
+        progress(stage, looked)
         while True:
             query = _candidates(stage, cutoff, after)
 
@@ -394,6 +421,7 @@ class GCQueries:
                 if stage in _CASCADING and deleted:
                     after, deleted = None, False  # what the deleted ones kept: another pass
                     continue
+                progress(stage, looked)
                 return
             for first in range(0, len(batch), PER_TRANSACTION):
                 chunk = [tuple(candidate) for candidate in batch[first : first + PER_TRANSACTION]]
@@ -406,6 +434,7 @@ class GCQueries:
 
                 for candidate, done in zip(chunk, await self._write(some, frees=True), strict=True):
                     deleted |= _count(stage, candidate, done, collected, names)
+                    looked = looked_at(progress, stage, looked)
             after = _position(stage, batch[-1])
 
     async def gc_pending(self, limit: int = BATCH) -> list[str]:
@@ -565,23 +594,40 @@ def _count(
 
 
 def _run_stage_in(
-    conn: Connection, stage: Stage, cutoff: float, collected: Collected, names: dict[int, str]
+    conn: Connection,
+    stage: Stage,
+    cutoff: float,
+    collected: Collected,
+    names: dict[int, str],
+    progress: Progress,
 ) -> None:
     """A stage inside one transaction (the dry run): the same candidates and checks, each
     deletion seen by the next query."""
     after: Any = None
     deleted = False
+    looked = 0
+    progress(stage, looked)
     while True:
         batch = list(conn.execute(_candidates(stage, cutoff, after)).all())
         if not batch:
             if stage in _CASCADING and deleted:
                 after, deleted = None, False
                 continue
+            progress(stage, looked)
             return
         chunk = [tuple(candidate) for candidate in batch]
         for candidate, done in zip(chunk, _delete_chunk(conn, stage, chunk, cutoff), strict=True):
             deleted |= _count(stage, candidate, done, collected, names)
+            looked = looked_at(progress, stage, looked)
         after = _position(stage, batch[-1])
+
+
+def looked_at(progress: Progress, stage: str, looked: int) -> int:
+    """One more candidate looked at: tell `progress` every REPORT_EVERY."""
+    looked += 1
+    if looked % REPORT_EVERY == 0:
+        progress(stage, looked)
+    return looked
 
 
 def _position(stage: Stage, row: Any) -> Any:
@@ -594,11 +640,16 @@ def _retain_in(
     retention: Callable[[str], Retention | None],
     collected: Collected,
     names: dict[int, str],
+    progress: Progress,
 ) -> None:
     """Retention inside one transaction (the dry run)."""
     now = time.time()
+    done = 0
+    progress("retention", done)
     for repo_id, name in names.items():
         rule = retention(name)
         if rule is not None:
             for victim in _retention_victims(conn, repo_id, rule):
                 _count_retired(collected, name, _retire_tag(conn, repo_id, victim, now))
+                done = looked_at(progress, "retention", done)
+    progress("retention", done)

@@ -191,6 +191,54 @@ async def test_a_dry_run_reports_exactly_and_changes_nothing(make_client: MakeCl
     )
 
 
+class Stop(Exception):
+    pass
+
+
+class Watch:
+    """A cycle's `progress`: records each (stage, done); raises Stop as `stop_at` starts."""
+
+    def __init__(self, stop_at: str | None = None) -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.stop_at = stop_at
+
+    def __call__(self, stage: str, done: int) -> None:
+        if stage == self.stop_at:
+            raise Stop()
+        self.calls.append((stage, done))
+
+
+async def test_progress_sees_each_stage_and_can_stop_the_cycle(make_client: MakeClient) -> None:
+    """`progress` is told where each stage is; raising from it stops a dry run with nothing
+    changed, and a real cycle between two deletions, the next cycle doing the rest."""
+    client = await registry(make_client, "collect")
+    image = await push_image(client, "gc/app", "v1", layers=2)
+    await push_image(client, "gc/app", "v1")  # `image` is untagged now
+    collector = client.app[REGISTRY].collector
+    watch = Watch()
+    await collector.cycle(grace=0, dry_run=True, progress=watch)
+    assert watch.calls == [
+        ("manifests", 0), ("manifests", 1), ("v1", 0), ("v1", 0),
+        ("links", 0), ("links", 3), ("blobs", 0), ("blobs", 3),
+    ]  # fmt: skip
+    with pytest.raises(Stop):
+        await collector.cycle(grace=0, dry_run=True, progress=Watch(stop_at="blobs"))
+    await pullable(client, "gc/app", image)  # the manifest and links it had deleted are back
+
+    with pytest.raises(Stop):
+        await collector.cycle(grace=0, progress=Watch(stop_at="links"))
+    resp = await client.get(f"/v2/gc/app/manifests/{image.digest}")
+    await assert_error(resp, 404, "MANIFEST_UNKNOWN")  # deleted before the stop, and whole
+    for blob in [image.config, *image.layers]:
+        assert await stored_copies(client, blob) == 1  # their links were not reached
+    watch = Watch()
+    rest = await collector.cycle(grace=0, progress=watch)
+    assert rest.collected.manifests == 0 and rest.collected.links == 3
+    assert rest.objects_deleted == 3 and watch.calls[-2:] == [("objects", 0), ("objects", 3)]
+    for blob in [image.config, *image.layers]:
+        assert await stored_copies(client, blob) == 0
+
+
 async def test_an_upload_in_progress_is_not_touched(make_client: MakeClient) -> None:
     client = await registry(make_client)
     data = random_bytes(4000)

@@ -30,7 +30,7 @@ from moorage.app import open_storage
 from moorage.metadata import BlobRow, MetadataStore
 from moorage.storage import paths
 from moorage.storage.objects import ObjectDriver
-from tests.harness import REPO_ROOT, MakeServer, MoorageProcess
+from tests.harness import MakeServer, MoorageProcess, command_env
 from tests.images import MemoryImage, manifest_for, memory_image
 from tests.process.registry import Registry, sha256
 from tests.services.fixtures import ScaleOut
@@ -67,10 +67,7 @@ def _options(server: MoorageProcess) -> list[str]:
 
 async def fsck(server: MoorageProcess, *args: str, grace: str | None = None) -> tuple[int, str]:
     """Run `moorage fsck` on the server's data; its exit status and standard output."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p] + [str(REPO_ROOT)]
-    )
+    env = command_env()
     if grace is not None:
         env["MOORAGE_GC_GRACE"] = grace
     proc = await asyncio.create_subprocess_exec(
@@ -331,14 +328,6 @@ def fsck_argv(data_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "moorage", "fsck", "--data-dir", str(data_dir), *args]
 
 
-def fsck_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p] + [str(REPO_ROOT)]
-    )
-    return env
-
-
 async def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     """SIGINT in the middle of hashing a 32 GiB blob: fsck stops within a moment, prints
     what it did and says it did not finish (status 130), no traceback."""
@@ -349,12 +338,12 @@ async def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
         *fsck_argv(data_dir, "--verify-digests"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=fsck_env(),
+        env=command_env(),
     )
     try:
         assert proc.stderr is not None
         line = await asyncio.wait_for(proc.stderr.readline(), 30)
-        assert line.startswith(b"fsck: checking 4 objects"), line
+        assert line.startswith(b"fsck: blobs: 0/4 objects"), line
         await asyncio.sleep(1)  # hashing the big one by now
         proc.send_signal(signal.SIGINT)
         signalled = time.monotonic()
@@ -377,7 +366,7 @@ def test_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     asyncio.run(store_with(data_dir, [zeros((3 << 20) + n) for n in range(3)]))
     master, slave = pty.openpty()
-    env = {**fsck_env(), "COLUMNS": "160", "TERM": "xterm"}
+    env = {**command_env(), "COLUMNS": "160", "TERM": "xterm"}
     proc = subprocess.Popen(
         fsck_argv(data_dir), stdout=subprocess.PIPE, stderr=slave, env=env, close_fds=True
     )
@@ -398,7 +387,7 @@ def test_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     screen = shown.decode(errors="replace")
     assert "blobs" in screen and "orphans" in screen, screen
     assert "3/3 objects 9.0 MiB/9.0 MiB" in screen, screen  # counts, bytes and the totals
-    assert "no problems found" in out and "fsck: checking" not in screen
+    assert "no problems found" in out and "fsck: blobs:" not in screen
 
 
 def test_a_check_that_cannot_run_exits_2(tmp_path: Path) -> None:
@@ -409,7 +398,7 @@ def test_a_check_that_cannot_run_exits_2(tmp_path: Path) -> None:
         fsck_argv(tmp_path / "data", "--config", str(config_file)),
         capture_output=True,
         text=True,
-        env=fsck_env(),
+        env=command_env(),
         timeout=60,
         check=False,
     )
