@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import click
 
 from moorage import __version__, config, logs
+from moorage.cli_common import data_options, metadata_of, registry_of
 from moorage.cli_doctor import doctor
 from moorage.cli_fsck import fsck
 from moorage.cli_import import import_group
@@ -128,18 +129,6 @@ def db() -> None:
     """The metadata database's schema (migrations: docs/deploy/upgrades.md)."""
 
 
-def _db_options(command: Callable[..., None]) -> Callable[..., None]:
-    command = click.option(
-        "--data-dir", type=click.Path(path_type=Path), help="Where blobs and metadata live."
-    )(command)
-    return click.option(
-        "--config",
-        "config_file",
-        type=click.Path(path_type=Path, exists=True),
-        help="YAML configuration file.",
-    )(command)
-
-
 def _metadata_url(config_file: Path | None, data_dir: Path | None) -> str:
     try:
         return config.load(config_file, datadir=data_dir).metadata_url
@@ -168,7 +157,7 @@ def _shown(url: str) -> str:
 
 
 @db.command("current")
-@_db_options
+@data_options
 def db_current(config_file: Path | None, data_dir: Path | None) -> None:
     """Print the schema revision of the metadata database and whether it is at head."""
     from moorage.metadata import migrations
@@ -183,7 +172,7 @@ def db_current(config_file: Path | None, data_dir: Path | None) -> None:
 
 
 @db.command("upgrade")
-@_db_options
+@data_options
 def db_upgrade(config_file: Path | None, data_dir: Path | None) -> None:
     """Migrate the metadata database to the head revision (once, however many run it at once)."""
     from moorage.metadata import migrations
@@ -199,7 +188,7 @@ def db_upgrade(config_file: Path | None, data_dir: Path | None) -> None:
 
 
 @main.command("gc")
-@_db_options
+@data_options
 @click.option("--dry-run", is_flag=True, help="Report what a cycle would free; change nothing.")
 @click.option(
     "--grace",
@@ -260,10 +249,6 @@ _GC_STAGES = {"v1": "v1 images"}
 async def _gc(
     settings: config.Settings, grace: float | None, dry_run: bool, display: Progress
 ) -> Any:
-    from moorage.app import open_storage
-    from moorage.content.gc import Collector
-    from moorage.metadata import MetadataStore, migrations
-
     where = "the dry run, which changes nothing" if dry_run else "between two deletions"
     stop = display.stop_on_interrupt(f"stopping {where} (Ctrl-C again to abort)")
 
@@ -274,22 +259,12 @@ async def _gc(
             raise _Stopped()
         display.count(_GC_STAGES.get(stage, stage), done, _GC_UNITS.get(stage, "candidates"))
 
-    storage = await open_storage(settings)
-    metadata = MetadataStore(settings.metadata_url)
-    try:
-        try:
-            await metadata.open()
-        except migrations.SchemaError as exc:
-            raise click.ClickException(str(exc)) from exc
-        collector = Collector(metadata, storage, settings.gc)
-        return await collector.cycle(grace, dry_run, progress=progress)
-    finally:
-        await metadata.close()
-        await storage.close()
+    async with registry_of(settings) as registry:
+        return await registry.collector.cycle(grace, dry_run, progress=progress)
 
 
 @main.command("usage")
-@_db_options
+@data_options
 @click.argument("namespace", required=False)
 def usage_command(config_file: Path | None, data_dir: Path | None, namespace: str | None) -> None:
     """Print the storage used per namespace (each stored blob counted once per namespace),
@@ -305,15 +280,8 @@ def usage_command(config_file: Path | None, data_dir: Path | None, namespace: st
 
 
 async def _usage(settings: config.Settings, namespace: str | None) -> list[str]:
-    from moorage.metadata import MetadataStore, migrations
-
     quotas = {q.namespace.strip("/"): q.bytes for q in settings.quotas}
-    metadata = MetadataStore(settings.metadata_url)
-    try:
-        try:
-            await metadata.open()
-        except migrations.SchemaError as exc:
-            raise click.ClickException(str(exc)) from exc
+    async with metadata_of(settings) as metadata:
         if namespace:
             wanted = [namespace.strip("/")]
         else:
@@ -327,8 +295,6 @@ async def _usage(settings: config.Settings, namespace: str | None) -> list[str]:
                 line += f", quota {human_bytes(quotas[ns])} ({share:.0f}% used)"
             lines.append(line)
         return lines
-    finally:
-        await metadata.close()
 
 
 @main.group()

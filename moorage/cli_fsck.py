@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import click
 
 from moorage import config, logs
+from moorage.cli_common import data_options, registry_of
 from moorage.progress import Progress, human_bytes
 
 if TYPE_CHECKING:
@@ -65,21 +66,13 @@ def summary(report: Report, verify: bool, delete: bool) -> list[str]:
 
 
 async def _run(settings: config.Settings, verify: bool, delete: bool, display: Display) -> Report:
-    from moorage.app import open_storage
     from moorage.content.fsck import Fsck
-    from moorage.metadata import MetadataStore, migrations
 
     stop = display.stop_on_interrupt("stopping after the objects in hand (Ctrl-C again to abort)")
-    storage = await open_storage(settings)
-    metadata = MetadataStore(settings.metadata_url)
-    try:
-        try:
-            await metadata.open()
-        except migrations.SchemaError as exc:
-            raise CannotRun(str(exc)) from exc
+    async with registry_of(settings, refused=CannotRun) as registry:
         fsck = Fsck(
-            metadata,
-            storage,
+            registry.metadata,
+            registry.blobs.storage,
             settings.gc.grace,
             verify=verify,
             delete=delete,
@@ -87,9 +80,6 @@ async def _run(settings: config.Settings, verify: bool, delete: bool, display: D
             stop=stop,
         )
         return await fsck.run()
-    finally:
-        await metadata.close()
-        await storage.close()
 
 
 def _first_error(exc: BaseException) -> BaseException:
@@ -99,13 +89,7 @@ def _first_error(exc: BaseException) -> BaseException:
 
 
 @click.command("fsck")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Where blobs and metadata live.")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path, exists=True),
-    help="YAML configuration file.",
-)
+@data_options
 @click.option("--verify-digests", is_flag=True, help="Also hash every blob (reads everything).")
 @click.option(
     "--delete", is_flag=True, help="Remove the orphans found (objects no metadata names)."

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from moorage import config, logs
+from moorage.cli_common import data_options, registry_of
 
 if TYPE_CHECKING:  # imported where it runs: it would slow the start of every other command
     from moorage.content.importer import Report
@@ -24,13 +25,7 @@ def import_group() -> None:
 
 @import_group.command("distribution")
 @click.argument("path", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--data-dir", type=click.Path(path_type=Path), help="Where blobs and metadata live.")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(path_type=Path, exists=True),
-    help="YAML configuration file.",
-)
+@data_options
 def distribution(path: Path, data_dir: Path | None, config_file: Path | None) -> None:
     """Import a CNCF Distribution (docker-registry 2.x) storage root: PATH is its filesystem
     `rootdirectory`. Repositories, blobs (hard-linked where the storage allows, else copied,
@@ -67,24 +62,12 @@ def distribution(path: Path, data_dir: Path | None, config_file: Path | None) ->
 
 
 async def _run(settings: config.Settings, root: Path, report: Report) -> None:
-    from moorage.app import open_storage
     from moorage.content.importer import DistributionImport
-    from moorage.content.registry import Registry
-    from moorage.metadata import MetadataStore, migrations
     from moorage.progress import Progress
 
-    storage = await open_storage(settings)
-    metadata = MetadataStore(settings.metadata_url)
-    registry = Registry(settings, storage, metadata)
-    try:
-        try:
-            await metadata.open()
-        except migrations.SchemaError as exc:
-            raise click.ClickException(str(exc)) from exc
+    async with registry_of(settings) as registry:
         with Progress("import") as progress:
             await DistributionImport(root, registry, progress, report).run()
-    finally:
-        await registry.close()
 
 
 def _show(report: Report, root: Path, seconds: float, verb: str) -> None:

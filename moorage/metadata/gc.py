@@ -237,6 +237,16 @@ def _retire_tag(
         ).scalar()
     ):
         return True, False
+    return True, drop_manifest(conn, repo_id, digest, now)
+
+
+def drop_manifest(conn: Connection, repo_id: int, digest: str, now: float) -> bool:
+    """Delete a manifest as a user's delete does (its tags are the caller's business): what
+    it referenced in the repository (blob links, child manifests, its referrers) starts its
+    grace period now. Whether there was such a manifest."""
+    deleted = conn.execute(delete(_m).where(_m.c.repository_id == repo_id, _m.c.digest == digest))
+    if not deleted.rowcount:
+        return False
     children = select(_mr.c.child).where(_mr.c.repository_id == repo_id, _mr.c.digest == digest)
     conn.execute(
         update(_rb)
@@ -251,10 +261,9 @@ def _retire_tag(
         )
         .values(touched=now)
     )
-    conn.execute(delete(_m).where(_m.c.repository_id == repo_id, _m.c.digest == digest))
     conn.execute(delete(_mr).where(_mr.c.repository_id == repo_id, _mr.c.digest == digest))
     conn.execute(delete(_mi).where(_mi.c.repository_id == repo_id, _mi.c.manifest_digest == digest))
-    return True, True
+    return True
 
 
 def _count_retired(collected: Collected, name: str, done: tuple[bool, bool]) -> None:

@@ -61,7 +61,7 @@ from moorage.metadata import dialect, globs, migrations, reserve
 from moorage.metadata import schema as t
 from moorage.metadata.events import EventQueries
 from moorage.metadata.fsck import FsckQueries
-from moorage.metadata.gc import GCQueries
+from moorage.metadata.gc import GCQueries, drop_manifest
 from moorage.metadata.v1 import V1Queries
 
 if TYPE_CHECKING:
@@ -912,34 +912,11 @@ class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries):
                 return False
             if frozen:
                 self._refuse_frozen(conn, repo_id, digest, frozen)
-            m = t.manifests
-            result = conn.execute(
-                delete(m).where(m.c.repository_id == repo_id, m.c.digest == digest)
-            )
-            if not result.rowcount:
+            if not drop_manifest(conn, repo_id, digest, time.time()):
                 return False
             conn.execute(
                 delete(t.tags).where(t.tags.c.repository_id == repo_id, t.tags.c.digest == digest)
             )
-            mr, rb = t.manifest_references, t.repository_blobs
-            children = select(mr.c.child).where(
-                mr.c.repository_id == repo_id, mr.c.digest == digest
-            )
-            now = time.time()
-            conn.execute(
-                update(rb)
-                .where(rb.c.repository_id == repo_id, rb.c.digest.in_(children))
-                .values(touched=now)
-            )
-            conn.execute(
-                update(m)
-                .where(
-                    m.c.repository_id == repo_id,
-                    m.c.digest.in_(children) | (m.c.subject == digest),
-                )
-                .values(touched=now)
-            )
-            conn.execute(delete(mr).where(mr.c.repository_id == repo_id, mr.c.digest == digest))
             return True
 
         return await self._write(work, frees=True)
