@@ -13,6 +13,7 @@ from moorage import __version__, config, logs
 from moorage.cli_doctor import doctor
 from moorage.cli_fsck import fsck
 from moorage.cli_import import import_group
+from moorage.cli_tls import tls
 
 T = TypeVar("T")
 
@@ -25,6 +26,7 @@ def main() -> None:
 
 main.add_command(fsck)
 main.add_command(doctor)
+main.add_command(tls)
 
 
 @main.command()
