@@ -5,10 +5,15 @@ the `certs_d` fixture and removed afterwards). A second run keeps the CA, so tha
 verifying the server's new certificate after a SIGHUP; `--force` makes a CA it no longer trusts.
 
 The server is `moorage serve --config FILE` with nothing but what `tls init` wrote into FILE to
-make it serve HTTPS; clients call it `localhost:PORT` (it listens on 127.0.0.1 only)."""
+make it serve HTTPS. For skopeo and podman clients call it `localhost:PORT` (it listens on
+127.0.0.1 only). docker never verifies a registry on 127.0.0.0/8, so its test puts the server
+and a private dockerd in a network namespace of their own, the server on 10.77.0.1 (a veth
+pair inside it, unreachable from outside), and docker pushes and pulls through
+`/etc/docker/certs.d/10.77.0.1:5443/ca.crt` after refusing the certificate without it."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,7 +22,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,12 +31,18 @@ from cryptography import x509
 
 from tests.clients.conftest import (
     CONTAINERS_CERTS_D,
+    DOCKER_CERTS_D,
     ContainersRun,
     Registry,
     clean_env,
+    pushed_digest,
+    require_binary,
+    running_dockerd,
     served_serial,
+    stop_process,
+    tail,
 )
-from tests.harness import LOOPBACK, MoorageProcess
+from tests.harness import LOOPBACK, REPO_ROOT, MoorageProcess
 from tests.images import make_image, tagged_digest
 
 pytestmark = pytest.mark.clients
@@ -175,3 +186,107 @@ def test_tls_init_steps_make_skopeo_and_podman_verify_the_registry(
         if state is not None:
             state.cleanup()
         server.cleanup()
+
+
+# ---------------------------------------------------------------------------------------------
+# docker, which verifies only off 127.0.0.0/8: the server and a private dockerd in a network
+# namespace of their own, the server at 10.77.0.1 on a veth pair that exists only in there.
+
+NETNS_ADDRESS = "10.77.0.1"
+NETNS_PORT = 5443
+SERVING_TIMEOUT = 30.0
+
+
+@contextlib.contextmanager
+def network_namespace() -> Iterator[str]:
+    """A new network namespace with loopback up and NETNS_ADDRESS on a veth pair inside it;
+    yields its `nsenter` option. Deleted at the end (its interfaces go with it)."""
+    ip = require_binary("ip")
+    name = f"moorage-tls-{os.getpid()}"
+    subprocess.run([ip, "netns", "add", name], check=True, timeout=30)
+    try:
+        for args in (
+            ["link", "set", "lo", "up"],
+            ["link", "add", "mrg0", "type", "veth", "peer", "name", "mrg1"],
+            ["addr", "add", f"{NETNS_ADDRESS}/24", "dev", "mrg0"],
+            ["link", "set", "mrg0", "up"],
+            ["link", "set", "mrg1", "up"],
+        ):
+            subprocess.run([ip, "-n", name, *args], check=True, timeout=30)
+        yield f"--net=/run/netns/{name}"
+    finally:
+        subprocess.run([ip, "netns", "delete", name], check=False, timeout=30)
+
+
+@contextlib.contextmanager
+def serving_in(namespace: str, base: Path, config: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`moorage serve --config` in the namespace (nsenter execs it: the PID is the server's),
+    up once it logs that it serves; stopped by its PID."""
+    log = base / "moorage.log"
+    env = clean_env(PYTHONPATH=str(REPO_ROOT), MOORAGE_HTTP_DRAINTIMEOUT="0")
+    serve = [sys.executable, "-m", "moorage", "serve", "--config", str(config)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [require_binary("nsenter"), namespace, *serve],
+            env=env,
+            cwd=base,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + SERVING_TIMEOUT
+        while "serving on" not in log.read_text(errors="replace"):
+            assert proc.poll() is None, f"moorage exited:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"moorage did not start:\n{tail(log)}"
+            time.sleep(0.1)
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+def test_tls_init_steps_make_docker_verify_the_registry(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, certs_d: CertsD
+) -> None:
+    data, config = tmp_path / "data", tmp_path / "moorage.yml"
+    config.write_text(f"listen: {NETNS_ADDRESS}:{NETNS_PORT}\ndatadir: {data}\n")
+    name = f"{NETNS_ADDRESS}:{NETNS_PORT}"
+    ca = data / "tls" / "ca.crt"
+    output = tls_init("--host", NETNS_ADDRESS, "--config", config)
+    trusted = printed_ca_path(output, DOCKER_CERTS_D, name, ca)
+
+    with (
+        network_namespace() as namespace,
+        serving_in(namespace, tmp_path, config) as server,
+    ):
+        registry = Registry(
+            f"https://{name}", name, server.pid, data, tmp_path / "moorage.log", ca=ca
+        )
+        base = tmp_path_factory.mktemp("dk")
+        nsenter = [require_binary("nsenter"), namespace]
+        with running_dockerd(base, registry, prefix=nsenter) as docker:
+            state = ContainersRun(tmp_path / "containers", registry)
+            try:
+                img = make_image(tmp_path / "layout", layers=[65536, 2048], seed=911, tag="v1")
+                archive = tmp_path / "image.tar"
+                remote = registry.name("tls/docker", "v1")
+                state.skopeo()("copy", img.ref, f"docker-archive:{archive}:{remote}")
+            finally:
+                state.cleanup()
+            docker("load", "-i", archive)
+            image_id = docker("image", "inspect", "--format", "{{.Id}}", remote).stdout.strip()
+            assert image_id == img.config.digest
+
+            # Off 127.0.0.0/8 docker verifies: it refuses the certificate before the step...
+            refused = docker("push", remote, check=False)
+            assert refused.returncode != 0, refused.stdout
+            assert UNTRUSTED in refused.stdout + refused.stderr, refused.stdout + refused.stderr
+
+            # ...and pushes and pulls once the CA is where the printed step puts it.
+            assert certs_d(DOCKER_CERTS_D, name, ca) == trusted
+            pushed = pushed_digest(docker("push", remote).stdout, "v1")
+            docker("rmi", remote)
+            pulled = docker("pull", remote).stdout
+            assert f"Digest: {pushed}" in pulled, pulled
+            again = docker("image", "inspect", "--format", "{{.Id}}", remote).stdout.strip()
+            assert again == image_id
