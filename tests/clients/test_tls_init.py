@@ -9,7 +9,9 @@ make it serve HTTPS. For skopeo and podman clients call it `localhost:PORT` (it 
 127.0.0.1 only). docker never verifies a registry on 127.0.0.0/8, so its test puts the server
 and a private dockerd in a network namespace of their own, the server on 10.77.0.1 (a veth
 pair inside it, unreachable from outside), and docker pushes and pulls through
-`/etc/docker/certs.d/10.77.0.1:5443/ca.crt` after refusing the certificate without it."""
+`/etc/docker/certs.d/10.77.0.1:5443/ca.crt` after refusing the certificate without it. A
+private containerd pulls and pushes with ctr through the printed hosts.toml and ca.crt in
+`/etc/containerd/certs.d/HOST:PORT/`, until `--force` makes a CA it does not trust."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import ssl
 import subprocess
@@ -37,17 +40,19 @@ from tests.clients.conftest import (
     clean_env,
     pushed_digest,
     require_binary,
+    run,
     running_dockerd,
     served_serial,
     stop_process,
     tail,
 )
 from tests.harness import LOOPBACK, REPO_ROOT, MoorageProcess
-from tests.images import make_image, tagged_digest
+from tests.images import make_image, sha256_digest, tagged_digest
 
 pytestmark = pytest.mark.clients
 
 CertsD = Callable[[Path, str, Path], Path]
+ContainersFor = Callable[[Registry], ContainersRun]
 UNTRUSTED = "x509: certificate signed by unknown authority"
 RELOAD_TIMEOUT = 15.0
 
@@ -90,9 +95,11 @@ def serial_of(path: Path) -> int:
     return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
 
 
-def test_tls_init_steps_make_skopeo_and_podman_verify_the_registry(
-    tmp_path: Path, certs_d: CertsD
-) -> None:
+@contextlib.contextmanager
+def localhost_registry(tmp_path: Path) -> Iterator[tuple[MoorageProcess, Registry, str]]:
+    """`tls init --host localhost --ip 127.0.0.1 --data-dir D --config C`, then `moorage
+    serve --config C` on 127.0.0.1 (HTTPS by what tls init wrote); yields the server, the
+    registry as clients name it (`localhost:PORT`) and the printed steps. Stopped by its PID."""
     base, data = tmp_path / "server", tmp_path / "server" / "data"
     config = tmp_path / "moorage.yml"
     server = MoorageProcess(data, base, args=["--config", config], base_env=clean_env())
@@ -100,7 +107,6 @@ def test_tls_init_steps_make_skopeo_and_podman_verify_the_registry(
     name = f"localhost:{server.port}"
     tls = data / "tls"
     ca = tls / "ca.crt"
-
     output = tls_init(
         "--host", "localhost", "--ip", LOOPBACK, "--data-dir", data, "--config", config
     )
@@ -108,17 +114,31 @@ def test_tls_init_steps_make_skopeo_and_podman_verify_the_registry(
         "certificate": str(tls / "server.crt"),
         "key": str(tls / "server.key"),
     }
-    trusted = printed_ca_path(output, CONTAINERS_CERTS_D, name, ca)
-
     server.ssl_context = ssl.create_default_context(cafile=str(ca))
-    state: ContainersRun | None = None
     try:
         server.start_sync()
         assert server.proc is not None
-        registry = Registry(
-            f"https://{name}", name, server.pid, data, server.log_path, ca=ca, proc=server.proc
+        yield (
+            server,
+            Registry(
+                f"https://{name}", name, server.pid, data, server.log_path, ca=ca, proc=server.proc
+            ),
+            output,
         )
-        state = ContainersRun(tmp_path / "containers", registry)
+    finally:
+        server.cleanup()
+
+
+def test_tls_init_steps_make_skopeo_and_podman_verify_the_registry(
+    tmp_path: Path, certs_d: CertsD, containers_for: ContainersFor
+) -> None:
+    with localhost_registry(tmp_path) as (server, registry, output):
+        name, ca, data = registry.host, registry.ca, registry.data_dir
+        tls = data / "tls"
+        assert ca is not None
+        config = tmp_path / "moorage.yml"
+        trusted = printed_ca_path(output, CONTAINERS_CERTS_D, name, ca)
+        state = containers_for(registry)
         skopeo, podman = state.skopeo(), state.podman()
 
         img = make_image(tmp_path / "layout", layers=[131072, 4096], seed=907, tag="v1")
@@ -182,10 +202,6 @@ def test_tls_init_steps_make_skopeo_and_podman_verify_the_registry(
         stale = skopeo("inspect", "--tls-verify=true", "--raw", dest, check=False)
         assert stale.returncode != 0 and UNTRUSTED in stale.stderr, stale.stderr
         assert re.search(r"reloaded TLS certificate", server.log_path.read_text())
-    finally:
-        if state is not None:
-            state.cleanup()
-        server.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,3 +306,111 @@ def test_tls_init_steps_make_docker_verify_the_registry(
             assert f"Digest: {pushed}" in pulled, pulled
             again = docker("image", "inspect", "--format", "{{.Id}}", remote).stdout.strip()
             assert again == image_id
+
+
+# ---------------------------------------------------------------------------------------------
+# containerd: a private containerd and ctr, through the printed hosts.toml in
+# /etc/containerd/certs.d/HOST:PORT/ (ctr --hosts-dir, as the steps say).
+
+CONTAINERD_CERTS_D = Path("/etc/containerd/certs.d")
+CONTAINERD_START_TIMEOUT = 30.0
+
+
+def printed_hosts_toml(output: str, directory: Path) -> str:
+    """The hosts.toml the printed steps write into `directory` (a shell here-document)."""
+    match = re.search(
+        rf"cat > {re.escape(str(directory))}/hosts.toml <<'EOF'\n(.*?)\nEOF\n", output, re.S
+    )
+    assert match, output
+    return match.group(1) + "\n"
+
+
+@contextlib.contextmanager
+def private_containerd(base: Path) -> Iterator[list[str]]:
+    """containerd with all its state under `base` (the CRI plugin and /opt/containerd off);
+    yields the ctr command that talks to it; stopped by its PID."""
+    config = base / "containerd.toml"
+    off = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"]
+    config.write_text(f"version = 2\ndisabled_plugins = {json.dumps(off)}\n")
+    sock = base / "c.sock"
+    log = base / "containerd.log"
+    dirs = ["--root", str(base / "root"), "--state", str(base / "state")]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [require_binary("containerd"), "--config", str(config), "--address", str(sock), *dirs],
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    ctr = [require_binary("ctr"), "--address", str(sock), "--namespace", "moorage-test"]
+    try:
+        deadline = time.monotonic() + CONTAINERD_START_TIMEOUT
+        while run([*ctr, "version"], check=False, timeout=10).returncode != 0:
+            assert proc.poll() is None, f"containerd exited:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"containerd did not start:\n{tail(log)}"
+            time.sleep(0.2)
+        yield ctr
+    finally:
+        stop_process(proc)
+        shutil.rmtree(base / "root", ignore_errors=True)
+        shutil.rmtree(base / "state", ignore_errors=True)
+
+
+def test_tls_init_steps_make_containerd_verify_the_registry(
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    certs_d: CertsD,
+    containers_for: ContainersFor,
+) -> None:
+    with localhost_registry(tmp_path) as (server, registry, output):
+        name, ca, data = registry.host, registry.ca, registry.data_dir
+        assert ca is not None
+        hosts_dir = CONTAINERD_CERTS_D / name
+        assert f"cp {ca} {hosts_dir / 'ca.crt'}\n" in output, output
+        hosts_toml = printed_hosts_toml(output, hosts_dir)
+        assert f'ca = "{hosts_dir / "ca.crt"}"' in hosts_toml
+
+        # An image in the registry, pushed by skopeo trusting the CA through a --cert-dir.
+        img = make_image(tmp_path / "layout", layers=[65536, 2048], seed=913, tag="v1")
+        cert_dir = tmp_path / "cert-dir"
+        cert_dir.mkdir()
+        shutil.copyfile(ca, cert_dir / "ca.crt")
+        skopeo = containers_for(registry).skopeo()
+        skopeo("copy", "--dest-cert-dir", cert_dir, img.ref, registry.ref("tls/ctr", "v1"))
+
+        ref = registry.name("tls/ctr", "v1")
+        with private_containerd(tmp_path_factory.mktemp("ctd")) as ctr:
+            pull = [*ctr, "images", "pull", "--hosts-dir", str(CONTAINERD_CERTS_D)]
+            pull += ["--snapshotter", "native"]
+            # Without hosts.toml containerd speaks plain HTTP to localhost, which fails.
+            assert run([*pull, ref], check=False).returncode != 0
+
+            assert certs_d(CONTAINERD_CERTS_D, name, ca) == hosts_dir / "ca.crt"
+            (hosts_dir / "hosts.toml").write_text(hosts_toml)
+            try:
+                run([*pull, ref])
+                listed = run([*ctr, "images", "list", "--quiet"]).stdout.split()
+                assert ref in listed
+                digest = run([*ctr, "images", "list"]).stdout
+                assert img.digest in digest, digest
+                pushed = registry.name("tls/ctr", "v2")
+                run([*ctr, "images", "tag", ref, pushed])
+                run([*ctr, "images", "push", "--hosts-dir", str(CONTAINERD_CERTS_D), pushed])
+                served = skopeo(
+                    "inspect", "--cert-dir", cert_dir, "--raw", registry.ref("tls/ctr", "v2")
+                )
+                assert sha256_digest(served.stdout.encode()) == img.digest
+
+                # A new CA that containerd has not been given: it refuses the server.
+                tls_init(
+                    "--host", "localhost", "--ip", LOOPBACK, "--data-dir", data, "--force"
+                )  # fmt: skip
+                os.kill(server.pid, signal.SIGHUP)
+                wait_for_serial(server.port, ca, serial_of(data / "tls" / "server.crt"), server)
+                run([*ctr, "images", "rm", ref])
+                run([*ctr, "content", "rm", img.digest], check=False)
+                refused = run([*pull, ref], check=False)
+                assert refused.returncode != 0 and UNTRUSTED in refused.stderr, refused.stderr
+            finally:
+                (hosts_dir / "hosts.toml").unlink(missing_ok=True)
