@@ -14,6 +14,7 @@ from moorage.cli_common import data_options, metadata_of, registry_of
 from moorage.cli_doctor import doctor
 from moorage.cli_fsck import fsck
 from moorage.cli_import import import_group
+from moorage.cli_tls import tls
 from moorage.progress import Progress, human_bytes
 
 T = TypeVar("T")
@@ -27,6 +28,7 @@ def main() -> None:
 
 main.add_command(fsck)
 main.add_command(doctor)
+main.add_command(tls)
 
 
 @main.command()

@@ -836,11 +836,12 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Ite
 
 
 @contextlib.contextmanager
-def running_dockerd(base: Path, registry: Registry) -> Iterator[Docker]:
+def running_dockerd(base: Path, registry: Registry, prefix: Sequence[str] = ()) -> Iterator[Docker]:
     """dockerd with vfs and no networking, all state under `base` (keep it short: the socket
     path must fit in 108 bytes), its own containerd namespaces (named after `base`, so two
     daemons never share one); stopped by its PID. `registry` only names the log shown when a
-    command fails."""
+    command fails. `prefix` runs it through a command that execs it (so the PID stays its
+    own), such as `nsenter --net=...` into a network namespace."""
     dockerd_bin = require_binary("dockerd")
     docker_bin = _docker_cli(dockerd_bin)
     # A unix socket path must stay under 108 bytes; pytest's temp paths can be long.
@@ -858,6 +859,7 @@ def running_dockerd(base: Path, registry: Registry) -> Iterator[Docker]:
     with log.open("wb") as log_file:
         proc = subprocess.Popen(
             [
+                *prefix,
                 dockerd_bin,
                 "--config-file",
                 str(daemon_json),
