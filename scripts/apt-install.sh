@@ -67,7 +67,8 @@ echo "  apt-get update"
 step apt-get update
 if [ ! -e "$policy" ]; then
     own_policy=1
-    printf '#!/bin/sh\n# scripts/apt-install.sh (Moorage), while it installs: start nothing.\nexit 101\n' \
+    printf '#!/bin/sh\n# %s\nexit 101\n' \
+        "scripts/apt-install.sh (Moorage), for the duration of its install: start nothing" \
         >"$policy"
     chmod 755 "$policy"
 fi

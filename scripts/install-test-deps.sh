@@ -70,7 +70,7 @@ if ! in_venv && externally_managed; then
   source scripts/venv.sh
 fi
 
-echo "Installing Moorage (editable) and its test dependencies (pip, versions from constraints.txt)"
+echo "Installing Moorage (editable) and its test dependencies (pip, constraints.txt)"
 bash scripts/pip-install.sh -e '.[test]'
 
 # Report what was installed, so a failed run shows what is missing.

@@ -11,36 +11,28 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "Installing Moorage in $PWD/.venv"
 # shellcheck source=scripts/venv.sh
 source scripts/venv.sh
-echo "Installing Moorage and its dependencies (pip, versions from constraints.txt)"
+echo "Installing Moorage and its dependencies into ./.venv (pip, versions from constraints.txt)"
 bash scripts/pip-install.sh .
 
 moorage=$PWD/.venv/bin/moorage
 link=/usr/local/bin/moorage
 command=$moorage
-if [ "$(id -u)" -eq 0 ]; then
-    if [ -L "$link" ] && [ "$(readlink "$link")" = "$moorage" ]; then
-        command=moorage
-    elif [ -e "$link" ] || [ -L "$link" ]; then
-        echo "Not linking $link: something else is there ($(readlink -f "$link"))"
-    else
-        mkdir -p "${link%/*}"
-        ln -s "$moorage" "$link"
-        echo "Linked $link -> $moorage: \`moorage\` works from any directory"
-        command=moorage
-    fi
-fi
-if [ "$command" != moorage ]; then
-    echo "The command is $moorage (not on the PATH; run this as root to link it from $link)"
+if [ "$(id -u)" -ne 0 ]; then
+    echo "The command is $moorage (run this as root to put it on the PATH as $link)"
+elif [ -L "$link" ] && [ "$(readlink "$link")" = "$moorage" ]; then
+    command=moorage
+elif [ -e "$link" ] || [ -L "$link" ]; then
+    echo "Not linking $link: something else is there ($(readlink -f "$link")); the command" \
+        "is $moorage"
+else
+    mkdir -p "${link%/*}"
+    ln -s "$moorage" "$link"
+    echo "Linked $link -> $moorage: \`moorage\` works from any directory"
+    command=moorage
 fi
 
-if "$moorage" service --help >/dev/null 2>&1; then
-    service="stop this one, then run \`$command service install\`"
-else
-    service="run \`$moorage serve\` from $PWD under your service manager"
-fi
 if [ "$#" -eq 0 ] && ! env | grep -q '^MOORAGE_'; then
     # The defaults: when something answers there already, `moorage serve` says what in one line.
     if (exec 3<>/dev/tcp/127.0.0.1/5000) 2>/dev/null; then
@@ -55,7 +47,8 @@ cat <<EOF
 Starting Moorage in the foreground (\`$command serve${*:+ $*}\`).
 $where
 Stop it with Ctrl-C.
-To run it as a service instead (in the background, started at boot): $service.
+To run it as a service instead (in the background, started at boot, data in /var/lib/moorage):
+stop this one, then \`$command service install\` and \`systemctl enable --now moorage\`.
 
 EOF
 exec "$moorage" serve "$@"

@@ -9,12 +9,15 @@ if [ ! -x .venv/bin/python ]; then
         bash scripts/apt-install.sh python3-venv || return 1
     fi
     echo "Creating the Python environment ./.venv"
+    venv_made=
+    [ -e .venv ] || venv_made=1
     if ! venv_output=$(python3 -m venv .venv 2>&1); then
         echo "venv.sh: 'python3 -m venv .venv' failed:" >&2
         echo "$venv_output" >&2
-        rm -rf .venv
+        # Half made (no pip, say) it would pass for a whole one next time.
+        [ -z "$venv_made" ] || rm -rf .venv
         return 1
     fi
-    unset venv_output
+    unset venv_made venv_output
 fi
 export PATH="$PWD/.venv/bin:$PATH"
