@@ -7,28 +7,16 @@
 # Installs what it needs, then runs bench/bench.py with the arguments given (see
 # `bash bench/run.sh --help` and docs/performance.md):
 #   apt: docker-registry (CNCF Distribution 2.8, run by hand, not as the system service),
-#        wrk, hey, skopeo, curl
-#   pip: Moorage itself (editable) plus psutil and aiohttp, into the active virtualenv, else
-#        into ./.venv when it exists or the system Python is externally managed (scripts/venv.sh
-#        creates it), else into the python3 on PATH.
+#        wrk, hey, skopeo, curl; through scripts/apt-install.sh, which starts no service and
+#        leaves none enabled at boot (the package's would take port 5000)
+#   pip: Moorage itself (editable) plus psutil and aiohttp, at the versions of constraints.txt,
+#        into the active virtualenv, else into ./.venv when it exists or the system Python is
+#        externally managed (scripts/venv.sh creates it), else into the python3 on PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(docker-registry wrk hey skopeo curl ca-certificates)
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
-    || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "bench/run.sh: missing ${missing[*]}; run as root to install them" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >/dev/null
-  apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash scripts/apt-install.sh "${APT_PACKAGES[@]}"
 
 in_venv() {
   python3 -c 'import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)' 2>/dev/null
@@ -43,8 +31,8 @@ if ! in_venv && { [ -x .venv/bin/python ] || externally_managed; }; then
   # shellcheck source=scripts/venv.sh
   source scripts/venv.sh
 fi
-python3 -m pip install -q --disable-pip-version-check -e . psutil aiohttp
+bash scripts/pip-install.sh -e . psutil aiohttp
 
-# The packaged service may have been started by the install: it is not the one we measure,
-# and bench.py picks free ports, so it is left alone.
+# bench.py picks free ports; a docker-registry service installed before (and so left alone by
+# apt-install.sh) is not the one measured.
 exec python3 bench/bench.py "$@"

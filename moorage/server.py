@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy.engine import make_url
 
-from moorage import connections
+from moorage import __version__, connections, preflight
 from moorage.api.accesslog import AccessLogger
 from moorage.api.health import HEALTH
 from moorage.api.maintenance import MAINTENANCE
@@ -395,6 +396,27 @@ def _raise_open_file_limit() -> None:
         log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
 
 
+def _address(settings: Settings) -> str:
+    scheme = "https" if settings.tls.certificate is not None else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    return f"Moorage {__version__} at {scheme}://{host}:{settings.port}"
+
+
+def _where(settings: Settings) -> str:
+    """Where what it serves is kept, for the start-up line: a new user's first question after
+    "where is it?" (the data directory is relative to where it was started)."""
+    parts = [f"data in {settings.datadir.resolve()}"]
+    if settings.storage.driver == "s3":
+        s3 = settings.storage.s3
+        parts.append(f"blobs in S3 bucket {s3.bucket} at {s3.endpoint or 'AWS'}")
+    elif settings.storage.rootdirectory is not None:
+        parts.append(f"blobs in {settings.storage.rootdirectory.resolve()}")
+    if settings.metadata.url is not None:
+        url = make_url(settings.metadata.url)
+        parts.append(f"metadata in {url.render_as_string(hide_password=True)}")
+    return ", ".join(parts)
+
+
 def run(settings: Settings, reload: Reload | None = None) -> int:
     """Serve until stopped. `reload` builds the settings again on SIGHUP (in each worker:
     the supervisor only passes the signal on)."""
@@ -412,11 +434,14 @@ def run(settings: Settings, reload: Reload | None = None) -> int:
     try:
         sockets = bind(settings, settings.workers)
     except OSError as exc:
-        print(
-            f"moorage: cannot listen on {settings.listen}: {exc.strerror or exc}", file=sys.stderr
-        )
+        if exc.errno == errno.EADDRINUSE:
+            reason = preflight.taken_port(settings.host, settings.port)
+        else:
+            reason = f"cannot listen on {settings.listen}: {exc.strerror or exc}"
+        print(f"moorage: {reason}", file=sys.stderr)
         return 1
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload handler is installed
+    log.info("%s; %s", _address(settings), _where(settings))
     if settings.workers == 1:
         return _worker(settings, sockets[0], reload)
     return _supervise(settings, sockets, reload)

@@ -49,8 +49,9 @@ start) ;;
 esac
 
 mkdir -p "$RUN_DIR"
+# shellcheck source=scripts/venv.sh
 source scripts/venv.sh
-pip install -q . >/dev/null
+bash scripts/pip-install.sh .
 
 # Assign, then eval: `eval "$(cmd)"` alone would hide a failed start.
 pg=$(bash "$SERVICES/postgres.sh" start "$RUN_DIR/pg")

@@ -7,7 +7,13 @@
 #        service), busybox-static (the binary in the runnable test image), jq, curl, openssl,
 #        and the real services tests/services starts (PostgreSQL 15, Swift with its S3 API,
 #        memcached, HAProxy; the scripts there would install them too, but slower and mid-test).
-#   pip: Moorage itself, editable, with its [test] extras (pytest, python-dxf, ruff, mypy, ...).
+#   pip: Moorage itself, editable, with its [test] extras (pytest, python-dxf, ruff, mypy, ...),
+#        at the versions of constraints.txt.
+#
+# The apt packages are installed by scripts/apt-install.sh: none of their services is started
+# or left enabled at boot (docker-registry's would take port 5000, Moorage's default); the
+# tests start their own instances. Services of packages that were installed before are left
+# alone.
 #
 # Python packages go into the active virtualenv when there is one (scripts/test.sh puts ./.venv
 # first on PATH); otherwise into ./.venv when the interpreter is Debian's externally managed
@@ -20,7 +26,6 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-export DEBIAN_FRONTEND=noninteractive
 APT_PACKAGES=(
   # containers/image clients; podman and buildah need a CNI plugin set and uidmap, and we run
   # them with the vfs driver, so no fuse-overlayfs.
@@ -47,8 +52,8 @@ if [ ! -e /etc/postgresql-common/createcluster.conf ]; then
   echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/no-main-cluster.conf
 fi
 
-apt-get update -q
-apt-get install -y -q --no-install-recommends "${APT_PACKAGES[@]}"
+echo "Installing the test dependencies (apt)"
+bash scripts/apt-install.sh "${APT_PACKAGES[@]}"
 
 in_venv() {
   python3 -c 'import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)' 2>/dev/null
@@ -65,7 +70,8 @@ if ! in_venv && externally_managed; then
   source scripts/venv.sh
 fi
 
-python3 -m pip install -q -e '.[test]'
+echo "Installing Moorage (editable) and its test dependencies (pip, constraints.txt)"
+bash scripts/pip-install.sh -e '.[test]'
 
 # Report what was installed, so a failed run shows what is missing.
 for bin in skopeo podman buildah umoci dockerd docker docker-registry busybox jq curl openssl \

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# The whole test run on a fresh Debian machine, as root: install the test dependencies (apt
-# packages and the clients; pip packages into ./.venv), then lint, type-check, check the layer
-# contracts and run every test, then the benchmark's quick mode. Extra arguments go to pytest.
+# The whole test run on a fresh Debian machine, as root: install the test dependencies
+# (scripts/install-test-deps.sh: apt packages, the clients and services, none of them started
+# or enabled; pip packages into ./.venv at the versions of constraints.txt), then lint,
+# type-check, check the layer contracts and run every test, then the benchmark's quick mode.
+# Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/venv.sh
 source scripts/venv.sh
 bash scripts/install-test-deps.sh
 ruff check moorage tests

@@ -33,6 +33,9 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT = 30.0
+# How a server that exits says its port was taken between choosing it and binding it: the
+# kernel's words (as Python and Go spell them), or Moorage's line naming the holder.
+PORT_TAKEN = ("address already in use", "is taken by", "is already serving on")
 STOP_TIMEOUT = 20.0
 
 
@@ -157,7 +160,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                if "Address already in use" in self.log_tail():
+                if any(words in self.log_tail().lower() for words in PORT_TAKEN):
                     return False
                 raise AssertionError(
                     f"{self.name} exited with {self.proc.returncode} while starting:\n"

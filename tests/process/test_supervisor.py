@@ -1,5 +1,6 @@
 """The supervisor and its port: workers die with a killed supervisor, so a restart on the same
-port just works, and a port that is really taken is one clear line and a non-zero exit."""
+port just works, and a port that is really taken is one clear line naming who holds it, and
+exit status 1."""
 
 from __future__ import annotations
 
@@ -60,16 +61,56 @@ async def test_workers_die_with_a_killed_supervisor_and_a_restart_on_the_port_wo
     assert await server.wait_exit(20) == 0, server.log_tail()
 
 
+def _serve(port: int, data: Path, workers: int) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "moorage", "serve", "--listen", f"127.0.0.1:{port}"]
+    argv += ["--data-dir", str(data), "--workers", str(workers)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=data.parent)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
-def test_a_taken_port_is_one_clear_line_and_a_failed_exit(tmp_path: Path, workers: int) -> None:
+def test_a_port_taken_by_another_program_names_it_in_one_line(tmp_path: Path, workers: int) -> None:
+    # This test's own process holds the port, as docker-registry or anything else would.
+    name = Path("/proc/self/comm").read_text().strip()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        argv = [sys.executable, "-m", "moorage", "serve", "--listen", f"127.0.0.1:{port}"]
-        argv += ["--data-dir", str(tmp_path / "data"), "--workers", str(workers)]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert result.returncode != 0
+        result = _serve(port, tmp_path / "data", workers)
+    assert result.returncode == 1, result.stderr[-3000:]
     assert result.stderr.splitlines() == [
-        f"moorage: cannot listen on 127.0.0.1:{port}: Address already in use"
+        f"moorage: cannot listen on 127.0.0.1:{port}: port {port} is taken by {name} "
+        f"(pid {os.getpid()})"
     ], result.stderr[-3000:]
+    assert result.stdout == ""
+
+
+def test_a_port_taken_on_all_addresses_names_the_holder(tmp_path: Path) -> None:
+    """A listener on the wildcard address (a service on 0.0.0.0) takes the port for 127.0.0.1."""
+    name = Path("/proc/self/comm").read_text().strip()
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _serve(port, tmp_path / "data", 1)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert result.stderr.splitlines() == [
+        f"moorage: cannot listen on 127.0.0.1:{port}: port {port} is taken by {name} "
+        f"(pid {os.getpid()})"
+    ], result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_second_moorage_on_the_port_says_one_is_serving(
+    make_server: MakeServer, tmp_path: Path, workers: int
+) -> None:
+    """install.sh run again while the first one serves: one line naming the one serving (the
+    supervisor, not one of its workers), exit status 1, and the first one goes on."""
+    first = make_server(workers=workers)
+    await first.start()
+    second = await asyncio.to_thread(_serve, first.port, tmp_path / "second", 1)
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert second.stderr.splitlines() == [
+        f"moorage: a Moorage is already serving on 127.0.0.1:{first.port} (pid {first.pid})"
+    ], second.stderr[-3000:]
+    assert first.alive()
+    assert await first.stop() == 0, first.log_tail()
