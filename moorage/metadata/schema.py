@@ -99,6 +99,7 @@ manifest_references = Table(
     Column("digest", String(200), primary_key=True),
     Column("child", String(200), primary_key=True),
     Index("manifest_references_child", "child"),
+    Index("manifest_references_repository_child", "repository_id", "child"),
 )
 
 tags = Table(
