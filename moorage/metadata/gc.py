@@ -21,7 +21,7 @@ from sqlalchemy import (
     Connection,
     and_,
     delete,
-    exists,
+    literal,
     not_,
     select,
     tuple_,
@@ -109,44 +109,52 @@ _child = aliased(t.v1_images)
 _mapped = aliased(t.manifests)
 
 
+def _some(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:
+    """EXISTS (SELECT 1 ...): with SQLAlchemy's own `exists()`, a `SELECT *`, SQLite prefers
+    an index that covers every column to one that matches every condition (a whole
+    repository's manifest references scanned per blob link)."""
+    return select(literal(1)).where(*conditions).exists()
+
+
 def _manifest_kept() -> ColumnElement[bool]:
     """A manifest is kept by a tag, by an index that lists it, or by its subject."""
     return (
-        exists().where(_tg.c.repository_id == _m.c.repository_id, _tg.c.digest == _m.c.digest)
-        | exists().where(_mr.c.repository_id == _m.c.repository_id, _mr.c.child == _m.c.digest)
-        | exists().where(
-            _subject.c.repository_id == _m.c.repository_id, _subject.c.digest == _m.c.subject
-        )
+        _some(_tg.c.repository_id == _m.c.repository_id, _tg.c.digest == _m.c.digest)
+        | _some(_mr.c.repository_id == _m.c.repository_id, _mr.c.child == _m.c.digest)
+        | _some(_subject.c.repository_id == _m.c.repository_id, _subject.c.digest == _m.c.subject)
     )
 
 
 def _link_kept() -> ColumnElement[bool]:
     """A link is kept by a manifest of its repository, or a v1 image linked to it, that
     references the blob."""
-    return exists().where(
-        _mr.c.repository_id == _rb.c.repository_id, _mr.c.child == _rb.c.digest
-    ) | exists().where(
-        _l.c.repository_id == _rb.c.repository_id,
-        _i.c.id == _l.c.image_id,
-        _i.c.blob_digest == _rb.c.digest,
+    # The v1 side nested, so that it starts from the images with that layer (an index) and
+    # not from every image linked to the repository.
+    linked_here = (
+        select(literal(1))
+        .where(_l.c.image_id == _i.c.id, _l.c.repository_id == _rb.c.repository_id)
+        .correlate_except(_l)  # the link row two levels up, not a FROM of its own
+        .exists()
     )
+    in_v1 = _some(_i.c.blob_digest == _rb.c.digest, linked_here)
+    return _some(_mr.c.repository_id == _rb.c.repository_id, _mr.c.child == _rb.c.digest) | in_v1
 
 
 def _blob_kept() -> ColumnElement[bool]:
     """A blob is kept by any link, any manifest reference, any v1 image's layer."""
     return (
-        exists().where(_rb.c.digest == _b.c.digest)
-        | exists().where(_mr.c.child == _b.c.digest)
-        | exists().where(_i.c.blob_digest == _b.c.digest)
+        _some(_rb.c.digest == _b.c.digest)
+        | _some(_mr.c.child == _b.c.digest)
+        | _some(_i.c.blob_digest == _b.c.digest)
     )
 
 
 def _v1_image_kept() -> ColumnElement[bool]:
     """A v1 image is kept by a repository link, a child image, or a manifest shown as it."""
     return (
-        exists().where(_l.c.image_id == _i.c.id)
-        | exists().where(_child.c.parent == _i.c.id)
-        | exists().where(
+        _some(_l.c.image_id == _i.c.id)
+        | _some(_child.c.parent == _i.c.id)
+        | _some(
             _mi.c.image_id == _i.c.id,
             _mapped.c.repository_id == _mi.c.repository_id,
             _mapped.c.digest == _mi.c.manifest_digest,
