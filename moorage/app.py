@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage import keys
-from moorage.api import health, http, requestid
+from moorage.api import health, http, metrics, requestid
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, CURSORS, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.maintenance import MAINTENANCE, Maintenance
@@ -110,8 +110,11 @@ async def open_storage(settings: Settings) -> ObjectDriver:
 
 def create_app(settings: Settings) -> web.Application:
     in_flight = InFlight()
+    # The metrics' middleware is outermost: the answers of the others count too.
+    counting = [metrics.middleware] if settings.metrics.enabled else []
     app = web.Application(
         middlewares=[
+            *counting,
             requestid.middleware,
             in_flight.middleware,
             v2_errors.errors_middleware,
@@ -138,6 +141,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(v2_errors.add_version_header)
     app.on_response_prepare.append(v1_routes.add_version_header)
     probes = health.setup(app)
+    metrics.setup(app, settings, probes)
     v2_routes.setup(app)
     v1_routes.setup(app)
 

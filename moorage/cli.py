@@ -62,8 +62,7 @@ def serve(
     tls_key: Path | None,
 ) -> None:
     """Run the registry (embedded defaults: filesystem blobs, SQLite, ./moorage-data)."""
-    from moorage import preflight
-    from moorage.server import run
+    from moorage import metricsdir, preflight
 
     auth: dict[str, object] = {}
     if htpasswd is not None:
@@ -93,7 +92,12 @@ def serve(
     except preflight.PreflightError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
     logs.configure(settings.log.level)
-    sys.exit(run(settings, reload=load))
+    with metricsdir.shared(settings):
+        # Imported only now: it imports prometheus_client, which must see the directory.
+        from moorage.server import run
+
+        status = run(settings, reload=load)
+    sys.exit(status)
 
 
 @main.group("config")

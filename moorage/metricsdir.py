@@ -1,0 +1,43 @@
+"""Where the workers of one `moorage serve` keep their metrics: prometheus_client's
+multiprocess mode, in a directory of the server's own.
+
+prometheus_client decides at import whether values live in memory or in a memory-mapped file
+per process (`PROMETHEUS_MULTIPROC_DIR` set or not), so the directory is chosen before the
+server's modules are imported, and this module must not import it. Each worker writes its own
+files there and any worker's `/metrics` adds them up; the supervisor tells the library when a
+worker has exited (its live gauges then go), and removes the directory when it exits. A
+directory of our own, new at every start, so no file of an earlier run (or of another program
+that uses the variable) is ever counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+
+from moorage.config import Settings
+
+ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+@contextlib.contextmanager
+def shared(settings: Settings) -> Iterator[None]:
+    """For the life of a server: with several workers and metrics on, a private directory in
+    the environment, removed on exit; else no directory at all (one process keeps its
+    metrics in memory)."""
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its directory was chosen")
+    os.environ.pop(ENV, None)
+    if settings.workers == 1 or not settings.metrics.enabled:
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="moorage-metrics-")
+    os.environ[ENV] = path
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
