@@ -27,6 +27,7 @@ from moorage.content.v1 import V1Service
 from moorage.metadata import MetadataStore
 from moorage.storage.fsobjects import FilesystemObjects
 from moorage.storage.objects import ObjectDriver
+from moorage.storage.timed import TimedObjects
 
 log = logging.getLogger("moorage")
 
@@ -148,6 +149,8 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings.datadir.mkdir(parents=True, exist_ok=True)
         storage = await open_storage(settings)
+        if settings.metrics.enabled:
+            storage = TimedObjects(storage)
         metadata = MetadataStore(settings.metadata_url)
         await metadata.open()
         if metadata.shared:

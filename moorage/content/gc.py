@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from moorage import metrics
 from moorage.config import GCSettings
 from moorage.content.policy import Policy
 from moorage.metadata import MetadataStore
@@ -73,17 +74,23 @@ class Collector:
         started = time.monotonic()
         cutoff = time.time() - (self.settings.grace if grace is None else grace)
         retention = self._retention if self.policy and self.policy.retention else None
-        collected = await self.metadata.gc_collect(
-            cutoff,
-            self.settings.untagged == "collect",
-            dry_run=dry_run,
-            pause=pause,
-            retention=retention,
-        )
-        deleted = 0 if dry_run else await self.delete_objects()
+        try:
+            collected = await self.metadata.gc_collect(
+                cutoff,
+                self.settings.untagged == "collect",
+                dry_run=dry_run,
+                pause=pause,
+                retention=retention,
+            )
+            deleted = 0 if dry_run else await self.delete_objects()
+        except Exception:
+            if not dry_run:
+                metrics.GC_FAILURES.inc()
+            raise
         cycle = Cycle(collected, deleted, time.monotonic() - started, dry_run)
         if not dry_run:
             log.info("garbage collection cycle", extra=cycle.summary())
+            _count(cycle)
         return cycle
 
     async def delete_objects(self) -> int:
@@ -95,3 +102,13 @@ class Collector:
                 await self.storage.delete(key)
                 deleted += await self.metadata.gc_deleted(key)
         return deleted
+
+
+def _count(cycle: Cycle) -> None:
+    c = cycle.collected
+    metrics.GC_CYCLES.inc()
+    metrics.GC_TAGS.inc(amount=c.tags)
+    metrics.GC_MANIFESTS.inc(amount=c.manifests)
+    metrics.GC_BLOBS.inc(amount=c.blobs)
+    metrics.GC_BYTES.inc(amount=c.bytes)
+    metrics.GC_LAST.set(time.time())
