@@ -158,7 +158,6 @@ def worker_exited(pid: int) -> None:
 # -- requests ----------------------------------------------------------------------------
 
 ROUTE = web.RequestKey("metrics_route", str)
-UPLOADING = web.RequestKey("metrics_uploading", bool)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Routes and methods whose requests carry blob data into the registry.
 _UPLOADS = frozenset(
@@ -174,14 +173,16 @@ _UPLOADS = frozenset(
 def routed(request: web.Request, route: str) -> None:
     """Name the route a request took; a protocol's dispatcher calls this once it matched."""
     request[ROUTE] = route
-    if (route, request.method) in _UPLOADS:
-        request[UPLOADING] = True
+    method = request.method
+    if method != "GET" and (route, method) in _UPLOADS:
         metrics.UPLOADS_IN_FLIGHT.inc()
 
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count each request (outermost, so that the answers of the other middlewares count)."""
+    """Count each request (outermost, so that the answers of the other middlewares count).
+    What runs for every request is kept to a few attribute reads and one `record`: a look-up
+    of a key the request does not have costs a raised KeyError."""
     started = time.perf_counter()
     status = 500
     sent = 0
@@ -198,12 +199,12 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         status = 499  # the connection went away (moorage.api.http.CLIENT_CLOSED)
         raise
     finally:
+        method = request.method
         route = request.get(ROUTE)
         if route is None:
             route = request.match_info.route.name or "unmatched"
-        elif UPLOADING in request:
+        elif method != "GET" and (route, method) in _UPLOADS:
             metrics.UPLOADS_IN_FLIGHT.inc(-1)
-        method = request.method
         metrics.REQUESTS.record(
             route,
             method if method in _METHODS else "other",
