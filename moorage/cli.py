@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from moorage import __version__, config, logs
+from moorage import __version__, config, logs, metricsdir
 
 T = TypeVar("T")
 
@@ -18,6 +18,7 @@ T = TypeVar("T")
 @click.version_option(__version__, prog_name="moorage")
 def main() -> None:
     """Moorage: a container image registry."""
+    metricsdir.ignore_inherited()
 
 
 @main.command()
@@ -62,7 +63,7 @@ def serve(
     tls_key: Path | None,
 ) -> None:
     """Run the registry (embedded defaults: filesystem blobs, SQLite, ./moorage-data)."""
-    from moorage import metricsdir, preflight
+    from moorage import preflight
 
     auth: dict[str, object] = {}
     if htpasswd is not None:

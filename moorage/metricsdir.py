@@ -24,6 +24,13 @@ from moorage.config import Settings
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
+def ignore_inherited() -> None:
+    """Forget a directory named in the environment Moorage was started with: every command
+    (`moorage gc` too, which imports the metrics) would otherwise write files into it, or
+    fail to start when it does not exist. Only `shared` sets one."""
+    os.environ.pop(ENV, None)
+
+
 @contextlib.contextmanager
 def shared(settings: Settings) -> Iterator[None]:
     """For the life of a server: with several workers and metrics on, a private directory in
@@ -31,7 +38,7 @@ def shared(settings: Settings) -> Iterator[None]:
     metrics in memory)."""
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before its directory was chosen")
-    os.environ.pop(ENV, None)
+    ignore_inherited()
     if settings.workers == 1 or not settings.metrics.enabled:
         yield
         return

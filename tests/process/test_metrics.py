@@ -15,6 +15,8 @@ import contextlib
 import http.client
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -305,3 +307,30 @@ async def test_metrics_on_their_own_address(
     assert requests(samples, "unmatched", "GET", 404) == 1  # the main port's /metrics
     assert requests(samples, "metrics", "GET", 200) == 0  # scrapes there are not counted
     assert await server.stop() == 0, server.log_tail()
+
+
+async def test_an_inherited_multiprocess_directory_is_ignored(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """A `PROMETHEUS_MULTIPROC_DIR` in the environment (another program's, or one that does
+    not exist) is neither written into nor a reason to fail, by the server or `moorage gc`."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    server = make_server(workers=2, env={"PROMETHEUS_MULTIPROC_DIR": str(theirs)})
+    await server.start()
+    await gets_over_both_workers(server, "/v2/_catalog", 4)
+    await until(server.url, lambda s: requests(s, "v2.catalog", "GET", 200) == 4, "4 GETs")
+    assert list(theirs.iterdir()) == []
+    assert metrics_directory(server) not in (None, theirs)
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "missing")}
+    done = subprocess.run(
+        [sys.executable, "-m", "moorage", "gc", "--dry-run", "--data-dir", str(server.data_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "would free" in done.stdout
