@@ -111,8 +111,8 @@ def _child(family: PromCounter | PromGauge | PromHistogram, labels: tuple[str, .
 def _add_observations(histogram: PromHistogram, total: float, counts: Iterable[float]) -> None:
     """Add many observations at once: their sum, and how many fell in each bucket.
     prometheus_client has no call for it; its histogram keeps the sum and one count per
-    bucket (not cumulative), which this adds to (tests/process/test_metrics.py checks the
-    counts and sums that come out)."""
+    bucket (not cumulative), which this adds to (tests/test_metrics.py compares the result
+    with the library's own `observe`)."""
     histogram._sum.inc(total)
     for bucket, count in zip(histogram._buckets, counts, strict=True):
         if count:
@@ -171,7 +171,10 @@ _UPLOADS = frozenset(
 
 
 def routed(request: web.Request, route: str) -> None:
-    """Name the route a request took; a protocol's dispatcher calls this once it matched."""
+    """Name the route a request took; a protocol's dispatcher calls this once it matched.
+    Nothing happens to a request the middleware does not count (metrics off)."""
+    if ROUTE not in request:
+        return
     request[ROUTE] = route
     method = request.method
     if method != "GET" and (route, method) in _UPLOADS:
@@ -181,9 +184,11 @@ def routed(request: web.Request, route: str) -> None:
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Count each request (outermost, so that the answers of the other middlewares count).
-    What runs for every request is kept to a few attribute reads and one `record`: a look-up
-    of a key the request does not have costs a raised KeyError."""
+    What runs for every request is kept to a few attribute reads and one `record`: the route
+    key is set at once, as a look-up of a key the request does not have costs a raised
+    KeyError."""
     started = time.perf_counter()
+    request[ROUTE] = ""
     status = 500
     sent = 0
     try:
@@ -200,8 +205,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         raise
     finally:
         method = request.method
-        route = request.get(ROUTE)
-        if route is None:
+        route = request[ROUTE]
+        if not route:
             route = request.match_info.route.name or "unmatched"
         elif method != "GET" and (route, method) in _UPLOADS:
             metrics.UPLOADS_IN_FLIGHT.inc(-1)
