@@ -336,3 +336,38 @@ async def test_an_inherited_multiprocess_directory_is_ignored(
     )
     assert done.returncode == 0, done.stderr
     assert "would free" in done.stdout
+
+
+async def test_a_killed_servers_directory_is_removed_by_the_next(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """SIGKILL leaves the supervisor no chance to remove its metrics directory; the next
+    `moorage serve` removes it (and those of other supervisors gone), not a running one's."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    orphan = temp / f"moorage-metrics-{int(gone.stdout)}-abc"
+    running = temp / f"moorage-metrics-{os.getpid()}-def"
+    for directory in (orphan, running):
+        directory.mkdir()
+        (directory / "counter_1.db").write_bytes(b"")
+    server = make_server(workers=2, env={"TMPDIR": str(temp)})
+    await server.start()
+    first = metrics_directory(server)
+    assert first is not None and first.parent == temp
+    assert first.name.startswith(f"moorage-metrics-{server.pid}-")
+    assert not orphan.exists()
+    assert running.exists()
+
+    await server.kill()
+    assert first.exists()
+    await server.start()
+    second = metrics_directory(server)
+    assert second is not None and second != first
+    assert not first.exists()
+    assert running.exists()
