@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage import keys
-from moorage.api import health, http, notify, requestid
+from moorage.api import health, http, metrics, notify, requestid
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, CURSORS, EVENTS, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.maintenance import MAINTENANCE, Maintenance
@@ -28,6 +28,7 @@ from moorage.content.v1 import V1Service
 from moorage.metadata import MetadataStore
 from moorage.storage.fsobjects import FilesystemObjects
 from moorage.storage.objects import ObjectDriver
+from moorage.storage.timed import TimedObjects
 
 log = logging.getLogger("moorage")
 
@@ -111,8 +112,11 @@ async def open_storage(settings: Settings) -> ObjectDriver:
 
 def create_app(settings: Settings) -> web.Application:
     in_flight = InFlight()
+    # The metrics' middleware is outermost: the answers of the others count too.
+    counting = [metrics.middleware] if settings.metrics.enabled else []
     app = web.Application(
         middlewares=[
+            *counting,
             requestid.middleware,
             in_flight.middleware,
             v2_errors.errors_middleware,
@@ -139,12 +143,15 @@ def create_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(v2_errors.add_version_header)
     app.on_response_prepare.append(v1_routes.add_version_header)
     probes = health.setup(app)
+    metrics.setup(app, settings, probes)
     v2_routes.setup(app)
     v1_routes.setup(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings.datadir.mkdir(parents=True, exist_ok=True)
         storage = await open_storage(settings)
+        if settings.metrics.enabled:
+            storage = TimedObjects(storage)
         metadata = MetadataStore(settings.metadata_url)
         await metadata.open()
         if metadata.shared:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import click
 
-from moorage import __version__, config, logs
+from moorage import __version__, config, logs, metricsdir
 from moorage.cli_common import data_options, metadata_of, registry_of
 from moorage.cli_doctor import doctor
 from moorage.cli_fsck import fsck
@@ -24,6 +24,7 @@ T = TypeVar("T")
 @click.version_option(__version__, prog_name="moorage")
 def main() -> None:
     """Moorage: a container image registry."""
+    metricsdir.ignore_inherited()
 
 
 main.add_command(fsck)
@@ -74,7 +75,6 @@ def serve(
 ) -> None:
     """Run the registry (embedded defaults: filesystem blobs, SQLite, ./moorage-data)."""
     from moorage import preflight
-    from moorage.server import run
 
     auth: dict[str, object] = {}
     if htpasswd is not None:
@@ -104,7 +104,12 @@ def serve(
     except preflight.PreflightError as exc:
         raise click.ClickException(f"cannot start: {exc}") from exc
     logs.configure(settings.log.level, settings.log.format)
-    sys.exit(run(settings, reload=load))
+    with metricsdir.shared(settings):
+        # Imported only now: it imports prometheus_client, which must see the directory.
+        from moorage.server import run
+
+        status = run(settings, reload=load)
+    sys.exit(status)
 
 
 main.add_command(import_group)

@@ -36,6 +36,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("listen must be HOST:PORT")
+    return value
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """Host (without IPv6 brackets) and port of a checked HOST:PORT."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -334,6 +347,21 @@ class MaintenanceSettings(_Section):
         return {"enabled": value} if isinstance(value, bool | int | str) else value
 
 
+class MetricsSettings(_Section):
+    """Prometheus metrics on `/metrics` (docs/operations.md lists them). No credentials are
+    asked: an operator whose port is public turns them off or moves them to `listen`."""
+
+    enabled: bool = True
+    # HOST:PORT of a separate address that serves `/metrics` (as Distribution's debug
+    # server); the main port then does not. Unset: the main port serves it.
+    listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str | None) -> str | None:
+        return None if value is None else _host_port(value)
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # One line per request (moorage/api/accesslog.py); at level info.
@@ -369,24 +397,22 @@ class Settings(BaseSettings):
     http: HTTPSettings = HTTPSettings()
     log: LogSettings = LogSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
+    metrics: MetricsSettings = MetricsSettings()
     auth: AuthSettings = AuthSettings()
     tls: TLSSettings = TLSSettings()
 
     @field_validator("listen")
     @classmethod
     def _check_listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("listen must be HOST:PORT")
-        return value
+        return _host_port(value)
 
     @property
     def host(self) -> str:
-        return self.listen.rpartition(":")[0].strip("[]")
+        return split_listen(self.listen)[0]
 
     @property
     def port(self) -> int:
-        return int(self.listen.rpartition(":")[2])
+        return split_listen(self.listen)[1]
 
     @property
     def blob_root(self) -> Path:

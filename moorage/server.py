@@ -1,7 +1,8 @@
 """Serving: listening sockets, one or several worker processes, graceful shutdown.
 
 The parent binds the listening socket(s), then either serves itself (one worker) or forks
-workers, each accepting on its own socket of the same port (SO_REUSEPORT, see `bind`). No state
+workers, each accepting on its own socket of the same port (SO_REUSEPORT, see `bind`), and of
+`metrics.listen` when set. No state
 lives only in one worker (upload sessions are in metadata + storage), so any worker can take
 any request.
 
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +38,12 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 
 from moorage import __version__, connections, preflight
+from moorage.api import metrics
 from moorage.api.accesslog import AccessLogger
 from moorage.api.health import HEALTH
 from moorage.api.maintenance import MAINTENANCE
 from moorage.app import IN_FLIGHT, InFlight, create_app
-from moorage.config import ConfigError, Settings
+from moorage.config import ConfigError, Settings, split_listen
 from moorage.connections import Guard, Limits, connection_cap
 
 log = logging.getLogger("moorage.server")
@@ -66,8 +69,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _listener(settings: Settings, port: int, reuse_port: bool) -> socket.socket:
-    host = settings.host
+def _listener(host: str, port: int, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -80,7 +82,12 @@ def _listener(settings: Settings, port: int, reuse_port: bool) -> socket.socket:
 
 
 def bind(settings: Settings, count: int = 1) -> list[socket.socket]:
-    """`count` listening sockets on the configured address, one per worker.
+    """`count` listening sockets on the configured address, one per worker (see `bind_to`)."""
+    return bind_to(settings.host, settings.port, count)
+
+
+def bind_to(host: str, port: int, count: int) -> list[socket.socket]:
+    """`count` listening sockets on `host`:`port`, one per worker.
 
     One socket shared by several workers balances badly: the worker that wakes first accepts
     every connection waiting (asyncio takes up to 100 per wake-up), so a burst of keep-alive
@@ -93,7 +100,7 @@ def bind(settings: Settings, count: int = 1) -> list[socket.socket]:
     deadline = time.monotonic() + BIND_GRACE
     while True:
         try:
-            first = _listener(settings, settings.port, reuse_port=False)
+            first = _listener(host, port, reuse_port=False)
             break
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE or time.monotonic() > deadline:
@@ -105,7 +112,18 @@ def bind(settings: Settings, count: int = 1) -> list[socket.socket]:
     # alone would happily share it with another server started there by mistake.
     port = first.getsockname()[1]
     first.close()
-    return [_listener(settings, port, reuse_port=True) for _ in range(count)]
+    return [_listener(host, port, reuse_port=True) for _ in range(count)]
+
+
+@dataclass(frozen=True)
+class Listeners:
+    """What one worker accepts on: its socket of the main port, and of `metrics.listen`."""
+
+    main: socket.socket
+    metrics: socket.socket | None = None
+
+    def sockets(self) -> list[socket.socket]:
+        return [self.main] if self.metrics is None else [self.main, self.metrics]
 
 
 def tls_context(settings: Settings) -> ssl.SSLContext | None:
@@ -215,7 +233,7 @@ def _limits(settings: Settings) -> Limits:
     )
 
 
-async def _serve(settings: Settings, sock: socket.socket, reload: Reload | None) -> None:
+async def _serve(settings: Settings, listeners: Listeners, reload: Reload | None) -> None:
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_on_loop_error)
     app = create_app(settings)
@@ -233,7 +251,7 @@ async def _serve(settings: Settings, sock: socket.socket, reload: Reload | None)
     context = tls_context(settings)
     server = await loop.create_server(
         guard.factory(runner.server),
-        sock=sock,
+        sock=listeners.main,
         ssl=context,
         backlog=BACKLOG,
         ssl_handshake_timeout=settings.http.headertimeout if context is not None else None,
@@ -241,6 +259,9 @@ async def _serve(settings: Settings, sock: socket.socket, reload: Reload | None)
     stop = asyncio.Event()
     hurry = asyncio.Event()  # skip the drain
     health = app[HEALTH]
+    stop_metrics = None
+    if listeners.metrics is not None:
+        stop_metrics = await metrics.serve(listeners.metrics, health)
 
     def terminate() -> None:
         if stop.is_set():
@@ -281,12 +302,14 @@ async def _serve(settings: Settings, sock: socket.socket, reload: Reload | None)
     while in_flight.active and loop.time() < deadline:
         await asyncio.sleep(0.05)
     sweeper.cancel()
+    if stop_metrics is not None:
+        await stop_metrics()
     await runner.cleanup()
 
 
-def _worker(settings: Settings, sock: socket.socket, reload: Reload | None) -> int:
+def _worker(settings: Settings, listeners: Listeners, reload: Reload | None) -> int:
     try:
-        asyncio.run(_serve(settings, sock, reload))
+        asyncio.run(_serve(settings, listeners, reload))
     except Exception:
         log.exception("worker failed")
         return 1
@@ -310,9 +333,7 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
-def _fork(
-    settings: Settings, sockets: list[socket.socket], slot: int, reload: Reload | None
-) -> int:
+def _fork(settings: Settings, slots: list[Listeners], slot: int, reload: Reload | None) -> int:
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -321,15 +342,15 @@ def _fork(
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         # A reload forwarded before the worker installs its handler must not kill it.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        sock = sockets[slot]
-        for other in sockets:
-            if other is not sock:
+        mine = slots[slot].sockets()
+        for other in {sock for listeners in slots for sock in listeners.sockets()}:
+            if all(other is not sock for sock in mine):
                 other.close()
-        os._exit(_worker(settings, sock, reload))
+        os._exit(_worker(settings, slots[slot], reload))
     return pid
 
 
-def _supervise(settings: Settings, sockets: list[socket.socket], reload: Reload | None) -> int:
+def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None) -> int:
     stopping = False
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -342,8 +363,9 @@ def _supervise(settings: Settings, sockets: list[socket.socket], reload: Reload 
         # Each worker holds its own until it stops accepting; were the supervisor's still
         # open then, the kernel would go on queueing connections on them that nobody accepts
         # (clients hang until the supervisor exits, instead of being refused at once).
-        for sock in sockets:
-            sock.close()
+        for listeners in slots:
+            for sock in listeners.sockets():
+                sock.close()
 
     def forward(signum: int, _frame: object) -> None:
         for child in list(children):
@@ -355,7 +377,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket], reload: Reload 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, forward)
     for slot in range(settings.workers):
-        children[_fork(settings, sockets, slot, reload)] = slot
+        children[_fork(settings, slots, slot, reload)] = slot
     failures: list[float] = []
     status = 0
     while children:
@@ -368,6 +390,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket], reload: Reload 
         if pid not in children:
             continue
         slot = children.pop(pid)
+        metrics.worker_exited(pid)
         if stopping:
             continue
         exit_code = os.waitstatus_to_exitcode(code)
@@ -379,7 +402,7 @@ def _supervise(settings: Settings, sockets: list[socket.socket], reload: Reload 
             status = 1
             on_signal(signal.SIGTERM, None)
             continue
-        children[_fork(settings, sockets, slot, reload)] = slot
+        children[_fork(settings, slots, slot, reload)] = slot
     return status
 
 
@@ -431,17 +454,25 @@ def run(settings: Settings, reload: Reload | None = None) -> int:
     settings.datadir.mkdir(parents=True, exist_ok=True)
     tls_context(settings)  # fail before forking when the certificate or key is unusable
     _raise_open_file_limit()
+    address = settings.listen
     try:
         sockets = bind(settings, settings.workers)
+        metrics_sockets: list[socket.socket | None] = [None] * settings.workers
+        if settings.metrics.enabled and settings.metrics.listen is not None:
+            address = settings.metrics.listen
+            host, port = split_listen(address)
+            metrics_sockets = [*bind_to(host, port, settings.workers)]
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            reason = preflight.taken_port(settings.host, settings.port)
+            host, port = split_listen(address)
+            reason = preflight.taken_port(host, port)
         else:
-            reason = f"cannot listen on {settings.listen}: {exc.strerror or exc}"
+            reason = f"cannot listen on {address}: {exc.strerror or exc}"
         print(f"moorage: {reason}", file=sys.stderr)
         return 1
+    slots = [Listeners(*pair) for pair in zip(sockets, metrics_sockets, strict=True)]
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload handler is installed
     log.info("%s; %s", _address(settings), _where(settings))
     if settings.workers == 1:
-        return _worker(settings, sockets[0], reload)
-    return _supervise(settings, sockets, reload)
+        return _worker(settings, slots[0], reload)
+    return _supervise(settings, slots, reload)

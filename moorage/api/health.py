@@ -27,6 +27,8 @@ from typing import Any
 
 from aiohttp import web
 
+from moorage import metrics
+
 log = logging.getLogger("moorage.health")
 
 PROBE_TIMEOUT = 2.0  # seconds each readiness check may take
@@ -86,10 +88,12 @@ class Health:
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Whether the node should get traffic, and the body that says why (not)."""
         if self.draining:
+            metrics.READY.set(0)
             return False, {"status": "draining"}
         results = await asyncio.gather(*(probe.result() for probe in self._probes))
         checks = {probe.name: result for probe, result in zip(self._probes, results, strict=True)}
         ready = all(result == "ok" for result in results)
+        metrics.READY.set(1 if ready else 0)
         return ready, {"status": "ready" if ready else "unavailable", "checks": checks}
 
     async def close_when_draining(self, request: web.Request, response: web.StreamResponse) -> None:
@@ -115,7 +119,7 @@ async def readyz(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> Health:
     health = Health()
     app[HEALTH] = health
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", healthz, name="healthz")
+    app.router.add_get("/readyz", readyz, name="readyz")
     app.on_response_prepare.append(health.close_when_draining)
     return health

@@ -123,5 +123,5 @@ async def post_token(request: web.Request) -> web.StreamResponse:
 
 
 def setup(app: web.Application) -> None:
-    app.router.add_get(TOKEN_PATH, get_token)
-    app.router.add_post(TOKEN_PATH, post_token)
+    app.router.add_get(TOKEN_PATH, get_token, name="token")
+    app.router.add_post(TOKEN_PATH, post_token, name="token")

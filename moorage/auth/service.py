@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from moorage import keys
+from moorage import keys, metrics
 from moorage.auth.access import ANONYMOUS_IDENTITY, Identity, Policy, Scope
 from moorage.auth.htpasswd import Htpasswd
 from moorage.auth.ratelimit import LoginLimiter
@@ -106,9 +106,11 @@ class Authenticator:
         for any: never for the user alone, see `ratelimit.py`)."""
         wait = await self.limiter.retry_after(credentials.user, client)
         if wait:
+            metrics.LOGIN_FAILURES.inc(("ratelimited",))
             raise RateLimited(wait)
         assert self.users is not None
         if not await asyncio.to_thread(self.users.check, credentials.user, credentials.password):
+            metrics.LOGIN_FAILURES.inc(("password",))
             await self.limiter.failed(credentials.user, client)
             raise BadCredentials("wrong user name or password")
         return credentials.user

@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from moorage import metrics
 from moorage.auth.access import Scope
 from moorage.config import TokenSettings
 from moorage.content.names import canonical_repository
@@ -133,6 +134,13 @@ class TokenService:
 
     def check_refresh(self, token: str) -> str:
         """The subject of a refresh token we issued."""
+        try:
+            return self._check_refresh(token)
+        except InvalidToken:
+            metrics.LOGIN_FAILURES.inc(("token",))
+            raise
+
+    def _check_refresh(self, token: str) -> str:
         claims = self._decode(token, f"{self.settings.service}/refresh")
         subject = claims.get("sub")
         if not isinstance(subject, str) or not subject:
@@ -206,6 +214,13 @@ class TokenService:
         return claims
 
     def verify(self, token: str) -> Claims:
+        try:
+            return self._verify(token)
+        except InvalidToken:
+            metrics.LOGIN_FAILURES.inc(("token",))
+            raise
+
+    def _verify(self, token: str) -> Claims:
         claims = self._decode(token, self.settings.service)
         access: dict[tuple[str, str], frozenset[str]] = {}
         entries = claims.get("access") or []

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from moorage import metrics
+
 ACCESS = ("read", "write", "delete")
 _FIELD = re.compile(r'\s*([A-Za-z_]+)=("([^"]*)"|[^,]*)\s*')
 
@@ -78,6 +80,13 @@ class V1Tokens:
     def verify(self, value: str) -> V1Token:
         """Check an `Authorization: Token ...` value (leading `Token` words already
         stripped or not: any number is tolerated)."""
+        try:
+            return self._verify(value)
+        except BadToken:
+            metrics.LOGIN_FAILURES.inc(("token",))
+            raise
+
+    def _verify(self, value: str) -> V1Token:
         text = strip_token_words(value)
         fields: dict[str, str] = {}
         for part in _split(text):

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from moorage import metrics
 from moorage.config import GCSettings
 from moorage.content.policy import Policy
 from moorage.metadata import MetadataStore
@@ -82,18 +83,24 @@ class Collector:
         started = time.monotonic()
         cutoff = time.time() - (self.settings.grace if grace is None else grace)
         retention = self._retention if self.policy and self.policy.retention else None
-        collected = await self.metadata.gc_collect(
-            cutoff,
-            self.settings.untagged == "collect",
-            dry_run=dry_run,
-            pause=pause,
-            retention=retention,
-            progress=progress,
-        )
-        deleted = 0 if dry_run else await self.delete_objects(progress)
+        try:
+            collected = await self.metadata.gc_collect(
+                cutoff,
+                self.settings.untagged == "collect",
+                dry_run=dry_run,
+                pause=pause,
+                retention=retention,
+                progress=progress,
+            )
+            deleted = 0 if dry_run else await self.delete_objects(progress)
+        except Exception:
+            if not dry_run:
+                metrics.GC_FAILURES.inc()
+            raise
         cycle = Cycle(collected, deleted, time.monotonic() - started, dry_run)
         if not dry_run:
             log.info("garbage collection cycle", extra=cycle.summary())
+            _count(cycle)
         return cycle
 
     async def delete_objects(self, progress: Progress | None = None) -> int:
@@ -114,3 +121,13 @@ class Collector:
                     looked = looked_at(report, "objects", looked)
         report("objects", looked)
         return deleted
+
+
+def _count(cycle: Cycle) -> None:
+    c = cycle.collected
+    metrics.GC_CYCLES.inc()
+    metrics.GC_TAGS.inc(amount=c.tags)
+    metrics.GC_MANIFESTS.inc(amount=c.manifests)
+    metrics.GC_BLOBS.inc(amount=c.blobs)
+    metrics.GC_BYTES.inc(amount=c.bytes)
+    metrics.GC_LAST.set(time.time())

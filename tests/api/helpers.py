@@ -20,6 +20,7 @@ from yarl import URL
 
 from moorage.api.context import REGISTRY, SETTINGS
 from moorage.storage.s3 import S3Driver
+from moorage.storage.timed import TimedObjects
 
 Client = TestClient[Any, Any]
 
@@ -476,6 +477,8 @@ async def stored_copies(client: Client, data: bytes) -> int:
     metadata database), or objects in its bucket under its prefix (S3: committed blobs and
     the tail objects of uploads in progress)."""
     storage = client.app[REGISTRY].blobs.storage
+    if isinstance(storage, TimedObjects):  # metrics on: the driver is wrapped
+        storage = storage.inner
     if isinstance(storage, S3Driver):
         count = 0
         pages = storage.client.get_paginator("list_objects_v2").paginate(

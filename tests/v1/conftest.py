@@ -19,6 +19,7 @@ from moorage.auth import htpasswd
 from moorage.metadata import V1ImageRow
 from moorage.storage import paths
 from moorage.storage.s3 import S3Driver
+from moorage.storage.timed import TimedObjects
 from tests.v1.client import V1Client, basic, sha256
 
 PASSWORDS = {"alice": "alice-secret", "bob": "bob-secret"}
@@ -78,6 +79,8 @@ async def stored_objects(v1: V1Client) -> dict[str, bytes]:
     below its prefix in its bucket (S3; unfinished multipart uploads are listed as keys with
     empty content)."""
     storage = v1.http.app[V1].storage
+    if isinstance(storage, TimedObjects):  # metrics on: the driver is wrapped
+        storage = storage.inner
     if isinstance(storage, S3Driver):
         found: dict[str, bytes] = {}
         pages = storage.client.get_paginator("list_objects_v2").paginate(

@@ -24,6 +24,7 @@ from aiohttp import web
 from moorage.api import notify
 from moorage.api.context import EVENTS
 from moorage.api.maintenance import MAINTENANCE, READS, refusal
+from moorage.api.metrics import routed
 from moorage.api.v1 import images, index
 from moorage.api.v1.access import caller, require
 from moorage.api.v1.errors import (
@@ -180,6 +181,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise EndpointNotFound(request.path)
     route, params = found
+    routed(request, f"v1.{route.name}")
     if "name" in params:
         params["repository"] = repository_name(params.pop("name"))
     if "image_id" in params:

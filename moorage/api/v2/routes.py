@@ -23,6 +23,7 @@ from moorage.api import notify
 from moorage.api.auth import authorize
 from moorage.api.context import EVENTS, V2_NAME
 from moorage.api.maintenance import MAINTENANCE, READS, refusal
+from moorage.api.metrics import routed
 from moorage.api.v2 import blobs, discovery, manifests, uploads
 from moorage.auth.access import Scope
 from moorage.content import names
@@ -96,6 +97,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise _NotFound()
     route, params = found
+    routed(request, f"v2.{route.name}")
     entry = route.methods.get(request.method)
     if entry is None:
         allowed = ", ".join(sorted(route.methods))
