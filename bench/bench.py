@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -97,6 +98,9 @@ class Runner:
         self.failures: list[str] = []
         self.quiet_timeouts = 0
         self.results: dict[str, Any] = {}
+        # Processes sampled alongside each server under test and reported apart from it (the
+        # cluster mode's PostgreSQL, Swift and HAProxy): name -> an object with processes().
+        self.side: dict[str, Any] = {}
 
     def rounds_of(self, workload: wl.Workload) -> int:
         """--rounds if given; else the profile's, raised to the workload's minimum in full
@@ -150,7 +154,15 @@ class Runner:
                     if self.args.profile and server.name == "moorage" and r == 0:
                         raw = Path(self.args.profile) / f"{workload.name}.raw.txt"
                         profile = PySpy(server.proc.pid, raw)  # type: ignore[union-attr]
-                    with ClientUsage() as cu, Monitor(server) as mon:
+                    with (
+                        ClientUsage() as cu,
+                        Monitor(server) as mon,
+                        contextlib.ExitStack() as stack,
+                    ):
+                        side = {
+                            name: stack.enter_context(Monitor(procs, interval=0.25))
+                            for name, procs in self.side.items()
+                        }
                         if profile:
                             with profile:
                                 values = await workload.run(ctx, server, r)
@@ -164,8 +176,10 @@ class Runner:
                         raise BenchError(f"{server.name} died:\n{server.log_tail()}")
                     await workload.verify(ctx, server, r)
                     u = mon.usage
+                    side_cpu = {name: m.usage.cpu_seconds for name, m in side.items()}
                     # What the rest of the machine (other users' processes) took meanwhile.
-                    others = max(0.0, u.machine_busy_s - u.cpu_seconds - cu.cpu_seconds)
+                    ours = u.cpu_seconds + cu.cpu_seconds + sum(side_cpu.values())
+                    others = max(0.0, u.machine_busy_s - ours)
                     record["samples"][server.name].append(values)
                     record["usage"][server.name].append(
                         {
@@ -176,6 +190,8 @@ class Runner:
                             "client_cpu_s": cu.cpu_seconds,
                             "others_cpu_s": others,
                             "others_cores_before": others_before,
+                            "machine_busy_s": u.machine_busy_s,
+                            "side_cpu_s": side_cpu,
                             "wall_s": u.wall,
                             "samples": u.samples,
                         }
@@ -473,6 +489,12 @@ def _size(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sizes, 1 round (CI)")
+    ap.add_argument(
+        "--cluster",
+        action="store_true",
+        help="cluster mode (bench/cluster.py): Moorage on PostgreSQL + S3, one node and three\n"
+        "behind HAProxy, against Distribution on the same S3 and Moorage on SQLite",
+    )
     ap.add_argument("--rounds", type=int, help="rounds per workload (full 3, quick 1)")
     ap.add_argument(
         "--workloads", help="comma-separated subset: " + ",".join(w.name for w in wl.ALL)
@@ -526,8 +548,14 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
     if args.quiet_wait is None:
         args.quiet_wait = 0.0 if args.quick else 5.0
+    if args.cluster:
+        import cluster
+
+        return asyncio.run(cluster.ClusterRunner(args).main())
     return asyncio.run(Runner(args).main())
 
 
 if __name__ == "__main__":
+    # cluster.py imports this module as `bench`: let that be this one, not a second copy.
+    sys.modules.setdefault("bench", sys.modules[__name__])
     sys.exit(main())

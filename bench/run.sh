@@ -3,12 +3,15 @@
 #
 #   bash bench/run.sh            # full run (about a dozen minutes on 2 cores)
 #   bash bench/run.sh --quick    # small sizes, one round: proves the benchmark works (CI)
+#   bash bench/run.sh --cluster  # cluster mode (bench/cluster.py): PostgreSQL + S3, 1 and 3 nodes
 #
 # Installs what it needs, then runs bench/bench.py with the arguments given (see
 # `bash bench/run.sh --help` and docs/performance.md):
 #   apt: docker-registry (CNCF Distribution 2.8, run by hand, not as the system service),
 #        wrk, hey, skopeo, curl; through scripts/apt-install.sh, which starts no service and
-#        leaves none enabled at boot (the package's would take port 5000)
+#        leaves none enabled at boot (the package's would take port 5000); in cluster mode
+#        the scripts of tests/services install PostgreSQL 15, OpenStack Swift and HAProxy
+#        themselves when they are missing
 #   pip: Moorage itself (editable) plus psutil and aiohttp, at the versions of constraints.txt,
 #        into the active virtualenv, else into ./.venv when it exists or the system Python is
 #        externally managed (scripts/venv.sh creates it), else into the python3 on PATH.

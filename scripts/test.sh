@@ -27,3 +27,6 @@ MOORAGE_TEST_PROXY=nginx python -m pytest -q -ra tests/clients/test_skopeo.py \
 bench_out=$(mktemp -d)
 trap 'rm -rf "$bench_out"' EXIT
 bash bench/run.sh --quick --out "$bench_out/results.json"
+# Its cluster mode, quick (~2 minutes): Moorage on PostgreSQL + S3, one node and three behind
+# HAProxy, against Distribution on the same S3 (the services of tests/services).
+bash bench/run.sh --cluster --quick --out "$bench_out/cluster.json"
