@@ -10,6 +10,7 @@ login) when missing."""
 from __future__ import annotations
 
 import grp
+import os
 import pwd
 import shlex
 import shutil
@@ -125,7 +126,12 @@ def install(service: Service, unit_dir: Path, reload: bool) -> Path:
     tell systemd (`daemon-reload`) without enabling or starting anything."""
     service.data_dir.mkdir(parents=True, exist_ok=True)
     entry = pwd.getpwnam(service.user)
+    # All of it: files made before as root (`moorage tls init`'s keys, a store run by hand)
+    # must be the service's, or it cannot read them.
     shutil.chown(service.data_dir, entry.pw_uid, entry.pw_gid)
+    for root, dirs, files in os.walk(service.data_dir):
+        for name in (*dirs, *files):
+            os.chown(os.path.join(root, name), entry.pw_uid, entry.pw_gid, follow_symlinks=False)
     unit_dir.mkdir(parents=True, exist_ok=True)
     path = unit_dir / f"{service.name}.service"
     path.write_text(service.unit())

@@ -18,6 +18,8 @@ def test_the_unit_runs_serve_confined_as_the_user(tmp_path: Path) -> None:
     config = tmp_path / "moorage.yml"
     config.write_text("listen: 127.0.0.1:5999\n")
     data, units = tmp_path / "data", tmp_path / "units"
+    (data / "tls").mkdir(parents=True)  # made before as root, e.g. by `moorage tls init`
+    (data / "tls" / "server.key").write_text("key")
     done = subprocess.run(
         [
             *INSTALL,
@@ -46,6 +48,7 @@ def test_the_unit_runs_serve_confined_as_the_user(tmp_path: Path) -> None:
     assert entries["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert entries["Restart"] == "on-failure"
     assert data.stat().st_uid == nobody.pw_uid
+    assert (data / "tls" / "server.key").stat().st_uid == nobody.pw_uid
     verified = subprocess.run(
         ["systemd-analyze", "verify", str(units / "moorage-test.service")],
         capture_output=True,
