@@ -111,7 +111,8 @@ def units(workload: wl.Workload, values: dict[str, float], profile: wl.Profile) 
     if isinstance(workload, wl.BlobPush | wl.BlobPull):
         return profile.big_blob / GiB
     image = workload.image  # type: ignore[attr-defined]
-    return float(image.total_bytes) / GiB
+    moved = image.manifest.size + image.config.size + sum(layer.size for layer in image.layers)
+    return float(moved) / GiB
 
 
 def unit_of(workload: wl.Workload) -> str:
