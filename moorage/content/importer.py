@@ -52,6 +52,7 @@ from moorage.content.registry import Registry
 from moorage.errors import ManifestBlobUnknown, RegistryError, RegistryErrors
 from moorage.metadata import BlobGone, BlobRow, KeyPending
 from moorage.storage import paths
+from moorage.storage.filesystem import fsync_dir
 
 READ_SIZE = 8 << 20  # bytes hashed per step (a Ctrl-C waits for one step at most)
 BATCH = 500  # links per metadata transaction, digests per lookup
@@ -250,14 +251,6 @@ def _hard_link(source: Path, target: Path) -> bool:
             return False
         raise
     return True
-
-
-def _sync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _head(path: Path, most: int) -> bytes:
@@ -507,7 +500,7 @@ class DistributionImport:
                     raise
                 key = await place(self.storage, self.metadata, staging, digest)
                 if key == staging:  # not moved (a move syncs its target): make the name durable
-                    await asyncio.to_thread(_sync_directory, staged.parent)
+                    await asyncio.to_thread(fsync_dir, staged.parent)
                 return key, size, True
         key, size = await self._copy(digest, source)
         return await place(self.storage, self.metadata, key, digest), size, False

@@ -903,24 +903,16 @@ class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries):
         (a collector deleting one waits for this transaction, then sees the reference);
         ReferencesGone with whatever is missing."""
         missing: set[str] = set()
-        if blobs:
-            rb = t.repository_blobs
+        for table, wanted in ((t.repository_blobs, blobs), (t.manifests, manifests)):
+            if not wanted:
+                continue
             query = (
-                select(rb.c.digest)
-                .where(rb.c.repository_id == repo_id, rb.c.digest.in_(blobs))
-                .order_by(rb.c.digest)
+                select(table.c.digest)
+                .where(table.c.repository_id == repo_id, table.c.digest.in_(wanted))
+                .order_by(table.c.digest)
                 .with_for_update(read=True)
             )
-            missing |= set(blobs) - set(conn.execute(query).scalars())
-        if manifests:
-            m = t.manifests
-            query = (
-                select(m.c.digest)
-                .where(m.c.repository_id == repo_id, m.c.digest.in_(manifests))
-                .order_by(m.c.digest)
-                .with_for_update(read=True)
-            )
-            missing |= set(manifests) - set(conn.execute(query).scalars())
+            missing |= set(wanted) - set(conn.execute(query).scalars())
         if missing:
             raise ReferencesGone(missing)
 

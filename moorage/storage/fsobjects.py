@@ -32,9 +32,9 @@ from moorage.storage.base import PathNotFound, StorageError
 from moorage.storage.filesystem import (
     FilesystemDriver,
     FileWriter,
-    _fsync_dir,
     _full_is_typed,
     _link_new,
+    fsync_dir,
 )
 from moorage.storage.objects import (
     REDIRECT_EXPIRES,
@@ -111,7 +111,7 @@ class FilesystemObjectWriter:
         else:
             os.replace(self._data, self._path)
         self._data.unlink(missing_ok=True)
-        _fsync_dir(self._path.parent)
+        fsync_dir(self._path.parent)
 
     async def commit(self) -> str:
         self._check_open()
@@ -241,7 +241,7 @@ class FilesystemObjects:
             src.unlink(missing_ok=True)
         else:
             os.replace(src, dst)
-        _fsync_dir(dst.parent)
+        fsync_dir(dst.parent)
         return True
 
     async def move(self, source: str, target: str) -> bool:
