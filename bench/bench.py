@@ -286,6 +286,30 @@ class Runner:
                 if ms.get(k) and ds.get(k):
                     record["ratio"]["setup:" + k] = ms[k] / ds[k]
 
+    async def run_workloads(
+        self, classes: Any, chosen: Any, servers: list[Any], ctx: wl.Context
+    ) -> None:
+        """Each chosen workload against every server, its record (or its failure) kept;
+        stops when a server died."""
+        for cls in classes:
+            if cls.name not in chosen:
+                continue
+            workload = cls()
+            try:
+                record = await self.run_workload(workload, servers, ctx)
+            except (BenchError, aiohttp.ClientError, OSError, AssertionError) as exc:
+                msg = f"{workload.name}: {type(exc).__name__}: {exc}"
+                self.log("FAILED " + msg)
+                if self.args.verbose:
+                    traceback.print_exc()
+                self.failures.append(msg)
+                record = {"title": workload.title, "error": msg}
+            self.results["workloads"][workload.name] = record
+            dead = [s.name for s in servers if not s.alive()]
+            if dead:
+                self.failures.append(f"{', '.join(dead)} died; stopping")
+                break
+
     async def main(self) -> int:
         args = self.args
         missing = [t for t in TOOLS if shutil.which(t) is None]
@@ -328,23 +352,7 @@ class Runner:
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                 ctx = wl.Context(self.profile, root / "client", session)
                 ctx.tmp.mkdir(parents=True)
-                for cls in wl.ALL:
-                    if cls.name not in chosen:
-                        continue
-                    workload = cls()
-                    try:
-                        record = await self.run_workload(workload, servers, ctx)
-                    except (BenchError, aiohttp.ClientError, OSError, AssertionError) as exc:
-                        msg = f"{workload.name}: {type(exc).__name__}: {exc}"
-                        self.log("FAILED " + msg)
-                        if args.verbose:
-                            traceback.print_exc()
-                        self.failures.append(msg)
-                        record = {"title": workload.title, "error": msg}
-                    self.results["workloads"][workload.name] = record
-                    if not all(s.alive() for s in servers):
-                        self.failures.append("a server died; stopping")
-                        break
+                await self.run_workloads(wl.ALL, chosen, servers, ctx)
         except asyncio.CancelledError:
             self.failures.append("interrupted")
         finally:

@@ -48,7 +48,6 @@ import asyncpg
 import client
 import psutil
 import workloads as wl
-from client import BenchError
 from servers import DISTRIBUTION_BIN, REPO_ROOT, Distribution, Moorage, Server
 
 import bench
@@ -537,24 +536,7 @@ class ClusterRunner(bench.Runner):
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                 ctx = wl.Context(self.profile, root / "client", session)
                 ctx.tmp.mkdir(parents=True)
-                for cls in WORKLOADS:
-                    if cls.name not in chosen:
-                        continue
-                    workload = cls()
-                    try:
-                        record = await self.run_workload(workload, servers, ctx)
-                    except (BenchError, aiohttp.ClientError, OSError, AssertionError) as exc:
-                        msg = f"{workload.name}: {type(exc).__name__}: {exc}"
-                        self.log("FAILED " + msg)
-                        if args.verbose:
-                            traceback.print_exc()
-                        self.failures.append(msg)
-                        record = {"title": workload.title, "error": msg}
-                    self.results["workloads"][workload.name] = record
-                    if not all(s.alive() for s in servers):
-                        dead = [s.name for s in servers if not s.alive()]
-                        self.failures.append(f"{', '.join(dead)} died; stopping")
-                        break
+                await self.run_workloads(WORKLOADS, chosen, servers, ctx)
         except asyncio.CancelledError:
             self.failures.append("interrupted")
         except (RuntimeError, OSError, AssertionError, asyncpg.PostgresError) as exc:
