@@ -172,9 +172,8 @@ class Deliverer:
                         log.exception("event delivery failed", extra={"endpoint": endpoint.name})
                 if time.monotonic() - last_prune > PRUNE_EVERY:
                     last_prune = time.monotonic()
-                    names = [e.name for e in self.events.endpoints]
                     try:
-                        await self.events.metadata.prune_events(names)
+                        await self.events.prune()
                     except Exception:
                         log.exception("pruning delivered events failed")
                 if not busy:
@@ -185,11 +184,10 @@ class Deliverer:
         backoff = self._backoff[endpoint.name]
         if time.monotonic() < backoff.until:
             return False
-        metadata = self.events.metadata
-        cursor = await metadata.take_endpoint(endpoint.name, self.holder, LEASE)
+        cursor = await self.events.take(endpoint.name, self.holder, LEASE)
         if cursor is None:
             return False
-        rows = await metadata.events_after(cursor, BATCH)
+        rows = await self.events.after(cursor, BATCH)
         if not rows:
             return False
         chosen = [row.payload for row in rows if accepts(endpoint, row)]
@@ -200,7 +198,7 @@ class Deliverer:
                 backoff.until = time.monotonic() + backoff.pause
             return False
         backoff.failures, backoff.pause = 0, 0.0
-        await metadata.delivered(endpoint.name, self.holder, rows[-1].id)
+        await self.events.delivered(endpoint.name, self.holder, rows[-1].id)
         return True
 
     async def _post(

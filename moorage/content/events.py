@@ -86,6 +86,22 @@ class Events:
             rows.append((action, target.repository, target.media_type, json.dumps(event)))
         await self.metadata.record_events(rows)
 
+    # -- delivery (moorage.api.notify sends; these keep the cursors) ----------------------
+
+    async def take(self, endpoint: str, holder: str, seconds: float) -> int | None:
+        """Hold delivery to `endpoint`; its cursor, or None if another process holds it."""
+        return await self.metadata.take_endpoint(endpoint, holder, seconds)
+
+    async def after(self, cursor: int, limit: int) -> list[EventRow]:
+        return await self.metadata.events_after(cursor, limit)
+
+    async def delivered(self, endpoint: str, holder: str, upto: int) -> bool:
+        return await self.metadata.delivered(endpoint, holder, upto)
+
+    async def prune(self) -> int:
+        """Forget the events every configured endpoint has had."""
+        return await self.metadata.prune_events([e.name for e in self.endpoints])
+
 
 _ALL = ("push", "pull", "delete", "mount")
 
