@@ -20,8 +20,11 @@ Two passes, both safe beside a running server (docs/design/gc.md, "Checking the 
 from __future__ import annotations
 
 import asyncio
+import collections
+import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -33,6 +36,7 @@ from moorage.storage.objects import Listed, ObjectDriver
 
 BATCH = 500  # listed objects judged per metadata query
 CONCURRENCY = 8  # objects checked at once (S3: requests in flight)
+SAVE_EVERY = 5.0  # seconds between two checkpoints handed to `save`
 
 Kind = Literal["missing", "wrong size", "wrong digest", "orphan"]
 
@@ -67,6 +71,31 @@ class Report:
     @property
     def problems(self) -> int:
         return self.missing + self.wrong_size + self.wrong_digest + self.orphans
+
+    def counts(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.type == "int"}
+
+    @classmethod
+    def resumed(cls, counts: dict[str, int]) -> Report:
+        """A report that goes on from `counts` (a checkpoint's; names it does not know are
+        ignored)."""
+        report = cls()
+        for name in report.counts().keys() & counts.keys():
+            setattr(report, name, int(counts[name]))
+        return report
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """How far a check got, so that another run can go on from there (`moorage fsck
+    --resume`): the pass, the last key of it whose object is judged along with every key
+    before it (both passes go in key order), and the report's counts so far. What changes
+    before the keys already judged is not seen by the resumed run; the next whole run sees
+    it."""
+
+    phase: Literal["blobs", "orphans"]
+    after: str | None
+    counts: dict[str, int]
 
 
 class Progress(Protocol):
@@ -115,6 +144,8 @@ class Fsck:
         delete: bool = False,
         progress: Progress | None = None,
         stop: threading.Event | None = None,
+        resume: Checkpoint | None = None,
+        save: Callable[[Checkpoint], None] | None = None,
     ) -> None:
         self.metadata = metadata
         self.storage = storage
@@ -123,16 +154,41 @@ class Fsck:
         self.delete = delete
         self.progress = progress or Silent()
         self.stop = stop or threading.Event()
-        self.report = Report()
+        self.report = Report.resumed(resume.counts) if resume else Report()
+        self.phase: Literal["blobs", "orphans"] = resume.phase if resume else "blobs"
+        self.after = resume.after if resume else None
+        self.save = save
+        self.saved = time.monotonic()
 
     async def run(self) -> Report:
-        """Both passes; stops early (`report.interrupted`) once `stop` is set, never in the
-        middle of a deletion."""
-        await self.check_named()
-        if not self.stop.is_set():
-            await self.find_orphans()
-        self.report.interrupted = self.stop.is_set()
+        """Both passes (from the checkpoint it resumes, if any); stops early
+        (`report.interrupted`) once `stop` is set, never in the middle of a deletion. Hands a
+        checkpoint to `save` every `SAVE_EVERY` seconds and when it stops unfinished,
+        interrupted or failing."""
+        finished = False
+        try:
+            if self.phase == "blobs":
+                await self.check_named()
+                if not self.stop.is_set():
+                    self.phase, self.after = "orphans", None
+            if not self.stop.is_set():
+                await self.find_orphans()
+            finished = not self.stop.is_set()
+        finally:
+            if not finished and self.save is not None:
+                self.save(self.checkpoint())
+        self.report.interrupted = not finished
         return self.report
+
+    def checkpoint(self) -> Checkpoint:
+        return Checkpoint(self.phase, self.after, self.report.counts())
+
+    def _judged(self, key: str) -> None:
+        """Every key up to `key` of the current pass is judged."""
+        self.after = key
+        if self.save is not None and time.monotonic() - self.saved >= SAVE_EVERY:
+            self.saved = time.monotonic()
+            self.save(self.checkpoint())
 
     def _found(self, finding: Finding) -> None:
         self.report.findings.append(finding)
@@ -143,15 +199,24 @@ class Fsck:
     async def check_named(self) -> None:
         objects, nbytes = await self.metadata.fsck_totals()
         self.progress.phase("blobs", objects, nbytes)
+        self.progress.advance(self.report.objects, self.report.bytes)  # before a resume
         limit = asyncio.Semaphore(CONCURRENCY)
+        # Objects are checked several at once and finish in any order: the checkpoint moves
+        # to a key once it and every key dispatched before it are judged.
+        dispatched: collections.deque[str] = collections.deque()
+        judged: set[str] = set()
 
         async def check(named: NamedObject) -> None:
             try:
-                await self._check_one(named)
+                if await self._check_one(named):
+                    judged.add(named.key)
+                    while dispatched and dispatched[0] in judged:
+                        judged.discard(key := dispatched.popleft())
+                        self._judged(key)
             finally:
                 limit.release()
 
-        after = None
+        after = self.after
         async with asyncio.TaskGroup() as tasks:  # a failure cancels the others, then raises
             while not self.stop.is_set():
                 batch = await self.metadata.fsck_named(after)
@@ -162,13 +227,15 @@ class Fsck:
                     if self.stop.is_set():
                         limit.release()
                         break
+                    dispatched.append(named.key)
                     tasks.create_task(check(named))
                 after = batch[-1].key
 
-    async def _check_one(self, named: NamedObject) -> None:
+    async def _check_one(self, named: NamedObject) -> bool:
+        """Judge one object; False if interrupted before it was judged."""
         findings, size = await self._examine(named, count=True)
         if self.stop.is_set():
-            return
+            return False
         r = self.report
         r.objects += 1
         r.blobs += len(named.rows)
@@ -178,12 +245,12 @@ class Fsck:
         else:
             self.progress.advance(1, 0)  # the bytes were counted as they were read
         if not findings:
-            return
+            return True
         # Look again: the collector may have deleted the rows (and is deleting the object),
         # or deleted them and a new upload stored the same content again.
         now = await self.metadata.fsck_still_named(named.key)
         if now is None:
-            return
+            return True
         findings, _ = await self._examine(now, count=False)
         for finding in findings:
             if finding.kind == "missing":
@@ -193,6 +260,7 @@ class Fsck:
             else:
                 r.wrong_digest += 1
             self._found(finding)
+        return True
 
     async def _examine(self, named: NamedObject, count: bool) -> tuple[list[Finding], int | None]:
         """What is wrong with the object of `named` (and its size, None if absent). `count`:
@@ -237,8 +305,9 @@ class Fsck:
 
     async def find_orphans(self) -> None:
         self.progress.phase("orphans", self.report.objects or None)
+        self.progress.advance(self.report.listed)  # before a resume
         batch: list[Listed] = []
-        async for listed in self.storage.walk(paths.BLOBS):
+        async for listed in self.storage.walk(paths.BLOBS, self.after):
             batch.append(listed)
             if len(batch) >= BATCH:
                 await self._judge(batch)
@@ -260,8 +329,8 @@ class Fsck:
             r.listed += 1
             self.progress.advance(1, found.size)
             if found.key in known.named:
-                continue
-            if found.key in known.pending:
+                pass
+            elif found.key in known.pending:
                 r.pending += 1
             elif sessions[found.key] in known.uploads:
                 r.uploads += 1
@@ -269,6 +338,7 @@ class Fsck:
                 r.recent += 1
             else:
                 await self._orphan(found)
+            self._judged(found.key)
 
     async def _orphan(self, found: Listed) -> None:
         """An object nothing named when the batch was judged, and old: list it again (it may

@@ -260,40 +260,68 @@ class FilesystemObjects:
     def _listed(self, key: str, info: os.stat_result) -> Listed:
         return Listed(key, info.st_size, max(info.st_mtime, info.st_ctime))
 
-    def _walk(self, prefix: str) -> Iterator[Listed]:
-        """Depth first, one folder's entries at a time; what vanishes meanwhile is skipped."""
+    def _walk(self, prefix: str, after: str | None) -> Iterator[Listed]:
+        """Depth first, in key order: one folder's entries at a time, sorted by the key each
+        starts (a folder's name sorts with its `/`, so `a/b` comes after `a-c` as the keys
+        do); folders wholly before `after` are not opened. What vanishes meanwhile is
+        skipped."""
         start = self.root if prefix == "" else self.files._path(prefix)
         try:
             info = os.stat(start, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return
         if stat.S_ISREG(info.st_mode):
-            if not _NOT_OBJECTS.match(start.name):
+            if not _NOT_OBJECTS.match(start.name) and (after is None or prefix > after):
                 yield self._listed(prefix, info)
             return
-        folders = [(str(start), f"{prefix}/" if prefix else "")]
-        while folders:
-            folder, keys = folders.pop()
-            try:
-                entries = os.scandir(folder)
-            except (FileNotFoundError, NotADirectoryError):
+        # A stack of folders' remaining entries, each list reversed so that pop() is next.
+        pending = [self._entries(str(start), f"{prefix}/" if prefix else "", after)]
+        while pending:
+            entries = pending[-1]
+            if not entries:
+                pending.pop()
                 continue
-            with entries:
+            key, entry = entries.pop()
+            try:
+                if key.endswith("/"):
+                    pending.append(self._entries(entry.path, key, after))
+                else:
+                    yield self._listed(key, entry.stat(follow_symlinks=False))
+            except FileNotFoundError:
+                continue
+
+    @staticmethod
+    def _entries(folder: str, keys: str, after: str | None) -> list[tuple[str, os.DirEntry[str]]]:
+        """The objects and folders of `folder` (whose keys start with `keys`) that hold keys
+        after `after`, each with its key (a folder's ends in `/`), last first."""
+        found = []
+        try:
+            with os.scandir(folder) as entries:
                 for entry in entries:
                     if not _addressable(entry.name):
                         continue
                     try:
                         if entry.is_dir(follow_symlinks=False):
-                            folders.append((entry.path, f"{keys}{entry.name}/"))
+                            key = f"{keys}{entry.name}/"
+                            # All of its keys start with `key`: after `after` unless `after`
+                            # is past `key` without being inside it.
+                            if after is None or key > after or after.startswith(key):
+                                found.append((key, entry))
                         elif entry.is_file(follow_symlinks=False) and not _NOT_OBJECTS.match(
                             entry.name
                         ):
-                            yield self._listed(keys + entry.name, entry.stat(follow_symlinks=False))
+                            key = keys + entry.name
+                            if after is None or key > after:
+                                found.append((key, entry))
                     except FileNotFoundError:
                         continue
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found.sort(reverse=True)
+        return found
 
-    async def walk(self, prefix: str = "") -> AsyncIterator[Listed]:
-        found = self._walk(prefix)
+    async def walk(self, prefix: str = "", after: str | None = None) -> AsyncIterator[Listed]:
+        found = self._walk(prefix, after)
         while batch := await asyncio.to_thread(lambda: list(itertools.islice(found, WALK_BATCH))):
             for listed in batch:
                 yield listed

@@ -95,13 +95,14 @@ class ObjectDriver(Protocol):
         """Remove an object, or everything below a prefix, and any unfinished writer data of
         them; absent is not an error."""
 
-    def walk(self, prefix: str = "") -> AsyncIterator[Listed]:
-        """Every object whose key is `prefix` or below `prefix/` (everything when ""), in no
-        particular order, holding at most a page of them in memory. Unfinished writer data
-        (filesystem hidden files, S3 tail objects and multipart uploads) are no objects and
-        are not listed; neither are names the driver could not address as keys. `modified`
-        is the latest of when the object's bytes were written and when it was put at its key
-        (a commit or a move), so an object just put in place never looks old."""
+    def walk(self, prefix: str = "", after: str | None = None) -> AsyncIterator[Listed]:
+        """Every object whose key is `prefix` or below `prefix/` (everything when ""), in key
+        order (by code point: S3's UTF-8 byte order), only those after `after` when given (a
+        long listing resumes there), holding at most a page of them in memory. Unfinished
+        writer data (filesystem hidden files, S3 tail objects and multipart uploads) are no
+        objects and are not listed; neither are names the driver could not address as keys.
+        `modified` is the latest of when the object's bytes were written and when it was put
+        at its key (a commit or a move), so an object just put in place never looks old."""
 
     async def redirect_url(
         self, key: str, method: Literal["GET", "HEAD"] = "GET", expires: int = REDIRECT_EXPIRES

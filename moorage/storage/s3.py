@@ -493,12 +493,16 @@ class S3Driver:
         ]
         await self._delete_names(names if name in names else [name, *names])
 
-    async def walk(self, prefix: str = "") -> AsyncIterator[Listed]:
-        """One ListObjectsV2 page in memory at a time; the time is the store's LastModified
-        (a move is a copy: a new object)."""
+    async def walk(self, prefix: str = "", after: str | None = None) -> AsyncIterator[Listed]:
+        """One ListObjectsV2 page in memory at a time, in the store's key order (StartAfter
+        resumes it); the time is the store's LastModified (a move is a copy: a new object)."""
         base = self._name(prefix) if prefix else self.prefix
+        start = {} if after is None else {"StartAfter": self.prefix + after}
         pages = self.client.get_paginator("list_objects_v2").paginate(
-            Bucket=self.bucket, Prefix=base, PaginationConfig={"PageSize": self.list_page}
+            Bucket=self.bucket,
+            Prefix=base,
+            PaginationConfig={"PageSize": self.list_page},
+            **start,
         )
         async for page in pages:
             for found in page.get("Contents", []):

@@ -102,9 +102,9 @@ class TimedObjects:
     ) -> str | None:
         return await _timed("redirect_url", lambda: self.inner.redirect_url(key, method, expires))
 
-    def walk(self, prefix: str = "") -> AsyncIterator[Listed]:
+    def walk(self, prefix: str = "", after: str | None = None) -> AsyncIterator[Listed]:
         # A listing runs as long as its consumer reads: not one call to time.
-        return self.inner.walk(prefix)
+        return self.inner.walk(prefix, after)
 
     def local_path(self, key: str) -> Path | None:
         return self.inner.local_path(key)

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import pty
 import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -357,7 +359,155 @@ async def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     assert b"stopping after the objects in hand" in err
     assert b"Traceback" not in err
     summary = out.decode().splitlines()
-    assert summary[-2:] == ["interrupted: the check did not finish", "no problems found"], out
+    assert summary[-2:] == [
+        "interrupted: the check did not finish; the same command with --resume goes on from "
+        "where it stopped",
+        "no problems found",
+    ], out
+
+
+def run_fsck(data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        fsck_argv(data_dir, *args),
+        capture_output=True,
+        text=True,
+        env=command_env(),
+        timeout=120,
+        check=False,
+    )
+
+
+async def test_an_interrupted_check_resumes_where_it_stopped(tmp_path: Path) -> None:
+    """Ctrl-C while the last object (by key) is being hashed leaves a checkpoint after the
+    three objects already judged; `--resume` with other options is refused and changes
+    nothing; `--resume` with the same options does not look at those three again (one of them
+    deleted meanwhile is not reported), judges the rest, counts all four in its summary and
+    removes the checkpoint; a check without --resume starts over and finds the deleted one."""
+    data_dir = tmp_path / "data"
+    small = [zeros(1000), zeros(1001), zeros(1002)]
+    big = BlobRow("sha256:" + "ff" * 32, paths.blob("ff" * 32), 32 << 30)
+    await store_with(data_dir, [*small, big])
+    proc = await asyncio.create_subprocess_exec(
+        *fsck_argv(data_dir, "--verify-digests"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=command_env(),
+    )
+    try:
+        assert proc.stderr is not None
+        await asyncio.wait_for(proc.stderr.readline(), 30)
+        await asyncio.sleep(1)  # hashing the big one by now
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 130, (out, err)
+    state_file = data_dir / "fsck.state"
+    saved = json.loads(state_file.read_text())
+    assert saved["phase"] == "blobs"
+    assert saved["after"] == max(row.storage_key for row in small)  # the big one sorts last
+    assert saved["counts"]["objects"] == 3 and saved["counts"]["bytes"] == 3003
+
+    refused = run_fsck(data_dir, "--resume")
+    assert refused.returncode == 2, refused
+    assert "ran with --verify-digests and without --delete" in refused.stderr, refused.stderr
+    assert json.loads(state_file.read_text()) == saved
+
+    blob_root = config.load(None, datadir=data_dir).blob_root
+    (blob_root / small[0].storage_key).unlink()  # judged before: not seen again
+    (blob_root / big.storage_key).unlink()  # not judged yet: found missing
+    resumed = run_fsck(data_dir, "--verify-digests", "--resume")
+    assert resumed.returncode == 1, resumed
+    lines = resumed.stdout.splitlines()
+    assert lines[0] == f"resuming: the blobs pass after {small[-1].storage_key}", lines
+    assert [line for line in lines if line.startswith("missing:")] == [
+        f"missing: {big.digest} {big.storage_key}: {big.size} bytes expected, no object"
+    ]
+    assert line_of(resumed.stdout, "checked:").startswith("checked: 4 objects of 4 blobs")
+    assert line_of(resumed.stdout, "found:").startswith("found: missing 1,")
+    assert not state_file.exists()
+
+    nothing = run_fsck(data_dir, "--resume")
+    assert nothing.returncode == 2 and "nothing to resume" in nothing.stderr, nothing
+
+    again = run_fsck(data_dir)
+    assert again.returncode == 1, again
+    assert line_of(again.stdout, "found:").startswith("found: missing 2,"), again.stdout
+
+
+async def test_the_orphan_pass_resumes_from_any_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second pass walks storage in key order and checkpoints as it goes (here after every
+    object): resumed from a checkpoint taken before it was stopped (a killed process leaves the
+    last one it saved), it judges each object exactly once in all, and finds each orphan."""
+    from moorage.content import fsck as fsck_module
+
+    monkeypatch.setattr(fsck_module, "SAVE_EVERY", 0.0)
+    data_dir = tmp_path / "data"
+    named = [zeros(n) for n in range(10)]
+    await store_with(data_dir, named)
+    settings = config.load(None, datadir=data_dir)
+    orphans = []
+    for n in range(30):
+        data = f"orphan {n}".encode()
+        key = paths.blob(sha256(data).removeprefix("sha256:"))
+        (settings.blob_root / key).parent.mkdir(parents=True, exist_ok=True)
+        (settings.blob_root / key).write_bytes(data)
+        orphans.append(key)
+
+    class StopAfter:
+        """Sets `stop` once `limit` objects of the orphan pass were counted."""
+
+        def __init__(self, limit: int) -> None:
+            self.limit = limit
+            self.stop = threading.Event()
+            self.listed = 0
+            self.current = ""
+
+        def phase(self, name: str, items: int | None = None, nbytes: int = 0) -> None:
+            self.current = name
+
+        def advance(self, items: int = 0, nbytes: int = 0) -> None:
+            if self.current == "orphans":
+                self.listed += items
+                if self.listed >= self.limit:
+                    self.stop.set()
+
+        def found(self, finding: fsck_module.Finding) -> None:
+            pass
+
+    metadata = MetadataStore(settings.metadata_url)
+    await metadata.open()
+    storage = await open_storage(settings)
+    try:
+        saved: list[fsck_module.Checkpoint] = []
+        progress = StopAfter(25)
+        first = fsck_module.Fsck(
+            metadata, storage, 0.0, progress=progress, stop=progress.stop, save=saved.append
+        )
+        report = await first.run()
+        assert report.interrupted and report.objects == 10
+        during = [c for c in saved if c.phase == "orphans"]
+        afters = [c.after for c in during]
+        assert afters == sorted(afters) and len(set(afters)) == 25, afters  # one per object
+        assert during[-1].counts["listed"] == 25  # the 25th, judged, then it stopped
+
+        middle = during[len(during) // 2]  # as if killed there: later checkpoints never saved
+        resumed = fsck_module.Fsck(metadata, storage, 0.0, resume=middle)
+        report = await resumed.run()
+        assert not report.interrupted
+        assert report.objects == 10 and report.listed == 40  # each object judged once in all
+        assert report.orphans == 30
+        found_after = {f.key for f in report.findings}
+        before = {key for key in orphans if middle.after is not None and key <= middle.after}
+        assert found_after == set(orphans) - before
+        assert report.problems == 30
+    finally:
+        await metadata.close()
+        await storage.close()
 
 
 def test_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:

@@ -428,6 +428,25 @@ async def test_walk_lists_objects_below_a_prefix(driver: ObjectDriver) -> None:
     assert (await walked(driver, "k"))["k/pending"] == 6 * MiB + 4
 
 
+async def test_walk_goes_in_key_order_and_resumes_after_a_key(driver: ObjectDriver) -> None:
+    """Key order is code point order of whole keys: `a-c` before `a/...` (`-` 0x2D, `/` 0x2F)
+    although the folder `a` sorts before the file `a-c` by name, and `a/b.c` before `a/b/x`;
+    `after` starts past any key, listed or not (a resumed listing whose last object was
+    deleted meanwhile)."""
+    if isinstance(driver, S3Driver):
+        driver.list_page = 2
+    keys = ["a-c", "a/b.c", "a/b0", "a/b/x", "a/bb/y", "a0", "b/z/z/z", "b/zz", "c"]
+    for key in keys:
+        await driver.put(key, b"x")
+    ordered = sorted(keys)
+    assert [found.key async for found in driver.walk()] == ordered
+    for after in ["", "a", "a-c", "a/", "a/b", "a/b/", "a/b/x", "a/ba", "a0", "b/z", "bz", "c"]:
+        expected = [key for key in ordered if key > after]
+        assert [found.key async for found in driver.walk(after=after)] == expected, after
+    assert [found.key async for found in driver.walk("a", after="a/b/x")] == ["a/b0", "a/bb/y"]
+    assert [found.key async for found in driver.walk("b", after="a")] == ["b/z/z/z", "b/zz"]
+
+
 async def test_walk_time_is_when_an_object_was_put_in_place(driver: ObjectDriver) -> None:
     """A writer whose bytes were written a while ago and that commits now, and an object moved
     now, look new: an object just put in place (with no blob row yet) must not look old."""
