@@ -60,7 +60,7 @@ async def identify(request: web.Request) -> Identity:
     auth = authenticator(request)
     try:
         identity = await auth.identify(
-            request.headers.get("Authorization"), client_address(request)
+            request.headers.get("Authorization"), lambda: client_address(request)
         )
     except RateLimited as exc:
         error = TooManyRequests(str(exc))

@@ -11,8 +11,8 @@ handled by a protocol's middleware is logged here as one info line, never as a 5
 from __future__ import annotations
 
 import logging
+import os
 import re
-import uuid
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -29,7 +29,8 @@ _SANE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}")
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     incoming = request.headers.get(HEADER, "")
-    request[REQUEST_ID] = incoming if _SANE.fullmatch(incoming) else uuid.uuid4().hex
+    # 128 random bits in hex, as uuid4().hex has them (a fifth of its cost: no UUID object).
+    request[REQUEST_ID] = incoming if _SANE.fullmatch(incoming) else os.urandom(16).hex()
     try:
         return await handler(request)
     except ConnectionError as exc:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -115,9 +116,10 @@ class Authenticator:
             raise BadCredentials("wrong user name or password")
         return credentials.user
 
-    async def identify(self, authorization: str | None, client: str) -> Identity:
+    async def identify(self, authorization: str | None, client: Callable[[], str]) -> Identity:
         """Who sent the request. Anonymous without credentials; BadCredentials if they are
-        wrong; RateLimited after too many failures."""
+        wrong; RateLimited after too many failures. `client` gives the caller's address (for
+        the failed-login counts), asked only when a password is checked."""
         if not self.enabled or not authorization:
             return ANONYMOUS_IDENTITY
         if self.mode == "token":
@@ -133,7 +135,7 @@ class Authenticator:
         credentials = parse_basic(authorization)
         if credentials is None:
             return ANONYMOUS_IDENTITY
-        return Identity(await self.login(credentials, client))
+        return Identity(await self.login(credentials, client()))
 
     def permitted(self, identity: Identity, scope_type: str, name: str) -> frozenset[str]:
         if not self.enabled:
