@@ -29,10 +29,19 @@ def users_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-async def start(aiohttp_client: Any, tmp_path: Path, **settings: Any) -> Client:
-    app = create_app(Settings(datadir=tmp_path / "data", **settings))
-    client: Client = await aiohttp_client(app)
-    return client
+@pytest.fixture
+def start(aiohttp_client: Any, backend: Any) -> Any:
+    """`await start(tmp_path, **settings)`: a registry on the backend this run tests
+    (MOORAGE_TEST_BACKEND: SQLite and files, or PostgreSQL and S3)."""
+
+    async def make(where: Path, **settings: Any) -> Client:
+        datadir = where / "data"
+        placed = await backend.settings_for(datadir)
+        app = create_app(Settings(datadir=datadir, **placed, **settings))
+        client: Client = await aiohttp_client(app)
+        return client
+
+    return make
 
 
 def text_of(page: str) -> str:
@@ -53,8 +62,8 @@ async def page(client: Client, path: str, status: int = 200) -> str:
     return body
 
 
-async def test_browse_open_registry(aiohttp_client: Any, tmp_path: Path) -> None:
-    client = await start(aiohttp_client, tmp_path)
+async def test_browse_open_registry(start: Any, tmp_path: Path) -> None:
+    client = await start(tmp_path)
     pushed = await push_samples(client, tmp_path / "layout", "team/app")
     await push_samples(client, tmp_path / "layout2", "other/tool", seed=50)
 
@@ -98,8 +107,8 @@ async def test_browse_open_registry(aiohttp_client: Any, tmp_path: Path) -> None
     assert "team" in storage and "other" in storage
 
 
-async def test_api_paths_stay_the_apis(aiohttp_client: Any, tmp_path: Path) -> None:
-    client = await start(aiohttp_client, tmp_path)
+async def test_api_paths_stay_the_apis(start: Any, tmp_path: Path) -> None:
+    client = await start(tmp_path)
     await push_samples(client, tmp_path / "layout", "team/app")
     resp = await client.get("/v2/")
     assert resp.status == 200 and await resp.json() == {}
@@ -112,8 +121,8 @@ async def test_api_paths_stay_the_apis(aiohttp_client: Any, tmp_path: Path) -> N
     assert (await client.get("/healthz")).status == 200
 
 
-async def test_ui_path_and_disabled(aiohttp_client: Any, tmp_path: Path) -> None:
-    moved = await start(aiohttp_client, tmp_path / "a", ui={"path": "/ui"})
+async def test_ui_path_and_disabled(start: Any, tmp_path: Path) -> None:
+    moved = await start(tmp_path / "a", ui={"path": "/ui"})
     await push_samples(moved, tmp_path / "layout", "team/app")
     listing = await page(moved, "/ui/")
     assert 'href="/ui/repositories/team/app"' in listing
@@ -122,7 +131,7 @@ async def test_ui_path_and_disabled(aiohttp_client: Any, tmp_path: Path) -> None
     resp = await moved.get("/ui", allow_redirects=False)
     assert resp.status == 301 and resp.headers["Location"] == "/ui/"
 
-    off = await start(aiohttp_client, tmp_path / "b", ui={"enabled": False})
+    off = await start(tmp_path / "b", ui={"enabled": False})
     assert (await off.get("/")).status == 404
     assert (await off.get("/v2/")).status == 200
 
@@ -133,8 +142,8 @@ def test_ui_path_may_not_take_the_apis(path: str) -> None:
         Settings(ui={"path": path})
 
 
-async def test_static_files(aiohttp_client: Any, tmp_path: Path) -> None:
-    client = await start(aiohttp_client, tmp_path)
+async def test_static_files(start: Any, tmp_path: Path) -> None:
+    client = await start(tmp_path)
     css = await client.get("/static/ui.css")
     assert css.status == 200 and css.headers["Content-Type"].startswith("text/css")
     js = await client.get("/static/ui.js")
@@ -143,11 +152,9 @@ async def test_static_files(aiohttp_client: Any, tmp_path: Path) -> None:
     assert (await client.get("/static/views.py")).status == 404
 
 
-async def test_access_rules_and_sign_in(
-    aiohttp_client: Any, tmp_path: Path, users_file: Path
-) -> None:
+async def test_access_rules_and_sign_in(start: Any, tmp_path: Path, users_file: Path) -> None:
     auth = {"mode": "basic", "htpasswd": users_file, "rules": RULES, "admins": ["root"]}
-    client = await start(aiohttp_client, tmp_path, auth=auth)
+    client = await start(tmp_path, auth=auth)
     await push_samples(client, tmp_path / "l1", "team/app", basic("root"))
     await push_samples(client, tmp_path / "l2", "secret/vault", basic("root"), seed=9)
 
@@ -190,11 +197,9 @@ async def test_access_rules_and_sign_in(
     assert "team/app" not in await page(client, "/")
 
 
-async def test_delete_a_tag_and_a_manifest(
-    aiohttp_client: Any, tmp_path: Path, users_file: Path
-) -> None:
+async def test_delete_a_tag_and_a_manifest(start: Any, tmp_path: Path, users_file: Path) -> None:
     auth = {"mode": "basic", "htpasswd": users_file, "rules": RULES}
-    client = await start(aiohttp_client, tmp_path, auth=auth)
+    client = await start(tmp_path, auth=auth)
     pushed = await push_samples(client, tmp_path / "l1", "team/app", basic("alice"))
     form = await page(client, "/signin")
     await client.post(
@@ -241,10 +246,8 @@ async def test_delete_a_tag_and_a_manifest(
     assert gone.status == 404
 
 
-async def test_open_registry_deletes_follow_the_setting(
-    aiohttp_client: Any, tmp_path: Path
-) -> None:
-    client = await start(aiohttp_client, tmp_path, deletes={"enabled": False})
+async def test_open_registry_deletes_follow_the_setting(start: Any, tmp_path: Path) -> None:
+    client = await start(tmp_path, deletes={"enabled": False})
     pushed = await push_samples(client, tmp_path / "layout", "team/app")
     repo = await page(client, "/repositories/team/app")
     assert "team/app" in repo and "/delete?" not in repo
