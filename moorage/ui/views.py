@@ -20,11 +20,12 @@ from urllib.parse import urlencode
 import jinja2
 from aiohttp import web
 
-from moorage.api.context import AUTH, REGISTRY, SETTINGS
+from moorage.api.context import AUTH, EVENTS, REGISTRY, REQUEST_ID, SETTINGS
 from moorage.api.maintenance import MAINTENANCE
 from moorage.api.proxy import client_address, external_base
 from moorage.auth.service import BadCredentials, Credentials, RateLimited
 from moorage.content import jsondoc, manifests, names
+from moorage.content.events import RequestInfo, Target
 from moorage.content.registry import CatalogFilter, Registry
 from moorage.errors import RegistryError
 from moorage.metadata.browse import TagOrder, format_after, parse_after
@@ -517,8 +518,34 @@ async def delete(request: web.Request) -> web.StreamResponse:
         return render(
             request, who, "error.html", status=exc.status, title="Not deleted", message=exc.message
         )
+    await _record_delete(request, who, name, reference)
     target = f"{pages.base}repositories/{name}?" + urlencode({"deleted": reference})
     raise web.HTTPSeeOther(target, headers=HEADERS)
+
+
+async def _record_delete(request: web.Request, who: Visitor, name: str, reference: str) -> None:
+    """The event the API's DELETE of the same manifest or tag records (webhooks), with the
+    signed-in user as its actor."""
+    events = request.app.get(EVENTS)
+    if events is None or not events.wanted("delete"):
+        return
+    base = external_base(request)
+    by_digest = ":" in reference
+    target = Target(
+        name,
+        digest=reference if by_digest else None,
+        tag=None if by_digest else reference,
+        url=f"{base}/v2/{name}/manifests/{reference}",
+    )
+    info = RequestInfo(
+        id=request.get(REQUEST_ID, ""),
+        addr=client_address(request),
+        host=base.split("://", 1)[-1],
+        method=request.method,
+        useragent=request.headers.get("User-Agent", ""),
+        actor=who.user,
+    )
+    await events.record("delete", [target], info)
 
 
 # -- signing in and out ----------------------------------------------------------------

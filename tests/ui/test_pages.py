@@ -4,6 +4,7 @@ in and out, and deleting with a CSRF-checked confirmation."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
+from moorage.api.context import EVENTS
 from moorage.app import create_app
 from moorage.auth import htpasswd
 from moorage.config import Settings
@@ -255,3 +257,26 @@ async def test_open_registry_deletes_follow_the_setting(start: Any, tmp_path: Pa
     image = await page(client, f"/repositories/team/app/manifests/{pushed.image.digest}")
     assert "Delete this manifest" not in image
     await page(client, "/delete?repository=team/app&reference=v1", status=403)
+
+
+async def test_a_delete_records_its_event(start: Any, tmp_path: Path, users_file: Path) -> None:
+    auth = {"mode": "basic", "htpasswd": users_file, "rules": RULES}
+    # A receiver nobody listens on: the events wait in the table, where the test reads them.
+    endpoint = {"name": "hook", "url": "http://127.0.0.1:9/hook", "actions": ["delete"]}
+    client = await start(tmp_path, auth=auth, notifications={"endpoints": [endpoint]})
+    await push_samples(client, tmp_path / "l1", "team/app", basic("alice"))
+    form = await page(client, "/signin")
+    await client.post(
+        "/signin", data={"csrf": csrf_of(form), "username": "alice", "password": USERS["alice"]}
+    )
+    confirm = await page(client, "/delete?repository=team/app&reference=v1")
+    done = await client.post(
+        "/delete",
+        data={"repository": "team/app", "reference": "v1", "csrf": csrf_of(confirm)},
+        allow_redirects=False,
+    )
+    assert done.status == 303
+    rows = await client.app[EVENTS].after(0, 100)
+    assert [(r.action, r.repository) for r in rows] == [("delete", "team/app")]
+    event = json.loads(rows[0].payload)
+    assert event["target"]["tag"] == "v1" and event["actor"]["name"] == "alice"
