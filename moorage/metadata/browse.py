@@ -59,6 +59,14 @@ class TagSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class V1Origin:
+    """The v1 image a manifest shows as (its top layer), and who pushed it through v1."""
+
+    image_id: str
+    uploader: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class NamespaceUsage:
     namespace: str
     repositories: int
@@ -215,6 +223,22 @@ class BrowseQueries:
             return _referenced_sizes(conn, repo, list(digests))
 
         return await self._read(work)
+
+    async def v1_origins(self, repository: str, digests: Sequence[str]) -> dict[str, V1Origin]:
+        """For the manifests of `digests` that have a v1 image in `repository` (pushed through
+        v1, or given v1 ids when pulled through it): that image and its uploader. One
+        statement."""
+        if not digests:
+            return {}
+        mi, r, i = t.v1_manifest_images, t.repositories, t.v1_images
+        query = (
+            select(mi.c.manifest_digest, mi.c.image_id, i.c.uploader)
+            .join(r, r.c.id == mi.c.repository_id)
+            .outerjoin(i, i.c.id == mi.c.image_id)
+            .where(r.c.name == repository, mi.c.manifest_digest.in_(list(digests)))
+        )
+        rows = await self._read(lambda conn: conn.execute(query).all())
+        return {digest: V1Origin(image, uploader) for digest, image, uploader in rows}
 
     async def tags_of(self, repository: str, digest: str) -> list[str]:
         """The tags of `repository` pointing at `digest` (index tags_digest)."""

@@ -262,8 +262,10 @@ async def repository(request: web.Request) -> web.Response:
     next_url = None
     if more and tags:
         next_url = "?" + urlencode({"sort": order, "after": format_after(tags[-1], order)})
+    origins = await _registry(request).metadata.v1_origins(name, [t.digest for t in tags])
     rows = [
         {
+            "v1": origins.get(tag.digest),
             "tag": tag,
             "kind": kind(tag.media_type, tag.artifact_type),
             "platforms": _platforms(tag.content),
@@ -358,6 +360,7 @@ async def manifest(request: web.Request) -> web.Response:
     referrers = await registry.referrers(name, stored.digest, None, None)
     context["referrers"] = [d for d in map(_descriptor, referrers.descriptors) if d]
     context["tags"] = await registry.metadata.tags_of(name, stored.digest)
+    context["v1"] = (await registry.metadata.v1_origins(name, [stored.digest])).get(stored.digest)
     context["raw"], context["raw_truncated"] = _raw(stored.content)
     context["deletable"] = can_delete(request, who.user, name)
     return render(request, who, "manifest.html", title=f"{name}@{stored.digest}", **context)
@@ -435,6 +438,42 @@ def _raw(content: bytes) -> tuple[str, bool]:
     if len(text) > RAW_LIMIT:
         return text[:RAW_LIMIT], True
     return text, False
+
+
+async def v1_image(request: web.Request) -> web.Response:
+    """A v1 image of the repository and its ancestry (self first): what each layer ran."""
+    who = visitor(request)
+    name = _repository(request, who, request.match_info["name"])
+    image_id = request.match_info["id"]
+    metadata = _registry(request).metadata
+    if name is None or name not in await metadata.v1_repositories_of(image_id):
+        return not_found(request, who, "No such v1 image in this repository.")
+    chain = []
+    for row in (await metadata.v1_ancestry(image_id))[:HISTORY_LIMIT]:
+        try:
+            document = jsondoc.loads(row.json)
+        except ValueError:
+            document = {}
+        run = document.get("container_config") if isinstance(document, dict) else None
+        command = run.get("Cmd") if isinstance(run, dict) else None
+        chain.append(
+            {
+                "id": row.id,
+                "created": str(document.get("created") or "") if isinstance(document, dict) else "",
+                "command": " ".join(map(str, command)) if isinstance(command, list) else "",
+                "size": row.size,
+                "uploader": row.uploader,
+            }
+        )
+    return render(
+        request,
+        who,
+        "v1image.html",
+        title=f"{name} v1 {image_id[:12]}",
+        name=name,
+        image_id=image_id,
+        chain=chain,
+    )
 
 
 # -- deleting ----------------------------------------------------------------------------
@@ -651,6 +690,7 @@ def add_routes(app: web.Application, base: str) -> None:
     if base != "/":
         router.add_get(base.rstrip("/"), _to_base)
     router.add_get(f"{base}repositories/{{name:.+}}/manifests/{digest}", manifest)
+    router.add_get(base + "repositories/{name:.+}/v1/{id:[0-9a-f]{64}}", v1_image)
     router.add_get(base + "repositories/{name:.+}", repository)
     router.add_get(base + "delete", confirm_delete)
     router.add_post(base + "delete", delete)

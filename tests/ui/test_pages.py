@@ -19,6 +19,7 @@ from moorage.auth import htpasswd
 from moorage.config import Settings
 from moorage.ui.sessions import COOKIE
 from tests.ui.helpers import RULES, USERS, basic, csrf_of, push_samples
+from tests.v1 import client as v1client
 
 Client = TestClient[Any, Any]
 PAGE_LIMIT = 200 * 1024
@@ -280,3 +281,27 @@ async def test_a_delete_records_its_event(start: Any, tmp_path: Path, users_file
     assert [(r.action, r.repository) for r in rows] == [("delete", "team/app")]
     event = json.loads(rows[0].payload)
     assert event["target"]["tag"] == "v1" and event["actor"]["name"] == "alice"
+
+
+async def test_v1_images_and_their_ancestry(start: Any, tmp_path: Path, users_file: Path) -> None:
+    auth = {"mode": "basic", "htpasswd": users_file, "rules": RULES}
+    client = await start(tmp_path, auth=auth)
+    chain = v1client.make_chain(3)
+    v1 = v1client.V1Client(client)
+    credentials = v1client.basic("alice", USERS["alice"])
+    await v1.push("team/legacy", chain, tags={chain[-1].id: ["old"]}, auth=credentials)
+    form = await page(client, "/signin")
+    await client.post(
+        "/signin", data={"csrf": csrf_of(form), "username": "alice", "password": USERS["alice"]}
+    )
+    repo = await page(client, "/repositories/team/legacy")
+    top = chain[-1].id
+    assert f'href="/repositories/team/legacy/v1/{top}"' in repo
+    assert "by alice" in text_of(repo)
+
+    ancestry = await page(client, f"/repositories/team/legacy/v1/{top}")
+    shown = re.findall(r'<code title="([0-9a-f]{64})">', ancestry)
+    assert shown == [image.id for image in reversed(chain)]
+    assert "/bin/sh -c /bin/sh" in text_of(ancestry)  # each layer's build step
+    # An image of another repository is not shown through this one.
+    await page(client, f"/repositories/team/app/v1/{top}", status=404)
