@@ -9,6 +9,7 @@ over indexed columns.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, TypeVar
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Integer,
     and_,
     case,
     func,
@@ -85,6 +87,20 @@ class EndpointStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class Day:
+    """What happened on one UTC day (`start`: its first second, epoch seconds)."""
+
+    start: float
+    # Bytes of the blobs first stored that day (still stored), and the total stored by its end.
+    added: int
+    stored: int
+    manifests: int
+    # Recorded events (only while notification endpoints are configured, until pruned).
+    pushes: int
+    pulls: int
+
+
+@dataclass(frozen=True, slots=True)
 class StorageStatus:
     namespaces: list[NamespaceUsage]
     # Stored objects garbage collection is deleting (rows of gc_deletions).
@@ -92,6 +108,18 @@ class StorageStatus:
     # When each cluster-wide chore (upload expiry, gc) may next run, by name.
     chores: dict[str, float]
     endpoints: list[EndpointStatus]
+    # The last `days` days, oldest first.
+    days: list[Day]
+
+
+DAY = 86400
+
+
+def _day(conn: Connection, column: ColumnElement[float]) -> ColumnElement[int]:
+    """The day number (days since the epoch, UTC) of a time in epoch seconds, in SQL."""
+    if conn.dialect.name == "postgresql":
+        return func.floor(column / DAY).cast(Integer)
+    return (column / DAY).cast(Integer)  # SQLite truncates: times are positive
 
 
 def _namespace(conn: Connection, name: ColumnElement[str]) -> ColumnElement[str]:
@@ -251,12 +279,13 @@ class BrowseQueries:
         )
         return await self._read(lambda conn: list(conn.execute(query).scalars()))
 
-    async def storage_status(self) -> StorageStatus:
+    async def storage_status(self, days: int = 30) -> StorageStatus:
         """Usage per namespace (each stored object counted once in a namespace however many of
         its repositories link it), garbage collection's pending deletions, the chores' next
-        runs and each event endpoint's backlog. A handful of grouped statements: the whole
-        linked set is read once, so its cost grows with the store (an operator's page, not a
-        hot one)."""
+        runs, each event endpoint's backlog, and the last `days` days: bytes first stored,
+        manifests stored, and recorded pushes and pulls, per day. A handful of grouped
+        statements: the whole linked set is read once, so its cost grows with the store (an
+        operator's page, not a hot one)."""
         r, rb, b = t.repositories, t.repository_blobs, t.blobs
 
         def work(conn: Connection) -> StorageStatus:
@@ -296,9 +325,59 @@ class BrowseQueries:
                     select(c.c.endpoint, c.c.delivered, backlog, c.c.holder).order_by(c.c.endpoint)
                 ).all()
             ]
-            return StorageStatus(namespaces, int(pending or 0), chores, endpoints)
+            return StorageStatus(
+                namespaces, int(pending or 0), chores, endpoints, _days(conn, days)
+            )
 
         return await self._read(work)
+
+
+def _days(conn: Connection, count: int) -> list[Day]:
+    """Per day of the last `count`: three grouped statements over the window, and one sum of
+    what was stored before it."""
+    b, m, e = t.blobs, t.manifests, t.events
+    today = int(time.time() // DAY)
+    first = today - count + 1
+    since = first * DAY
+    before = conn.execute(
+        select(func.coalesce(func.sum(b.c.size), 0)).where(b.c.created < since)
+    ).scalar()
+    bday, mday, eday = _day(conn, b.c.created), _day(conn, m.c.created), _day(conn, e.c.created)
+    added: dict[int, int] = {
+        day: int(n or 0)
+        for day, n in conn.execute(
+            select(bday, func.sum(b.c.size)).where(b.c.created >= since).group_by(bday)
+        ).all()
+    }
+    stored: dict[int, int] = {
+        day: int(n)
+        for day, n in conn.execute(
+            select(mday, func.count()).where(m.c.created >= since).group_by(mday)
+        ).all()
+    }
+    events: dict[tuple[int, str], int] = {
+        (day, action): n
+        for day, action, n in conn.execute(
+            select(eday, e.c.action, func.count())
+            .where(e.c.created >= since, e.c.action.in_(["push", "pull"]))
+            .group_by(eday, e.c.action)
+        ).all()
+    }
+    total = int(before or 0)
+    found = []
+    for day in range(first, today + 1):
+        total += int(added.get(day) or 0)
+        found.append(
+            Day(
+                start=float(day * DAY),
+                added=int(added.get(day) or 0),
+                stored=total,
+                manifests=int(stored.get(day) or 0),
+                pushes=events.get((day, "push"), 0),
+                pulls=events.get((day, "pull"), 0),
+            )
+        )
+    return found
 
 
 def _referenced_sizes(conn: Connection, repo: int, digests: list[str]) -> dict[str, int]:

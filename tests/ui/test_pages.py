@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +107,16 @@ async def test_browse_open_registry(start: Any, tmp_path: Path) -> None:
     assert pushed.artifact.digest[:19] in words and "application/vnd.moorage.test.artifact" in words
     assert "&#34;schemaVersion&#34;: 2" in image  # the raw manifest, escaped
 
-    storage = text_of(await page(client, "/storage"))
-    assert "team" in storage and "other" in storage
+    storage = await page(client, "/storage")
+    assert "team" in text_of(storage) and "other" in text_of(storage)
+    # Growth over 30 days: everything was pushed today, so only today's bars stand.
+    charts = re.findall(r"<svg class=\"chart\".*?</svg>", storage, re.S)
+    assert len(charts) == 2  # stored bytes and manifests; no events recorded, so no pulls
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    bars = re.findall(r'height="([0-9.]+)"><title>([0-9-]+): ([^<]+)</title>', charts[1])
+    # Two repositories of 5 manifests each: an index of 2, an image, an artifact.
+    assert len(bars) == 30 and bars[-1][1:] == (today, "10")
+    assert all(float(height) == 0 for height, _, _ in bars[:-1])
 
 
 async def test_api_paths_stay_the_apis(start: Any, tmp_path: Path) -> None:
