@@ -171,6 +171,14 @@ def can_delete(request: web.Request, user: str | None, repository: str) -> bool:
     )
 
 
+def _why_not_delete(request: web.Request, user: str | None, repository: str) -> str:
+    if not request.app[SETTINGS].deletes.enabled:
+        return "Deleting is turned off on this registry (deletes.enabled)."
+    if request.app[MAINTENANCE].readonly:
+        return "The registry is read-only for maintenance."
+    return "You may not delete in this repository."
+
+
 def render(
     request: web.Request,
     who: Visitor,
@@ -493,7 +501,7 @@ async def confirm_delete(request: web.Request) -> web.Response:
             "error.html",
             status=403,
             title="Not allowed",
-            message="You may not delete in this repository.",
+            message=_why_not_delete(request, who.user, name),
         )
     registry = _registry(request)
     try:
@@ -549,7 +557,7 @@ async def delete(request: web.Request) -> web.StreamResponse:
             "error.html",
             status=403,
             title="Not allowed",
-            message="You may not delete in this repository.",
+            message=_why_not_delete(request, who.user, name),
         )
     try:
         await _registry(request).delete_manifest(name, reference)
@@ -714,19 +722,24 @@ async def static(request: web.Request) -> web.StreamResponse:
 def add_routes(app: web.Application, base: str) -> None:
     digest = r"{digest:[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+}"
     router = app.router
-    router.add_get(base, repositories)
+    # Named for the request metrics (`moorage_http_requests...{route="ui.repository"}`).
+    router.add_get(base, repositories, name="ui.repositories")
     if base != "/":
-        router.add_get(base.rstrip("/"), _to_base)
-    router.add_get(f"{base}repositories/{{name:.+}}/manifests/{digest}", manifest)
-    router.add_get(base + "repositories/{name:.+}/v1/{id:[0-9a-f]{64}}", v1_image)
-    router.add_get(base + "repositories/{name:.+}", repository)
-    router.add_get(base + "delete", confirm_delete)
-    router.add_post(base + "delete", delete)
-    router.add_get(base + "signin", signin_form)
-    router.add_post(base + "signin", signin)
-    router.add_post(base + "signout", signout)
-    router.add_get(base + "storage", storage)
-    router.add_get(base + "static/{file}", static)
+        router.add_get(base.rstrip("/"), _to_base, name="ui.base")
+    router.add_get(
+        f"{base}repositories/{{name:.+}}/manifests/{digest}", manifest, name="ui.manifest"
+    )
+    router.add_get(
+        base + "repositories/{name:.+}/v1/{id:[0-9a-f]{64}}", v1_image, name="ui.v1image"
+    )
+    router.add_get(base + "repositories/{name:.+}", repository, name="ui.repository")
+    router.add_get(base + "delete", confirm_delete, name="ui.delete")
+    router.add_post(base + "delete", delete, name="ui.delete")
+    router.add_get(base + "signin", signin_form, name="ui.signin")
+    router.add_post(base + "signin", signin, name="ui.signin")
+    router.add_post(base + "signout", signout, name="ui.signout")
+    router.add_get(base + "storage", storage, name="ui.storage")
+    router.add_get(base + "static/{file}", static, name="ui.static")
 
 
 async def _to_base(request: web.Request) -> web.StreamResponse:

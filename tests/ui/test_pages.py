@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
 from moorage.api.context import EVENTS
+from moorage.api.maintenance import MAINTENANCE
 from moorage.app import create_app
 from moorage.auth import htpasswd
 from moorage.config import Settings
@@ -314,3 +315,40 @@ async def test_v1_images_and_their_ancestry(start: Any, tmp_path: Path, users_fi
     assert "/bin/sh -c /bin/sh" in text_of(ancestry)  # each layer's build step
     # An image of another repository is not shown through this one.
     await page(client, f"/repositories/team/app/v1/{top}", status=404)
+
+
+async def test_token_mode_users_sign_in(start: Any, tmp_path: Path, users_file: Path) -> None:
+    """With the built-in token server the pages sign in the same htpasswd users."""
+    client = await start(tmp_path, auth={"mode": "token", "htpasswd": users_file, "rules": RULES})
+    scope = "repository:team/app:pull,push"
+    resp = await client.get("/auth/token", params={"scope": scope}, headers=basic("root"))
+    assert resp.status == 200, await resp.text()
+    bearer = {"Authorization": f"Bearer {(await resp.json())['token']}"}
+    await push_samples(client, tmp_path / "layout", "team/app", bearer)
+    assert "team/app" not in await page(client, "/")
+    form = await page(client, "/signin")
+    await client.post(
+        "/signin", data={"csrf": csrf_of(form), "username": "bob", "password": USERS["bob"]}
+    )
+    assert 'href="/repositories/team/app"' in await page(client, "/")
+
+
+async def test_read_only_and_metrics(start: Any, tmp_path: Path) -> None:
+    client = await start(tmp_path)
+    await push_samples(client, tmp_path / "layout", "team/app")
+    client.app[MAINTENANCE].readonly = True  # as SIGHUP with maintenance.readonly sets it
+    repo = await page(client, "/repositories/team/app")
+    assert "/delete?" not in repo
+    refused = await page(client, "/delete?repository=team/app&reference=v1", status=403)
+    assert "read-only" in refused
+    # Each page is counted under its own route in the request metrics.
+    metrics = await (await client.get("/metrics")).text()
+    assert 'route="ui.repository"' in metrics and 'route="ui.delete"' in metrics
+
+
+def test_ui_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOORAGE_UI_PATH", "/console/")
+    monkeypatch.setenv("MOORAGE_UI_ENABLED", "false")
+    settings = Settings()
+    assert settings.ui.path == "/console" and settings.ui.enabled is False
+    assert Settings.model_fields["ui"].default.path == "/"
