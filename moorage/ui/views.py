@@ -147,11 +147,10 @@ def visitor(request: web.Request) -> Visitor:
     the htpasswd file is signed out."""
     pages, auth = _pages(request), request.app[AUTH]
     session = pages.sessions.read(request)
-    known = (
-        auth.enabled and auth.users is not None and session and session.user in auth.users.users()
-    )
-    if session is not None and session.user is not None and not known:
-        session = None
+    if session is not None and session.user is not None:
+        users = auth.users if auth.enabled else None
+        if users is None or session.user not in users.users():
+            session = None
     if session is None:
         return Visitor(pages.sessions.new(None), True)
     return Visitor(session, False)
@@ -171,7 +170,7 @@ def can_delete(request: web.Request, user: str | None, repository: str) -> bool:
     )
 
 
-def _why_not_delete(request: web.Request, user: str | None, repository: str) -> str:
+def _why_not_delete(request: web.Request) -> str:
     if not request.app[SETTINGS].deletes.enabled:
         return "Deleting is turned off on this registry (deletes.enabled)."
     if request.app[MAINTENANCE].readonly:
@@ -501,7 +500,7 @@ async def confirm_delete(request: web.Request) -> web.Response:
             "error.html",
             status=403,
             title="Not allowed",
-            message=_why_not_delete(request, who.user, name),
+            message=_why_not_delete(request),
         )
     registry = _registry(request)
     try:
@@ -557,7 +556,7 @@ async def delete(request: web.Request) -> web.StreamResponse:
             "error.html",
             status=403,
             title="Not allowed",
-            message=_why_not_delete(request, who.user, name),
+            message=_why_not_delete(request),
         )
     try:
         await _registry(request).delete_manifest(name, reference)

@@ -352,3 +352,16 @@ def test_ui_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     settings = Settings()
     assert settings.ui.path == "/console" and settings.ui.enabled is False
     assert Settings.model_fields["ui"].default.path == "/"
+
+
+async def test_a_removed_user_is_signed_out(start: Any, tmp_path: Path) -> None:
+    users = tmp_path / "htpasswd"
+    htpasswd.write(users, {"carol": htpasswd.hash_password("carol-password")})
+    client = await start(tmp_path, auth={"mode": "basic", "htpasswd": users})
+    form = await page(client, "/signin")
+    await client.post(
+        "/signin", data={"csrf": csrf_of(form), "username": "carol", "password": "carol-password"}
+    )
+    assert "Signed in as" in await page(client, "/")
+    htpasswd.write(users, {})
+    assert "Signed in as" not in await page(client, "/")
