@@ -365,3 +365,13 @@ async def test_a_removed_user_is_signed_out(start: Any, tmp_path: Path) -> None:
     assert "Signed in as" in await page(client, "/")
     htpasswd.write(users, {})
     assert "Signed in as" not in await page(client, "/")
+
+
+async def test_cookie_is_secure_over_https(start: Any, tmp_path: Path) -> None:
+    """Reached through an HTTPS front (`http.host`), the session cookie is sent Secure."""
+    client = await start(tmp_path, http={"host": "https://registry.example.com"})
+    resp = await client.get("/")
+    cookie = resp.cookies[COOKIE]
+    assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Strict"
+    plain = await start(tmp_path / "plain")
+    assert not (await plain.get("/")).cookies[COOKIE]["secure"]
