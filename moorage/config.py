@@ -362,14 +362,6 @@ class MetricsSettings(_Section):
         return None if value is None else _host_port(value)
 
 
-class LogSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-    # One line per request (moorage/api/accesslog.py); at level info.
-    accesslog: bool = True
-    # `text` (fields as key=value after the message) or `json` (one object per line).
-    format: Literal["text", "json"] = "text"
-
-
 # Paths the registry's own endpoints answer under: the web interface never takes them.
 _API_PATHS = ("/v1", "/v2", "/_ping", "/auth", "/metrics", "/healthz", "/readyz")
 
@@ -391,6 +383,14 @@ class UISettings(_Section):
         ):
             raise ValueError(f"ui.path {value!r}: a plain path outside {', '.join(_API_PATHS)}")
         return path
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    # One line per request (moorage/api/accesslog.py); at level info.
+    accesslog: bool = True
+    # `text` (fields as key=value after the message) or `json` (one object per line).
+    format: Literal["text", "json"] = "text"
 
 
 class Settings(BaseSettings):
@@ -417,13 +417,13 @@ class Settings(BaseSettings):
     deletes: DeleteSettings = DeleteSettings()
     mount: MountSettings = MountSettings()
     pagination: PaginationSettings = PaginationSettings()
+    ui: UISettings = UISettings()
     http: HTTPSettings = HTTPSettings()
     log: LogSettings = LogSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
     metrics: MetricsSettings = MetricsSettings()
     auth: AuthSettings = AuthSettings()
     tls: TLSSettings = TLSSettings()
-    ui: UISettings = UISettings()
 
     @field_validator("listen")
     @classmethod
