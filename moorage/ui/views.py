@@ -35,8 +35,10 @@ PAGE_SIZE = 50
 # What a page shows of a long list or document, at most: every page stays well under 200 KB.
 RAW_LIMIT = 64 * 1024
 CONFIG_LIMIT = 1 << 20
-HISTORY_LIMIT = 200
-SEARCH_MOST = 200
+# Rows of a list on a page (layers, platforms, history, referrers, labels), and characters of
+# a string a manifest or config supplies (a command, a label's value).
+LIST_LIMIT = 100
+TEXT_LIMIT = 300
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -302,8 +304,9 @@ def _platforms(content: bytes | None) -> list[str]:
         document = jsondoc.loads(content)
     except ValueError:
         return []
+    entries = document.get("manifests") if isinstance(document, dict) else None
     found = []
-    for entry in document.get("manifests") or []:
+    for entry in _list(entries)[:LIST_LIMIT]:
         platform = entry.get("platform") if isinstance(entry, dict) else None
         if isinstance(platform, dict) and platform.get("os"):
             found.append(_platform_name(platform))
@@ -342,41 +345,63 @@ async def manifest(request: web.Request) -> web.Response:
         "size": len(stored.content),
         "annotations": _strings(document.get("annotations")),
         "subject": _descriptor(document.get("subject")),
-        "artifact_type": document.get("artifactType"),
+        "artifact_type": _text(document.get("artifactType")),
         "children": [],
         "layers": [],
-        "config": None,
+        "layers_total": 0,
         "history": [],
         "labels": {},
+        "hidden": {},
     }
+    hidden = context["hidden"]
     if stored.media_type in manifests.INDEX_TYPES:
-        children = [d for d in map(_descriptor, document.get("manifests") or []) if d]
+        children = [d for d in map(_descriptor, _list(document.get("manifests"))) if d]
+        hidden["children"] = max(0, len(children) - LIST_LIMIT)
+        children = children[:LIST_LIMIT]
         sizes = await registry.metadata.referenced_sizes(name, [c["digest"] for c in children])
         for child in children:
             child["total"] = child["size"] + sizes.get(child["digest"], 0)
         context["children"] = children
     elif stored.media_type in manifests.IMAGE_TYPES:
-        layers = [d for d in map(_descriptor, document.get("layers") or []) if d]
-        context["layers"] = layers
+        layers = [d for d in map(_descriptor, _list(document.get("layers"))) if d]
+        context["layers"] = layers[:LIST_LIMIT]
+        context["layers_total"] = sum(layer["size"] for layer in layers)
+        hidden["layers"] = max(0, len(layers) - LIST_LIMIT)
         config = _descriptor(document.get("config"))
-        context["config"] = config
         if config is not None:
             details = await _config(registry, name, config)
             context.update(details)
             _pair_history(context["history"], layers)
+            hidden["history"] = max(0, details.get("history_count", 0) - LIST_LIMIT)
+            context["history"] = context["history"][:LIST_LIMIT]
     referrers = await registry.referrers(name, stored.digest, None, None)
-    context["referrers"] = [d for d in map(_descriptor, referrers.descriptors) if d]
+    found = [d for d in map(_descriptor, referrers.descriptors) if d]
+    context["referrers"] = found[:LIST_LIMIT]
+    hidden["referrers"] = max(0, len(found) - LIST_LIMIT)
     context["tags"] = await registry.metadata.tags_of(name, stored.digest)
+    hidden["tags"] = max(0, len(context["tags"]) - LIST_LIMIT)
+    context["tags"] = context["tags"][:LIST_LIMIT]
     context["v1"] = (await registry.metadata.v1_origins(name, [stored.digest])).get(stored.digest)
     context["raw"], context["raw_truncated"] = _raw(stored.content)
     context["deletable"] = can_delete(request, who.user, name)
     return render(request, who, "manifest.html", title=f"{name}@{stored.digest}", **context)
 
 
+def _text(value: Any) -> str:
+    """A string from a document, cut to what a page shows."""
+    text = "" if value is None else str(value)
+    return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _strings(value: Any) -> dict[str, str]:
+    """The first LIST_LIMIT entries of a map of strings (labels, annotations), cut to size."""
     if not isinstance(value, dict):
         return {}
-    return {str(k): str(v) for k, v in value.items()}
+    return {_text(k): _text(v) for k, v in list(value.items())[:LIST_LIMIT]}
 
 
 def _descriptor(value: Any) -> dict[str, Any] | None:
@@ -385,10 +410,10 @@ def _descriptor(value: Any) -> dict[str, Any] | None:
     size = value.get("size")
     platform = value.get("platform")
     return {
-        "digest": value["digest"],
-        "media_type": str(value.get("mediaType") or ""),
+        "digest": _text(value["digest"]),
+        "media_type": _text(value.get("mediaType")),
         "size": size if isinstance(size, int) else 0,
-        "artifact_type": value.get("artifactType"),
+        "artifact_type": _text(value.get("artifactType")),
         "platform": _platform_name(platform) if isinstance(platform, dict) else "",
         "annotations": _strings(value.get("annotations")),
     }
@@ -408,24 +433,25 @@ async def _config(registry: Registry, name: str, config: dict[str, Any]) -> dict
         return {}
     found = document.get("config")
     inner: dict[str, Any] = found if isinstance(found, dict) else {}
+    entries = [h for h in _list(document.get("history")) if isinstance(h, dict)]
     history = [
         {
-            "created": str(h.get("created") or ""),
-            "created_by": str(h.get("created_by") or ""),
+            "created": _text(h.get("created")),
+            "created_by": _text(h.get("created_by")),
             "empty": bool(h.get("empty_layer")),
-            "comment": str(h.get("comment") or ""),
+            "comment": _text(h.get("comment")),
             "layer": None,
         }
-        for h in (document.get("history") or [])[:HISTORY_LIMIT]
-        if isinstance(h, dict)
+        for h in entries
     ]
-    command = [*(inner.get("Entrypoint") or []), *(inner.get("Cmd") or [])]
+    command = [*_list(inner.get("Entrypoint")), *_list(inner.get("Cmd"))]
     return {
         "history": history,
+        "history_count": len(history),
         "labels": _strings(inner.get("Labels")),
-        "platform": _platform_name(document),
-        "command": " ".join(str(c) for c in command),
-        "created": str(document.get("created") or ""),
+        "platform": _text(_platform_name(document)),
+        "command": _text(" ".join(str(c) for c in command)),
+        "created": _text(document.get("created")),
     }
 
 
@@ -456,7 +482,7 @@ async def v1_image(request: web.Request) -> web.Response:
     if name is None or name not in await metadata.v1_repositories_of(image_id):
         return not_found(request, who, "No such v1 image in this repository.")
     chain = []
-    for row in (await metadata.v1_ancestry(image_id))[:HISTORY_LIMIT]:
+    for row in (await metadata.v1_ancestry(image_id))[:LIST_LIMIT]:
         try:
             document = jsondoc.loads(row.json)
         except ValueError:
@@ -466,8 +492,8 @@ async def v1_image(request: web.Request) -> web.Response:
         chain.append(
             {
                 "id": row.id,
-                "created": str(document.get("created") or "") if isinstance(document, dict) else "",
-                "command": " ".join(map(str, command)) if isinstance(command, list) else "",
+                "created": _text(document.get("created")) if isinstance(document, dict) else "",
+                "command": _text(" ".join(map(str, _list(command)))),
                 "size": row.size,
                 "uploader": row.uploader,
             }

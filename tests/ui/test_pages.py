@@ -4,6 +4,7 @@ in and out, and deleting with a CSRF-checked confirmation."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from moorage.app import create_app
 from moorage.auth import htpasswd
 from moorage.config import Settings
 from moorage.ui.sessions import COOKIE
+from tests.auth.helpers import OCI_MANIFEST, manifest_for
 from tests.ui.helpers import RULES, USERS, basic, csrf_of, push_samples
 from tests.v1 import client as v1client
 
@@ -375,3 +377,33 @@ async def test_cookie_is_secure_over_https(start: Any, tmp_path: Path) -> None:
     assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Strict"
     plain = await start(tmp_path / "plain")
     assert not (await plain.get("/")).cookies[COOKIE]["secure"]
+
+
+async def test_a_huge_manifest_still_makes_a_small_page(start: Any, tmp_path: Path) -> None:
+    """Pages are bounded whatever a pusher put in a manifest or config: long lists and long
+    strings are cut, with a note of what was left out."""
+    client = await start(tmp_path)
+    history = [{"created_by": f"RUN step {n} " + "x" * 400} for n in range(1500)]
+    labels = {f"label.{n}": "v" * 200 for n in range(1000)}
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "history": history, "config": {"Labels": labels}}
+    ).encode()
+    layer = b"layer"
+    for data in (config, layer):
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        resp = await client.post(f"/v2/big/one/blobs/uploads/?digest={digest}", data=data)
+        assert resp.status == 201, await resp.text()
+    document = json.loads(manifest_for(config, layer))
+    document["annotations"] = {f"note.{n}": "a" * 300 for n in range(3000)}
+    body = json.dumps(document).encode()
+    assert len(body) > 900_000
+    resp = await client.put(
+        "/v2/big/one/manifests/huge", data=body, headers={"Content-Type": OCI_MANIFEST}
+    )
+    assert resp.status == 201, await resp.text()
+    digest = resp.headers["Docker-Content-Digest"]
+    shown = await page(client, f"/repositories/big/one/manifests/{digest}")  # < 200 KB
+    assert "1400 more history entries not shown." in shown
+    assert "RUN step 0 " in shown and "RUN step 100 " not in shown
+    assert "Shown in part" in shown  # the raw manifest
+    await page(client, "/repositories/big/one")
