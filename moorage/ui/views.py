@@ -39,6 +39,8 @@ CONFIG_LIMIT = 1 << 20
 # a string a manifest or config supplies (a command, a label's value).
 LIST_LIMIT = 100
 TEXT_LIMIT = 300
+# Platforms named in a row of the tags (the manifest's page lists them all).
+ROW_PLATFORMS = 8
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -272,15 +274,18 @@ async def repository(request: web.Request) -> web.Response:
     if more and tags:
         next_url = "?" + urlencode({"sort": order, "after": format_after(tags[-1], order)})
     origins = await _registry(request).metadata.v1_origins(name, [t.digest for t in tags])
-    rows = [
-        {
-            "v1": origins.get(tag.digest),
-            "tag": tag,
-            "kind": kind(tag.media_type, tag.artifact_type),
-            "platforms": _platforms(tag.content),
-        }
-        for tag in tags
-    ]
+    rows = []
+    for tag in tags:
+        platforms = _platforms(tag.content)
+        rows.append(
+            {
+                "v1": origins.get(tag.digest),
+                "tag": tag,
+                "kind": kind(tag.media_type, tag.artifact_type),
+                "platforms": platforms[:ROW_PLATFORMS],
+                "more_platforms": len(platforms) - len(platforms[:ROW_PLATFORMS]),
+            }
+        )
     host = external_base(request).split("://", 1)[-1]
     return render(
         request,
@@ -309,7 +314,7 @@ def _platforms(content: bytes | None) -> list[str]:
     for entry in _list(entries)[:LIST_LIMIT]:
         platform = entry.get("platform") if isinstance(entry, dict) else None
         if isinstance(platform, dict) and platform.get("os"):
-            found.append(_platform_name(platform))
+            found.append(_text(_platform_name(platform))[:60])
     return found
 
 
