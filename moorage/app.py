@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from moorage import keys
+from moorage import keys, ui
 from moorage.api import health, http, metrics, notify, requestid
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, CURSORS, EVENTS, REGISTRY, SETTINGS, V1, V1TOKENS
@@ -146,6 +146,7 @@ def create_app(settings: Settings) -> web.Application:
     metrics.setup(app, settings, probes)
     v2_routes.setup(app)
     v1_routes.setup(app)
+    ui.setup(app, v1_secret)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         settings.datadir.mkdir(parents=True, exist_ok=True)

@@ -362,6 +362,29 @@ class MetricsSettings(_Section):
         return None if value is None else _host_port(value)
 
 
+# Paths the registry's own endpoints answer under: the web interface never takes them.
+_API_PATHS = ("/v1", "/v2", "/_ping", "/auth", "/metrics", "/healthz", "/readyz")
+
+
+class UISettings(_Section):
+    """The web interface (moorage/ui, docs/ui/README.md), served on the registry's own port."""
+
+    enabled: bool = True
+    # Where its pages live ("/" or a prefix such as "/ui"); never under the API's paths.
+    path: str = "/"
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        path = "/" + value.strip("/")
+        if path != "/" and (
+            not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+", path)
+            or any(path == p or path.startswith(p + "/") for p in _API_PATHS)
+        ):
+            raise ValueError(f"ui.path {value!r}: a plain path outside {', '.join(_API_PATHS)}")
+        return path
+
+
 class LogSettings(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # One line per request (moorage/api/accesslog.py); at level info.
@@ -394,6 +417,7 @@ class Settings(BaseSettings):
     deletes: DeleteSettings = DeleteSettings()
     mount: MountSettings = MountSettings()
     pagination: PaginationSettings = PaginationSettings()
+    ui: UISettings = UISettings()
     http: HTTPSettings = HTTPSettings()
     log: LogSettings = LogSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()

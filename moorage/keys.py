@@ -20,6 +20,7 @@ V1_TOKENS = "moorage v1 token mac"
 TOKEN_SIGNING = "moorage token signing key"
 SCHEMA1_SIGNING = "moorage schema1 signing key"
 CURSORS = "moorage pagination cursor key"
+UI_SESSIONS = "moorage web interface session key"
 
 _P256_ORDER = int("FFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551", 16)
 

@@ -6,7 +6,8 @@
 #        `moorage import distribution` is tested on; run by hand, never as the system
 #        service), busybox-static (the binary in the runnable test image), jq, curl, openssl,
 #        and the real services tests/services starts (PostgreSQL 15, Swift with its S3 API,
-#        memcached, HAProxy; the scripts there would install them too, but slower and mid-test).
+#        memcached, HAProxy; the scripts there would install them too, but slower and mid-test),
+#        and Debian's chromium with chromium-driver (tests/ui drives the web interface in it).
 #   pip: Moorage itself, editable, with its [test] extras (pytest, python-dxf, ruff, mypy, ...),
 #        at the versions of constraints.txt.
 #
@@ -42,6 +43,8 @@ APT_PACKAGES=(
   haproxy
   # the client tests run once more through a real nginx in front (docs/deploy/nginx-site.conf)
   nginx-light
+  # tests/ui drives the web interface in a real browser (selenium, headless)
+  chromium chromium-driver
   # ./.venv, when the system Python is the one we install into (see below)
   python3 python3-venv
 )
@@ -75,11 +78,12 @@ bash scripts/pip-install.sh -e '.[test]'
 
 # Report what was installed, so a failed run shows what is missing.
 for bin in skopeo podman buildah umoci dockerd docker docker-registry busybox jq curl openssl \
-  /usr/lib/postgresql/15/bin/pg_ctl psql swift-proxy-server swift-object-server memcached haproxy; do
+  /usr/lib/postgresql/15/bin/pg_ctl psql swift-proxy-server swift-object-server memcached haproxy \
+  chromium chromedriver; do
   command -v "$bin" >/dev/null || { echo "install-test-deps.sh: $bin missing" >&2; exit 1; }
 done
 PYTHON="$(command -v python3)"
-(cd / && "$PYTHON" -c 'import dxf, pytest, moorage, asyncpg, aiobotocore, alembic') || {
+(cd / && "$PYTHON" -c 'import dxf, pytest, moorage, asyncpg, aiobotocore, alembic, jinja2, selenium') || {
   echo "install-test-deps.sh: python packages missing" >&2
   exit 1
 }

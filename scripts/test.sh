@@ -14,10 +14,11 @@ ruff format --check moorage tests
 mypy
 lint-imports
 python -m pytest -q -ra "$@"
-# The v2 and v1 API suites again on PostgreSQL + S3 (the real services of tests/services, which
-# the fixtures start): tests that look inside SQLite or the data directory are deselected by
-# name (marker embedded_only), nothing is skipped.
-MOORAGE_TEST_BACKEND=scaleout python -m pytest -q -ra -m "not embedded_only" tests/api tests/v1
+# The v2 and v1 API suites and the web interface's pages again on PostgreSQL + S3 (the real
+# services of tests/services, which the fixtures start): tests that look inside SQLite or the
+# data directory are deselected by name (marker embedded_only), nothing is skipped.
+MOORAGE_TEST_BACKEND=scaleout python -m pytest -q -ra -m "not embedded_only" tests/api tests/v1 \
+  tests/ui/test_pages.py
 # The real clients once more through a real nginx in front, configured as
 # docs/deploy/nginx-site.conf tells operators (the session's registry is reached through it).
 MOORAGE_TEST_PROXY=nginx python -m pytest -q -ra tests/clients/test_skopeo.py \

@@ -60,6 +60,7 @@ from moorage import metrics
 from moorage.errors import StorageFull
 from moorage.metadata import dialect, globs, migrations, reserve
 from moorage.metadata import schema as t
+from moorage.metadata.browse import BrowseQueries
 from moorage.metadata.events import EventQueries
 from moorage.metadata.fsck import FsckQueries
 from moorage.metadata.gc import GCQueries, drop_manifest
@@ -310,7 +311,7 @@ class _SQLiteWriter:
         self._thread.shutdown(wait=True)
 
 
-class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries):
+class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries, BrowseQueries):
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
