@@ -795,6 +795,18 @@ class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries):
         row = await self._read(lambda conn: conn.execute(_TAGGED_MANIFEST, params).first())
         return ManifestRow(row[0], row[1], bytes(row[2])) if row else None
 
+    async def tag_updated(self, repository: str, tag: str) -> float | None:
+        """When the tag was last set (pushed, or confirmed by a mirror's upstream); None when
+        there is no such tag."""
+        tg, r = t.tags, t.repositories
+        query = (
+            select(tg.c.updated)
+            .join(r, r.c.id == tg.c.repository_id)
+            .where(r.c.name == repository, tg.c.name == tag)
+        )
+        found = await self._column(query)
+        return float(found[0]) if found else None
+
     async def existing_manifests(self, repository: str, digests: Iterable[str]) -> set[str]:
         wanted = set(digests)
         if not wanted:

@@ -1,0 +1,94 @@
+"""The pull-through cache in the v2 routes (docs/mirror.md): manifest and blob GET/HEAD of a
+mirrored repository are made servable from the cache first (moorage/mirror/cache.py); a blob
+being fetched is streamed to the client as it arrives; pushes into a mirror are refused.
+
+Everything else (tags lists, the catalog, referrers, deletes) works on what is cached, as on
+any repository.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from moorage.api import http
+from moorage.errors import BlobUnknown, Denied
+from moorage.mirror.cache import Mirror, Target
+
+log = logging.getLogger("moorage.mirror")
+
+MIRROR = web.AppKey("mirror", Mirror)
+
+Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
+# Routes and methods that write into a repository.
+_PUSHES = {("upload", "PATCH"), ("upload", "PUT"), ("uploads", "POST"), ("manifest", "PUT")}
+IMMUTABLE = "max-age=31536000"
+
+
+async def handle(
+    request: web.Request, route: str, handler: Handler, params: dict[str, str]
+) -> web.StreamResponse:
+    """Answer a v2 request: through the cache when its repository is mirrored."""
+    mirror = request.app.get(MIRROR)
+    target = None
+    if mirror is not None and "repository" in params:
+        target = mirror.target(params["repository"])
+    if mirror is None or target is None:
+        return await handler(request, params)
+    if (route, request.method) in _PUSHES:
+        raise Denied(
+            f"{params['repository']} is a mirror of {target.source}: pushes are refused",
+            {"name": params["repository"], "upstream": target.source},
+        )
+    if route == "manifest" and request.method in ("GET", "HEAD"):
+        await mirror.manifest(target, params["repository"], params["reference"])
+    if route == "blob" and request.method in ("GET", "HEAD"):
+        try:
+            return await handler(request, params)
+        except BlobUnknown:
+            return await _blob(request, handler, params, mirror, target)
+    return await handler(request, params)
+
+
+async def _blob(
+    request: web.Request, handler: Handler, params: dict[str, str], mirror: Mirror, target: Target
+) -> web.StreamResponse:
+    """A blob not cached yet: the bytes as the upstream fetch receives them (a `Range` is
+    not honoured on this first pull: the whole blob is sent, which HTTP allows)."""
+    digest = params["digest"]
+    fetch = await mirror.blob(target, params["repository"], digest)
+    if fetch is None:  # stored already under another repository, now linked to this one
+        return await handler(request, params)
+    size = await fetch.started()
+    headers = {
+        "Docker-Content-Digest": digest,
+        "ETag": f'"{digest}"',
+        "Cache-Control": IMMUTABLE,
+        "Content-Type": "application/octet-stream",
+    }
+    response = web.StreamResponse(status=200, headers=headers)
+    if size is not None:
+        response.content_length = size
+    await response.prepare(request)
+    if request.method == "HEAD":
+        await response.write_eof()
+        return response
+    try:
+        async for chunk in fetch.read():
+            await response.write(chunk)
+    except Exception as exc:
+        if http.client_went_away(request, exc):
+            raise
+        # The answer has begun: the only way left to say it failed is to cut the connection
+        # (the client sees fewer bytes than Content-Length).
+        log.warning(
+            "mirrored blob broken off",
+            extra={"repository": params["repository"], "digest": digest, "error": str(exc)},
+        )
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("upstream fetch failed") from exc
+    await response.write_eof()
+    return response
