@@ -70,12 +70,14 @@ class CountingProxy:
     """A reverse proxy on 127.0.0.1 in front of `target`, counting the requests it forwards
     by (method, path), except those the upstream answers 401 (an authentication challenge).
     With `hold_after` set, the body of a blob GET stops after that many bytes: `held` is
-    set, and the body goes on once `release` is."""
+    set, and the body goes on once `release` is. With `answer_with` set, every request is
+    answered with that status and not forwarded (an upstream failing or limiting)."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.hold_after: int | None = None
+        self.answer_with: int | None = None
         self.held = asyncio.Event()
         self.release = asyncio.Event()
         self.url = ""
@@ -104,6 +106,8 @@ class CountingProxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
+        if self.answer_with is not None:
+            return web.Response(status=self.answer_with, text="not now")
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         async with self._session.request(
             request.method,
