@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from moorage.api import http
-from moorage.errors import BlobUnknown, Denied
+from moorage.errors import BlobUnknown, Denied, ManifestUnknown, NameUnknown, Unavailable
 from moorage.mirror.cache import Mirror, Target
 
 log = logging.getLogger("moorage.mirror")
@@ -25,6 +25,9 @@ Handler = Callable[[web.Request, dict[str, str]], Awaitable[web.StreamResponse]]
 # Routes and methods that write into a repository.
 _PUSHES = {("upload", "PATCH"), ("upload", "PUT"), ("uploads", "POST"), ("manifest", "PUT")}
 IMMUTABLE = "max-age=31536000"
+# v1 routes that write into a repository, and those that read a repository's tags.
+_V1_PUSHES = {("repository", "PUT"), ("repository_images", "PUT"), ("tag", "PUT")}
+_V1_READS = {"tags", "tag", "tag_json", "repository_images", "repository_json"}
 
 
 async def handle(
@@ -38,10 +41,7 @@ async def handle(
     if mirror is None or target is None:
         return await handler(request, params)
     if (route, request.method) in _PUSHES:
-        raise Denied(
-            f"{params['repository']} is a mirror of {target.source}: pushes are refused",
-            {"name": params["repository"], "upstream": target.source},
-        )
+        raise _refuse(params["repository"], target)
     if route == "manifest" and request.method in ("GET", "HEAD"):
         await mirror.manifest(target, params["repository"], params["reference"])
     if route == "blob" and request.method in ("GET", "HEAD"):
@@ -50,6 +50,38 @@ async def handle(
         except BlobUnknown:
             return await _blob(request, handler, params, mirror, target)
     return await handler(request, params)
+
+
+def _refuse(repository: str, target: Target) -> Denied:
+    return Denied(
+        f"{repository} is a mirror of {target.source}: pushes are refused",
+        {"name": repository, "upstream": target.source},
+    )
+
+
+async def before_v1(request: web.Request, route: str, params: dict[str, str]) -> None:
+    """For a mirrored repository on the v1 protocol: refuse pushes; before its tags are
+    read, cache the whole image of the tag asked for (`latest` for the lists, the tag a
+    Docker 1.x pull asks for by default), so that v1 translation finds it. What cannot be
+    fetched is left to the handler, which answers from what is cached."""
+    mirror = request.app.get(MIRROR)
+    if mirror is None or "repository" not in params:
+        return
+    repository = params["repository"]
+    target = mirror.target(repository)
+    if target is None:
+        return
+    if (route, request.method) in _V1_PUSHES:
+        raise _refuse(repository, target)
+    if route in _V1_READS and request.method in ("GET", "HEAD"):
+        tag = params.get("tag", "latest")
+        try:
+            await mirror.image(target, repository, tag)
+        except (ManifestUnknown, NameUnknown, Unavailable) as exc:
+            log.info(
+                "mirrored v1 image not fetched",
+                extra={"repository": repository, "tag": tag, "error": str(exc)},
+            )
 
 
 async def _blob(

@@ -26,7 +26,7 @@ import aiohttp
 
 from moorage.config import Settings
 from moorage.content import digest as digests
-from moorage.content import manifests, names
+from moorage.content import jsondoc, manifests, names, v1
 from moorage.content import mirror as stored
 from moorage.content.registry import Registry
 from moorage.errors import BlobUnknown, ManifestUnknown, NameUnknown, Unavailable
@@ -100,6 +100,13 @@ class BlobFetch:
         if not self.begun and self.error is not None:
             raise self.error
         return self.size
+
+    async def wait(self) -> None:
+        """Until the blob is stored; what went wrong is raised."""
+        while not self.done:
+            await self._changed.wait()
+        if self.error is not None:
+            raise self.error
 
     async def read(self) -> AsyncIterator[bytes]:
         index = 0
@@ -253,6 +260,35 @@ class Mirror:
             "mirrored manifest",
             extra={"repository": repository, "reference": reference, "digest": digest},
         )
+
+    async def image(self, target: Target, repository: str, tag: str) -> None:
+        """Make a tagged image wholly servable from the cache (its manifest, the linux/amd64
+        one of an index, and every blob), for the v1 protocol: its clients ask for images by
+        v1 ids derived from the stored manifest and config, which must be here first."""
+        await self.manifest(target, repository, tag)
+        row = await self.registry.metadata.tagged_manifest(repository, tag)
+        if row is None:
+            return
+        document = jsondoc.loads(row.content)
+        if row.media_type in manifests.INDEX_TYPES:
+            child = v1.platform_child(document)
+            if child is None:
+                return
+            await self.manifest(target, repository, child)
+            stored_child = await self.registry.metadata.manifest(repository, child)
+            if stored_child is None:
+                return
+            row, document = stored_child, jsondoc.loads(stored_child.content)
+        if row.media_type not in manifests.IMAGE_TYPES:
+            return
+        wanted = [d.get("digest") for d in [document.get("config"), *document.get("layers", [])]]
+        blobs = [d for d in wanted if isinstance(d, str)]
+        linked = await self.registry.blobs.linked(repository, blobs)
+        for digest in blobs:
+            if digest not in linked:
+                fetch = await self.blob(target, repository, digest)
+                if fetch is not None:
+                    await fetch.wait()
 
     # -- blobs ---------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from tests.api.helpers import (
 from tests.clients.conftest import require_binary
 from tests.conftest import PASSWORD, USER
 from tests.harness import LOOPBACK, ServerProcess
+from tests.images import Image
 
 # Hop-by-hop and framing headers the proxy does not pass on (aiohttp frames its own answer).
 _HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
@@ -190,6 +191,18 @@ class UpstreamWriter:
             ) as resp:
                 assert resp.status == 201, await resp.text()
         return Pushed(repo, tag, sha256(manifest), manifest, blobs)
+
+    async def push_layout(self, repo: str, image: Image) -> None:
+        """An image built by tests.images (real layers and config), under `image.tag`."""
+        async with aiohttp.ClientSession() as session:
+            for blob in [image.config, *image.layers]:
+                assert await self.push_blob(session, repo, blob.read()) == blob.digest
+            async with session.put(
+                f"{self.url}/v2/{repo}/manifests/{image.tag}",
+                data=image.manifest.read(),
+                headers={**self.auth, "Content-Type": image.manifest.media_type},
+            ) as resp:
+                assert resp.status == 201, await resp.text()
 
 
 @pytest.fixture(scope="module")
