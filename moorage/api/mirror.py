@@ -9,11 +9,12 @@ any repository.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
 from moorage.api import http
+from moorage.api.maintenance import MAINTENANCE
 from moorage.errors import BlobUnknown, Denied, ManifestUnknown, NameUnknown, Unavailable
 from moorage.mirror.cache import Mirror, Target
 
@@ -42,6 +43,8 @@ async def handle(
         return await handler(request, params)
     if (route, request.method) in _PUSHES:
         raise _refuse(params["repository"], target)
+    if request.app[MAINTENANCE].readonly:
+        return await handler(request, params)  # nothing is written, the cache included
     if route == "manifest" and request.method in ("GET", "HEAD"):
         await mirror.manifest(target, params["repository"], params["reference"])
     if route == "blob" and request.method in ("GET", "HEAD"):
@@ -73,7 +76,8 @@ async def before_v1(request: web.Request, route: str, params: dict[str, str]) ->
         return
     if (route, request.method) in _V1_PUSHES:
         raise _refuse(repository, target)
-    if route in _V1_READS and request.method in ("GET", "HEAD"):
+    read_only = request.app[MAINTENANCE].readonly
+    if route in _V1_READS and request.method in ("GET", "HEAD") and not read_only:
         tag = params.get("tag", "latest")
         try:
             await mirror.image(target, repository, tag)
@@ -82,6 +86,33 @@ async def before_v1(request: web.Request, route: str, params: dict[str, str]) ->
                 "mirrored v1 image not fetched",
                 extra={"repository": repository, "tag": tag, "error": str(exc)},
             )
+
+
+async def _stream(
+    request: web.Request,
+    response: web.StreamResponse,
+    chunks: AsyncIterator[bytes],
+    params: dict[str, str],
+) -> None:
+    try:
+        async for chunk in chunks:
+            await response.write(chunk)
+    except Exception as exc:
+        if http.client_went_away(request, exc):
+            raise
+        # The answer has begun: the only way left to say it failed is to cut the connection
+        # (the client sees fewer bytes than Content-Length).
+        log.warning(
+            "mirrored blob broken off",
+            extra={
+                "repository": params["repository"],
+                "digest": params["digest"],
+                "error": str(exc),
+            },
+        )
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("upstream fetch failed") from exc
 
 
 async def _blob(
@@ -93,34 +124,27 @@ async def _blob(
     fetch = await mirror.blob(target, params["repository"], digest)
     if fetch is None:  # stored already under another repository, now linked to this one
         return await handler(request, params)
-    size = await fetch.started()
-    headers = {
-        "Docker-Content-Digest": digest,
-        "ETag": f'"{digest}"',
-        "Cache-Control": IMMUTABLE,
-        "Content-Type": "application/octet-stream",
-    }
-    response = web.StreamResponse(status=200, headers=headers)
-    if size is not None:
-        response.content_length = size
-    await response.prepare(request)
-    if request.method == "HEAD":
-        await response.write_eof()
-        return response
+    reader = fetch.open() if request.method == "GET" else None
     try:
-        async for chunk in fetch.read():
-            await response.write(chunk)
-    except Exception as exc:
-        if http.client_went_away(request, exc):
-            raise
-        # The answer has begun: the only way left to say it failed is to cut the connection
-        # (the client sees fewer bytes than Content-Length).
-        log.warning(
-            "mirrored blob broken off",
-            extra={"repository": params["repository"], "digest": digest, "error": str(exc)},
-        )
-        if request.transport is not None:
-            request.transport.abort()
-        raise ConnectionResetError("upstream fetch failed") from exc
+        size = await fetch.started()
+        if request.method == "GET" and reader is None:
+            # Joined late: the first bytes are gone from memory; they are in storage soon.
+            await fetch.wait()
+            return await handler(request, params)
+        headers = {
+            "Docker-Content-Digest": digest,
+            "ETag": f'"{digest}"',
+            "Cache-Control": IMMUTABLE,
+            "Content-Type": "application/octet-stream",
+        }
+        response = web.StreamResponse(status=200, headers=headers)
+        if size is not None:
+            response.content_length = size
+        await response.prepare(request)
+        if reader is not None:
+            await _stream(request, response, fetch.read(reader), params)
+    finally:
+        if reader is not None:
+            fetch.close(reader)
     await response.write_eof()
     return response

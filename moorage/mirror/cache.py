@@ -65,11 +65,16 @@ class FetchBroken(Exception):
 
 
 class BlobFetch:
-    """One upstream GET of a blob, readable by any number of clients while it arrives. The
-    bytes are held until the fetch ends (a reader may start late and read from the start)."""
+    """One upstream GET of a blob, read by any number of clients while it arrives.
+
+    Bytes stay in memory only until every reader has passed them: a client that asks once
+    some are gone (`open` answers None) waits for the blob to be stored and reads it from
+    there. A reader that falls behind the upstream keeps what it has not read yet."""
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
+        self.base = 0  # the index, in the whole blob, of chunks[0]
+        self.positions: dict[object, int] = {}  # reader -> index of its next chunk
         self.size: int | None = None
         self.begun = False
         self.done = False
@@ -80,17 +85,36 @@ class BlobFetch:
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def _trim(self) -> None:
+        low = min(self.positions.values(), default=self.base + len(self.chunks))
+        if low > self.base:
+            del self.chunks[: low - self.base]
+            self.base = low
+
     def begin(self, size: int | None) -> None:
         self.size, self.begun = size, True
         self._notify()
 
     def add(self, chunk: bytes) -> None:
         self.chunks.append(chunk)
+        self._trim()
         self._notify()
 
     def end(self, error: BaseException | None) -> None:
         self.done, self.error = True, error
         self._notify()
+
+    def open(self) -> object | None:
+        """A reader from the first byte; None when the first bytes are gone already."""
+        if self.base:
+            return None
+        reader = object()
+        self.positions[reader] = 0
+        return reader
+
+    def close(self, reader: object) -> None:
+        self.positions.pop(reader, None)
+        self._trim()
 
     async def started(self) -> int | None:
         """The blob's size (None: the upstream did not say) once the upstream answered; what
@@ -108,12 +132,16 @@ class BlobFetch:
         if self.error is not None:
             raise self.error
 
-    async def read(self) -> AsyncIterator[bytes]:
-        index = 0
+    async def read(self, reader: object) -> AsyncIterator[bytes]:
+        """The bytes for `reader` (from `open`) as they arrive; FetchBroken if the upstream
+        fetch fails."""
         while True:
-            if index < len(self.chunks):
-                index += 1
-                yield self.chunks[index - 1]
+            position = self.positions[reader]
+            if position - self.base < len(self.chunks):
+                chunk = self.chunks[position - self.base]
+                self.positions[reader] = position + 1
+                self._trim()
+                yield chunk
             elif self.done:
                 if self.error is not None:
                     raise FetchBroken(str(self.error)) from self.error

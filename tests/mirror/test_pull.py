@@ -191,3 +191,41 @@ async def test_upstream_killed_mid_blob_stores_nothing(
     finally:
         await proxy.close()
         server.cleanup()
+
+
+async def test_a_client_that_joins_a_fetch_late_gets_the_stored_blob(
+    mirror: Client, upstream: UpstreamWriter, proxy: CountingProxy
+) -> None:
+    """Bytes every reader has passed are not kept in memory: a client that asks after some
+    are gone waits for the blob to be stored and is served from storage, still one fetch."""
+    big = os.urandom(8 << 20)
+    await upstream.push_image("team/late", "v1", [big])
+    digest = sha256(big)
+    proxy.hold_after = 4 << 20
+    first = await mirror.get(f"/v2/up/team/late/blobs/{digest}")
+    assert first.status == 200
+    head = bytearray(await first.content.readexactly(2 << 20))
+    await asyncio.wait_for(proxy.held.wait(), 30)
+    late = asyncio.ensure_future(mirror.get(f"/v2/up/team/late/blobs/{digest}"))
+    await asyncio.sleep(0.3)
+    assert not late.done()  # waiting for the blob to be stored
+    proxy.release.set()
+    assert bytes(head + await first.read()) == big
+    second = await asyncio.wait_for(late, 30)
+    assert second.status == 200 and await second.read() == big
+    assert proxy.count("GET", f"/v2/team/late/blobs/{digest}") == 1
+
+
+async def test_read_only_serves_only_what_is_cached(
+    aiohttp_client: Any, tmp_path: Path, upstream: UpstreamWriter, proxy: CountingProxy
+) -> None:
+    image = await upstream.push_image("team/frozen", "v1", [os.urandom(1000)])
+    settings = mirror_settings(tmp_path / "data", proxy.url)
+    settings.maintenance.readonly.enabled = True
+    client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/v2/up/team/frozen/manifests/v1")
+    assert resp.status == 404
+    for digest in image.blobs:
+        resp = await client.get(f"/v2/up/team/frozen/blobs/{digest}")
+        assert resp.status == 404
+    assert not proxy.counts
