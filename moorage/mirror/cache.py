@@ -364,6 +364,9 @@ class Mirror:
                     raise BlobUnknown(detail={"digest": digest})
                 if response.status != 200:
                     raise UpstreamDown(f"{target.client.url} answered {response.status}")
+                if response.content_length is not None:
+                    # Over a quota: refused before the client's answer begins (DENIED).
+                    await self.registry.admit(repository, digest, response.content_length)
                 fetch.begin(response.content_length)
 
                 async def body() -> AsyncIterator[bytes]:

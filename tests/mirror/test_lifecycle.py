@@ -61,3 +61,26 @@ async def test_retention_and_gc_apply_to_cached_tags(
         resp = await client.get(f"/v2/up/team/kept/blobs/{digest}")
         assert await resp.read() == data
         assert proxy.count("GET", f"/v2/team/kept/blobs/{digest}") == 2
+
+
+async def test_a_quota_refuses_a_fetch_that_would_exceed_it(
+    aiohttp_client: Any, tmp_path: Path, upstream: UpstreamWriter, proxy: CountingProxy
+) -> None:
+    settings = Settings(
+        datadir=tmp_path / "data",
+        proxy={
+            "upstreams": [
+                {"prefix": "up", "url": proxy.url, "username": USER, "password": PASSWORD}
+            ]
+        },
+        quotas=[{"namespace": "up", "bytes": 100_000}],
+    )
+    client: Client = await aiohttp_client(create_app(settings))
+    image = await upstream.push_image("team/quota", "v1", [os.urandom(200_000)])
+    layer = next(d for d, data in image.blobs.items() if len(data) == 200_000)
+    resp = await client.get(f"/v2/up/team/quota/blobs/{layer}")
+    assert resp.status == 403
+    body = await resp.json()
+    assert body["errors"][0]["code"] == "DENIED"
+    assert "quota" in body["errors"][0]["message"]
+    assert await client.app[REGISTRY].metadata.blob(layer) is None
