@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 
+from moorage import metrics
 from moorage.config import Settings
 from moorage.content import digest as digests
 from moorage.content import jsondoc, manifests, names, v1
@@ -238,6 +239,7 @@ class Mirror:
                     f"mirror upstream {target.client.url} is unavailable",
                     {"upstream": target.client.url},
                 ) from exc
+            metrics.MIRROR_STALE.inc((target.client.url,))
             log.warning(
                 "mirror upstream unavailable: serving the cached tag",
                 extra={"repository": repository, "tag": reference, "error": str(exc)},

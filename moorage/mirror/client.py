@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from moorage import metrics
 from moorage.config import Upstream
 
 log = logging.getLogger("moorage.mirror")
@@ -103,6 +104,8 @@ class UpstreamClient:
         return response
 
     async def _send(self, method: str, url: str, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        kind = "blob" if "/blobs/" in url else "manifest"
+        metrics.MIRROR_REQUESTS.inc((self.url, method, kind))
         try:
             return await self.session().request(method, url, headers=headers)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

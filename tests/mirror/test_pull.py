@@ -145,6 +145,15 @@ async def test_concurrent_pulls_fetch_each_blob_once(
     assert proxy.count("GET", "/v2/team/busy/manifests/v1") == 1
     for digest in image.blobs:
         assert proxy.count("GET", f"/v2/team/busy/blobs/{digest}") == 1, digest
+    # What the registry itself reports it sent (the benchmark reads this).
+    resp = await mirror.get("/metrics")
+    sent = [
+        line
+        for line in (await resp.text()).splitlines()
+        if line.startswith("moorage_mirror_upstream_requests_total{") and proxy.url in line
+    ]
+    blob_gets = [line for line in sent if 'method="GET"' in line and 'object="blob"' in line]
+    assert len(blob_gets) == 1 and float(blob_gets[0].split()[-1]) == len(image.blobs), sent
 
 
 async def test_upstream_killed_mid_blob_stores_nothing(
