@@ -127,8 +127,9 @@ async def _blob(
     reader = fetch.open() if request.method == "GET" else None
     try:
         size = await fetch.started()
-        if request.method == "GET" and reader is None:
-            # Joined late: the first bytes are gone from memory; they are in storage soon.
+        if fetch.elsewhere or (request.method == "GET" and reader is None):
+            # Stored by another worker or node; or joined late (the first bytes are gone
+            # from memory): served from storage once there.
             await fetch.wait()
             return await handler(request, params)
         headers = {

@@ -1079,6 +1079,19 @@ class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries):
 
         return await self._write(work)
 
+    async def hold(self, chore: str, seconds: float) -> None:
+        """Extend a claim this worker holds (a long chore still running) to `seconds` from now."""
+        c = t.chores
+        until = time.time() + seconds
+        await self._write(
+            lambda conn: conn.execute(update(c).where(c.c.name == chore).values(until=until))
+        )
+
+    async def release(self, chore: str) -> None:
+        """Give up a claim before it runs out (the work is done; the name is not reused)."""
+        c = t.chores
+        await self._write(lambda conn: conn.execute(delete(c).where(c.c.name == chore)))
+
     async def login_failures(
         self, keys: Sequence[str], since: float
     ) -> dict[str, tuple[float, int]]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
@@ -59,6 +60,12 @@ class Target:
     @property
     def source(self) -> str:
         return f"{self.client.url}/{self.name}"
+
+
+# A blob fetch's claim (across workers and nodes) lasts this long unless renewed, which its
+# fetcher does every third of it; the others look for the stored blob this often.
+FETCH_LEASE = 30.0
+FETCH_POLL = 0.1
 
 
 class FetchBroken(Exception):
@@ -104,6 +111,11 @@ class BlobFetch:
     def end(self, error: BaseException | None) -> None:
         self.done, self.error = True, error
         self._notify()
+
+    @property
+    def elsewhere(self) -> bool:
+        """Ended without fetching: another worker or node stored the blob."""
+        return self.done and not self.begun and self.error is None
 
     def open(self) -> object | None:
         """A reader from the first byte; None when the first bytes are gone already."""
@@ -359,29 +371,28 @@ class Mirror:
     async def _fetch_blob(
         self, target: Target, repository: str, digest: str, fetch: BlobFetch
     ) -> None:
+        """The one fetch of a blob across workers and nodes: whoever claims it (a lease in the
+        metadata, renewed while it runs) fetches; the others wait until it is stored, or take
+        over once the claim is released or runs out (the fetcher failed or died)."""
+        metadata = self.registry.metadata
+        claim = "mirror-" + hashlib.sha256(f"{repository}@{digest}".encode()).hexdigest()[:57]
         try:
-            response = await target.client.request("GET", target.name, f"blobs/{digest}")
-            async with response:
-                if response.status == 404:
-                    raise BlobUnknown(detail={"digest": digest})
-                if response.status != 200:
-                    raise UpstreamDown(f"{target.client.url} answered {response.status}")
-                if response.content_length is not None:
-                    # Over a quota: refused before the client's answer begins (DENIED).
-                    await self.registry.admit(repository, digest, response.content_length)
-                fetch.begin(response.content_length)
-
-                async def body() -> AsyncIterator[bytes]:
-                    try:
-                        async for chunk in response.content.iter_any():
-                            fetch.add(chunk)
-                            yield chunk
-                    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                        raise UpstreamDown(f"{target.client.url}: {exc}") from exc
-
-                await self.registry.blobs.upload(
-                    repository, digest, body(), response.content_length
-                )
+            while not await metadata.claim(claim, FETCH_LEASE):
+                await asyncio.sleep(FETCH_POLL)
+                if await metadata.repository_blob(repository, digest) is not None:
+                    fetch.end(None)  # stored by the other: served from storage
+                    return
+            renewer = asyncio.create_task(self._renew(claim))
+            try:
+                if await metadata.repository_blob(repository, digest) is not None:
+                    fetch.end(None)  # stored just before this claim
+                    return
+                await self._download(target, repository, digest, fetch)
+            finally:
+                renewer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await renewer
+                await asyncio.shield(metadata.release(claim))
         except UpstreamDown as exc:
             log.warning(
                 "mirror upstream failed during a blob fetch",
@@ -399,3 +410,32 @@ class Mirror:
             raise
         fetch.end(None)
         log.info("mirrored blob", extra={"repository": repository, "digest": digest})
+
+    async def _renew(self, claim: str) -> None:
+        while True:
+            await asyncio.sleep(FETCH_LEASE / 3)
+            await self.registry.metadata.hold(claim, FETCH_LEASE)
+
+    async def _download(
+        self, target: Target, repository: str, digest: str, fetch: BlobFetch
+    ) -> None:
+        response = await target.client.request("GET", target.name, f"blobs/{digest}")
+        async with response:
+            if response.status == 404:
+                raise BlobUnknown(detail={"digest": digest})
+            if response.status != 200:
+                raise UpstreamDown(f"{target.client.url} answered {response.status}")
+            if response.content_length is not None:
+                # Over a quota: refused before the client's answer begins (DENIED).
+                await self.registry.admit(repository, digest, response.content_length)
+            fetch.begin(response.content_length)
+
+            async def body() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in response.content.iter_any():
+                        fetch.add(chunk)
+                        yield chunk
+                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                    raise UpstreamDown(f"{target.client.url}: {exc}") from exc
+
+            await self.registry.blobs.upload(repository, digest, body(), response.content_length)

@@ -69,6 +69,8 @@ class UpstreamClient:
                     total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
                 ),
                 auto_decompress=False,
+                # Blob bodies in large pieces: each piece is hashed, written and sent on.
+                read_bufsize=1 << 20,
             )
         return self._session
 
