@@ -68,6 +68,15 @@ FETCH_LEASE = 30.0
 FETCH_POLL = 0.1
 
 
+def unavailable(target: Target, exc: UpstreamDown) -> Unavailable:
+    """503 for what the upstream could not give and the cache does not hold; `reason` says
+    what the upstream did (unreachable, a status such as 401 for refused credentials)."""
+    return Unavailable(
+        f"mirror upstream {target.client.url} is unavailable",
+        {"upstream": target.client.url, "reason": str(exc)},
+    )
+
+
 class FetchBroken(Exception):
     """The upstream fetch a reader was following failed after its answer had begun."""
 
@@ -247,10 +256,7 @@ class Mirror:
                 await self._revalidate(target, repository, reference)
         except UpstreamDown as exc:
             if age is None:
-                raise Unavailable(
-                    f"mirror upstream {target.client.url} is unavailable",
-                    {"upstream": target.client.url},
-                ) from exc
+                raise unavailable(target, exc) from exc
             metrics.MIRROR_STALE.inc((target.client.url,))
             log.warning(
                 "mirror upstream unavailable: serving the cached tag",
@@ -350,10 +356,7 @@ class Mirror:
             try:
                 response = await target.client.request("HEAD", target.name, f"blobs/{digest}")
             except UpstreamDown as exc:
-                raise Unavailable(
-                    f"mirror upstream {target.client.url} is unavailable",
-                    {"upstream": target.client.url},
-                ) from exc
+                raise unavailable(target, exc) from exc
             async with response:
                 status = response.status
             if status != 200:
@@ -398,12 +401,7 @@ class Mirror:
                 "mirror upstream failed during a blob fetch",
                 extra={"repository": repository, "digest": digest, "error": str(exc)},
             )
-            fetch.end(
-                Unavailable(
-                    f"mirror upstream {target.client.url} is unavailable",
-                    {"upstream": target.client.url},
-                )
-            )
+            fetch.end(unavailable(target, exc))
             raise
         except BaseException as exc:
             fetch.end(exc)

@@ -78,3 +78,16 @@ async def test_access_rules_apply_before_anything_is_fetched(
     assert resp.status == 200 and await resp.read() == opened.manifest
     assert proxy.count("GET", "/v2/team/open/manifests/v1") == 1
     assert proxy.count("GET", "/v2/team/guarded/manifests/v1") == 0
+
+
+async def test_refused_credentials_are_reported(
+    aiohttp_client: Any, tmp_path: Path, upstream: UpstreamWriter, proxy: CountingProxy
+) -> None:
+    await upstream.push_image("team/locked", "v1", [os.urandom(100)])
+    entry = {"prefix": "up", "url": proxy.url, "username": USER, "password": "wrong"}
+    settings = Settings(datadir=tmp_path / "data", proxy={"upstreams": [entry]})
+    client: Client = await aiohttp_client(create_app(settings))
+    resp = await client.get("/v2/up/team/locked/manifests/v1")
+    assert resp.status == 503
+    error = (await resp.json())["errors"][0]
+    assert error["code"] == "UNAVAILABLE" and "answered 401" in error["detail"]["reason"]

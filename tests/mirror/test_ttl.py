@@ -83,7 +83,9 @@ async def test_upstream_down_serves_the_warm_cache(
     # What was never cached cannot be served: 503, not "unknown".
     resp = await quick.get("/v2/up/team/warm/manifests/other")
     assert resp.status == 503
-    assert (await resp.json())["errors"][0]["code"] == "UNAVAILABLE"
+    error = (await resp.json())["errors"][0]
+    assert error["code"] == "UNAVAILABLE"
+    assert error["detail"]["upstream"] == proxy.url and proxy.url in error["detail"]["reason"]
 
 
 @pytest.mark.parametrize("status", [500, 503, 429])
