@@ -324,10 +324,9 @@ class Runner:
             return 2
         workers = args.workers or os.cpu_count() or 1
         root = Path(tempfile.mkdtemp(prefix="moorage-bench-", dir=args.data_root))
-        servers: list[Server] = [
-            Moorage(root / "moorage", workers, args.moorage_rev),
-            Distribution(root / "dist"),
-        ]
+        distribution = Distribution(root / "dist")
+        moorage = Moorage(root / "moorage", workers, args.moorage_rev, mirror_of=distribution.url)
+        servers: list[Server] = [moorage, distribution]
         started = time.time()
         self.results = {
             "profile": self.profile.__dict__,
@@ -352,6 +351,10 @@ class Runner:
             async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
                 ctx = wl.Context(self.profile, root / "client", session)
                 ctx.tmp.mkdir(parents=True)
+                if moorage.mirror_of is not None and distribution.url == moorage.mirror_of:
+                    # The upstream of the mirror workload (unless Distribution had to move
+                    # to another port when it started).
+                    ctx.of(moorage)["mirror_upstream"] = moorage.mirror_of
                 await self.run_workloads(wl.ALL, chosen, servers, ctx)
         except asyncio.CancelledError:
             self.failures.append("interrupted")

@@ -42,7 +42,11 @@ class Moorage(MoorageProcess, Server):
     name = "moorage"
     label = "Moorage"
 
-    def __init__(self, root: Path, workers: int, rev: str | None = None) -> None:
+    def __init__(
+        self, root: Path, workers: int, rev: str | None = None, mirror_of: str | None = None
+    ) -> None:
+        """`mirror_of`: a registry's URL to mirror under the prefix `mirror` (the mirror
+        workload), when the code run has the pull-through cache."""
         source = None
         if rev is not None:
             # A clean copy of that commit's package, so other people's uncommitted changes in
@@ -55,8 +59,19 @@ class Moorage(MoorageProcess, Server):
                 check=True,
             ).stdout
             subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+        config_py = (source or REPO_ROOT) / "moorage" / "config.py"
+        self.mirror_of = mirror_of if "class ProxySettings" in config_py.read_text() else None
+        config = None
+        if self.mirror_of is not None:
+            upstream = {"prefix": "mirror", "url": self.mirror_of, "ttl": "1h"}
+            config = {"proxy": {"upstreams": [upstream]}}
         super().__init__(
-            root / "data", root, workers, source=source, env={"MOORAGE_LOG_LEVEL": "warning"}
+            root / "data",
+            root,
+            workers,
+            source=source,
+            config=config,
+            env={"MOORAGE_LOG_LEVEL": "warning"},
         )
         self.rev = rev
 

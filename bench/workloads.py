@@ -18,6 +18,7 @@ Life cycle, driven by bench.py for every workload:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -80,6 +81,9 @@ class Profile:
     v1_layers: int
     v1_layer_min: int
     v1_layer_max: int
+    mirror_layers: int
+    mirror_layer: int
+    mirror_clients: int
 
 
 FULL = Profile(
@@ -103,6 +107,9 @@ FULL = Profile(
     v1_layers=5,
     v1_layer_min=4 * MiB,
     v1_layer_max=32 * MiB,
+    mirror_layers=4,
+    mirror_layer=64 * MiB,
+    mirror_clients=16,
 )
 QUICK = Profile(
     name="quick",
@@ -125,6 +132,9 @@ QUICK = Profile(
     v1_layers=5,
     v1_layer_min=16 * KiB,
     v1_layer_max=256 * KiB,
+    mirror_layers=4,
+    mirror_layer=4 * MiB,
+    mirror_clients=16,
 )
 
 
@@ -931,6 +941,202 @@ class V1PushPull(Workload):
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+# --- the pull-through cache -------------------------------------------------------------------
+
+MIRROR_PREFIX = "mirror"  # Moorage mirrors the Distribution under test under this prefix
+MIRROR_METRIC = "moorage_mirror_upstream_requests_total"
+
+
+@dataclass
+class _MirrorImage:
+    repo: str
+    manifest: bytes
+    config: bytes
+    layers: list[Blob]
+
+
+class MirrorPull(Workload):
+    """Moorage as a pull-through cache of the Distribution under test (`proxy.upstreams`,
+    prefix `mirror`). Each round pushes fresh images (blobs of their own, nothing deduplicated)
+    straight into Distribution, then, timed apart:
+
+    - cold: the first pull of an image through Moorage (fetched, streamed while verified and
+      stored), against a direct pull of a like image from Distribution: `cold_vs_direct` is
+      the overhead of the tee (target: within 10%);
+    - warm: the same image again through Moorage (served from the cache), against a pull of a
+      like image pushed to Moorage itself: `warm_vs_local`;
+    - concurrent: `mirror_clients` clients pull one more fresh image through Moorage at once;
+      `fetches_per_blob` is what Moorage reports it sent upstream (its
+      `moorage_mirror_upstream_requests_total`) per blob of that image (target: 1).
+
+    A pull: the manifest and config with aiohttp, the layers with one curl, all at once.
+    Runs on Moorage alone (Distribution is the upstream)."""
+
+    min_rounds = 3
+    name = "mirror_pull"
+    title = "Pull through the cache"
+    servers = ("moorage",)
+    metrics = (
+        Metric("cold_mbps", "cold through the mirror", MBPS, "higher"),
+        Metric("direct_mbps", "direct from the upstream", MBPS, "higher"),
+        Metric("cold_vs_direct", "cold / direct time", "x", "lower", ("<=", 1.10)),
+        Metric("warm_mbps", "warm through the mirror", MBPS, "higher"),
+        Metric("local_mbps", "local image", MBPS, "higher"),
+        Metric("warm_vs_local", "warm / local time", "x", "lower"),
+        Metric("concurrent_mbps", "concurrent cold, aggregate", MBPS, "higher"),
+        Metric("fetches_per_blob", "upstream fetches per blob", "", "lower", ("<=", 1.0)),
+    )
+
+    def skip_reason(self, ctx: Context) -> str | None:
+        if not ctx.state.get("moorage", {}).get("mirror_upstream"):
+            return "Moorage runs without a mirror here (cluster mode, or a revision without one)"
+        return None
+
+    def describe(self, p: Profile) -> str:
+        return (
+            f"images of {p.mirror_layers} layers of {_fmt_size(p.mirror_layer)}: cold pull "
+            "through Moorage vs direct from Distribution, warm pull vs a local one, "
+            f"{p.mirror_clients} concurrent cold pulls and the upstream fetches per blob"
+        )
+
+    def _image(self, p: Profile, repo: str, tag: str) -> _MirrorImage:
+        layers = [Blob(f"{tag}-{i}", p.mirror_layer) for i in range(p.mirror_layers)]
+        config = json.dumps({"architecture": "amd64", "os": "linux", "note": tag}).encode()
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": sha256_digest(config),
+                    "size": len(config),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": b.digest,
+                        "size": b.size,
+                    }
+                    for b in layers
+                ],
+            }
+        ).encode()
+        return _MirrorImage(repo, manifest, config, layers)
+
+    async def _push(self, ctx: Context, url: str, image: _MirrorImage) -> None:
+        async def upload(digest: str, path: Path | None, data: bytes = b"") -> None:
+            async with ctx.session.post(f"{url}/v2/{image.repo}/blobs/uploads/") as resp:
+                await client.expect(resp, 202)
+                location = resp.headers["Location"]
+            if location.startswith("/"):
+                location = url + location
+            if path is not None:
+                await client.curl_put_file(location, digest, path)
+                return
+            async with ctx.session.put(
+                client.with_digest(location, digest),
+                data=data,
+                headers={"Content-Type": "application/octet-stream"},
+            ) as resp:
+                await client.expect(resp, 201)
+
+        await upload(sha256_digest(image.config), None, image.config)
+        for blob in image.layers:
+            path = ctx.tmp / f"mirror-{blob.digest[7:19]}.bin"
+            await asyncio.to_thread(blob.write, path)
+            try:
+                await upload(blob.digest, path)
+            finally:
+                path.unlink(missing_ok=True)
+        async with ctx.session.put(
+            f"{url}/v2/{image.repo}/manifests/v1",
+            data=image.manifest,
+            headers={"Content-Type": OCI_MANIFEST},
+        ) as resp:
+            await client.expect(resp, 201)
+
+    async def _pull(self, ctx: Context, base: str, images: list[_MirrorImage]) -> float:
+        """Seconds to pull every image at once (manifest, config, then all layers)."""
+        t0 = time.perf_counter()
+
+        async def head(image: _MirrorImage) -> None:
+            url = f"{base}/v2/{image.repo}/manifests/v1"
+            async with ctx.session.get(url, headers={"Accept": MANIFEST_ACCEPT}) as resp:
+                await client.expect(resp, 200)
+                if await resp.read() != image.manifest:
+                    raise BenchError(f"GET {url}: not the pushed manifest")
+            config = sha256_digest(image.config)
+            digest, _, _ = await client.fetch_digest(
+                ctx.session, f"{base}/v2/{image.repo}/blobs/{config}"
+            )
+            if digest != config:
+                raise BenchError(f"config of {image.repo} from {base}: {digest}")
+
+        await asyncio.gather(*(head(i) for i in images))
+        urls = [f"{base}/v2/{i.repo}/blobs/{b.digest}" for i in images for b in i.layers]
+        await client.curl_get(urls, ctx.profile.mirror_layer, parallel=len(urls))
+        return time.perf_counter() - t0
+
+    async def _upstream_blob_gets(self, ctx: Context, server: Server, upstream: str) -> float:
+        # Each worker adds its counts to the shared ones within a second.
+        await asyncio.sleep(1.5)
+        async with ctx.session.get(f"{server.url}/metrics") as resp:
+            await client.expect(resp, 200)
+            text = await resp.text()
+        total = 0.0
+        for line in text.splitlines():
+            if (
+                line.startswith(MIRROR_METRIC + "{")
+                and f'upstream="{upstream}"' in line
+                and 'method="GET"' in line
+                and 'object="blob"' in line
+            ):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
+        p = ctx.profile
+        self.upstream = str(ctx.of(server)["mirror_upstream"])
+        self.local = self._image(p, "bench/mirror-local", "mirror-local")
+        await self._push(ctx, server.url, self.local)
+        return {}
+
+    async def prepare_round(self, ctx: Context, r: int) -> None:
+        p = ctx.profile
+        self.cold = self._image(p, f"bench/mirror-cold-{r}", f"mirror-cold-{r}")
+        self.direct = self._image(p, f"bench/mirror-direct-{r}", f"mirror-direct-{r}")
+        self.shared = self._image(p, f"bench/mirror-shared-{r}", f"mirror-shared-{r}")
+        for image in (self.cold, self.direct, self.shared):
+            await self._push(ctx, self.upstream, image)
+
+    async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
+        p = ctx.profile
+        size = p.mirror_layers * p.mirror_layer
+        mirrored = dataclasses.replace(self.cold, repo=f"{MIRROR_PREFIX}/{self.cold.repo}")
+        shared = dataclasses.replace(self.shared, repo=f"{MIRROR_PREFIX}/{self.shared.repo}")
+        direct_s = await self._pull(ctx, self.upstream, [self.direct])
+        cold_s = await self._pull(ctx, server.url, [mirrored])
+        warm_s = await self._pull(ctx, server.url, [mirrored])
+        local_s = await self._pull(ctx, server.url, [self.local])
+        before = await self._upstream_blob_gets(ctx, server, self.upstream)
+        t0 = time.perf_counter()
+        await asyncio.gather(
+            *(self._pull(ctx, server.url, [shared]) for _ in range(p.mirror_clients))
+        )
+        concurrent_s = time.perf_counter() - t0
+        fetched = await self._upstream_blob_gets(ctx, server, self.upstream) - before
+        return {
+            "cold_mbps": mbps(size, cold_s),
+            "direct_mbps": mbps(size, direct_s),
+            "cold_vs_direct": cold_s / direct_s,
+            "warm_mbps": mbps(size, warm_s),
+            "local_mbps": mbps(size, local_s),
+            "warm_vs_local": warm_s / local_s,
+            "concurrent_mbps": mbps(size * p.mirror_clients, concurrent_s),
+            "fetches_per_blob": fetched / (p.mirror_layers + 1),
+        }
+
+
 ALL: tuple[type[Workload], ...] = (
     BlobPush,
     BlobPull,
@@ -943,4 +1149,5 @@ ALL: tuple[type[Workload], ...] = (
     TagsList,
     Catalog,
     V1PushPull,
+    MirrorPull,
 )

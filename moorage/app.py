@@ -15,6 +15,7 @@ from moorage.api import health, http, metrics, notify, requestid
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, CURSORS, EVENTS, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.maintenance import MAINTENANCE, Maintenance
+from moorage.api.mirror import MIRROR
 from moorage.api.v1 import errors as v1_errors
 from moorage.api.v1 import routes as v1_routes
 from moorage.api.v2 import errors as v2_errors
@@ -26,6 +27,7 @@ from moorage.content.events import Events
 from moorage.content.registry import Registry
 from moorage.content.v1 import V1Service
 from moorage.metadata import MetadataStore
+from moorage.mirror.cache import Mirror
 from moorage.storage.fsobjects import FilesystemObjects
 from moorage.storage.objects import ObjectDriver
 from moorage.storage.timed import TimedObjects
@@ -160,6 +162,8 @@ def create_app(settings: Settings) -> web.Application:
         registry = Registry(settings, storage, metadata)
         app[REGISTRY] = registry
         app[V1] = V1Service(registry)
+        if settings.proxy.upstreams:
+            app[MIRROR] = Mirror(settings, registry)
         probes.watch({"metadata": registry.check_metadata, "storage": registry.check_storage})
         chores = asyncio.create_task(_chores(registry, settings.gc.interval, app[MAINTENANCE]))
         background = [chores]
@@ -172,6 +176,8 @@ def create_app(settings: Settings) -> web.Application:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if MIRROR in app:
+            await app[MIRROR].close()
         await registry.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -14,6 +14,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -393,6 +394,75 @@ class LogSettings(_Section):
     format: Literal["text", "json"] = "text"
 
 
+# A repository name's grammar (moorage/content/names.py), which a mirror's prefix must follow.
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_PREFIX = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+
+
+class Upstream(_Section):
+    """A registry mirrored under `prefix` (docs/mirror.md): `<prefix>/<name>` here is `<name>`
+    there; the upstream with prefix `""` is the default, for names under no other prefix (what
+    a docker daemon's `registry-mirrors` asks for). Pulls of what is not cached locally are
+    fetched from `url` and cached; pushes into a mirrored name are refused."""
+
+    prefix: str = ""
+    # scheme://host[:port] of the upstream registry (its /v2/ is below it).
+    url: str
+    # Both or neither: Basic credentials, or for the upstream's token service. Neither:
+    # anonymous (Docker Hub's anonymous token flow included).
+    username: str | None = None
+    password: SecretStr | None = None
+    # A cached tag is served without asking the upstream for this long, then revalidated
+    # with a HEAD (Docker Hub does not count it as a pull). Digests never expire.
+    ttl: Duration = 300.0
+    # Globs (`*` crosses `/`) of the upstream names that may be pulled; empty: all. Names
+    # under the default upstream that no glob allows are local repositories.
+    repositories: list[str] = []
+
+    @field_validator("prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if value and not _PREFIX.fullmatch(value):
+            raise ValueError(
+                f"prefix {value!r} is not a repository path (lowercase components separated "
+                "by /, no leading or trailing /)"
+            )
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"url {value!r} must be http(s)://host[:port]")
+        if parts.path.strip("/") or parts.query or parts.fragment:
+            raise ValueError(f"url {value!r} must be http(s)://host[:port], without a path")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Upstream:
+        if (self.username is None) != (self.password is None):
+            raise ValueError(f"upstream {self.url}: username and password go together")
+        return self
+
+
+class ProxySettings(_Section):
+    """The pull-through cache: the upstreams mirrored (docs/mirror.md)."""
+
+    upstreams: list[Upstream] = []
+
+    @field_validator("upstreams")
+    @classmethod
+    def _distinct(cls, value: list[Upstream]) -> list[Upstream]:
+        seen: set[str] = set()
+        for upstream in value:
+            if upstream.prefix in seen:
+                which = "the default upstream" if not upstream.prefix else upstream.prefix
+                raise ValueError(f"two upstreams with prefix {upstream.prefix!r} ({which})")
+            seen.add(upstream.prefix)
+        return value
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MOORAGE_",
@@ -424,6 +494,7 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = MetricsSettings()
     auth: AuthSettings = AuthSettings()
     tls: TLSSettings = TLSSettings()
+    proxy: ProxySettings = ProxySettings()
 
     @field_validator("listen")
     @classmethod

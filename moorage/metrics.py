@@ -188,6 +188,18 @@ GC_MANIFESTS = Counter(
 )
 GC_BLOBS = Counter("moorage_gc_blobs_deleted_total", "Blobs deleted by garbage collection.")
 GC_BYTES = Counter("moorage_gc_freed_bytes_total", "Bytes of blobs deleted by garbage collection.")
+MIRROR_REQUESTS = Counter(
+    "moorage_mirror_upstream_requests_total",
+    "Requests the pull-through cache sent to an upstream registry (docs/mirror.md), by "
+    "upstream URL, method and object (manifest, blob).",
+    ("upstream", "method", "object"),
+)
+MIRROR_STALE = Counter(
+    "moorage_mirror_stale_served_total",
+    "Cached tags served without revalidation because their upstream was down or answered "
+    "5xx or 429, by upstream URL.",
+    ("upstream",),
+)
 GC_LAST = Gauge(
     "moorage_gc_last_cycle_timestamp_seconds",
     "When the last garbage collection cycle of any worker ended (Unix time).",
@@ -210,6 +222,8 @@ COUNTERS = (
     GC_MANIFESTS,
     GC_BLOBS,
     GC_BYTES,
+    MIRROR_REQUESTS,
+    MIRROR_STALE,
 )
 HISTOGRAMS = (STORAGE_SECONDS, METADATA_SECONDS)
 GAUGES = (UPLOADS_IN_FLIGHT, GC_LAST, READY)

@@ -635,7 +635,7 @@ class V1Service:
         except ManifestUnknown:
             return None
         if stored.media_type in manifests.INDEX_TYPES:
-            child = _platform_child(jsondoc.loads(stored.content))
+            child = platform_child(jsondoc.loads(stored.content))
             if child is None:
                 return None
             try:
@@ -685,7 +685,8 @@ class V1Service:
         return derived[-1].id
 
 
-def _platform_child(index: dict[str, Any]) -> str | None:
+def platform_child(index: dict[str, Any]) -> str | None:
+    """The linux/amd64 manifest of an index: the one image v1 clients are shown."""
     children = [c for c in index.get("manifests") or [] if isinstance(c, dict)]
     for child in children:
         platform = child.get("platform") or {}

@@ -826,6 +826,18 @@ class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries, BrowseQueri
         row = await self._first(_TAGGED_MANIFEST, params)
         return ManifestRow(row[0], row[1], bytes(row[2])) if row else None
 
+    async def tag_updated(self, repository: str, tag: str) -> float | None:
+        """When the tag was last set (pushed, or confirmed by a mirror's upstream); None when
+        there is no such tag."""
+        tg, r = t.tags, t.repositories
+        query = (
+            select(tg.c.updated)
+            .join(r, r.c.id == tg.c.repository_id)
+            .where(r.c.name == repository, tg.c.name == tag)
+        )
+        found = await self._column(query)
+        return float(found[0]) if found else None
+
     async def existing_manifests(self, repository: str, digests: Iterable[str]) -> set[str]:
         wanted = set(digests)
         if not wanted:
@@ -1097,6 +1109,19 @@ class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries, BrowseQueri
             return conn.execute(claimed.returning(c.c.name)).first() is not None
 
         return await self._write(work)
+
+    async def hold(self, chore: str, seconds: float) -> None:
+        """Extend a claim this worker holds (a long chore still running) to `seconds` from now."""
+        c = t.chores
+        until = time.time() + seconds
+        await self._write(
+            lambda conn: conn.execute(update(c).where(c.c.name == chore).values(until=until))
+        )
+
+    async def release(self, chore: str) -> None:
+        """Give up a claim before it runs out (the work is done; the name is not reused)."""
+        c = t.chores
+        await self._write(lambda conn: conn.execute(delete(c).where(c.c.name == chore)))
 
     async def login_failures(
         self, keys: Sequence[str], since: float

@@ -836,12 +836,18 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory, registry: Registry) -> Ite
 
 
 @contextlib.contextmanager
-def running_dockerd(base: Path, registry: Registry, prefix: Sequence[str] = ()) -> Iterator[Docker]:
+def running_dockerd(
+    base: Path,
+    registry: Registry,
+    prefix: Sequence[str] = (),
+    daemon: dict[str, Any] | None = None,
+) -> Iterator[Docker]:
     """dockerd with vfs and no networking, all state under `base` (keep it short: the socket
     path must fit in 108 bytes), its own containerd namespaces (named after `base`, so two
     daemons never share one); stopped by its PID. `registry` only names the log shown when a
     command fails. `prefix` runs it through a command that execs it (so the PID stays its
-    own), such as `nsenter --net=...` into a network namespace."""
+    own), such as `nsenter --net=...` into a network namespace. `daemon`: more settings for
+    its daemon.json (`registry-mirrors`, say)."""
     dockerd_bin = require_binary("dockerd")
     docker_bin = _docker_cli(dockerd_bin)
     # A unix socket path must stay under 108 bytes; pytest's temp paths can be long.
@@ -851,7 +857,9 @@ def running_dockerd(base: Path, registry: Registry, prefix: Sequence[str] = ()) 
     config_dir.mkdir()
     daemon_json = base / "daemon.json"
     # The trust key would otherwise go to /etc/docker/key.json.
-    daemon_json.write_text(json.dumps({"deprecated-key-path": str(base / "key.json")}))
+    daemon_json.write_text(
+        json.dumps({"deprecated-key-path": str(base / "key.json"), **(daemon or {})})
+    )
     log = base / "dockerd.log"
     plugins_dir = Path("/run/docker/plugins")
     created_run_docker = not Path("/run/docker").exists()

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from moorage.api import notify
+from moorage.api import mirror, notify
 from moorage.api.context import EVENTS
 from moorage.api.maintenance import MAINTENANCE, READS, refusal
 from moorage.api.metrics import routed
@@ -198,6 +198,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         and request.app[MAINTENANCE].readonly
     ):
         raise refusal(route.methods)
+    await mirror.before_v1(request, route.name, params)
     response = await endpoint.handler(request, params)
     if "repository" in params and EVENTS in request.app:
         await notify.after_v1(request, route.name, params, response)

@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from moorage.api import notify
+from moorage.api import mirror, notify
 from moorage.api.auth import authorize
 from moorage.api.context import EVENTS, V2_NAME
 from moorage.api.maintenance import MAINTENANCE, READS, refusal
@@ -113,7 +113,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     )
     if request.method not in READS and request.app[MAINTENANCE].readonly:
         raise refusal(route.methods)
-    response = await handler(request, params)
+    response = await mirror.handle(request, route.name, handler, params)
     if "repository" in params and EVENTS in request.app:
         await notify.after_v2(request, route.name, params, response)
     return response
