@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage import keys, ui
-from moorage.api import health, http, metrics, notify, requestid
+from moorage.api import direct, health, http, metrics, notify, requestid
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, CURSORS, EVENTS, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.maintenance import MAINTENANCE, Maintenance
@@ -121,6 +121,7 @@ def create_app(settings: Settings) -> web.Application:
             *counting,
             requestid.middleware,
             in_flight.middleware,
+            direct.closing_middleware,
             v2_errors.errors_middleware,
             v1_errors.errors_middleware,
         ],

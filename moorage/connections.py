@@ -135,6 +135,10 @@ class Connection(asyncio.Protocol):
         self.body = body
         self.last_progress = self.guard.now()
 
+    def body_progress(self) -> None:
+        """Bytes of a request body arrived past `data_received` (moorage.api.direct)."""
+        self.last_progress = self.guard.now()
+
     def request_finished(self, _task: object = None) -> None:
         self.busy = False
         self.body = None

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from moorage.api import direct
 from tests.harness import MakeServer, MoorageProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -219,3 +220,56 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "512"
+
+
+async def test_a_large_body_taken_directly_is_timed_as_any_other(make_server: MakeServer) -> None:
+    """A body from `direct.MIN_LENGTH` on bypasses aiohttp's parser (moorage/api/direct.py):
+    the guard still sees its bytes arrive, so a slow one completes and a stalled one is
+    closed."""
+    body_timeout = 2.0
+    size = direct.MIN_LENGTH + 1024
+    server = make_server(env={"MOORAGE_HTTP_BODYTIMEOUT": str(body_timeout)})
+    await server.start()
+
+    def slow_then_fast(location: str) -> int:
+        """1 MiB every 0.5 s for 3 s (past the body timeout), then the rest at once."""
+
+        def body() -> Iterator[bytes]:
+            sent = 0
+            for _ in range(6):
+                time.sleep(0.5)
+                yield b"s" * (1 << 20)
+                sent += 1 << 20
+            yield b"f" * (size - sent)
+
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=ANSWER_BOUND + 10)
+        try:
+            headers = {
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+                "Content-Range": f"0-{size - 1}",
+            }
+            conn.request("PATCH", location, body=body(), headers=headers)
+            resp = conn.getresponse()
+            resp.read()
+            assert resp.getheader("Connection") == "close"
+            return resp.status
+        finally:
+            conn.close()
+
+    location = await asyncio.to_thread(_start_upload, server)
+    assert await asyncio.to_thread(slow_then_fast, location) == 202
+    location = await asyncio.to_thread(_start_upload, server)
+    reader, writer = await _connect(server)
+    try:
+        writer.write(
+            f"PATCH {location} HTTP/1.1\r\nHost: registry\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n".encode()
+            + b"x" * (5 << 20)
+        )
+        await writer.drain()
+        assert await _closed_by_server(reader, body_timeout + BOUND), "a stalled body is held"
+    finally:
+        writer.close()
+    assert await _get_v2(server) == 200
+    assert server.proc is not None and server.proc.poll() is None, server.log_tail()

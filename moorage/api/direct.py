@@ -1,0 +1,217 @@
+"""A large request body taken straight from the socket into a few reused buffers.
+
+Through aiohttp a body arrives in pieces of at most 256 KiB (asyncio's read size), each a new
+bytes object that passes through the HTTP parser, aiohttp's StreamReader and a loop callback,
+and is then joined into blocks for hashing and writing. On a 1 GiB push with the data on tmpfs
+that path cost about a CPU-second per GiB beyond the hash itself (docs/performance.md, issue
+14): allocation, page faults, copies, a callback per piece. For a large body of known length on
+a plain TCP connection, the connection's protocol is swapped for a `BufferedProtocol` for the
+rest of the body: the kernel copies the bytes straight into one of `POOL` buffers of `BLOCK`
+bytes (recv_into), and the handler gets each buffer, full, as a memoryview. Reading pauses when
+no buffer is free (back-pressure, as aiohttp's own), and resumes when the consumer is done with
+one.
+
+aiohttp's parser never sees those bytes, so it cannot go on parsing the connection: the
+response says `Connection: close` (`closing_middleware`) and the connection ends after it. A
+client sending a body this large opens a new connection for its next request at no noticeable
+cost. Bodies that are small, chunked, content-encoded or on TLS take the ordinary path.
+
+A block is valid until the consumer asks for the block after the next one: the consumer may
+hold one block (hashing and writing it on threads) while it waits for the next, as
+`moorage.content.streams.pipelined` does, but must not keep a reference beyond that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from moorage.connections import Connection
+
+BLOCK = 4 << 20
+POOL = 3
+MIN_LENGTH = 8 << 20  # bodies from this size on are taken directly
+_SCRATCH = 64 << 10
+DIRECT = web.RequestKey("moorage.direct_body", bool)
+
+
+class BodyCut(ConnectionResetError):
+    """The connection ended before the whole body arrived."""
+
+
+class _Sink(asyncio.BufferedProtocol):
+    """The connection's protocol while the body is taken: fills buffers, hands them over."""
+
+    def __init__(
+        self,
+        owner: asyncio.BaseProtocol,
+        transport: asyncio.Transport,
+        remaining: int,
+        progress: Callable[[], None] | None,
+    ) -> None:
+        self.owner = owner  # the protocol the transport had: still told of writes and loss
+        self.transport = transport
+        self.remaining = remaining
+        self.progress = progress
+        self.buffers: list[bytearray] = []
+        self.free: deque[int] = deque()
+        self.ready: deque[tuple[int, int]] = deque()  # (buffer, bytes in it), oldest first
+        self.filling: int | None = None
+        self.fill = 0
+        self.error: BaseException | None = None
+        self.waiter: asyncio.Future[None] | None = None
+        self.scratch: bytearray | None = None
+
+    # -- the transport's side ---------------------------------------------------------
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.remaining <= 0:  # past the body (reading is paused then: only a safeguard)
+            self.scratch = self.scratch or bytearray(_SCRATCH)
+            return memoryview(self.scratch)
+        if self.filling is None:
+            if self.free:
+                self.filling = self.free.popleft()
+            else:  # fewer than POOL made so far; reading pauses before all are in use
+                self.buffers.append(bytearray(min(BLOCK, self.remaining)))
+                self.filling = len(self.buffers) - 1
+            self.fill = 0
+        buf = self.buffers[self.filling]
+        end = min(len(buf), self.fill + self.remaining)
+        return memoryview(buf)[self.fill : end]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.remaining <= 0 or self.filling is None:
+            return
+        self.fill += nbytes
+        self.remaining -= nbytes
+        if self.progress is not None:
+            self.progress()
+        if self.fill == len(self.buffers[self.filling]) or self.remaining == 0:
+            self.ready.append((self.filling, self.fill))
+            self.filling = None
+            self._wake()
+            if self.remaining == 0 or (not self.free and len(self.buffers) == POOL):
+                self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        if self.remaining <= 0:
+            return True  # a half-close after the whole body: the response still goes out
+        self._fail(BodyCut("the client ended the connection before the body"))
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(BodyCut("the connection was lost before the body ended"))
+        self.owner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.owner.resume_writing()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.remaining > 0 and self.error is None:
+            self.error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    # -- the handler's side -----------------------------------------------------------
+
+    def _release(self, index: int) -> None:
+        self.free.append(index)
+        if self.remaining > 0 and self.error is None and not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    async def blocks(self) -> AsyncIterator[memoryview]:
+        held: deque[int] = deque()  # buffers handed out, the consumer may still use the last
+        while True:
+            if held:
+                # Asking for the next block: the consumer is done with all but the last one.
+                while len(held) > 1:
+                    self._release(held.popleft())
+            while not self.ready:
+                if self.error is not None:
+                    raise self.error
+                if self.remaining <= 0 and self.filling is None:
+                    return
+                self.waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self.waiter
+                finally:
+                    self.waiter = None
+            index, size = self.ready.popleft()
+            held.append(index)
+            yield memoryview(self.buffers[index])[:size]
+
+
+def eligible(request: web.Request, length: int | None) -> asyncio.Transport | None:
+    """The transport to take `request`'s body from directly, or None for the ordinary path."""
+    if length is None or length < MIN_LENGTH:
+        return None
+    headers = request.headers
+    if "Transfer-Encoding" in headers:
+        return None
+    if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return None  # aiohttp decompresses such bodies: their length is another one
+    transport = request.transport
+    if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+        return None
+    if transport.get_extra_info("sslcontext") is not None:
+        return None
+    if transport.get_extra_info("socket") is None:
+        return None
+    if request.content.is_eof() or request.content.exception() is not None:
+        return None
+    return transport
+
+
+async def body(
+    request: web.Request, transport: asyncio.Transport, length: int
+) -> AsyncIterator[bytes]:
+    """The body of `request` (`length` bytes in all): first what aiohttp already holds, then
+    blocks taken from the socket. The connection closes after the response."""
+    payload = request.content
+    prefix = payload.read_nowait()
+    received = len(prefix)
+    if prefix:
+        yield prefix
+    if received >= length or payload.is_eof():
+        return  # aiohttp had all of it: nothing to take, the connection stays usable
+    # No await between reading what aiohttp holds and swapping the protocol: nothing else can
+    # reach aiohttp's parser in between.
+    owner = transport.get_protocol()
+    # The connection guard (moorage.connections) times a stalled body by the bytes it sees.
+    progress = owner.body_progress if isinstance(owner, Connection) else None
+    sink = _Sink(owner, transport, length - received, progress)
+    request[DIRECT] = True
+    request.protocol.close()  # aiohttp ends the connection once the response is sent
+    transport.set_protocol(sink)
+    transport.resume_reading()
+    try:
+        async for block in sink.blocks():
+            received += len(block)
+            yield block  # type: ignore[misc]  # a memoryview: bytes-like, see the module doc
+    finally:
+        payload.total_bytes = received  # what the metrics count as the body's size
+        payload.feed_eof()  # aiohttp must not wait for the rest after the response
+
+
+@web.middleware
+async def closing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A response to a request whose body was taken directly says `Connection: close`."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if request.get(DIRECT):
+            exc.force_close()
+        raise
+    if request.get(DIRECT):
+        response.force_close()
+    return response

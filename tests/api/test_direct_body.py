@@ -1,0 +1,140 @@
+"""Large upload bodies taken straight from the socket (moorage/api/direct.py, issue 14).
+
+A body of known length from `direct.MIN_LENGTH` on is read into reused buffers instead of
+through aiohttp's parser; the connection then closes after the response. Every integrity rule
+holds as on the ordinary path: the digest is verified, nothing partial becomes visible, a body
+cut short leaves the session where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+
+from moorage.api import direct
+from tests.api.helpers import (
+    Client,
+    assert_error,
+    assert_upload_range,
+    path_of,
+    sha256,
+    start_upload,
+    with_query,
+)
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def _data(size: int, seed: str) -> bytes:
+    """`size` bytes that differ from block to block (a misplaced block changes the digest)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}/{counter}".encode()).digest() * 2048
+        counter += 1
+    return bytes(out[:size])
+
+
+SIZE = direct.MIN_LENGTH + 3 * direct.BLOCK + 12345  # more blocks than buffers, a ragged end
+
+
+async def _read_back(client: Client, repo: str, digest: str) -> bytes:
+    resp = await client.get(f"/v2/{repo}/blobs/{digest}")
+    assert resp.status == 200, await resp.text()
+    return await resp.read()
+
+
+async def test_a_large_monolithic_put_is_taken_directly_and_verified(client: Client) -> None:
+    data = _data(SIZE, "mono")
+    digest = sha256(data)
+    location = await start_upload(client, "direct/mono")
+    resp = await client.put(with_query(location, digest=digest), data=data, headers=OCTET)
+    assert resp.status == 201, await resp.text()
+    assert resp.headers["Docker-Content-Digest"] == digest
+    # Taken from the socket: aiohttp's parser lost track of the connection, which ends.
+    assert resp.headers.get("Connection", "").lower() == "close"
+    assert await _read_back(client, "direct/mono", digest) == data
+
+
+async def test_a_small_body_keeps_the_connection(client: Client) -> None:
+    data = _data(direct.MIN_LENGTH - 1, "small")
+    digest = sha256(data)
+    location = await start_upload(client, "direct/small")
+    resp = await client.put(with_query(location, digest=digest), data=data, headers=OCTET)
+    assert resp.status == 201, await resp.text()
+    assert resp.headers.get("Connection", "").lower() != "close"
+    assert await _read_back(client, "direct/small", digest) == data
+
+
+async def test_a_single_post_upload_is_taken_directly(client: Client) -> None:
+    data = _data(SIZE, "post")
+    digest = sha256(data)
+    resp = await client.post(
+        f"/v2/direct/post/blobs/uploads/?digest={digest}", data=data, headers=OCTET
+    )
+    assert resp.status == 201, await resp.text()
+    assert await _read_back(client, "direct/post", digest) == data
+
+
+async def test_large_patches_resume_the_hash_and_commit(client: Client) -> None:
+    first, second = _data(SIZE, "patch-1"), _data(direct.MIN_LENGTH + 777, "patch-2")
+    digest = sha256(first + second)
+    location = await start_upload(client, "direct/chunked")
+    for start, chunk in ((0, first), (len(first), second)):
+        resp = await client.patch(
+            location,
+            data=chunk,
+            headers={**OCTET, "Content-Range": f"{start}-{start + len(chunk) - 1}"},
+        )
+        assert resp.status == 202, await resp.text()
+        assert_upload_range(resp, start + len(chunk) - 1)
+        location = resp.headers["Location"]
+    resp = await client.put(with_query(location, digest=digest))
+    assert resp.status == 201, await resp.text()
+    assert await _read_back(client, "direct/chunked", digest) == first + second
+
+
+async def test_a_wrong_digest_on_a_direct_body_commits_nothing(client: Client) -> None:
+    data = _data(SIZE, "wrong")
+    wrong = sha256(data + b"x")
+    location = await start_upload(client, "direct/wrong")
+    resp = await client.put(with_query(location, digest=wrong), data=data, headers=OCTET)
+    await assert_error(resp, 400, "DIGEST_INVALID")
+    assert resp.headers.get("Connection", "").lower() == "close"
+    for digest in (wrong, sha256(data)):
+        resp = await client.head(f"/v2/direct/wrong/blobs/{digest}")
+        assert resp.status == 404
+
+
+async def test_a_body_cut_short_leaves_the_session_where_it_was(client: Client) -> None:
+    """The client announces more than it sends, then hangs up: nothing of it counts."""
+    location = await start_upload(client, "direct/cut")
+    target = path_of(location)
+    lines = [f"PATCH {target} HTTP/1.1", f"Host: {client.server.host}"]
+    auth_header = getattr(client, "auth_header", None)
+    if auth_header is not None:
+        lines.append(f"Authorization: {await auth_header('PATCH', target)}")
+    lines += [f"Content-Length: {SIZE}", "Content-Range: 0-" + str(SIZE - 1)]
+    _reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(
+        ("\r\n".join([*lines, *[f"{k}: {v}" for k, v in OCTET.items()]]) + "\r\n\r\n").encode()
+    )
+    writer.write(_data(SIZE // 2, "cut"))
+    await writer.drain()
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    # The server notices and gives the session back as it was: nothing of the cut body
+    # counts. Until it has, the session's lease is still held (416).
+    data = _data(SIZE, "after")
+    digest = sha256(data)
+    for _ in range(100):
+        resp = await client.put(with_query(location, digest=digest), data=data, headers=OCTET)
+        if resp.status != 416:
+            break
+        assert_upload_range(resp, None)
+        assert resp.headers["Range"] == "0-0"  # the cut body moved nothing
+        await asyncio.sleep(0.05)
+    assert resp.status == 201, await resp.text()
+    assert await _read_back(client, "direct/cut", digest) == data
