@@ -28,13 +28,18 @@ async def blocks(body: AsyncIterator[bytes], size: int = BLOCK_SIZE) -> AsyncIte
         yield b"".join(parts)
 
 
-async def pipelined(body: AsyncIterator[bytes], process: Callable[[bytes], Awaitable[None]]) -> int:
-    """Run `process` on each block of `body`, one block in flight while the next is read.
-    Returns the number of bytes processed; an error in `process` or in the body stops it."""
+async def pipelined(
+    body: AsyncIterator[bytes],
+    process: Callable[[bytes], Awaitable[None]],
+    size: int = BLOCK_SIZE,
+) -> int:
+    """Run `process` on each block of `body` (of about `size` bytes), one block in flight
+    while the next is read. Returns the number of bytes processed; an error in `process` or in
+    the body stops it."""
     pending: asyncio.Future[None] | None = None
     total = 0
     try:
-        async for block in blocks(body):
+        async for block in blocks(body, size):
             if pending is not None:
                 await pending
             pending = asyncio.ensure_future(process(block))

@@ -299,3 +299,35 @@ def test_zlib_stream_without_gzip_wrapper_is_not_gzip() -> None:
     # A raw zlib stream starts 78 9c: no gzip magic, so it is read as a tar and refused.
     with pytest.raises(LayerInvalid):
         analyze(zlib.compress(two_entries()))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+async def test_the_three_parts_on_three_threads_give_the_sums_of_update(compress: bool) -> None:
+    """`hash_payload`, `hash_blob` and `read_content` fed each piece at the same time on three
+    threads (as the v1 layer PUT does) give exactly what `update` gives."""
+    tar = sample_tar(3 << 20)
+    body = gz(tar) if compress else tar
+    analyzer = LayerAnalyzer(J, extra_tarsums=True)
+    piece = 256 * 1024 + 7  # ragged pieces: gzip members and tar blocks cut anywhere
+    for start in range(0, len(body), piece):
+        chunk = body[start : start + piece]
+        await asyncio.gather(
+            asyncio.to_thread(analyzer.hash_payload, chunk),
+            asyncio.to_thread(analyzer.hash_blob, chunk),
+            asyncio.to_thread(analyzer.read_content, chunk),
+        )
+    split = analyzer.finish()
+    assert split == analyze(body, piece, extra_tarsums=True)
+    assert split.blob_digest == sha(body) and split.diff_id == sha(tar)
+    assert split.payload_checksum == payload_checksum(J, body)
+    assert split.tarsum == tarsum(tar, J, Version.V0)
+
+
+def test_a_refusal_in_read_content_stops_the_other_parts() -> None:
+    analyzer = LayerAnalyzer(J)
+    with pytest.raises(LayerInvalid):
+        analyzer.read_content(b"BZh91AY&SY" + bytes(100))
+    with pytest.raises(LayerInvalid):
+        analyzer.hash_blob(b"more")
+    with pytest.raises(LayerInvalid):
+        analyzer.finish()
