@@ -253,12 +253,14 @@ async def main() -> None:
     parser.add_argument("--cases", default="mono,chunked,v1")
     parser.add_argument("--pause", action="store_true", help="wait for Enter before each push")
     parser.add_argument("--profile", type=Path, help="py-spy each push, summaries printed")
+    parser.add_argument("--source", type=Path, help="run the moorage package in this folder")
+    parser.add_argument("--label", default="", help="a name printed with each result")
     args = parser.parse_args()
     global PROFILE
     PROFILE = args.profile
     size = args.size * MiB
     tmp = Path(tempfile.mkdtemp(prefix="pushcost-", dir="/dev/shm"))
-    server = MoorageProcess(tmp / "data", tmp, workers=args.workers)
+    server = MoorageProcess(tmp / "data", tmp, workers=args.workers, source=args.source)
     try:
         src = tmp / "blob.bin"
         digest = await asyncio.to_thread(_write, src, size, "mono")
@@ -282,7 +284,12 @@ async def main() -> None:
                     r["mb_s"] = nbytes / 1e6 / r["wall_s"]
                     print(
                         json.dumps(
-                            {"case": case, "n": n, **{k: round(v, 3) for k, v in r.items()}}
+                            {
+                                "label": args.label,
+                                "case": case,
+                                "n": n,
+                                **{k: round(v, 3) for k, v in r.items()},
+                            }
                         ),
                         flush=True,
                     )

@@ -32,7 +32,7 @@ from aiohttp.typedefs import Handler
 
 from moorage.connections import Connection
 
-BLOCK = 4 << 20
+BLOCK = 1 << 20  # as streams.BLOCK_SIZE: a block hashed and written while still in L2
 POOL = 3
 MIN_LENGTH = 8 << 20  # bodies from this size on are taken directly
 _SCRATCH = 64 << 10

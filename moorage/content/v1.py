@@ -39,9 +39,6 @@ IMAGE_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_JSON = 4 * 1024 * 1024
 MAX_DEPTH = 1000
 SESSION_SECONDS = 6 * 3600
-# A layer is taken in blocks of this size: four times fewer thread hand-offs than the default
-# block, for at most two blocks in memory per layer upload.
-LAYER_BLOCK = 4 << 20
 
 Readable = Callable[[list[str]], bool]  # repositories an image is linked to -> may read?
 
@@ -400,7 +397,7 @@ class V1Service:
                 writer.write(block),
             )
 
-        await streams.pipelined(body, process, LAYER_BLOCK)  # LayerInvalid: refused
+        await streams.pipelined(body, process)  # LayerInvalid: refused
         return await asyncio.to_thread(analyzer.finish)
 
     async def put_checksum(
