@@ -205,13 +205,19 @@ async def body(
 
 @web.middleware
 async def closing_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """A response to a request whose body was taken directly says `Connection: close`."""
+    """A response to a request whose body was taken directly says `Connection: close`; and
+    aiohttp is told the body is over even when the handler stopped reading it part way (its
+    iterator is closed only when collected), or aiohttp would wait for the rest before closing.
+    """
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         if request.get(DIRECT):
             exc.force_close()
         raise
+    finally:
+        if request.get(DIRECT):
+            request.content.feed_eof()
     if request.get(DIRECT):
         response.force_close()
     return response

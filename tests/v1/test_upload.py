@@ -6,6 +6,7 @@ import asyncio
 import bz2
 import json
 
+from moorage.api import direct
 from tests.v1.client import (
     V1Client,
     V1Image,
@@ -335,3 +336,21 @@ async def test_v1_c49_concurrent_uploads_of_one_id(v1: V1Client) -> None:
     assert_error(await v1.put_checksum(a, None), 400, "Checksum mismatch")
     assert_true(await v1.put_checksum(b, None))
     assert await _assert_consistent(v1, p.id) == b.json
+
+
+async def test_a_large_refused_layer_taken_directly_stops_and_closes(v1: V1Client) -> None:
+    """A layer PUT with a Content-Length from `direct.MIN_LENGTH` on is read straight from the
+    socket (moorage/api/direct.py); refused on its first block, the rest is never read: the
+    answer is the usual 400, the connection closes, nothing is kept."""
+    (p,) = make_chain(1)
+    assert_true(await v1.put_json(p, None))
+    body = b"BZh9" + bytes(direct.MIN_LENGTH + 4096)
+    reply = await v1.put_layer(p, None, body, chunked=False)
+    assert_error(reply, 400)
+    assert reply.headers.get("Connection", "").lower() == "close"
+    row = await stored(v1, p.id)
+    assert row is not None and row.state == "uploading" and row.blob_digest is None
+    assert await staged_uploads(v1) == []
+    # The layer is then accepted on a new connection.
+    assert_true(await v1.put_layer(p, None))
+    assert_true(await v1.put_checksum(p, None))
