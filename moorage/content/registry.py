@@ -215,8 +215,15 @@ class Registry:
         )
 
     async def put_manifest(
-        self, repository: str, reference: str, content_type: str | None, content: bytes
+        self,
+        repository: str,
+        reference: str,
+        content_type: str | None,
+        content: bytes,
+        pusher: str | None = None,
     ) -> PutResult:
+        """Store a pushed manifest, and move the tag when `reference` is one; `pusher` (the
+        signed-in user, if any) is recorded with the tag."""
         by_digest = ":" in reference
         wanted = digests.parse(reference) if by_digest else None
         if not by_digest:
@@ -251,6 +258,7 @@ class Registry:
                 blobs=manifest.blobs,
                 manifests=manifest.manifests,
                 frozen=tag is not None and self.policy.is_immutable(repository, tag),
+                pusher=pusher,
             )
         except ReferencesGone as exc:  # collected since _check_references looked
             raise RegistryErrors(

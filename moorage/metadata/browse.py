@@ -55,9 +55,20 @@ class TagSummary:
     # its children with theirs (a layer two platforms share counts twice).
     size: int
     pushed: float
+    # The signed-in user who set the tag through the v2 API; None when not known.
+    pushed_by: str | None
     # The manifest itself when the caller asked for its media type (the platforms of an
     # index are read from it); else None.
     content: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class TagPush:
+    """A tag of a manifest: when it was set, and by whom where known."""
+
+    name: str
+    pushed: float
+    pushed_by: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +209,7 @@ class BrowseQueries:
                     tg.c.name,
                     tg.c.digest,
                     tg.c.updated,
+                    tg.c.pushed_by,
                     m.c.media_type,
                     m.c.artifact_type,
                     func.length(m.c.content),
@@ -225,15 +237,16 @@ class BrowseQueries:
             sizes = _referenced_sizes(conn, repo, sorted({row[1] for row in rows}))
             return [
                 TagSummary(
-                    name=name,
-                    digest=digest,
-                    media_type=media_type,
-                    artifact_type=artifact_type,
-                    size=int(length or 0) + sizes.get(digest, 0),
-                    pushed=float(updated),
-                    content=bytes(body) if body is not None else None,
+                    name=row[0],
+                    digest=row[1],
+                    media_type=row[4],
+                    artifact_type=row[5],
+                    size=int(row[6] or 0) + sizes.get(row[1], 0),
+                    pushed=float(row[2]),
+                    pushed_by=row[3],
+                    content=bytes(row[7]) if row[7] is not None else None,
                 )
-                for name, digest, updated, media_type, artifact_type, length, body in rows
+                for row in rows
             ]
 
         return await self._read(work)
@@ -278,6 +291,19 @@ class BrowseQueries:
             .order_by(tg.c.name)
         )
         return await self._read(lambda conn: list(conn.execute(query).scalars()))
+
+    async def tag_pushes(self, repository: str, digest: str) -> list[TagPush]:
+        """The tags of `repository` pointing at `digest`, with when and by whom each was set
+        (index tags_digest)."""
+        r, tg = t.repositories, t.tags
+        query = (
+            select(tg.c.name, tg.c.updated, tg.c.pushed_by)
+            .join(r, r.c.id == tg.c.repository_id)
+            .where(r.c.name == repository, tg.c.digest == digest)
+            .order_by(tg.c.name)
+        )
+        rows = await self._read(lambda conn: conn.execute(query).all())
+        return [TagPush(name, float(updated), by) for name, updated, by in rows]
 
     async def storage_status(self, days: int = 30) -> StorageStatus:
         """Usage per namespace (each stored object counted once in a namespace however many of

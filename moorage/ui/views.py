@@ -383,7 +383,7 @@ async def manifest(request: web.Request) -> web.Response:
     found = [d for d in map(_descriptor, referrers.descriptors) if d]
     context["referrers"] = found[:LIST_LIMIT]
     hidden["referrers"] = max(0, len(found) - LIST_LIMIT)
-    context["tags"] = await registry.metadata.tags_of(name, stored.digest)
+    context["tags"] = await registry.metadata.tag_pushes(name, stored.digest)
     hidden["tags"] = max(0, len(context["tags"]) - LIST_LIMIT)
     context["tags"] = context["tags"][:LIST_LIMIT]
     context["v1"] = (await registry.metadata.v1_origins(name, [stored.digest])).get(stored.digest)

@@ -317,3 +317,22 @@ async def test_login_failures_count_in_a_window(store: MetadataStore) -> None:
     assert 0 < await limiter.retry_after("alice", "192.0.2.1") <= 61
     assert await limiter.retry_after("bob", "192.0.2.1") == 0
     assert await limiter.retry_after("alice", "192.0.2.2") == 0
+
+
+async def test_a_tag_records_who_set_it_last(store: MetadataStore) -> None:
+    await store.put_manifest("r", manifest(1), [], "t", pusher="alice")
+    await store.put_manifest("r", manifest(1), [], "u")
+    pushes = await store.tag_pushes("r", digest("m1"))
+    assert [(p.name, p.pushed_by) for p in pushes] == [("t", "alice"), ("u", None)]
+    # moved by someone else, then by nobody known: each move says who moved it
+    await store.put_manifest("r", manifest(2), [], "t", pusher="bob")
+    assert [(p.name, p.pushed_by) for p in await store.tag_pushes("r", digest("m2"))] == [
+        ("t", "bob")
+    ]
+    page = await store.tag_page("r", "name", None, 10)
+    assert page is not None and [(x.name, x.pushed_by) for x in page] == [
+        ("t", "bob"),
+        ("u", None),
+    ]
+    await store.put_manifest("r", manifest(2), [], "t")
+    assert [p.pushed_by for p in await store.tag_pushes("r", digest("m2"))] == [None]

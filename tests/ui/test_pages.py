@@ -91,6 +91,7 @@ async def test_browse_open_registry(start: Any, tmp_path: Path) -> None:
     assert "docker pull" in repo and "podman pull" in repo
     assert "application/vnd.moorage.test.artifact" in repo  # the artifact's type, not a config's
     assert pushed.index.digest[:19] in repo
+    assert " UTC by " not in repo  # anonymous pushes name nobody
 
     index = await page(client, f"/repositories/team/app/manifests/{pushed.index.digest}")
     for child in pushed.index.images:
@@ -210,6 +211,35 @@ async def test_access_rules_and_sign_in(start: Any, tmp_path: Path, users_file: 
     out = await client.post("/signout", data={"csrf": csrf_of(repo)}, allow_redirects=False)
     assert out.status == 303
     assert "team/app" not in await page(client, "/")
+
+
+async def test_who_pushed_each_tag(start: Any, tmp_path: Path, users_file: Path) -> None:
+    auth = {"mode": "basic", "htpasswd": users_file, "rules": RULES, "admins": ["root"]}
+    client = await start(tmp_path, auth=auth)
+    pushed = await push_samples(client, tmp_path / "l1", "team/app", basic("alice"))
+    # root sets `v1` again (to the same manifest): the tag's pusher is now root
+    async with client.put(
+        "/v2/team/app/manifests/v1",
+        data=pushed.image.manifest.read(),
+        headers={"Content-Type": pushed.image.manifest.media_type, **basic("root")},
+    ) as resp:
+        assert resp.status == 201
+    form = await page(client, "/signin")
+    await client.post(
+        "/signin", data={"csrf": csrf_of(form), "username": "bob", "password": USERS["bob"]}
+    )
+    repo = text_of(await page(client, "/repositories/team/app"))
+    pushers = dict(re.findall(r"(\w+) sha256:\w+ .*? UTC by (\w+)", repo))
+    assert pushers == {"multi": "alice", "sig": "alice", "v1": "root"}, repo
+    image = text_of(await page(client, f"/repositories/team/app/manifests/{pushed.image.digest}"))
+    assert "Tags v1 (pushed by root)" in image
+    index = text_of(await page(client, f"/repositories/team/app/manifests/{pushed.index.digest}"))
+    assert "Tags multi (pushed by alice)" in index
+    # A child of the index, pushed by digest: no tag, nobody to name.
+    child = pushed.index.images[0].digest
+    assert "none (by digest only)" in text_of(
+        await page(client, f"/repositories/team/app/manifests/{child}")
+    )
 
 
 async def test_delete_a_tag_and_a_manifest(start: Any, tmp_path: Path, users_file: Path) -> None:
