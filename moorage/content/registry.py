@@ -18,6 +18,7 @@ from moorage import keys
 from moorage.config import Settings
 from moorage.content import digest as digests
 from moorage.content import jsondoc, manifests, names, schema1, translate
+from moorage.content.activity import Activity
 from moorage.content.blobs import BlobService
 from moorage.content.gc import Collector
 from moorage.content.policy import Policy, QuotaExceeded
@@ -96,6 +97,7 @@ class Registry:
         self.blobs = BlobService(storage, metadata, settings.uploads.ttl, settings.uploads.lease)
         self.policy = Policy(settings)
         self.collector = Collector(metadata, storage, settings.gc, self.policy)
+        self.activity = Activity(metadata)
         if settings.quotas:
             self.blobs.admit = self.admit
         self._signing_key: ec.EllipticCurvePrivateKey | None = None

@@ -28,6 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import aliased
 
+from moorage.metadata import dialect
 from moorage.metadata import schema as t
 
 T = TypeVar("T")
@@ -98,6 +99,18 @@ class EndpointStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ActivityCount:
+    """Pushes, pulls and blob bytes pulled in one namespace on one day (days since the epoch,
+    UTC), as a worker counted them since its last flush (moorage/content/activity.py)."""
+
+    day: int
+    namespace: str
+    pushes: int
+    pulls: int
+    pulled_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Day:
     """What happened on one UTC day (`start`: its first second, epoch seconds)."""
 
@@ -106,9 +119,11 @@ class Day:
     added: int
     stored: int
     manifests: int
-    # Recorded events (only while notification endpoints are configured, until pruned).
+    # Counted by every worker (the `activity` table): manifests pushed and pulled, blob bytes
+    # sent.
     pushes: int
     pulls: int
+    pulled_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +136,8 @@ class StorageStatus:
     endpoints: list[EndpointStatus]
     # The last `days` days, oldest first.
     days: list[Day]
+    # Per namespace, the sums of those days' activity (namespaces with none are left out).
+    activity: dict[str, ActivityCount]
 
 
 DAY = 86400
@@ -145,6 +162,41 @@ class BrowseQueries:
     if TYPE_CHECKING:  # provided by MetadataStore
 
         async def _read(self, work: Callable[[Connection], T]) -> T: ...
+        async def _write(self, work: Callable[[Connection], T], frees: bool = False) -> T: ...
+
+    async def add_activity(self, counts: Sequence[ActivityCount]) -> None:
+        """Add counts to the `activity` rows of their namespace and day, in one transaction:
+        an upsert that adds, so that workers and nodes flushing at once all count. Rows are
+        written in key order (no deadlock between two flushes)."""
+        if not counts:
+            return
+        a = t.activity
+        rows = [
+            {
+                "day": c.day,
+                "namespace": c.namespace,
+                "pushes": c.pushes,
+                "pulls": c.pulls,
+                "pulled_bytes": c.pulled_bytes,
+            }
+            for c in sorted(counts, key=lambda c: (c.day, c.namespace))
+        ]
+
+        def work(conn: Connection) -> None:
+            added = dialect.insert(conn, a)
+            conn.execute(
+                added.on_conflict_do_update(
+                    index_elements=["day", "namespace"],
+                    set_={
+                        "pushes": a.c.pushes + added.excluded.pushes,
+                        "pulls": a.c.pulls + added.excluded.pulls,
+                        "pulled_bytes": a.c.pulled_bytes + added.excluded.pulled_bytes,
+                    },
+                ),
+                rows,
+            )
+
+        await self._write(work)
 
     async def repository_summaries(self, names: Sequence[str]) -> list[RepositorySummary]:
         """Tag count, size and last push of each repository named, in the order named (names
@@ -309,7 +361,8 @@ class BrowseQueries:
         """Usage per namespace (each stored object counted once in a namespace however many of
         its repositories link it), garbage collection's pending deletions, the chores' next
         runs, each event endpoint's backlog, and the last `days` days: bytes first stored,
-        manifests stored, and recorded pushes and pulls, per day. A handful of grouped
+        manifests stored, pushes, pulls and bytes pulled, per day, and per namespace over
+        those days. A handful of grouped
         statements: the whole linked set is read once, so its cost grows with the store (an
         operator's page, not a hot one)."""
         r, rb, b = t.repositories, t.repository_blobs, t.blobs
@@ -351,24 +404,29 @@ class BrowseQueries:
                     select(c.c.endpoint, c.c.delivered, backlog, c.c.holder).order_by(c.c.endpoint)
                 ).all()
             ]
+            first = int(time.time() // DAY) - days + 1
             return StorageStatus(
-                namespaces, int(pending or 0), chores, endpoints, _days(conn, days)
+                namespaces,
+                int(pending or 0),
+                chores,
+                endpoints,
+                _days(conn, first, days),
+                _namespace_activity(conn, first),
             )
 
         return await self._read(work)
 
 
-def _days(conn: Connection, count: int) -> list[Day]:
-    """Per day of the last `count`: three grouped statements over the window, and one sum of
-    what was stored before it."""
-    b, m, e = t.blobs, t.manifests, t.events
-    today = int(time.time() // DAY)
-    first = today - count + 1
+def _days(conn: Connection, first: int, count: int) -> list[Day]:
+    """Per day of the `count` from day number `first` on: three grouped statements over the
+    window, and one sum of what was stored before it."""
+    b, m, a = t.blobs, t.manifests, t.activity
+    today = first + count - 1
     since = first * DAY
     before = conn.execute(
         select(func.coalesce(func.sum(b.c.size), 0)).where(b.c.created < since)
     ).scalar()
-    bday, mday, eday = _day(conn, b.c.created), _day(conn, m.c.created), _day(conn, e.c.created)
+    bday, mday = _day(conn, b.c.created), _day(conn, m.c.created)
     added: dict[int, int] = {
         day: int(n or 0)
         for day, n in conn.execute(
@@ -381,29 +439,45 @@ def _days(conn: Connection, count: int) -> list[Day]:
             select(mday, func.count()).where(m.c.created >= since).group_by(mday)
         ).all()
     }
-    events: dict[tuple[int, str], int] = {
-        (day, action): n
-        for day, action, n in conn.execute(
-            select(eday, e.c.action, func.count())
-            .where(e.c.created >= since, e.c.action.in_(["push", "pull"]))
-            .group_by(eday, e.c.action)
+    activity: dict[int, tuple[int, int, int]] = {
+        day: (int(pushes), int(pulls), int(pulled))
+        for day, pushes, pulls, pulled in conn.execute(
+            select(a.c.day, func.sum(a.c.pushes), func.sum(a.c.pulls), func.sum(a.c.pulled_bytes))
+            .where(a.c.day >= first)
+            .group_by(a.c.day)
         ).all()
     }
     total = int(before or 0)
     found = []
     for day in range(first, today + 1):
         total += int(added.get(day) or 0)
+        pushes, pulls, pulled = activity.get(day, (0, 0, 0))
         found.append(
             Day(
                 start=float(day * DAY),
                 added=int(added.get(day) or 0),
                 stored=total,
                 manifests=int(stored.get(day) or 0),
-                pushes=events.get((day, "push"), 0),
-                pulls=events.get((day, "pull"), 0),
+                pushes=pushes,
+                pulls=pulls,
+                pulled_bytes=pulled,
             )
         )
     return found
+
+
+def _namespace_activity(conn: Connection, first: int) -> dict[str, ActivityCount]:
+    """Each namespace's activity from day number `first` on, summed (one grouped statement)."""
+    a = t.activity
+    rows = conn.execute(
+        select(a.c.namespace, func.sum(a.c.pushes), func.sum(a.c.pulls), func.sum(a.c.pulled_bytes))
+        .where(a.c.day >= first)
+        .group_by(a.c.namespace)
+    ).all()
+    return {
+        namespace: ActivityCount(first, namespace, int(pushes), int(pulls), int(pulled))
+        for namespace, pushes, pulls, pulled in rows
+    }
 
 
 def _referenced_sizes(conn: Connection, repo: int, digests: list[str]) -> dict[str, int]:

@@ -694,16 +694,18 @@ async def storage(request: web.Request) -> web.Response:
     status = await _registry(request).metadata.storage_status()
     quotas = {q.namespace.strip("/"): q.bytes for q in settings.quotas}
     largest = max((n.size for n in status.namespaces), default=0)
+    starts = [d.start for d in status.days]
     return render(
         request,
         who,
         "storage.html",
         title="Storage",
         usage=status,
-        growth=_bars([d.stored for d in status.days], [d.start for d in status.days]),
-        pushed=_bars([d.manifests for d in status.days], [d.start for d in status.days]),
-        pulls=_bars([d.pulls for d in status.days], [d.start for d in status.days]),
-        has_events=any(d.pulls or d.pushes for d in status.days),
+        growth=_bars([d.stored for d in status.days], starts),
+        stored=_bars([d.manifests for d in status.days], starts),
+        pushes=_bars([d.pushes for d in status.days], starts),
+        pulls=_bars([d.pulls for d in status.days], starts),
+        pulled=_bars([d.pulled_bytes for d in status.days], starts),
         quotas=quotas,
         largest=max(largest, 1),
         total=sum(n.size for n in status.namespaces),

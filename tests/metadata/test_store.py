@@ -6,7 +6,14 @@ import asyncio
 import time
 
 from moorage.auth.ratelimit import LoginLimiter
-from moorage.metadata import BlobRow, LayerSums, LeaseTaken, ManifestRow, MetadataStore
+from moorage.metadata import (
+    ActivityCount,
+    BlobRow,
+    LayerSums,
+    LeaseTaken,
+    ManifestRow,
+    MetadataStore,
+)
 
 
 def digest(n: int | str) -> str:
@@ -336,3 +343,25 @@ async def test_a_tag_records_who_set_it_last(store: MetadataStore) -> None:
     ]
     await store.put_manifest("r", manifest(2), [], "t")
     assert [p.pushed_by for p in await store.tag_pushes("r", digest("m2"))] == [None]
+
+
+async def test_activity_counts_add_up_across_flushes(store: MetadataStore) -> None:
+    today = int(time.time() // 86400)
+    await store.put_manifest("team/app", manifest(1), [], "t")
+    # two workers flush their counts of the same day and namespace: both count
+    await store.add_activity([ActivityCount(today, "team", 1, 2, 300)])
+    await store.add_activity(
+        [ActivityCount(today, "team", 0, 5, 20), ActivityCount(today - 1, "other", 4, 0, 0)]
+    )
+    await store.add_activity([ActivityCount(today - 40, "team", 9, 9, 9)])  # outside the window
+    status = await store.storage_status(days=30)
+    assert [(d.pushes, d.pulls, d.pulled_bytes) for d in status.days[-2:]] == [
+        (4, 0, 0),
+        (1, 7, 320),
+    ]
+    assert sum(d.pushes for d in status.days) == 5
+    assert status.activity == {
+        "team": ActivityCount(today - 29, "team", 1, 7, 320),
+        "other": ActivityCount(today - 29, "other", 4, 0, 0),
+    }
+    assert await store.count("activity") == 3

@@ -4,9 +4,11 @@ in and out, and deleting with a CSRF-checked confirmation."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
-from moorage.api.context import EVENTS
+from moorage.api.context import EVENTS, REGISTRY
 from moorage.api.maintenance import MAINTENANCE
 from moorage.app import create_app
 from moorage.auth import htpasswd
@@ -69,6 +71,20 @@ async def page(client: Client, path: str, status: int = 200) -> str:
     return body
 
 
+async def flush_activity(client: Client, pulled: int) -> None:
+    """What a worker does every minute: add its push and pull counts to the table. A blob's
+    bytes are counted once the server has sent them, which may be just after the client read
+    them all: flush until they are in."""
+    registry = client.app[REGISTRY]
+    deadline = time.monotonic() + 10
+    while True:
+        await registry.activity.flush()
+        status = await registry.metadata.storage_status(days=1)
+        if status.days[-1].pulled_bytes >= pulled or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_browse_open_registry(start: Any, tmp_path: Path) -> None:
     client = await start(tmp_path)
     pushed = await push_samples(client, tmp_path / "layout", "team/app")
@@ -111,16 +127,33 @@ async def test_browse_open_registry(start: Any, tmp_path: Path) -> None:
     assert pushed.artifact.digest[:19] in words and "application/vnd.moorage.test.artifact" in words
     assert "&#34;schemaVersion&#34;: 2" in image  # the raw manifest, escaped
 
+    # Pulls: three of the image's manifest (a HEAD is none), and its layers' bytes.
+    for method in ("GET", "GET", "HEAD", "GET"):
+        async with client.request(method, "/v2/team/app/manifests/v1") as resp:
+            assert resp.status == 200
+    for layer in pushed.image.layers:
+        async with client.get(f"/v2/team/app/blobs/{layer.digest}") as resp:
+            assert resp.status == 200 and await resp.read() == layer.read()
+    layer_bytes = sum(len(layer.read()) for layer in pushed.image.layers)
+    await flush_activity(client, layer_bytes)
+
     storage = await page(client, "/storage")
-    assert "team" in text_of(storage) and "other" in text_of(storage)
-    # Growth over 30 days: everything was pushed today, so only today's bars stand.
+    words = text_of(storage)
+    assert "team" in words and "other" in words
+    # Per namespace over 30 days: pushes, pulls, bytes pulled.
+    pulled = f"{layer_bytes / 1024:.1f} KiB"
+    assert re.search(rf" team 1 \d+ [0-9.]+ KiB [0-9.]+ KiB - 5 3 {pulled} ", words), words
+    assert re.search(r" other 1 \d+ [0-9.]+ KiB [0-9.]+ KiB - 5 0 0 B ", words), words
+    # Over 30 days: everything happened today, so only today's bars stand.
     charts = re.findall(r"<svg class=\"chart\".*?</svg>", storage, re.S)
-    assert len(charts) == 2  # stored bytes and manifests; no events recorded, so no pulls
+    assert len(charts) == 5  # stored bytes, manifests stored, pushes, pulls, bytes pulled
     today = datetime.now(UTC).strftime("%Y-%m-%d")
-    bars = re.findall(r'height="([0-9.]+)"><title>([0-9-]+): ([^<]+)</title>', charts[1])
     # Two repositories of 5 manifests each: an index of 2, an image, an artifact.
-    assert len(bars) == 30 and bars[-1][1:] == (today, "10")
-    assert all(float(height) == 0 for height, _, _ in bars[:-1])
+    expected = ["10", "10", "3", pulled]
+    for chart, value in zip(charts[1:], expected, strict=True):
+        bars = re.findall(r'height="([0-9.]+)"><title>([0-9-]+): ([^<]+)</title>', chart)
+        assert len(bars) == 30 and bars[-1][1:] == (today, value)
+        assert all(float(height) == 0 for height, _, _ in bars[:-1])
 
 
 async def test_api_paths_stay_the_apis(start: Any, tmp_path: Path) -> None:
