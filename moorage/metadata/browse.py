@@ -25,10 +25,11 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
 )
 from sqlalchemy.orm import aliased
 
-from moorage.metadata import dialect
+from moorage.metadata import dialect, globs
 from moorage.metadata import schema as t
 
 T = TypeVar("T")
@@ -356,6 +357,58 @@ class BrowseQueries:
         )
         rows = await self._read(lambda conn: conn.execute(query).all())
         return [TagPush(name, float(updated), by) for name, updated, by in rows]
+
+    async def usage_under(
+        self, prefixes: Sequence[str], default: Sequence[str] | None
+    ) -> dict[str, tuple[int, int]]:
+        """Repositories and bytes (each stored object once) under each of `prefixes` (names
+        starting `prefix/`; the longest prefix wins), and under "" those under none of them
+        that match one of the `default` globs (all when empty; None: none). The globs are
+        their SQL form (`globs.py`: a superset, ignoring case on SQLite). Two grouped
+        statements over the repositories and their links."""
+        r, rb, b = t.repositories, t.repository_blobs, t.blobs
+        whens: list[tuple[ColumnElement[bool], str]] = []
+        for prefix in sorted(prefixes, key=len, reverse=True):
+            span = globs.parse(prefix + "/*").span(r.c.name)
+            assert span is not None
+            whens.append((span, prefix))
+        if default is not None:
+            parsed = [globs.parse(g) for g in default]
+            whens.append((globs.condition(r.c.name, parsed) if parsed else true(), ""))
+        if not whens:
+            return {}
+        label = case(*whens, else_=null()).label("owner")
+
+        def work(conn: Connection) -> dict[str, tuple[int, int]]:
+            owned = select(r.c.id, label).subquery()
+            counts = {
+                owner: int(n)
+                for owner, n in conn.execute(
+                    select(owned.c.owner, func.count())
+                    .where(owned.c.owner.is_not(None))
+                    .group_by(owned.c.owner)
+                ).all()
+            }
+            objects = (
+                select(owned.c.owner, b.c.storage_key, func.max(b.c.size).label("size"))
+                .select_from(
+                    owned.join(rb, rb.c.repository_id == owned.c.id).join(
+                        b, b.c.digest == rb.c.digest
+                    )
+                )
+                .where(owned.c.owner.is_not(None))
+                .group_by(owned.c.owner, b.c.storage_key)
+                .subquery()
+            )
+            sizes = {
+                owner: int(total or 0)
+                for owner, total in conn.execute(
+                    select(objects.c.owner, func.sum(objects.c.size)).group_by(objects.c.owner)
+                ).all()
+            }
+            return {owner: (n, sizes.get(owner, 0)) for owner, n in counts.items()}
+
+        return await self._read(work)
 
     async def storage_status(self, days: int = 30) -> StorageStatus:
         """Usage per namespace (each stored object counted once in a namespace however many of

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from moorage.auth.ratelimit import LoginLimiter
 from moorage.metadata import (
     ActivityCount,
@@ -13,7 +15,9 @@ from moorage.metadata import (
     LeaseTaken,
     ManifestRow,
     MetadataStore,
+    gc,
 )
+from moorage.metadata.gc import GCRun
 
 
 def digest(n: int | str) -> str:
@@ -365,3 +369,40 @@ async def test_activity_counts_add_up_across_flushes(store: MetadataStore) -> No
         "other": ActivityCount(today - 29, "other", 4, 0, 0),
     }
     assert await store.count("activity") == 3
+
+
+async def test_gc_runs_are_kept_newest_first_and_pruned(
+    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gc, "RUNS_KEPT", 3)
+    for n in range(5):
+        await store.gc_record_run(GCRun(1000.0 + n, 0.5, n % 2 == 1, blobs=n, bytes=n << 40))
+    await store.gc_record_run(GCRun(2000.0, 1.0, False, error="x" * 400))
+    runs = await store.gc_runs(10)
+    assert [(r.started, r.dry_run, r.blobs, r.bytes) for r in runs[1:]] == [
+        (1004.0, False, 4, 4 << 40),
+        (1003.0, True, 3, 3 << 40),
+    ]
+    assert runs[0].error == "x" * 300 and runs[0].blobs == 0
+    assert [r.started for r in await store.gc_runs(1)] == [2000.0]
+
+
+async def test_usage_under_mirror_prefixes(store: MetadataStore) -> None:
+    await store.link_blobs("hub/library/alpine", [blob(1, 100), blob(2, 20)])
+    await store.link_blobs("hub/team/app", [blob(1, 100)])
+    await store.link_blobs("hub/x/deep/er", [blob(3, 5)])
+    await store.link_blobs("hubble/app", [blob(4, 7)])
+    await store.link_blobs("alpine", [blob(5, 1)])
+    await store.link_blobs("team/local", [blob(6, 1000)])
+    # each object once per owner; the longest prefix wins; `hubble/` is not under `hub/`
+    assert await store.usage_under(["hub", "hub/x"], None) == {
+        "hub": (2, 120),
+        "hub/x": (1, 5),
+    }
+    # the default upstream: names under no prefix, all of them or those its globs select
+    assert await store.usage_under(["hub"], []) == {"hub": (3, 125), "": (3, 1008)}
+    assert await store.usage_under(["hub"], ["alpine", "hubble/*"]) == {
+        "hub": (3, 125),
+        "": (2, 8),
+    }
+    assert await store.usage_under([], None) == {}

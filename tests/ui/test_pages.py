@@ -156,6 +156,67 @@ async def test_browse_open_registry(start: Any, tmp_path: Path) -> None:
         assert all(float(height) == 0 for height, _, _ in bars[:-1])
 
 
+async def test_storage_shows_collections_and_mirrors(start: Any, tmp_path: Path) -> None:
+    # An upstream (another registry) holding team/app, mirrored here under `hub`, and a
+    # default upstream (the same registry) limited to names that are not pulled here.
+    upstream = await start(tmp_path / "upstream")
+    pushed = await push_samples(upstream, tmp_path / "layout", "team/app")
+    url = f"http://127.0.0.1:{upstream.server.port}"
+    upstreams = [
+        {"prefix": "hub", "url": url, "ttl": "2m"},
+        {"url": url, "repositories": ["library/*"]},
+    ]
+    client = await start(tmp_path / "mirror", proxy={"upstreams": upstreams})
+    image = pushed.image
+    async with client.get(
+        "/v2/hub/team/app/manifests/v1", headers={"Accept": image.manifest.media_type}
+    ) as resp:
+        assert resp.status == 200 and await resp.read() == image.manifest.read()
+    for blob in [image.config, *image.layers]:
+        async with client.get(f"/v2/hub/team/app/blobs/{blob.digest}") as resp:
+            assert resp.status == 200 and await resp.read() == blob.read()
+    cached = sum(blob.size for blob in [image.config, *image.layers])
+
+    storage = text_of(await page(client, "/storage"))
+    assert "No collection has run yet." in storage
+    assert (
+        f"(default: names under no prefix) {url} library/* 300 s 0 0 B "
+        f"hub/ {url} all 120 s 1 {cached / 1024:.1f} KiB "
+    ) in storage, storage
+
+    # A dry run and a collection that find nothing, then, once the manifest is deleted, one
+    # that deletes its blobs.
+    registry = client.app[REGISTRY]
+    await registry.collector.cycle(grace=0, dry_run=True)
+    await registry.collector.cycle()
+    async with client.delete(f"/v2/hub/team/app/manifests/{image.digest}") as resp:
+        assert resp.status == 202
+    run = await registry.collector.cycle(grace=0)
+    assert (run.collected.links, run.collected.blobs, run.objects_deleted) == (3, 3, 3)
+    storage = text_of(await page(client, "/storage"))
+    assert "The last 3 cycles, newest first" in storage
+    rows = re.findall(
+        r"UTC \d+\.\d s (dry run|collection) (\d+) (\d+) (\d+) (\d+) (\d+) ([0-9.]+ K?i?B) (\d+|-)",
+        storage,
+    )
+    assert rows == [
+        ("collection", "0", "0", "3", "0", "3", f"{cached / 1024:.1f} KiB", "3"),
+        ("collection", "0", "0", "0", "0", "0", "0 B", "0"),
+        ("dry run", "0", "0", "0", "0", "0", "0 B", "-"),
+    ], storage
+
+    def stop(stage: str, done: int) -> None:  # as `moorage gc` stops on Ctrl-C
+        raise RuntimeError(f"stopped at {stage} <{done}>")
+
+    with pytest.raises(RuntimeError):
+        await registry.collector.cycle(progress=stop)
+    storage = await page(client, "/storage")
+    assert "The last 4 cycles" in storage
+    assert re.search(
+        r"s</td>\s*<td>collection</td>\s*<td[^>]*>failed: stopped at \w+ &lt;0&gt;", storage
+    )
+
+
 async def test_api_paths_stay_the_apis(start: Any, tmp_path: Path) -> None:
     client = await start(tmp_path)
     await push_samples(client, tmp_path / "layout", "team/app")
