@@ -442,6 +442,13 @@ async def test_v1_images_and_their_ancestry(start: Any, tmp_path: Path, users_fi
     # An image of another repository is not shown through this one.
     await page(client, f"/repositories/team/app/v1/{top}", status=404)
 
+    # v1 counts too: the tag set is a push, each read of it a pull.
+    for _ in range(2):
+        assert await v1.tag("team/legacy", "old", credentials) == top
+    await flush_activity(client, 0)
+    counted = (await client.app[REGISTRY].metadata.storage_status(days=1)).activity["team"]
+    assert (counted.pushes, counted.pulls) == (1, 2)
+
 
 async def test_token_mode_users_sign_in(start: Any, tmp_path: Path, users_file: Path) -> None:
     """With the built-in token server the pages sign in the same htpasswd users."""
