@@ -359,13 +359,15 @@ class BrowseQueries:
         return [TagPush(name, float(updated), by) for name, updated, by in rows]
 
     async def usage_under(
-        self, prefixes: Sequence[str], default: Sequence[str] | None
+        self, prefixes: Sequence[str], default: Sequence[str] | None, library: bool = False
     ) -> dict[str, tuple[int, int]]:
         """Repositories and bytes (each stored object once) under each of `prefixes` (names
         starting `prefix/`; the longest prefix wins), and under "" those under none of them
-        that match one of the `default` globs (all when empty; None: none). The globs are
-        their SQL form (`globs.py`: a superset, ignoring case on SQLite). Two grouped
-        statements over the repositories and their links."""
+        whose upstream name matches one of the `default` globs (all when empty; None: none).
+        The upstream name is the name, or with `library` (Docker Hub) `library/<name>` for a
+        name of one component. The globs are their SQL form (`globs.py`: a superset,
+        ignoring case on SQLite). Two grouped statements over the repositories and their
+        links."""
         r, rb, b = t.repositories, t.repository_blobs, t.blobs
         whens: list[tuple[ColumnElement[bool], str]] = []
         for prefix in sorted(prefixes, key=len, reverse=True):
@@ -374,7 +376,12 @@ class BrowseQueries:
             whens.append((span, prefix))
         if default is not None:
             parsed = [globs.parse(g) for g in default]
-            whens.append((globs.condition(r.c.name, parsed) if parsed else true(), ""))
+            allowed = globs.condition(r.c.name, parsed) if parsed else true()
+            if parsed and library:
+                flat = ~r.c.name.contains("/")
+                folded = globs.condition(literal("library/") + r.c.name, parsed)
+                allowed = or_(and_(~flat, allowed), and_(flat, folded))
+            whens.append((allowed, ""))
         if not whens:
             return {}
         label = case(*whens, else_=null()).label("owner")

@@ -729,14 +729,12 @@ async def _upstreams(metadata: MetadataStore, upstreams: list[Upstream]) -> list
     if not upstreams:
         return []
     default = next((u for u in upstreams if not u.prefix), None)
-    local_globs: list[str] | None = None
-    if default is not None:
-        # Its globs name upstream repositories; Docker Hub's `library/x` is `x` here.
-        hub = (urlsplit(default.url).hostname or "") in DOCKER_HUB
-        local_globs = [*default.repositories]
-        if hub:
-            local_globs += [g.removeprefix("library/") for g in default.repositories]
-    cached = await metadata.usage_under([u.prefix for u in upstreams if u.prefix], local_globs)
+    cached = await metadata.usage_under(
+        [u.prefix for u in upstreams if u.prefix],
+        None if default is None else default.repositories,
+        # Docker Hub's `library/x` is `x` here (moorage/mirror/client.py).
+        library=default is not None and (urlsplit(default.url).hostname or "") in DOCKER_HUB,
+    )
     return [
         {
             "prefix": u.prefix,

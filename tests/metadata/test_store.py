@@ -406,3 +406,9 @@ async def test_usage_under_mirror_prefixes(store: MetadataStore) -> None:
         "": (2, 8),
     }
     assert await store.usage_under([], None) == {}
+    # Docker Hub: `alpine` is `library/alpine` there; `team/local` is no official image
+    assert await store.usage_under(["hub"], ["library/*"], library=True) == {
+        "hub": (3, 125),
+        "": (1, 1),
+    }
+    assert await store.usage_under(["hub"], ["library/*"]) == {"hub": (3, 125)}
