@@ -39,6 +39,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import limits
 import workloads as wl
 from client import BenchError
 from profiling import PySpy, summarize
@@ -242,6 +243,16 @@ class Runner:
         for server in servers:
             await workload.verify(ctx, server, -1)
 
+    async def measure_limits(self, root: Path, when: str) -> None:
+        """The machine's limits (bench/limits.py) in the data root, with the servers idle;
+        measured before and after the workloads, since the disk's speed varies by the hour."""
+        await self.wait_quiet()
+        measured = await asyncio.to_thread(
+            limits.measure, root / "limits", self.profile.limits_size
+        )
+        self.results.setdefault("limits", {})[when] = measured
+        self.log(f"limits ({when}): {_fmt_dict(measured)} MB/s")
+
     async def wait_quiet(self) -> float:
         """Wait (up to --quiet-wait seconds) until the rest of the machine is nearly idle
         (other processes using less than --quiet-cores cores over half a second): other
@@ -355,12 +366,15 @@ class Runner:
                     # The upstream of the mirror workload (unless Distribution had to move
                     # to another port when it started).
                     ctx.of(moorage)["mirror_upstream"] = moorage.mirror_of
+                await self.measure_limits(root, "before")
                 await self.run_workloads(wl.ALL, chosen, servers, ctx)
+                await self.measure_limits(root, "after")
         except asyncio.CancelledError:
             self.failures.append("interrupted")
         finally:
             for s in servers:
                 s.stop()
+            apply_limits(self.results)
             self.results["elapsed_s"] = time.time() - started
             self.results["failures"] = self.failures
             self.results["quiet_timeouts"] = self.quiet_timeouts
@@ -417,6 +431,62 @@ def _target(metric: dict[str, Any]) -> str:
     return t
 
 
+def apply_limits(results: dict[str, Any]) -> None:
+    """Each Moorage throughput as a fraction of the machine's limit that bounds it (the limits
+    measured before and after the workloads: the higher of the two, the one the machine could
+    reach in that run)."""
+    measured = results.get("limits", {})
+    if not measured:
+        return
+    best = {
+        k: max(m[k] for m in measured.values())
+        for k in limits.LABELS
+        if all(k in m for m in measured.values())
+    }
+    results["limit"] = best
+    for rec in results["workloads"].values():
+        moorage = rec.get("median", {}).get("moorage", {})
+        fractions = {}
+        for metric in rec.get("metrics", []):
+            bound = limits.limit_of(tuple(metric.get("limits") or ()), best)
+            value = moorage.get(metric["key"])
+            if bound and value:
+                fractions[metric["key"]] = {
+                    "limit": bound[0],
+                    "limit_mbps": bound[1],
+                    "fraction": value / bound[1],
+                }
+        if fractions:
+            rec["of_limit"] = fractions
+
+
+def _of_limit(rec: dict[str, Any], key: str) -> str:
+    f = rec.get("of_limit", {}).get(key)
+    if not f:
+        return "-"
+    return f"{f['fraction']:.2f} of {limits.SHORT[f['limit']]} {_num(f['limit_mbps'])}"
+
+
+def render_limits(results: dict[str, Any]) -> list[str]:
+    measured = results.get("limits", {})
+    if not measured:
+        return []
+    whens = list(measured)
+    lines = [
+        "",
+        "The machine's limits in this run (MB/s), with the servers idle; a throughput's "
+        '"Of limit" is Moorage\'s median over the higher of the two measurements of the limit '
+        "that bounds it (push: the smaller of disk and SHA-256; pull: sendfile).",
+        "",
+        "| Limit | " + " | ".join(whens) + " |",
+        "| --- | " + " | ".join("---:" for _ in whens) + " |",
+    ]
+    for key, label in limits.LABELS.items():
+        values = " | ".join(_num(measured[w].get(key)) for w in whens)
+        lines.append(f"| {label} | {values} |")
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     """The Markdown report: the medians and ratios, then the resources per workload."""
     default = results["rounds"]
@@ -430,16 +500,16 @@ def render(results: dict[str, Any]) -> str:
         + (f" (more for short ones: {'; '.join(more)})" if more else "")
         + ", ratio = Moorage / Distribution.",
         "",
-        "| Workload | Metric | Moorage | Distribution | Ratio | Target | Met |",
-        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+        "| Workload | Metric | Moorage | Distribution | Ratio | Of limit | Target | Met |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     usage_rows = []
     for rec in results["workloads"].values():
         if "error" in rec:
-            lines.append(f"| {rec['title']} | FAILED: {rec['error'][:80]} | | | | | |")
+            lines.append(f"| {rec['title']} | FAILED: {rec['error'][:80]} | | | | | | |")
             continue
         if "skipped" in rec:
-            lines.append(f"| {rec['title']} | skipped: {rec['skipped']} | | | | | |")
+            lines.append(f"| {rec['title']} | skipped: {rec['skipped']} | | | | | | |")
             continue
         med = rec.get("median", {})
         m, d = med.get("moorage", {}), med.get("distribution", {})
@@ -448,8 +518,8 @@ def render(results: dict[str, Any]) -> str:
             ratio = rec["ratio"].get(k)
             lines.append(
                 f"| {rec['title']} | {metric['label']} ({metric['unit']}) | {_num(m.get(k))} | "
-                f"{_num(d.get(k))} | {_num(ratio) if ratio else '-'} | {_target(metric)} | "
-                f"{_met(metric, ratio, m.get(k))} |"
+                f"{_num(d.get(k))} | {_num(ratio) if ratio else '-'} | {_of_limit(rec, k)} | "
+                f"{_target(metric)} | {_met(metric, ratio, m.get(k))} |"
             )
         for metric in rec["setup_metrics"]:
             k = metric["key"]
@@ -458,7 +528,7 @@ def render(results: dict[str, Any]) -> str:
             ratio = rec["ratio"].get("setup:" + k)
             lines.append(
                 f"| {rec['title']} | {metric['label']} ({metric['unit']}) | {_num(ms)} | "
-                f"{_num(ds)} | {_num(ratio) if ratio else '-'} | (informational) | - |"
+                f"{_num(ds)} | {_num(ratio) if ratio else '-'} | - | (informational) | - |"
             )
         rss_target = rec.get("rss_target_mib")
         rss_m = m.get("peak_rss_mib")
@@ -474,6 +544,7 @@ def render(results: dict[str, Any]) -> str:
             f"{_num(m.get('others_cpu_s'))} / {_num(d.get('others_cpu_s'))} | "
             f"{f'< {rss_target:g} MiB: {met}' if rss_target else ''} |"
         )
+    lines += render_limits(results)
     lines += [
         "",
         "Resources while the timed part ran. Peak RSS: the whole process tree at one instant, max "

@@ -41,6 +41,7 @@ from datagen import (
     sha256_digest,
     verify_layout,
 )
+from limits import DURABLE_WRITE, SENDFILE, SHA256
 from servers import Server
 
 from tests.images import memory_image, stream_file
@@ -84,6 +85,7 @@ class Profile:
     mirror_layers: int
     mirror_layer: int
     mirror_clients: int
+    limits_size: int  # bytes written with fdatasync and hashed to measure the limits
 
 
 FULL = Profile(
@@ -110,6 +112,7 @@ FULL = Profile(
     mirror_layers=4,
     mirror_layer=64 * MiB,
     mirror_clients=16,
+    limits_size=1 * GiB,
 )
 QUICK = Profile(
     name="quick",
@@ -135,6 +138,7 @@ QUICK = Profile(
     mirror_layers=4,
     mirror_layer=4 * MiB,
     mirror_clients=16,
+    limits_size=64 * MiB,
 )
 
 
@@ -158,9 +162,16 @@ class Metric:
     better: str  # "higher" or "lower"
     # An absolute target besides the ratio: (">=" or "<=", value in `unit`).
     target: tuple[str, float] | None = None
+    # The machine's limits this throughput needs (bench/limits.py): reported as a fraction of
+    # the smallest of them.
+    limits: tuple[str, ...] = ()
 
 
 MBPS = "MB/s"  # 10^6 bytes per second
+# A push is bounded by the disk (the blob is fsynced before it exists) and by one core's
+# SHA-256 (an upload is hashed in one stream); a pull from a file by sendfile over loopback.
+PUSH_LIMITS = (DURABLE_WRITE, SHA256)
+PULL_LIMITS = (SENDFILE,)
 
 
 def mbps(nbytes: int, seconds: float) -> float:
@@ -218,7 +229,7 @@ def _fmt_size(n: int) -> str:
 class BlobPush(Workload):
     name = "blob_push"
     title = "Push one large blob"
-    metrics = (Metric("push_mbps", "push", MBPS, "higher", (">=", 1000.0)),)
+    metrics = (Metric("push_mbps", "push", MBPS, "higher", (">=", 1000.0), PUSH_LIMITS),)
     rss_target_mib = 150
 
     def describe(self, p: Profile) -> str:
@@ -252,7 +263,7 @@ class BlobPull(Workload):
     min_rounds = 5
     name = "blob_pull"
     title = "Pull one large blob"
-    metrics = (Metric("pull_mbps", "pull", MBPS, "higher", (">=", 1000.0)),)
+    metrics = (Metric("pull_mbps", "pull", MBPS, "higher", (">=", 1000.0), PULL_LIMITS),)
     rss_target_mib = 150
     repo = "bench/big-pull"
 
@@ -293,7 +304,7 @@ class ConcurrentPulls(Workload):
     min_rounds = 5
     name = "concurrent_pulls"
     title = "Concurrent pulls of one blob"
-    metrics = (Metric("aggregate_mbps", "aggregate", MBPS, "higher"),)
+    metrics = (Metric("aggregate_mbps", "aggregate", MBPS, "higher", limits=PULL_LIMITS),)
     repo = "bench/many-pull"
 
     def describe(self, p: Profile) -> str:
@@ -339,7 +350,7 @@ class ChunkedUploads(Workload):
     title = "Concurrent chunked uploads"
     metrics = (
         Metric("uploads_per_s", "uploads", "uploads/s", "higher"),
-        Metric("upload_mbps", "throughput", MBPS, "higher"),
+        Metric("upload_mbps", "throughput", MBPS, "higher", limits=PUSH_LIMITS),
     )
 
     def describe(self, p: Profile) -> str:
@@ -823,8 +834,8 @@ class V1PushPull(Workload):
     metrics = (
         Metric("push_s", "push", "s", "lower"),
         Metric("pull_s", "pull", "s", "lower"),
-        Metric("push_mbps", "push", MBPS, "higher"),
-        Metric("pull_mbps", "pull", MBPS, "higher"),
+        Metric("push_mbps", "push", MBPS, "higher", limits=PUSH_LIMITS),
+        Metric("pull_mbps", "pull", MBPS, "higher", limits=PULL_LIMITS),
     )
 
     def describe(self, p: Profile) -> str:
@@ -977,11 +988,13 @@ class MirrorPull(Workload):
     title = "Pull through the cache"
     servers = ("moorage",)
     metrics = (
-        Metric("cold_mbps", "cold through the mirror", MBPS, "higher"),
+        Metric(
+            "cold_mbps", "cold through the mirror", MBPS, "higher", limits=(*PUSH_LIMITS, SENDFILE)
+        ),
         Metric("direct_mbps", "direct from the upstream", MBPS, "higher"),
         Metric("cold_vs_direct", "cold / direct time", "x", "lower", ("<=", 1.10)),
-        Metric("warm_mbps", "warm through the mirror", MBPS, "higher"),
-        Metric("local_mbps", "local image", MBPS, "higher"),
+        Metric("warm_mbps", "warm through the mirror", MBPS, "higher", limits=PULL_LIMITS),
+        Metric("local_mbps", "local image", MBPS, "higher", limits=PULL_LIMITS),
         Metric("warm_vs_local", "warm / local time", "x", "lower"),
         Metric("concurrent_mbps", "concurrent cold, aggregate", MBPS, "higher"),
         Metric("fetches_per_blob", "upstream fetches per blob", "", "lower", ("<=", 1.0)),
