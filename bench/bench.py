@@ -95,6 +95,11 @@ class Runner:
         self.profile = wl.QUICK if args.quick else wl.FULL
         if args.big_blob:
             self.profile = dataclasses.replace(self.profile, big_blob=args.big_blob)
+        if args.mix_clients:
+            clients = tuple(int(n) for n in args.mix_clients.split(","))
+            self.profile = dataclasses.replace(self.profile, mix_clients=clients)
+        if args.mix_seconds:
+            self.profile = dataclasses.replace(self.profile, mix_seconds=args.mix_seconds)
         self.rounds = args.rounds or self.profile.rounds
         self.failures: list[str] = []
         self.quiet_timeouts = 0
@@ -111,7 +116,8 @@ class Runner:
             return int(self.args.rounds)
         if self.args.quick:
             return self.profile.rounds
-        return max(self.profile.rounds, workload.min_rounds)
+        rounds = max(self.profile.rounds, workload.min_rounds)
+        return min(rounds, workload.max_rounds) if workload.max_rounds else rounds
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -122,13 +128,14 @@ class Runner:
         record: dict[str, Any] = {
             "title": workload.title,
             "description": workload.describe(self.profile),
-            "metrics": [m.__dict__ for m in workload.metrics],
+            "metrics": [m.__dict__ for m in workload.metrics_for(self.profile)],
             "setup_metrics": [m.__dict__ for m in workload.setup_metrics],
             "rss_target_mib": workload.rss_target_mib,
             "samples": {s.name: [] for s in servers},
             "setup": {},
             "usage": {s.name: [] for s in servers},
             "client_cpu_s": {s.name: [] for s in servers},
+            **workload.extra_record(self.profile),
         }
         skip = workload.skip_reason(ctx)
         if skip:
@@ -487,6 +494,61 @@ def render_limits(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_mixed(rec: dict[str, Any]) -> list[str]:
+    """The mixed load in detail: every percentile per phase, operation and size, then what
+    each phase moved and cost."""
+    med = rec["median"]
+    m, d = med.get("moorage", {}), med.get("distribution", {})
+
+    def three(values: dict[str, float], prefix: str) -> str:
+        return " / ".join(_num(values.get(f"{prefix}.p{q}_ms")) for q in (50, 90, 99))
+
+    def pair(key: str) -> str:
+        if key.endswith((".count", ".errors")):
+            return " / ".join("-" if v.get(key) is None else f"{v[key]:.0f}" for v in (m, d))
+        return f"{_num(m.get(key))} / {_num(d.get(key))}"
+
+    lines = [
+        "",
+        f"{rec['title']}, per operation (ms: the whole image pushed or pulled; done = "
+        "operations completed without error). Ratio: Moorage p99 / Distribution p99.",
+        "",
+        "| Phase | Operation | Size | Moorage p50 / p90 / p99 | Distribution p50 / p90 / p99 "
+        "| p99 ratio | Done M / D |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for phase in rec["phases"]:
+        for op in ("push", "pull"):
+            for size in ("all", *rec["sizes"]):
+                prefix = f"{phase}.{op}" if size == "all" else f"{phase}.{op}.{size}"
+                mp, dp = m.get(f"{prefix}.p99_ms"), d.get(f"{prefix}.p99_ms")
+                ratio = _num(mp / dp) if mp and dp else "-"
+                lines.append(
+                    f"| {phase} | {op} | {size} | {three(m, prefix)} | {three(d, prefix)} | "
+                    f"{ratio} | {pair(prefix + '.count')} |"
+                )
+    lines += [
+        "",
+        f"{rec['title']}, per phase (Moorage / Distribution). CPU: seconds of the phase, the "
+        "server's whole process tree and the benchmark's own process (the clients). Stalled: "
+        "how long the stalled upload's connection was held, and whether the server closed it "
+        "(1) or it was still open when the phase ended (0).",
+        "",
+        "| Phase | Wall (s) | Operations/s | MB/s | Errors | Server CPU (s) | Client CPU (s) "
+        "| Stalled held (s) | Stalled closed by server |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for phase in rec["phases"]:
+        keys = ("wall_s", "ops_per_s", "mbps", "errors", "server_cpu_s", "client_cpu_s")
+        cells = [pair(f"{phase}.{k}") for k in keys]
+        if phase.startswith("stall"):
+            cells += [pair(f"{phase}.stall_held_s"), pair(f"{phase}.stall_closed_by_server")]
+        else:
+            cells += ["-", "-"]
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     """The Markdown report: the medians and ratios, then the resources per workload."""
     default = results["rounds"]
@@ -545,6 +607,9 @@ def render(results: dict[str, Any]) -> str:
             f"{f'< {rss_target:g} MiB: {met}' if rss_target else ''} |"
         )
     lines += render_limits(results)
+    for rec in results["workloads"].values():
+        if rec.get("phases") and rec.get("median"):
+            lines += render_mixed(rec)
     lines += [
         "",
         "Resources while the timed part ran. Peak RSS: the whole process tree at one instant, max "
@@ -594,6 +659,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SIZE",
         help="size of the large blob pushed and pulled (e.g. 4G, 512M; default: full 1G,\n"
         "quick 64M): shows that memory does not grow with blob size",
+    )
+    ap.add_argument(
+        "--mix-clients",
+        metavar="N,N",
+        help="the mixed load's client counts, one set of phases each (full 10,100; quick 4)",
+    )
+    ap.add_argument(
+        "--mix-seconds",
+        type=float,
+        metavar="S",
+        help="how long each phase of the mixed load starts operations (full 30, quick 3)",
     )
     ap.add_argument("--workers", type=int, help="Moorage worker processes (default: cores)")
     ap.add_argument("--data-root", help="where the temporary data directories go (default $TMPDIR)")
