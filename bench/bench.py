@@ -205,8 +205,11 @@ class Runner:
                         }
                     )
                     record["client_cpu_s"][server.name].append(cu.cpu_seconds)
+                    # The metrics, not every detail (the mixed load has a hundred values).
+                    keys = {m["key"] for m in record["metrics"]}
+                    shown = {k: v for k, v in values.items() if k in keys or "." not in k}
                     self.log(
-                        f"  round {r + 1}/{rounds} {server.name:12} {_fmt_dict(values)}  "
+                        f"  round {r + 1}/{rounds} {server.name:12} {_fmt_dict(shown)}  "
                         f"rss {u.peak_rss / (1 << 20):.0f} MiB (pss {u.peak_pss / (1 << 20):.0f}), "
                         f"cpu {u.cpu_seconds:.2f} s, client {cu.cpu_seconds:.2f} s, "
                         f"others {others:.2f} s, in {u.wall:.2f} s"
