@@ -257,9 +257,14 @@ class Runner:
         """The machine's limits (bench/limits.py) in the data root, with the servers idle;
         measured before and after the workloads, since the disk's speed varies by the hour."""
         await self.wait_quiet()
-        measured = await asyncio.to_thread(
-            limits.measure, root / "limits", self.profile.limits_size
-        )
+        try:
+            measured = await asyncio.to_thread(
+                limits.measure, root / "limits", self.profile.limits_size
+            )
+        except OSError as exc:
+            self.failures.append(f"limits ({when}): {exc}")
+            self.log(f"FAILED limits ({when}): {exc}")
+            return
         self.results.setdefault("limits", {})[when] = measured
         self.log(f"limits ({when}): {_fmt_dict(measured)} MB/s")
 

@@ -1353,7 +1353,7 @@ class MixedLoad(Workload):
             ]
             for size in p.mix_sizes
         }
-        self.pushed: dict[str, dict[int, _MixImage]] = {}
+        self.fresh: list[_MixImage] = []  # the images pushed (or tried) in the phase running
         self.errors: dict[str, list[str]] = {}
 
     async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
@@ -1453,14 +1453,14 @@ class MixedLoad(Workload):
             if kind == "loop":
                 size = p.mix_sizes[(i + k) % len(p.mix_sizes)]
                 image = _mix_image(repo, f"t{k}", size)
+                self.fresh.append(image)
                 if await self._timed(ops, "push", size, self._push(ctx, server, image)):
-                    self.pushed.setdefault(server.name, {})[size] = image
                     await self._timed(ops, "pull", size, self._pull(ctx, server, image))
             elif rng.random() < 0.25:
                 size = rng.choice(p.mix_sizes)
                 image = _mix_image(repo, f"t{k}", size)
-                if await self._timed(ops, "push", size, self._push(ctx, server, image)):
-                    self.pushed.setdefault(server.name, {})[size] = image
+                self.fresh.append(image)
+                await self._timed(ops, "push", size, self._push(ctx, server, image))
             else:
                 size = rng.choice(p.mix_sizes)
                 image = rng.choice(self.pool[size])
@@ -1525,6 +1525,7 @@ class MixedLoad(Workload):
         if stall is not None:
             stop.set()
             out.update({f"{phase}.{k}": v for k, v in (await stall).items()})
+        await self._check_and_drop(ctx, server)
         ok = [o for o in ops if o.error is None]
         moved = sum(o.size for o in ok)
         out[f"{phase}.errors"] = float(len(ops) - len(ok))
@@ -1554,14 +1555,54 @@ class MixedLoad(Workload):
             values.update(await self._phase(ctx, server, r, phase, n, kind))
         return values
 
+    async def _check_and_drop(self, ctx: Context, server: Server) -> None:
+        """After a phase (untimed): the last image of each size pushed in it, pulled and hashed
+        whole; then the layers the phase pushed are deleted from the server's blob store,
+        straight from its data directory. A full run pushes tens of GB of fresh images, which
+        kept would fill the disk, and freeing them through the registries would take their
+        garbage collection (Distribution's blob DELETE only unlinks a blob from a repository;
+        its collector runs offline), which is not what is measured. Nothing reads them again."""
+        last: dict[int, _MixImage] = {}
+        for image in self.fresh:
+            last[image.layer.size] = image
+        for size, image in sorted(last.items()):
+            url = f"{server.url}/v2/{image.repo}/blobs/{image.layer.digest}"
+            try:
+                digest, n, _ = await client.fetch_digest(ctx.session, url)
+            except BenchError:
+                continue  # that push failed: counted as an error already
+            if (digest, n) != (image.layer.digest, size):
+                raise Corrupt(f"GET {url}: {digest} ({n} bytes), pushed {image.layer.digest}")
+        store = _blob_store(server)
+        if store is None:
+            raise BenchError(f"no blob store found in {server.root / 'data'}")
+        layers = [image.layer.digest.removeprefix("sha256:") for image in self.fresh]
+        await asyncio.to_thread(_drop_blobs, store, layers)
+        self.fresh = []
+
     async def verify(self, ctx: Context, server: Server, r: int) -> None:
         for errors in self.errors.get(server.name, [])[:10]:
             print(f"    {server.name}: {errors}", flush=True)
-        for size, image in sorted(self.pushed.get(server.name, {}).items()):
-            url = f"{server.url}/v2/{image.repo}/blobs/{image.layer.digest}"
-            digest, n, _ = await client.fetch_digest(ctx.session, url)
-            if (digest, n) != (image.layer.digest, size):
-                raise BenchError(f"GET {url}: {digest} ({n} bytes), pushed {image.layer.digest}")
+
+
+def _blob_store(server: Server) -> Path | None:
+    """The directory of a registry's committed blobs under the benchmark's data directory:
+    Moorage's `storage/blobs/sha256` (moorage/storage/paths.py), Distribution's
+    `docker/registry/v2/blobs/sha256`."""
+    data = server.root / "data"
+    for base in (data / "storage", data / "docker" / "registry" / "v2"):
+        if (base / "blobs" / "sha256").is_dir():
+            return base / "blobs" / "sha256"
+    return None
+
+
+def _drop_blobs(store: Path, hexes: list[str]) -> None:
+    for hex_ in hexes:
+        path = store / hex_[:2] / hex_
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)  # Distribution: <hex>/data
+        else:
+            path.unlink(missing_ok=True)  # Moorage: the blob itself
 
 
 def _own_cpu() -> float:
