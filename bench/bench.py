@@ -39,6 +39,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import limits
 import workloads as wl
 from client import BenchError
 from profiling import PySpy, summarize
@@ -94,6 +95,11 @@ class Runner:
         self.profile = wl.QUICK if args.quick else wl.FULL
         if args.big_blob:
             self.profile = dataclasses.replace(self.profile, big_blob=args.big_blob)
+        if args.mix_clients:
+            clients = tuple(int(n) for n in args.mix_clients.split(","))
+            self.profile = dataclasses.replace(self.profile, mix_clients=clients)
+        if args.mix_seconds:
+            self.profile = dataclasses.replace(self.profile, mix_seconds=args.mix_seconds)
         self.rounds = args.rounds or self.profile.rounds
         self.failures: list[str] = []
         self.quiet_timeouts = 0
@@ -110,7 +116,8 @@ class Runner:
             return int(self.args.rounds)
         if self.args.quick:
             return self.profile.rounds
-        return max(self.profile.rounds, workload.min_rounds)
+        rounds = max(self.profile.rounds, workload.min_rounds)
+        return min(rounds, workload.max_rounds) if workload.max_rounds else rounds
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -121,13 +128,14 @@ class Runner:
         record: dict[str, Any] = {
             "title": workload.title,
             "description": workload.describe(self.profile),
-            "metrics": [m.__dict__ for m in workload.metrics],
+            "metrics": [m.__dict__ for m in workload.metrics_for(self.profile)],
             "setup_metrics": [m.__dict__ for m in workload.setup_metrics],
             "rss_target_mib": workload.rss_target_mib,
             "samples": {s.name: [] for s in servers},
             "setup": {},
             "usage": {s.name: [] for s in servers},
             "client_cpu_s": {s.name: [] for s in servers},
+            **workload.extra_record(self.profile),
         }
         skip = workload.skip_reason(ctx)
         if skip:
@@ -197,8 +205,11 @@ class Runner:
                         }
                     )
                     record["client_cpu_s"][server.name].append(cu.cpu_seconds)
+                    # The metrics, not every detail (the mixed load has a hundred values).
+                    keys = {m["key"] for m in record["metrics"]}
+                    shown = {k: v for k, v in values.items() if k in keys or "." not in k}
                     self.log(
-                        f"  round {r + 1}/{rounds} {server.name:12} {_fmt_dict(values)}  "
+                        f"  round {r + 1}/{rounds} {server.name:12} {_fmt_dict(shown)}  "
                         f"rss {u.peak_rss / (1 << 20):.0f} MiB (pss {u.peak_pss / (1 << 20):.0f}), "
                         f"cpu {u.cpu_seconds:.2f} s, client {cu.cpu_seconds:.2f} s, "
                         f"others {others:.2f} s, in {u.wall:.2f} s"
@@ -241,6 +252,21 @@ class Runner:
         )
         for server in servers:
             await workload.verify(ctx, server, -1)
+
+    async def measure_limits(self, root: Path, when: str) -> None:
+        """The machine's limits (bench/limits.py) in the data root, with the servers idle;
+        measured before and after the workloads, since the disk's speed varies by the hour."""
+        await self.wait_quiet()
+        try:
+            measured = await asyncio.to_thread(
+                limits.measure, root / "limits", self.profile.limits_size
+            )
+        except OSError as exc:
+            self.failures.append(f"limits ({when}): {exc}")
+            self.log(f"FAILED limits ({when}): {exc}")
+            return
+        self.results.setdefault("limits", {})[when] = measured
+        self.log(f"limits ({when}): {_fmt_dict(measured)} MB/s")
 
     async def wait_quiet(self) -> float:
         """Wait (up to --quiet-wait seconds) until the rest of the machine is nearly idle
@@ -355,12 +381,15 @@ class Runner:
                     # The upstream of the mirror workload (unless Distribution had to move
                     # to another port when it started).
                     ctx.of(moorage)["mirror_upstream"] = moorage.mirror_of
+                await self.measure_limits(root, "before")
                 await self.run_workloads(wl.ALL, chosen, servers, ctx)
+                await self.measure_limits(root, "after")
         except asyncio.CancelledError:
             self.failures.append("interrupted")
         finally:
             for s in servers:
                 s.stop()
+            apply_limits(self.results)
             self.results["elapsed_s"] = time.time() - started
             self.results["failures"] = self.failures
             self.results["quiet_timeouts"] = self.quiet_timeouts
@@ -417,6 +446,117 @@ def _target(metric: dict[str, Any]) -> str:
     return t
 
 
+def apply_limits(results: dict[str, Any]) -> None:
+    """Each Moorage throughput as a fraction of the machine's limit that bounds it (the limits
+    measured before and after the workloads: the higher of the two, the one the machine could
+    reach in that run)."""
+    measured = results.get("limits", {})
+    if not measured:
+        return
+    best = {
+        k: max(m[k] for m in measured.values())
+        for k in limits.LABELS
+        if all(k in m for m in measured.values())
+    }
+    results["limit"] = best
+    for rec in results["workloads"].values():
+        moorage = rec.get("median", {}).get("moorage", {})
+        fractions = {}
+        for metric in rec.get("metrics", []):
+            bound = limits.limit_of(tuple(metric.get("limits") or ()), best)
+            value = moorage.get(metric["key"])
+            if bound and value:
+                fractions[metric["key"]] = {
+                    "limit": bound[0],
+                    "limit_mbps": bound[1],
+                    "fraction": value / bound[1],
+                }
+        if fractions:
+            rec["of_limit"] = fractions
+
+
+def _of_limit(rec: dict[str, Any], key: str) -> str:
+    f = rec.get("of_limit", {}).get(key)
+    if not f:
+        return "-"
+    return f"{f['fraction']:.2f} of {limits.SHORT[f['limit']]} {_num(f['limit_mbps'])}"
+
+
+def render_limits(results: dict[str, Any]) -> list[str]:
+    measured = results.get("limits", {})
+    if not measured:
+        return []
+    whens = list(measured)
+    lines = [
+        "",
+        "The machine's limits in this run (MB/s), with the servers idle; a throughput's "
+        '"Of limit" is Moorage\'s median over the higher of the two measurements of the limit '
+        "that bounds it (push: the smaller of disk and SHA-256; pull: sendfile).",
+        "",
+        "| Limit | " + " | ".join(whens) + " |",
+        "| --- | " + " | ".join("---:" for _ in whens) + " |",
+    ]
+    for key, label in limits.LABELS.items():
+        values = " | ".join(_num(measured[w].get(key)) for w in whens)
+        lines.append(f"| {label} | {values} |")
+    return lines
+
+
+def render_mixed(rec: dict[str, Any]) -> list[str]:
+    """The mixed load in detail: every percentile per phase, operation and size, then what
+    each phase moved and cost."""
+    med = rec["median"]
+    m, d = med.get("moorage", {}), med.get("distribution", {})
+
+    def three(values: dict[str, float], prefix: str) -> str:
+        return " / ".join(_num(values.get(f"{prefix}.p{q}_ms")) for q in (50, 90, 99))
+
+    def pair(key: str) -> str:
+        if key.endswith((".count", ".errors")):
+            return " / ".join("-" if v.get(key) is None else f"{v[key]:.0f}" for v in (m, d))
+        return f"{_num(m.get(key))} / {_num(d.get(key))}"
+
+    lines = [
+        "",
+        f"{rec['title']}, per operation (ms: the whole image pushed or pulled; done = "
+        "operations completed without error). Ratio: Moorage p99 / Distribution p99.",
+        "",
+        "| Phase | Operation | Size | Moorage p50 / p90 / p99 | Distribution p50 / p90 / p99 "
+        "| p99 ratio | Done M / D |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for phase in rec["phases"]:
+        for op in ("push", "pull"):
+            for size in ("all", *rec["sizes"]):
+                prefix = f"{phase}.{op}" if size == "all" else f"{phase}.{op}.{size}"
+                mp, dp = m.get(f"{prefix}.p99_ms"), d.get(f"{prefix}.p99_ms")
+                ratio = _num(mp / dp) if mp and dp else "-"
+                lines.append(
+                    f"| {phase} | {op} | {size} | {three(m, prefix)} | {three(d, prefix)} | "
+                    f"{ratio} | {pair(prefix + '.count')} |"
+                )
+    lines += [
+        "",
+        f"{rec['title']}, per phase (Moorage / Distribution). CPU: seconds of the phase, the "
+        "server's whole process tree and the benchmark's own process (the clients). Stalled: "
+        "how long the stalled upload's connection was held, and whether the server closed it "
+        "(1) or it was still open when the phase ended (0).",
+        "",
+        "| Phase | Wall (s) | Operations/s | MB/s | Errors | Server CPU (s) | Client CPU (s) "
+        "| Stalled held (s) | Stalled closed by server |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for phase in rec["phases"]:
+        keys = ("wall_s", "ops_per_s", "mbps", "errors", "server_cpu_s", "client_cpu_s")
+        cells = [pair(f"{phase}.{k}") for k in keys]
+        if phase.startswith("stall"):
+            cells += [pair(f"{phase}.stall_held_s"), pair(f"{phase}.stall_closed_by_server")]
+        else:
+            cells += ["-", "-"]
+        lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render(results: dict[str, Any]) -> str:
     """The Markdown report: the medians and ratios, then the resources per workload."""
     default = results["rounds"]
@@ -430,16 +570,16 @@ def render(results: dict[str, Any]) -> str:
         + (f" (more for short ones: {'; '.join(more)})" if more else "")
         + ", ratio = Moorage / Distribution.",
         "",
-        "| Workload | Metric | Moorage | Distribution | Ratio | Target | Met |",
-        "| --- | --- | ---: | ---: | ---: | --- | --- |",
+        "| Workload | Metric | Moorage | Distribution | Ratio | Of limit | Target | Met |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
     usage_rows = []
     for rec in results["workloads"].values():
         if "error" in rec:
-            lines.append(f"| {rec['title']} | FAILED: {rec['error'][:80]} | | | | | |")
+            lines.append(f"| {rec['title']} | FAILED: {rec['error'][:80]} | | | | | | |")
             continue
         if "skipped" in rec:
-            lines.append(f"| {rec['title']} | skipped: {rec['skipped']} | | | | | |")
+            lines.append(f"| {rec['title']} | skipped: {rec['skipped']} | | | | | | |")
             continue
         med = rec.get("median", {})
         m, d = med.get("moorage", {}), med.get("distribution", {})
@@ -448,8 +588,8 @@ def render(results: dict[str, Any]) -> str:
             ratio = rec["ratio"].get(k)
             lines.append(
                 f"| {rec['title']} | {metric['label']} ({metric['unit']}) | {_num(m.get(k))} | "
-                f"{_num(d.get(k))} | {_num(ratio) if ratio else '-'} | {_target(metric)} | "
-                f"{_met(metric, ratio, m.get(k))} |"
+                f"{_num(d.get(k))} | {_num(ratio) if ratio else '-'} | {_of_limit(rec, k)} | "
+                f"{_target(metric)} | {_met(metric, ratio, m.get(k))} |"
             )
         for metric in rec["setup_metrics"]:
             k = metric["key"]
@@ -458,7 +598,7 @@ def render(results: dict[str, Any]) -> str:
             ratio = rec["ratio"].get("setup:" + k)
             lines.append(
                 f"| {rec['title']} | {metric['label']} ({metric['unit']}) | {_num(ms)} | "
-                f"{_num(ds)} | {_num(ratio) if ratio else '-'} | (informational) | - |"
+                f"{_num(ds)} | {_num(ratio) if ratio else '-'} | - | (informational) | - |"
             )
         rss_target = rec.get("rss_target_mib")
         rss_m = m.get("peak_rss_mib")
@@ -474,6 +614,10 @@ def render(results: dict[str, Any]) -> str:
             f"{_num(m.get('others_cpu_s'))} / {_num(d.get('others_cpu_s'))} | "
             f"{f'< {rss_target:g} MiB: {met}' if rss_target else ''} |"
         )
+    lines += render_limits(results)
+    for rec in results["workloads"].values():
+        if rec.get("phases") and rec.get("median"):
+            lines += render_mixed(rec)
     lines += [
         "",
         "Resources while the timed part ran. Peak RSS: the whole process tree at one instant, max "
@@ -523,6 +667,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="SIZE",
         help="size of the large blob pushed and pulled (e.g. 4G, 512M; default: full 1G,\n"
         "quick 64M): shows that memory does not grow with blob size",
+    )
+    ap.add_argument(
+        "--mix-clients",
+        metavar="N,N",
+        help="the mixed load's client counts, one set of phases each (full 10,100; quick 4)",
+    )
+    ap.add_argument(
+        "--mix-seconds",
+        type=float,
+        metavar="S",
+        help="how long each phase of the mixed load starts operations (full 30, quick 3)",
     )
     ap.add_argument("--workers", type=int, help="Moorage worker processes (default: cores)")
     ap.add_argument("--data-root", help="where the temporary data directories go (default $TMPDIR)")

@@ -18,9 +18,13 @@ Life cycle, driven by bench.py for every workload:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
+import math
+import os
+import random
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -29,6 +33,7 @@ from typing import Any
 
 import aiohttp
 import client
+import psutil
 from client import BenchError
 from datagen import (
     BLOCK,
@@ -41,6 +46,7 @@ from datagen import (
     sha256_digest,
     verify_layout,
 )
+from limits import DURABLE_WRITE, SENDFILE, SHA256
 from servers import Server
 
 from tests.images import memory_image, stream_file
@@ -84,6 +90,13 @@ class Profile:
     mirror_layers: int
     mirror_layer: int
     mirror_clients: int
+    limits_size: int  # bytes written with fdatasync and hashed to measure the limits
+    mix_clients: tuple[int, ...]  # the mixed load's client counts, one set of phases each
+    mix_sizes: tuple[int, ...]  # its image sizes (one layer each)
+    mix_seconds: float  # how long each phase keeps starting operations
+    mix_pool: int  # images per size pushed before, for the pulls of the 75/25 mix
+    mix_stall_size: int  # the stalled upload's declared size
+    mix_stall_sent: int  # what it sends before it stalls
 
 
 FULL = Profile(
@@ -110,6 +123,13 @@ FULL = Profile(
     mirror_layers=4,
     mirror_layer=64 * MiB,
     mirror_clients=16,
+    limits_size=1 * GiB,
+    mix_clients=(10, 100),
+    mix_sizes=(1_000_000, 10_000_000, 100_000_000),
+    mix_seconds=30,
+    mix_pool=2,
+    mix_stall_size=1 * GiB,
+    mix_stall_sent=4 * MiB,
 )
 QUICK = Profile(
     name="quick",
@@ -135,6 +155,13 @@ QUICK = Profile(
     mirror_layers=4,
     mirror_layer=4 * MiB,
     mirror_clients=16,
+    limits_size=64 * MiB,
+    mix_clients=(4,),
+    mix_sizes=(100_000, 300_000, 1_000_000),
+    mix_seconds=3,
+    mix_pool=2,
+    mix_stall_size=1 * GiB,
+    mix_stall_sent=256 * KiB,
 )
 
 
@@ -158,9 +185,16 @@ class Metric:
     better: str  # "higher" or "lower"
     # An absolute target besides the ratio: (">=" or "<=", value in `unit`).
     target: tuple[str, float] | None = None
+    # The machine's limits this throughput needs (bench/limits.py): reported as a fraction of
+    # the smallest of them.
+    limits: tuple[str, ...] = ()
 
 
 MBPS = "MB/s"  # 10^6 bytes per second
+# A push is bounded by the disk (the blob is fsynced before it exists) and by one core's
+# SHA-256 (an upload is hashed in one stream); a pull from a file by sendfile over loopback.
+PUSH_LIMITS = (DURABLE_WRITE, SHA256)
+PULL_LIMITS = (SENDFILE,)
 
 
 def mbps(nbytes: int, seconds: float) -> float:
@@ -176,6 +210,17 @@ class Workload:
     rss_target_mib: float | None = None
     # Rounds at least, in full mode (short runs are noisy: more rounds, steadier medians).
     min_rounds = 3
+    # Rounds at most, unless --rounds says otherwise (a workload whose round is long and
+    # already many operations).
+    max_rounds: int | None = None
+
+    def metrics_for(self, p: Profile) -> tuple[Metric, ...]:
+        """The metrics reported (some workloads' depend on the profile)."""
+        return self.metrics
+
+    def extra_record(self, p: Profile) -> dict[str, Any]:
+        """What the report needs besides the metrics (kept in the JSON record)."""
+        return {}
 
     def skip_reason(self, ctx: Context) -> str | None:
         return None
@@ -218,7 +263,7 @@ def _fmt_size(n: int) -> str:
 class BlobPush(Workload):
     name = "blob_push"
     title = "Push one large blob"
-    metrics = (Metric("push_mbps", "push", MBPS, "higher", (">=", 1000.0)),)
+    metrics = (Metric("push_mbps", "push", MBPS, "higher", (">=", 1000.0), PUSH_LIMITS),)
     rss_target_mib = 150
 
     def describe(self, p: Profile) -> str:
@@ -252,7 +297,7 @@ class BlobPull(Workload):
     min_rounds = 5
     name = "blob_pull"
     title = "Pull one large blob"
-    metrics = (Metric("pull_mbps", "pull", MBPS, "higher", (">=", 1000.0)),)
+    metrics = (Metric("pull_mbps", "pull", MBPS, "higher", (">=", 1000.0), PULL_LIMITS),)
     rss_target_mib = 150
     repo = "bench/big-pull"
 
@@ -293,7 +338,7 @@ class ConcurrentPulls(Workload):
     min_rounds = 5
     name = "concurrent_pulls"
     title = "Concurrent pulls of one blob"
-    metrics = (Metric("aggregate_mbps", "aggregate", MBPS, "higher"),)
+    metrics = (Metric("aggregate_mbps", "aggregate", MBPS, "higher", limits=PULL_LIMITS),)
     repo = "bench/many-pull"
 
     def describe(self, p: Profile) -> str:
@@ -339,7 +384,7 @@ class ChunkedUploads(Workload):
     title = "Concurrent chunked uploads"
     metrics = (
         Metric("uploads_per_s", "uploads", "uploads/s", "higher"),
-        Metric("upload_mbps", "throughput", MBPS, "higher"),
+        Metric("upload_mbps", "throughput", MBPS, "higher", limits=PUSH_LIMITS),
     )
 
     def describe(self, p: Profile) -> str:
@@ -823,8 +868,8 @@ class V1PushPull(Workload):
     metrics = (
         Metric("push_s", "push", "s", "lower"),
         Metric("pull_s", "pull", "s", "lower"),
-        Metric("push_mbps", "push", MBPS, "higher"),
-        Metric("pull_mbps", "pull", MBPS, "higher"),
+        Metric("push_mbps", "push", MBPS, "higher", limits=PUSH_LIMITS),
+        Metric("pull_mbps", "pull", MBPS, "higher", limits=PULL_LIMITS),
     )
 
     def describe(self, p: Profile) -> str:
@@ -977,11 +1022,13 @@ class MirrorPull(Workload):
     title = "Pull through the cache"
     servers = ("moorage",)
     metrics = (
-        Metric("cold_mbps", "cold through the mirror", MBPS, "higher"),
+        Metric(
+            "cold_mbps", "cold through the mirror", MBPS, "higher", limits=(*PUSH_LIMITS, SENDFILE)
+        ),
         Metric("direct_mbps", "direct from the upstream", MBPS, "higher"),
         Metric("cold_vs_direct", "cold / direct time", "x", "lower", ("<=", 1.10)),
-        Metric("warm_mbps", "warm through the mirror", MBPS, "higher"),
-        Metric("local_mbps", "local image", MBPS, "higher"),
+        Metric("warm_mbps", "warm through the mirror", MBPS, "higher", limits=PULL_LIMITS),
+        Metric("local_mbps", "local image", MBPS, "higher", limits=PULL_LIMITS),
         Metric("warm_vs_local", "warm / local time", "x", "lower"),
         Metric("concurrent_mbps", "concurrent cold, aggregate", MBPS, "higher"),
         Metric("fetches_per_blob", "upstream fetches per blob", "", "lower", ("<=", 1.0)),
@@ -1137,6 +1184,441 @@ class MirrorPull(Workload):
         }
 
 
+# --- mixed load (issue 14) ---------------------------------------------------------------------
+
+TAIL = 32  # the bytes of its own at the end of each fresh blob
+
+
+class FreshBlob:
+    """`size` bytes new to the registry: a body shared by every fresh blob of that size, then
+    32 bytes of its own. Its digest is new, so the registry takes in and stores every byte,
+    yet the client hashes only the 32 (the body's SHA-256 state is computed once per size and
+    copied): with a hundred clients pushing, the client's own hashing would otherwise take a
+    core of the two."""
+
+    _bodies: dict[int, tuple[Blob, Any]] = {}
+
+    def __init__(self, tag: str, size: int) -> None:
+        self.size = size
+        self.tail = hashlib.sha256(tag.encode()).digest()[:TAIL]
+        self.body, state = self._body(size)
+        h = state.copy()
+        h.update(self.tail)
+        self.digest = "sha256:" + h.hexdigest()
+
+    @classmethod
+    def _body(cls, size: int) -> tuple[Blob, Any]:
+        if size not in cls._bodies:
+            body = Blob(f"mix-body-{size}", size - TAIL)
+            h = hashlib.sha256()
+            for chunk in body.chunks():
+                h.update(chunk)
+            cls._bodies[size] = (body, h)
+        return cls._bodies[size]
+
+    async def stream(self) -> Any:
+        """The bytes, 1 MiB at a time (an aiohttp body: sent chunked, as docker does)."""
+        for chunk in self.body.chunks():
+            yield chunk
+        yield self.tail
+
+
+@dataclass
+class _MixImage:
+    repo: str
+    tag: str
+    layer: FreshBlob
+    config: bytes
+    manifest: bytes
+
+
+def _mix_image(repo: str, tag: str, size: int) -> _MixImage:
+    layer = FreshBlob(f"{repo}:{tag}", size)
+    config = json.dumps({"architecture": "amd64", "os": "linux", "mix": f"{repo}:{tag}"}).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": sha256_digest(config),
+                "size": len(config),
+            },
+            "layers": [
+                {
+                    "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                    "digest": layer.digest,
+                    "size": size,
+                }
+            ],
+        }
+    ).encode()
+    return _MixImage(repo, tag, layer, config, manifest)
+
+
+class Corrupt(BenchError):
+    """A wrong answer under load (bytes or digests): fails the run, unlike an error status or a
+    failed connection, which are counted."""
+
+
+def _same_digest(resp: aiohttp.ClientResponse, digest: str) -> None:
+    got = resp.headers.get("Docker-Content-Digest")
+    if got != digest:
+        raise Corrupt(f"{resp.method} {resp.url}: Docker-Content-Digest {got}, expected {digest}")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    """Nearest rank: the smallest value with at least q of them at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(len(ordered) * q) - 1))]
+
+
+def _size_label(size: int) -> str:
+    return f"{size / 1_000_000:g}MB"
+
+
+@dataclass
+class _Op:
+    op: str  # "push" or "pull"
+    size: int
+    seconds: float
+    error: str | None = None
+
+
+class MixedLoad(Workload):
+    """Many clients at once, each doing different things, judged by tail latency per operation
+    (as Zot's `zb` and the OpenStack registry study measure): for each client count N of the
+    profile, three phases of `mix_seconds` each (clients start operations until then and finish
+    the one in flight):
+
+    - `loopN`: N clients, each looping: push a fresh image (one layer of 1, 10 or 100 MB in
+      turn; POST, PATCH streamed chunked, PUT ?digest=; the config; the manifest), then pull it
+      (manifest, config, layer);
+    - `mixN`: N clients, each operation a pull (75%) of one of the images pushed before the
+      run (`mix_pool` per size) or a push (25%) of a fresh one, sizes drawn at random;
+    - `stallN`: the same mix with one more client that starts a PATCH declaring 1 GiB, sends
+      a few MiB and then nothing, holding the connection for the whole phase: the others must
+      not notice.
+
+    Per phase and operation: p50, p90, p99 of the whole operation's time (all sizes; per size
+    in the detail table), the count, errors (an error status or a failed connection: counted,
+    not failed; wrong bytes fail the run), operations and MB/s, and the client's and server's
+    CPU seconds. Every pull checks the manifest and config bytes, the layer's length and
+    `Docker-Content-Digest` and its tail (the 32 bytes that make it fresh); after the round one
+    image per size pushed under load is pulled again and hashed whole. The clients are aiohttp
+    coroutines in the benchmark's process: their CPU is reported per phase."""
+
+    name = "mixed_load"
+    title = "Mixed load"
+    min_rounds = 1
+    max_rounds = 1
+
+    def phases(self, p: Profile) -> list[tuple[str, int, str]]:
+        """(name, clients, kind) in the order run."""
+        return [(f"{kind}{n}", n, kind) for n in p.mix_clients for kind in ("loop", "mix", "stall")]
+
+    def metrics_for(self, p: Profile) -> tuple[Metric, ...]:
+        out: list[Metric] = []
+        for phase, _, _ in self.phases(p):
+            for op in ("push", "pull"):
+                out.append(Metric(f"{phase}.{op}.p50_ms", f"{phase} {op} p50", "ms", "lower"))
+                out.append(Metric(f"{phase}.{op}.p99_ms", f"{phase} {op} p99", "ms", "lower"))
+            out.append(Metric(f"{phase}.mbps", f"{phase} push + pull", MBPS, "higher"))
+            out.append(
+                Metric(f"{phase}.errors", f"{phase} errors", "operations", "lower", ("<=", 0.0))
+            )
+        return tuple(out)
+
+    def extra_record(self, p: Profile) -> dict[str, Any]:
+        return {
+            "phases": [phase for phase, _, _ in self.phases(p)],
+            "sizes": [_size_label(s) for s in p.mix_sizes],
+        }
+
+    def describe(self, p: Profile) -> str:
+        sizes = "/".join(_size_label(s) for s in p.mix_sizes)
+        return (
+            f"{' and '.join(map(str, p.mix_clients))} clients at once, {p.mix_seconds:g} s per "
+            f"phase: push then pull of fresh {sizes} images in a loop; a 75/25 pull/push mix; "
+            f"the mix with one more client holding a {_fmt_size(p.mix_stall_size)} upload "
+            f"stalled after {_fmt_size(p.mix_stall_sent)}; p50/p90/p99 per operation, errors"
+        )
+
+    async def prepare(self, ctx: Context) -> None:
+        p = ctx.profile
+        self.pool = {
+            size: [
+                _mix_image("bench/mix-pool", f"{_size_label(size).lower()}-{j}", size)
+                for j in range(p.mix_pool)
+            ]
+            for size in p.mix_sizes
+        }
+        self.fresh: list[_MixImage] = []  # the images pushed (or tried) in the phase running
+        self.errors: dict[str, list[str]] = {}
+
+    async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
+        for images in self.pool.values():
+            for image in images:
+                await self._push(ctx, server, image)
+                await self._pull(ctx, server, image)
+        return {}
+
+    async def _push(self, ctx: Context, server: Server, image: _MixImage) -> None:
+        session = ctx.session
+        location = await client.start_upload(session, server, image.repo)
+        async with session.patch(
+            client.URL(location, encoded=True),
+            data=image.layer.stream(),
+            headers={"Content-Type": client.OCTET},
+        ) as resp:
+            await client.expect(resp, 202)
+            location = client.absolute(server, resp.headers["Location"])
+        async with session.put(client.with_digest(location, image.layer.digest)) as resp:
+            await client.expect(resp, 201)
+            _same_digest(resp, image.layer.digest)
+        config = sha256_digest(image.config)
+        location = await client.start_upload(session, server, image.repo)
+        async with session.put(
+            client.with_digest(location, config),
+            data=image.config,
+            headers={"Content-Type": client.OCTET},
+        ) as resp:
+            await client.expect(resp, 201)
+            _same_digest(resp, config)
+        async with session.put(
+            f"{server.url}/v2/{image.repo}/manifests/{image.tag}",
+            data=image.manifest,
+            headers={"Content-Type": OCI_MANIFEST},
+        ) as resp:
+            await client.expect(resp, 201)
+            _same_digest(resp, sha256_digest(image.manifest))
+
+    async def _pull(self, ctx: Context, server: Server, image: _MixImage) -> None:
+        session = ctx.session
+        base = f"{server.url}/v2/{image.repo}"
+        async with session.get(
+            f"{base}/manifests/{image.tag}", headers={"Accept": MANIFEST_ACCEPT}
+        ) as resp:
+            await client.expect(resp, 200)
+            if await resp.read() != image.manifest:
+                raise Corrupt(f"GET {resp.url}: not the manifest pushed")
+        async with session.get(f"{base}/blobs/{sha256_digest(image.config)}") as resp:
+            await client.expect(resp, 200)
+            if await resp.read() != image.config:
+                raise Corrupt(f"GET {resp.url}: not the config pushed")
+        layer = image.layer
+        async with session.get(f"{base}/blobs/{layer.digest}") as resp:
+            await client.expect(resp, 200)
+            n, last = 0, b""
+            async for piece in resp.content.iter_any():
+                n += len(piece)
+                last = piece[-TAIL:] if len(piece) >= TAIL else (last + piece)[-TAIL:]
+            header = resp.headers.get("Docker-Content-Digest")
+            if (n, last, header) != (layer.size, layer.tail, layer.digest):
+                raise Corrupt(
+                    f"GET {resp.url}: {n} bytes ending {last.hex()}, digest header {header}; "
+                    f"pushed {layer.size} ending {layer.tail.hex()}"
+                )
+
+    async def _timed(self, ops: list[_Op], op: str, size: int, coro: Any) -> bool:
+        t0 = time.perf_counter()
+        error = None
+        try:
+            await coro
+        except Corrupt:
+            raise
+        except (BenchError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        ops.append(_Op(op, size, time.perf_counter() - t0, error))
+        if error is not None:
+            await asyncio.sleep(0.05)  # no tight loop against a refusing server
+        return error is None
+
+    async def _client(
+        self,
+        ctx: Context,
+        server: Server,
+        r: int,
+        phase: str,
+        kind: str,
+        i: int,
+        deadline: float,
+        ops: list[_Op],
+    ) -> None:
+        p = ctx.profile
+        rng = random.Random(f"{phase}/{i}")
+        repo = f"bench/mix-{r}/{phase}/c{i}"
+        k = 0
+        while time.monotonic() < deadline:
+            if kind == "loop":
+                size = p.mix_sizes[(i + k) % len(p.mix_sizes)]
+                image = _mix_image(repo, f"t{k}", size)
+                self.fresh.append(image)
+                if await self._timed(ops, "push", size, self._push(ctx, server, image)):
+                    await self._timed(ops, "pull", size, self._pull(ctx, server, image))
+            elif rng.random() < 0.25:
+                size = rng.choice(p.mix_sizes)
+                image = _mix_image(repo, f"t{k}", size)
+                self.fresh.append(image)
+                await self._timed(ops, "push", size, self._push(ctx, server, image))
+            else:
+                size = rng.choice(p.mix_sizes)
+                image = rng.choice(self.pool[size])
+                await self._timed(ops, "pull", size, self._pull(ctx, server, image))
+            k += 1
+
+    async def _stall(
+        self, ctx: Context, server: Server, repo: str, stop: asyncio.Event
+    ) -> dict[str, float]:
+        """Start a PATCH declaring `mix_stall_size` bytes, send `mix_stall_sent`, then nothing
+        until `stop`. Returns how long the connection was held and whether the server closed
+        it (or answered) first."""
+        p = ctx.profile
+        location = await client.start_upload(ctx.session, server, repo)
+        url = client.URL(location, encoded=True)
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        head = (
+            f"PATCH {url.raw_path_qs} HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n"
+            f"Content-Type: {client.OCTET}\r\nContent-Length: {p.mix_stall_size}\r\n\r\n"
+        )
+        writer.write(head.encode())
+        blob = Blob(f"mix-stall-{repo}", p.mix_stall_sent)
+        for chunk in blob.chunks():
+            writer.write(chunk)
+            await writer.drain()
+        t0 = time.perf_counter()
+        answer = asyncio.ensure_future(reader.read(4096))
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({answer, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        held = time.perf_counter() - t0
+        closed = answer.done()
+        answer.cancel()
+        stopped.cancel()
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return {"stall_held_s": held, "stall_closed_by_server": 1.0 if closed else 0.0}
+
+    async def _phase(
+        self, ctx: Context, server: Server, r: int, phase: str, n: int, kind: str
+    ) -> dict[str, float]:
+        p = ctx.profile
+        ops: list[_Op] = []
+        stop = asyncio.Event()
+        stall = None
+        if kind == "stall":
+            stall = asyncio.ensure_future(
+                self._stall(ctx, server, f"bench/mix-{r}/{phase}/stalled", stop)
+            )
+            await asyncio.sleep(0.2)  # let it start and stall before the others begin
+        cpu0, server0, t0 = _own_cpu(), _tree_cpu(server), time.perf_counter()
+        deadline = time.monotonic() + p.mix_seconds
+        await asyncio.gather(
+            *(self._client(ctx, server, r, phase, kind, i, deadline, ops) for i in range(n))
+        )
+        wall = time.perf_counter() - t0
+        out = {
+            f"{phase}.wall_s": wall,
+            f"{phase}.client_cpu_s": _own_cpu() - cpu0,
+            f"{phase}.server_cpu_s": _tree_cpu(server) - server0,
+        }
+        if stall is not None:
+            stop.set()
+            out.update({f"{phase}.{k}": v for k, v in (await stall).items()})
+        await self._check_and_drop(ctx, server)
+        ok = [o for o in ops if o.error is None]
+        moved = sum(o.size for o in ok)
+        out[f"{phase}.errors"] = float(len(ops) - len(ok))
+        out[f"{phase}.ops_per_s"] = len(ok) / wall
+        out[f"{phase}.mbps"] = mbps(moved, wall)
+        for op in ("push", "pull"):
+            done = [o.seconds * 1000 for o in ok if o.op == op]
+            out[f"{phase}.{op}.count"] = float(len(done))
+            for q in (50, 90, 99):
+                if done:
+                    out[f"{phase}.{op}.p{q}_ms"] = _percentile(done, q / 100)
+            for size in p.mix_sizes:
+                of_size = [o.seconds * 1000 for o in ok if o.op == op and o.size == size]
+                label = _size_label(size)
+                out[f"{phase}.{op}.{label}.count"] = float(len(of_size))
+                for q in (50, 90, 99):
+                    if of_size:
+                        out[f"{phase}.{op}.{label}.p{q}_ms"] = _percentile(of_size, q / 100)
+        self.errors.setdefault(server.name, []).extend(
+            f"{phase} {o.op} {_size_label(o.size)}: {o.error}" for o in ops if o.error
+        )
+        return out
+
+    async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
+        values: dict[str, float] = {}
+        for phase, n, kind in self.phases(ctx.profile):
+            values.update(await self._phase(ctx, server, r, phase, n, kind))
+        return values
+
+    async def _check_and_drop(self, ctx: Context, server: Server) -> None:
+        """After a phase (untimed): the last image of each size pushed in it, pulled and hashed
+        whole; then the layers the phase pushed are deleted from the server's blob store,
+        straight from its data directory. A full run pushes tens of GB of fresh images, which
+        kept would fill the disk, and freeing them through the registries would take their
+        garbage collection (Distribution's blob DELETE only unlinks a blob from a repository;
+        its collector runs offline), which is not what is measured. Nothing reads them again."""
+        last: dict[int, _MixImage] = {}
+        for image in self.fresh:
+            last[image.layer.size] = image
+        for size, image in sorted(last.items()):
+            url = f"{server.url}/v2/{image.repo}/blobs/{image.layer.digest}"
+            try:
+                digest, n, _ = await client.fetch_digest(ctx.session, url)
+            except BenchError:
+                continue  # that push failed: counted as an error already
+            if (digest, n) != (image.layer.digest, size):
+                raise Corrupt(f"GET {url}: {digest} ({n} bytes), pushed {image.layer.digest}")
+        store = _blob_store(server)
+        if store is None:
+            raise BenchError(f"no blob store found in {server.root / 'data'}")
+        layers = [image.layer.digest.removeprefix("sha256:") for image in self.fresh]
+        await asyncio.to_thread(_drop_blobs, store, layers)
+        self.fresh = []
+
+    async def verify(self, ctx: Context, server: Server, r: int) -> None:
+        for errors in self.errors.get(server.name, [])[:10]:
+            print(f"    {server.name}: {errors}", flush=True)
+
+
+def _blob_store(server: Server) -> Path | None:
+    """The directory of a registry's committed blobs under the benchmark's data directory:
+    Moorage's `storage/blobs/sha256` (moorage/storage/paths.py), Distribution's
+    `docker/registry/v2/blobs/sha256`."""
+    data = server.root / "data"
+    for base in (data / "storage", data / "docker" / "registry" / "v2"):
+        if (base / "blobs" / "sha256").is_dir():
+            return base / "blobs" / "sha256"
+    return None
+
+
+def _drop_blobs(store: Path, hexes: list[str]) -> None:
+    for hex_ in hexes:
+        path = store / hex_[:2] / hex_
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)  # Distribution: <hex>/data
+        else:
+            path.unlink(missing_ok=True)  # Moorage: the blob itself
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def _tree_cpu(server: Server) -> float:
+    total = 0.0
+    for proc in server.processes():
+        with contextlib.suppress(psutil.Error):
+            cpu = proc.cpu_times()
+            total += cpu.user + cpu.system
+    return total
+
+
 ALL: tuple[type[Workload], ...] = (
     BlobPush,
     BlobPull,
@@ -1150,4 +1632,5 @@ ALL: tuple[type[Workload], ...] = (
     Catalog,
     V1PushPull,
     MirrorPull,
+    MixedLoad,
 )

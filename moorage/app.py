@@ -166,8 +166,10 @@ def create_app(settings: Settings) -> web.Application:
         if settings.proxy.upstreams:
             app[MIRROR] = Mirror(settings, registry)
         probes.watch({"metadata": registry.check_metadata, "storage": registry.check_storage})
-        chores = asyncio.create_task(_chores(registry, settings.gc.interval, app[MAINTENANCE]))
-        background = [chores]
+        maintenance = app[MAINTENANCE]
+        chores = asyncio.create_task(_chores(registry, settings.gc.interval, maintenance))
+        flushing = asyncio.create_task(registry.activity.run(lambda: not maintenance.readonly))
+        background = [chores, flushing]
         if settings.notifications.endpoints:
             events = Events(metadata, settings.notifications, settings.listen)
             app[EVENTS] = events
@@ -177,6 +179,8 @@ def create_app(settings: Settings) -> web.Application:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if not maintenance.readonly:  # read-only: nothing is written, these counts included
+            await registry.activity.close()
         if MIRROR in app:
             await app[MIRROR].close()
         await registry.close()

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ctypes
 import errno
+import gc
 import ipaddress
 import logging
 import os
@@ -335,6 +336,10 @@ def _die_with(parent: int) -> None:
 
 def _fork(settings: Settings, slots: list[Listeners], slot: int, reload: Reload | None) -> int:
     parent = os.getpid()
+    # Everything imported so far goes to the collector's permanent generation: a worker's
+    # collections then never walk (and so never write to) the pages it shares with the
+    # supervisor, which would otherwise be copied into each worker one by one.
+    gc.freeze()
     pid = os.fork()
     if pid == 0:
         _die_with(parent)

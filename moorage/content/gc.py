@@ -1,7 +1,8 @@
 """Online garbage collection (docs/design/gc.md): one cycle deletes from the metadata what
 nothing has referred to for the grace period (`MetadataStore.gc_collect`), then deletes the
 stored objects the deleted blob rows named. The server runs a cycle every `gc.interval` in one
-worker of the deployment; `moorage gc` runs one now."""
+worker of the deployment; `moorage gc` runs one now. Every cycle, dry runs and failures too,
+is recorded in `gc_runs` for the web interface's storage page."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from moorage import metrics
 from moorage.config import GCSettings
 from moorage.content.policy import Policy
 from moorage.metadata import MetadataStore
-from moorage.metadata.gc import Collected, Progress, Retention, looked_at, silent
+from moorage.metadata.gc import Collected, GCRun, Progress, Retention, looked_at, silent
 from moorage.storage.objects import ObjectDriver
 
 log = logging.getLogger("moorage.gc")
@@ -43,6 +44,22 @@ class Cycle:
             "objects_deleted": self.objects_deleted,
             "seconds": round(self.seconds, 3),
         }
+
+    def run(self, started: float) -> GCRun:
+        """The cycle as `gc_runs` records it (`started`: epoch seconds)."""
+        c = self.collected
+        return GCRun(
+            started,
+            self.seconds,
+            self.dry_run,
+            tags=c.tags,
+            manifests=c.manifests,
+            links=c.links,
+            v1_images=c.v1_images,
+            blobs=c.blobs,
+            bytes=c.bytes,
+            objects_deleted=self.objects_deleted,
+        )
 
 
 class Collector:
@@ -80,8 +97,8 @@ class Collector:
         reports what a cycle would delete now. `pause` is for tests; `progress` is told how
         far each stage is and may raise to stop the cycle safely (`gc_collect`), the last
         stage being "objects" (stored objects deleted)."""
-        started = time.monotonic()
-        cutoff = time.time() - (self.settings.grace if grace is None else grace)
+        started, began = time.monotonic(), time.time()
+        cutoff = began - (self.settings.grace if grace is None else grace)
         retention = self._retention if self.policy and self.policy.retention else None
         try:
             collected = await self.metadata.gc_collect(
@@ -93,15 +110,26 @@ class Collector:
                 progress=progress,
             )
             deleted = 0 if dry_run else await self.delete_objects(progress)
-        except Exception:
+        except Exception as exc:
             if not dry_run:
                 metrics.GC_FAILURES.inc()
+            failed = GCRun(began, time.monotonic() - started, dry_run, error=str(exc) or repr(exc))
+            await self._record(failed)
             raise
         cycle = Cycle(collected, deleted, time.monotonic() - started, dry_run)
         if not dry_run:
             log.info("garbage collection cycle", extra=cycle.summary())
             _count(cycle)
+        await self._record(cycle.run(began))
         return cycle
+
+    async def _record(self, run: GCRun) -> None:
+        """Keep the cycle's record for the storage page; a cycle is not failed for want of
+        one (the database may be what failed)."""
+        try:
+            await self.metadata.gc_record_run(run)
+        except Exception:
+            log.warning("could not record the garbage collection cycle", exc_info=True)
 
     async def delete_objects(self, progress: Progress | None = None) -> int:
         """Delete every stored object queued for deletion, this cycle's and any an

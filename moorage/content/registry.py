@@ -18,6 +18,7 @@ from moorage import keys
 from moorage.config import Settings
 from moorage.content import digest as digests
 from moorage.content import jsondoc, manifests, names, schema1, translate
+from moorage.content.activity import Activity
 from moorage.content.blobs import BlobService
 from moorage.content.gc import Collector
 from moorage.content.policy import Policy, QuotaExceeded
@@ -96,6 +97,7 @@ class Registry:
         self.blobs = BlobService(storage, metadata, settings.uploads.ttl, settings.uploads.lease)
         self.policy = Policy(settings)
         self.collector = Collector(metadata, storage, settings.gc, self.policy)
+        self.activity = Activity(metadata)
         if settings.quotas:
             self.blobs.admit = self.admit
         self._signing_key: ec.EllipticCurvePrivateKey | None = None
@@ -215,8 +217,15 @@ class Registry:
         )
 
     async def put_manifest(
-        self, repository: str, reference: str, content_type: str | None, content: bytes
+        self,
+        repository: str,
+        reference: str,
+        content_type: str | None,
+        content: bytes,
+        pusher: str | None = None,
     ) -> PutResult:
+        """Store a pushed manifest, and move the tag when `reference` is one; `pusher` (the
+        signed-in user, if any) is recorded with the tag."""
         by_digest = ":" in reference
         wanted = digests.parse(reference) if by_digest else None
         if not by_digest:
@@ -251,6 +260,7 @@ class Registry:
                 blobs=manifest.blobs,
                 manifests=manifest.manifests,
                 frozen=tag is not None and self.policy.is_immutable(repository, tag),
+                pusher=pusher,
             )
         except ReferencesGone as exc:  # collected since _check_references looked
             raise RegistryErrors(

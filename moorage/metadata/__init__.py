@@ -3,6 +3,7 @@
 Knows nothing of HTTP and nothing of bytes in storage.
 """
 
+from moorage.metadata.browse import ActivityCount
 from moorage.metadata.store import (
     BlobGone,
     BlobRow,
@@ -17,6 +18,7 @@ from moorage.metadata.store import (
 from moorage.metadata.v1 import LayerSums, V1ImageRow
 
 __all__ = [
+    "ActivityCount",
     "BlobGone",
     "BlobRow",
     "KeyPending",

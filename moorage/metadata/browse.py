@@ -25,9 +25,11 @@ from sqlalchemy import (
     null,
     or_,
     select,
+    true,
 )
 from sqlalchemy.orm import aliased
 
+from moorage.metadata import dialect, globs
 from moorage.metadata import schema as t
 
 T = TypeVar("T")
@@ -55,9 +57,20 @@ class TagSummary:
     # its children with theirs (a layer two platforms share counts twice).
     size: int
     pushed: float
+    # The signed-in user who set the tag through the v2 API; None when not known.
+    pushed_by: str | None
     # The manifest itself when the caller asked for its media type (the platforms of an
     # index are read from it); else None.
     content: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class TagPush:
+    """A tag of a manifest: when it was set, and by whom where known."""
+
+    name: str
+    pushed: float
+    pushed_by: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +100,18 @@ class EndpointStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ActivityCount:
+    """Pushes, pulls and blob bytes pulled in one namespace on one day (days since the epoch,
+    UTC), as a worker counted them since its last flush (moorage/content/activity.py)."""
+
+    day: int
+    namespace: str
+    pushes: int
+    pulls: int
+    pulled_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Day:
     """What happened on one UTC day (`start`: its first second, epoch seconds)."""
 
@@ -95,9 +120,11 @@ class Day:
     added: int
     stored: int
     manifests: int
-    # Recorded events (only while notification endpoints are configured, until pruned).
+    # Counted by every worker (the `activity` table): manifests pushed and pulled, blob bytes
+    # sent.
     pushes: int
     pulls: int
+    pulled_bytes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +137,8 @@ class StorageStatus:
     endpoints: list[EndpointStatus]
     # The last `days` days, oldest first.
     days: list[Day]
+    # Per namespace, the sums of those days' activity (namespaces with none are left out).
+    activity: dict[str, ActivityCount]
 
 
 DAY = 86400
@@ -134,6 +163,41 @@ class BrowseQueries:
     if TYPE_CHECKING:  # provided by MetadataStore
 
         async def _read(self, work: Callable[[Connection], T]) -> T: ...
+        async def _write(self, work: Callable[[Connection], T], frees: bool = False) -> T: ...
+
+    async def add_activity(self, counts: Sequence[ActivityCount]) -> None:
+        """Add counts to the `activity` rows of their namespace and day, in one transaction:
+        an upsert that adds, so that workers and nodes flushing at once all count. Rows are
+        written in key order (no deadlock between two flushes)."""
+        if not counts:
+            return
+        a = t.activity
+        rows = [
+            {
+                "day": c.day,
+                "namespace": c.namespace,
+                "pushes": c.pushes,
+                "pulls": c.pulls,
+                "pulled_bytes": c.pulled_bytes,
+            }
+            for c in sorted(counts, key=lambda c: (c.day, c.namespace))
+        ]
+
+        def work(conn: Connection) -> None:
+            added = dialect.insert(conn, a)
+            conn.execute(
+                added.on_conflict_do_update(
+                    index_elements=["day", "namespace"],
+                    set_={
+                        "pushes": a.c.pushes + added.excluded.pushes,
+                        "pulls": a.c.pulls + added.excluded.pulls,
+                        "pulled_bytes": a.c.pulled_bytes + added.excluded.pulled_bytes,
+                    },
+                ),
+                rows,
+            )
+
+        await self._write(work)
 
     async def repository_summaries(self, names: Sequence[str]) -> list[RepositorySummary]:
         """Tag count, size and last push of each repository named, in the order named (names
@@ -198,6 +262,7 @@ class BrowseQueries:
                     tg.c.name,
                     tg.c.digest,
                     tg.c.updated,
+                    tg.c.pushed_by,
                     m.c.media_type,
                     m.c.artifact_type,
                     func.length(m.c.content),
@@ -225,15 +290,16 @@ class BrowseQueries:
             sizes = _referenced_sizes(conn, repo, sorted({row[1] for row in rows}))
             return [
                 TagSummary(
-                    name=name,
-                    digest=digest,
-                    media_type=media_type,
-                    artifact_type=artifact_type,
-                    size=int(length or 0) + sizes.get(digest, 0),
-                    pushed=float(updated),
-                    content=bytes(body) if body is not None else None,
+                    name=row[0],
+                    digest=row[1],
+                    media_type=row[4],
+                    artifact_type=row[5],
+                    size=int(row[6] or 0) + sizes.get(row[1], 0),
+                    pushed=float(row[2]),
+                    pushed_by=row[3],
+                    content=bytes(row[7]) if row[7] is not None else None,
                 )
-                for name, digest, updated, media_type, artifact_type, length, body in rows
+                for row in rows
             ]
 
         return await self._read(work)
@@ -279,11 +345,84 @@ class BrowseQueries:
         )
         return await self._read(lambda conn: list(conn.execute(query).scalars()))
 
+    async def tag_pushes(self, repository: str, digest: str) -> list[TagPush]:
+        """The tags of `repository` pointing at `digest`, with when and by whom each was set
+        (index tags_digest)."""
+        r, tg = t.repositories, t.tags
+        query = (
+            select(tg.c.name, tg.c.updated, tg.c.pushed_by)
+            .join(r, r.c.id == tg.c.repository_id)
+            .where(r.c.name == repository, tg.c.digest == digest)
+            .order_by(tg.c.name)
+        )
+        rows = await self._read(lambda conn: conn.execute(query).all())
+        return [TagPush(name, float(updated), by) for name, updated, by in rows]
+
+    async def usage_under(
+        self, prefixes: Sequence[str], default: Sequence[str] | None, library: bool = False
+    ) -> dict[str, tuple[int, int]]:
+        """Repositories and bytes (each stored object once) under each of `prefixes` (names
+        starting `prefix/`; the longest prefix wins), and under "" those under none of them
+        whose upstream name matches one of the `default` globs (all when empty; None: none).
+        The upstream name is the name, or with `library` (Docker Hub) `library/<name>` for a
+        name of one component. The globs are their SQL form (`globs.py`: a superset,
+        ignoring case on SQLite). Two grouped statements over the repositories and their
+        links."""
+        r, rb, b = t.repositories, t.repository_blobs, t.blobs
+        whens: list[tuple[ColumnElement[bool], str]] = []
+        for prefix in sorted(prefixes, key=len, reverse=True):
+            span = globs.parse(prefix + "/*").span(r.c.name)
+            assert span is not None
+            whens.append((span, prefix))
+        if default is not None:
+            parsed = [globs.parse(g) for g in default]
+            allowed = globs.condition(r.c.name, parsed) if parsed else true()
+            if parsed and library:
+                flat = ~r.c.name.contains("/")
+                folded = globs.condition(literal("library/") + r.c.name, parsed)
+                allowed = or_(and_(~flat, allowed), and_(flat, folded))
+            whens.append((allowed, ""))
+        if not whens:
+            return {}
+        label = case(*whens, else_=null()).label("owner")
+
+        def work(conn: Connection) -> dict[str, tuple[int, int]]:
+            owned = select(r.c.id, label).subquery()
+            counts = {
+                owner: int(n)
+                for owner, n in conn.execute(
+                    select(owned.c.owner, func.count())
+                    .where(owned.c.owner.is_not(None))
+                    .group_by(owned.c.owner)
+                ).all()
+            }
+            objects = (
+                select(owned.c.owner, b.c.storage_key, func.max(b.c.size).label("size"))
+                .select_from(
+                    owned.join(rb, rb.c.repository_id == owned.c.id).join(
+                        b, b.c.digest == rb.c.digest
+                    )
+                )
+                .where(owned.c.owner.is_not(None))
+                .group_by(owned.c.owner, b.c.storage_key)
+                .subquery()
+            )
+            sizes = {
+                owner: int(total or 0)
+                for owner, total in conn.execute(
+                    select(objects.c.owner, func.sum(objects.c.size)).group_by(objects.c.owner)
+                ).all()
+            }
+            return {owner: (n, sizes.get(owner, 0)) for owner, n in counts.items()}
+
+        return await self._read(work)
+
     async def storage_status(self, days: int = 30) -> StorageStatus:
         """Usage per namespace (each stored object counted once in a namespace however many of
         its repositories link it), garbage collection's pending deletions, the chores' next
         runs, each event endpoint's backlog, and the last `days` days: bytes first stored,
-        manifests stored, and recorded pushes and pulls, per day. A handful of grouped
+        manifests stored, pushes, pulls and bytes pulled, per day, and per namespace over
+        those days. A handful of grouped
         statements: the whole linked set is read once, so its cost grows with the store (an
         operator's page, not a hot one)."""
         r, rb, b = t.repositories, t.repository_blobs, t.blobs
@@ -325,24 +464,29 @@ class BrowseQueries:
                     select(c.c.endpoint, c.c.delivered, backlog, c.c.holder).order_by(c.c.endpoint)
                 ).all()
             ]
+            first = int(time.time() // DAY) - days + 1
             return StorageStatus(
-                namespaces, int(pending or 0), chores, endpoints, _days(conn, days)
+                namespaces,
+                int(pending or 0),
+                chores,
+                endpoints,
+                _days(conn, first, days),
+                _namespace_activity(conn, first),
             )
 
         return await self._read(work)
 
 
-def _days(conn: Connection, count: int) -> list[Day]:
-    """Per day of the last `count`: three grouped statements over the window, and one sum of
-    what was stored before it."""
-    b, m, e = t.blobs, t.manifests, t.events
-    today = int(time.time() // DAY)
-    first = today - count + 1
+def _days(conn: Connection, first: int, count: int) -> list[Day]:
+    """Per day of the `count` from day number `first` on: three grouped statements over the
+    window, and one sum of what was stored before it."""
+    b, m, a = t.blobs, t.manifests, t.activity
+    today = first + count - 1
     since = first * DAY
     before = conn.execute(
         select(func.coalesce(func.sum(b.c.size), 0)).where(b.c.created < since)
     ).scalar()
-    bday, mday, eday = _day(conn, b.c.created), _day(conn, m.c.created), _day(conn, e.c.created)
+    bday, mday = _day(conn, b.c.created), _day(conn, m.c.created)
     added: dict[int, int] = {
         day: int(n or 0)
         for day, n in conn.execute(
@@ -355,29 +499,45 @@ def _days(conn: Connection, count: int) -> list[Day]:
             select(mday, func.count()).where(m.c.created >= since).group_by(mday)
         ).all()
     }
-    events: dict[tuple[int, str], int] = {
-        (day, action): n
-        for day, action, n in conn.execute(
-            select(eday, e.c.action, func.count())
-            .where(e.c.created >= since, e.c.action.in_(["push", "pull"]))
-            .group_by(eday, e.c.action)
+    activity: dict[int, tuple[int, int, int]] = {
+        day: (int(pushes), int(pulls), int(pulled))
+        for day, pushes, pulls, pulled in conn.execute(
+            select(a.c.day, func.sum(a.c.pushes), func.sum(a.c.pulls), func.sum(a.c.pulled_bytes))
+            .where(a.c.day >= first)
+            .group_by(a.c.day)
         ).all()
     }
     total = int(before or 0)
     found = []
     for day in range(first, today + 1):
         total += int(added.get(day) or 0)
+        pushes, pulls, pulled = activity.get(day, (0, 0, 0))
         found.append(
             Day(
                 start=float(day * DAY),
                 added=int(added.get(day) or 0),
                 stored=total,
                 manifests=int(stored.get(day) or 0),
-                pushes=events.get((day, "push"), 0),
-                pulls=events.get((day, "pull"), 0),
+                pushes=pushes,
+                pulls=pulls,
+                pulled_bytes=pulled,
             )
         )
     return found
+
+
+def _namespace_activity(conn: Connection, first: int) -> dict[str, ActivityCount]:
+    """Each namespace's activity from day number `first` on, summed (one grouped statement)."""
+    a = t.activity
+    rows = conn.execute(
+        select(a.c.namespace, func.sum(a.c.pushes), func.sum(a.c.pulls), func.sum(a.c.pulled_bytes))
+        .where(a.c.day >= first)
+        .group_by(a.c.namespace)
+    ).all()
+    return {
+        namespace: ActivityCount(first, namespace, int(pushes), int(pulls), int(pulled))
+        for namespace, pushes, pulls, pulled in rows
+    }
 
 
 def _referenced_sizes(conn: Connection, repo: int, digests: list[str]) -> dict[str, int]:

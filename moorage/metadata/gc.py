@@ -21,6 +21,7 @@ from sqlalchemy import (
     Connection,
     and_,
     delete,
+    insert,
     literal,
     not_,
     or_,
@@ -91,6 +92,27 @@ class Collected:
     @property
     def links(self) -> int:
         return sum(r.links for r in self.repositories.values())
+
+
+@dataclass(frozen=True, slots=True)
+class GCRun:
+    """A collection cycle as the `gc_runs` table keeps it (the storage page lists them)."""
+
+    started: float  # epoch seconds
+    seconds: float
+    dry_run: bool
+    tags: int = 0
+    manifests: int = 0
+    links: int = 0
+    v1_images: int = 0
+    blobs: int = 0
+    bytes: int = 0
+    objects_deleted: int = 0
+    error: str | None = None  # why it failed (None: it finished)
+
+
+# Cycles `gc_runs` keeps: the newest, the older ones deleted as new ones are recorded.
+RUNS_KEPT = 500
 
 
 class _DryRun(Exception):
@@ -453,6 +475,52 @@ class GCQueries:
                     deleted |= _count(stage, candidate, done, collected, names)
                     looked = looked_at(progress, stage, looked)
             after = _position(stage, batch[-1])
+
+    async def gc_record_run(self, run: GCRun) -> None:
+        """Keep a cycle's record, and forget those older than the newest RUNS_KEPT."""
+        r = t.gc_runs
+        values = {
+            "started": run.started,
+            "seconds": run.seconds,
+            "dry_run": run.dry_run,
+            "tags": run.tags,
+            "manifests": run.manifests,
+            "links": run.links,
+            "v1_images": run.v1_images,
+            "blobs": run.blobs,
+            "bytes": run.bytes,
+            "objects_deleted": run.objects_deleted,
+            "error": None if run.error is None else run.error[:300],
+        }
+
+        def work(conn: Connection) -> None:
+            added = conn.execute(insert(r).values(**values).returning(r.c.id)).scalar_one()
+            conn.execute(delete(r).where(r.c.id <= added - RUNS_KEPT))
+
+        await self._write(work)
+
+    async def gc_runs(self, limit: int) -> list[GCRun]:
+        """The newest `limit` recorded cycles, newest first."""
+        r = t.gc_runs
+        query = (
+            select(
+                r.c.started,
+                r.c.seconds,
+                r.c.dry_run,
+                r.c.tags,
+                r.c.manifests,
+                r.c.links,
+                r.c.v1_images,
+                r.c.blobs,
+                r.c.bytes,
+                r.c.objects_deleted,
+                r.c.error,
+            )
+            .order_by(r.c.started.desc(), r.c.id.desc())
+            .limit(limit)
+        )
+        rows = await self._read(lambda conn: conn.execute(query).all())
+        return [GCRun(*row) for row in rows]
 
     async def gc_pending(self, limit: int = BATCH) -> list[str]:
         """Storage keys queued for deletion (by this cycle or one that was interrupted)."""

@@ -8,9 +8,11 @@ so a change here comes with a new revision (docs/deploy/upgrades.md).
 - repository_blobs: which repository may serve which blob (isolation and GC roots).
 - manifests: per repository, the bytes exactly as pushed plus what the referrers API needs.
 - manifest_references: what a manifest points at (layers, config, children), for GC.
-- tags: repository + name -> manifest digest.
+- tags: repository + name -> manifest digest (and who pushed it, where known).
 - uploads: upload sessions (offset and a short write lease), shared by every worker and node.
 - gc_deletions: stored objects no blob row names any more, being deleted (docs/design/gc.md).
+- activity: pushes and pulls per namespace and day; gc_runs: the collector's cycles (for the
+  web interface's storage page).
 
 `touched` (blobs, links, manifests): when something last made the row referenced or
 unreferenced; garbage collection's grace period counts from it. Set on every insert (the
@@ -23,6 +25,7 @@ import time
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     ForeignKey,
@@ -109,6 +112,9 @@ tags = Table(
     Column("name", String(128), primary_key=True),
     Column("digest", String(200), nullable=False),
     Column("updated", Float, nullable=False),
+    # Who set the tag last through the v2 API, when they were signed in (shown by the web
+    # interface); null when anonymous or set another way (v1, a mirror, an import).
+    Column("pushed_by", String(255), nullable=True),
     Index("tags_digest", "repository_id", "digest"),
 )
 
@@ -271,4 +277,42 @@ event_cursors = Table(
     Column("delivered", BigInteger, nullable=False),
     Column("holder", String(64), nullable=True),
     Column("until", Float, nullable=False),
+)
+
+
+# -- what the web interface shows (issue 13) -------------------------------------------------
+
+# Pushes (manifests stored) and pulls (manifests fetched) per namespace and UTC day (days since
+# the epoch), and the blob bytes sent: each worker counts in memory and adds its counts with
+# an upsert now and then (`moorage/content/activity.py`), so many workers and nodes sum.
+activity = Table(
+    "activity",
+    metadata,
+    Column("day", Integer, primary_key=True),
+    Column("namespace", String(255), primary_key=True),
+    Column("pushes", BigInteger, nullable=False),
+    Column("pulls", BigInteger, nullable=False),
+    Column("pulled_bytes", BigInteger, nullable=False),
+)
+
+# Each garbage collection cycle (dry runs too): when, how long, what it deleted, or why it
+# failed. The newest few hundred are kept.
+gc_runs = Table(
+    "gc_runs",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("started", Float, nullable=False),
+    Column("seconds", Float, nullable=False),
+    Column("dry_run", Boolean, nullable=False),
+    Column("tags", Integer, nullable=False),
+    Column("manifests", Integer, nullable=False),
+    Column("links", Integer, nullable=False),
+    Column("v1_images", Integer, nullable=False),
+    Column("blobs", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("objects_deleted", Integer, nullable=False),
+    Column("error", String(300), nullable=True),
+    Index("gc_runs_started", "started"),
 )

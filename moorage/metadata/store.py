@@ -859,14 +859,16 @@ class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries, BrowseQueri
         blobs: Iterable[str] = (),
         manifests: Iterable[str] = (),
         frozen: bool = False,
+        pusher: str | None = None,
     ) -> None:
         """Store a manifest (idempotent) and optionally point a tag at it, atomically.
         `blobs` must be linked into the repository and `manifests` stored in it, checked in
         the same transaction under share locks (ReferencesGone if not; nothing is stored).
-        A `frozen` tag may be created or set to the digest it has, never moved (TagFrozen)."""
+        A `frozen` tag may be created or set to the digest it has, never moved (TagFrozen).
+        `pusher`: the user setting the tag, recorded with it (None: unknown)."""
         await self._write(
             lambda conn: self._put_manifest(
-                conn, repository, row, references, tag, blobs, manifests, frozen
+                conn, repository, row, references, tag, blobs, manifests, frozen, pusher
             )
         )
 
@@ -880,6 +882,7 @@ class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries, BrowseQueri
         blobs: Iterable[str] = (),
         manifests: Iterable[str] = (),
         frozen: bool = False,
+        pusher: str | None = None,
     ) -> None:
         now = time.time()
         children = sorted(set(references))
@@ -927,11 +930,15 @@ class MetadataStore(V1Queries, GCQueries, EventQueries, FsckQueries, BrowseQueri
                 .values(touched=now)
             )
             moved = dialect.insert(conn, tg).values(
-                repository_id=repo_id, name=tag, digest=row.digest, updated=now
+                repository_id=repo_id, name=tag, digest=row.digest, updated=now, pushed_by=pusher
             )
             upsert = moved.on_conflict_do_update(
                 index_elements=["repository_id", "name"],
-                set_={"digest": moved.excluded.digest, "updated": moved.excluded.updated},
+                set_={
+                    "digest": moved.excluded.digest,
+                    "updated": moved.excluded.updated,
+                    "pushed_by": moved.excluded.pushed_by,
+                },
                 # An immutable tag is set again only to the digest it has.
                 where=(tg.c.digest == moved.excluded.digest) if frozen else None,
             )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import jinja2
 from aiohttp import web
@@ -24,14 +24,19 @@ from moorage.api.context import AUTH, EVENTS, REGISTRY, REQUEST_ID, SETTINGS
 from moorage.api.maintenance import MAINTENANCE
 from moorage.api.proxy import client_address, external_base
 from moorage.auth.service import BadCredentials, Credentials, RateLimited
+from moorage.config import Upstream
 from moorage.content import jsondoc, manifests, names
 from moorage.content.events import RequestInfo, Target
 from moorage.content.registry import CatalogFilter, Registry
 from moorage.errors import RegistryError
+from moorage.metadata import MetadataStore
 from moorage.metadata.browse import TagOrder, format_after, parse_after
+from moorage.mirror.client import DOCKER_HUB
 from moorage.ui.sessions import Session, Sessions
 
 PAGE_SIZE = 50
+# Garbage collection cycles listed on the storage page, newest first.
+GC_RUNS_SHOWN = 10
 # What a page shows of a long list or document, at most: every page stays well under 200 KB.
 RAW_LIMIT = 64 * 1024
 CONFIG_LIMIT = 1 << 20
@@ -383,7 +388,7 @@ async def manifest(request: web.Request) -> web.Response:
     found = [d for d in map(_descriptor, referrers.descriptors) if d]
     context["referrers"] = found[:LIST_LIMIT]
     hidden["referrers"] = max(0, len(found) - LIST_LIMIT)
-    context["tags"] = await registry.metadata.tags_of(name, stored.digest)
+    context["tags"] = await registry.metadata.tag_pushes(name, stored.digest)
     hidden["tags"] = max(0, len(context["tags"]) - LIST_LIMIT)
     context["tags"] = context["tags"][:LIST_LIMIT]
     context["v1"] = (await registry.metadata.v1_origins(name, [stored.digest])).get(stored.digest)
@@ -691,25 +696,55 @@ async def storage(request: web.Request) -> web.Response:
             title="Not allowed",
             message="Storage usage is shown to administrators (auth.admins).",
         )
-    status = await _registry(request).metadata.storage_status()
+    metadata = _registry(request).metadata
+    status = await metadata.storage_status()
+    runs = await metadata.gc_runs(GC_RUNS_SHOWN)
     quotas = {q.namespace.strip("/"): q.bytes for q in settings.quotas}
     largest = max((n.size for n in status.namespaces), default=0)
+    starts = [d.start for d in status.days]
     return render(
         request,
         who,
         "storage.html",
         title="Storage",
         usage=status,
-        growth=_bars([d.stored for d in status.days], [d.start for d in status.days]),
-        pushed=_bars([d.manifests for d in status.days], [d.start for d in status.days]),
-        pulls=_bars([d.pulls for d in status.days], [d.start for d in status.days]),
-        has_events=any(d.pulls or d.pushes for d in status.days),
+        growth=_bars([d.stored for d in status.days], starts),
+        stored=_bars([d.manifests for d in status.days], starts),
+        pushes=_bars([d.pushes for d in status.days], starts),
+        pulls=_bars([d.pulls for d in status.days], starts),
+        pulled=_bars([d.pulled_bytes for d in status.days], starts),
         quotas=quotas,
         largest=max(largest, 1),
         total=sum(n.size for n in status.namespaces),
         gc_interval=settings.gc.interval,
+        runs=runs,
+        upstreams=await _upstreams(metadata, settings.proxy.upstreams),
         now=time.time(),
     )
+
+
+async def _upstreams(metadata: MetadataStore, upstreams: list[Upstream]) -> list[dict[str, Any]]:
+    """Each mirrored upstream with the repositories and bytes cached under its prefix (the
+    default upstream's: the names under no other prefix that its `repositories` allow)."""
+    if not upstreams:
+        return []
+    default = next((u for u in upstreams if not u.prefix), None)
+    cached = await metadata.usage_under(
+        [u.prefix for u in upstreams if u.prefix],
+        None if default is None else default.repositories,
+        # Docker Hub's `library/x` is `x` here (moorage/mirror/client.py).
+        library=default is not None and (urlsplit(default.url).hostname or "") in DOCKER_HUB,
+    )
+    return [
+        {
+            "prefix": u.prefix,
+            "url": u.url,
+            "ttl": u.ttl,
+            "repositories": u.repositories,
+            "cached": cached.get(u.prefix, (0, 0)),
+        }
+        for u in sorted(upstreams, key=lambda u: u.prefix)
+    ]
 
 
 CHART_HEIGHT = 100

@@ -16,6 +16,7 @@ import pytest
 
 from moorage.app import create_app
 from moorage.config import Settings
+from moorage.content.activity import Activity
 from moorage.errors import Unavailable
 from moorage.metadata import BlobRow, MetadataStore, migrations
 from tests.services.fixtures import POSTGRES, database_url, start_service, stop_service
@@ -97,3 +98,27 @@ async def test_api_answers_503_during_an_outage_and_recovers(
     await asyncio.to_thread(_restart, run_dir, settings)
     assert (await client.get(manifest)).status == 404
     assert (await client.post("/v2/team/app/blobs/uploads/")).status == 202
+
+
+async def test_activity_counts_wait_out_an_outage(
+    own_postgres: tuple[Path, dict[str, str]],
+) -> None:
+    """A flush that fails keeps its counts, added to those counted meanwhile, for the next."""
+    run_dir, settings = own_postgres
+    store = MetadataStore(await _new_database(settings))
+    await store.open()
+    try:
+        activity = Activity(store)
+        activity.count("team/app", pushes=1, pulls=2, pulled=30)
+        stop_service(POSTGRES, run_dir)
+        with pytest.raises(Unavailable):
+            await asyncio.wait_for(activity.flush(), BOUND)
+        activity.count("team/other", pulls=1, pulled=5)
+        await asyncio.to_thread(_restart, run_dir, settings)
+        await activity.flush()
+        await activity.flush()  # nothing left: nothing added twice
+        status = await store.storage_status(days=1)
+        team = status.activity["team"]
+        assert (team.pushes, team.pulls, team.pulled_bytes) == (1, 3, 35)
+    finally:
+        await store.close()

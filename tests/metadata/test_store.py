@@ -5,8 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from moorage.auth.ratelimit import LoginLimiter
-from moorage.metadata import BlobRow, LayerSums, LeaseTaken, ManifestRow, MetadataStore
+from moorage.metadata import (
+    ActivityCount,
+    BlobRow,
+    LayerSums,
+    LeaseTaken,
+    ManifestRow,
+    MetadataStore,
+    gc,
+)
+from moorage.metadata.gc import GCRun
 
 
 def digest(n: int | str) -> str:
@@ -317,3 +328,87 @@ async def test_login_failures_count_in_a_window(store: MetadataStore) -> None:
     assert 0 < await limiter.retry_after("alice", "192.0.2.1") <= 61
     assert await limiter.retry_after("bob", "192.0.2.1") == 0
     assert await limiter.retry_after("alice", "192.0.2.2") == 0
+
+
+async def test_a_tag_records_who_set_it_last(store: MetadataStore) -> None:
+    await store.put_manifest("r", manifest(1), [], "t", pusher="alice")
+    await store.put_manifest("r", manifest(1), [], "u")
+    pushes = await store.tag_pushes("r", digest("m1"))
+    assert [(p.name, p.pushed_by) for p in pushes] == [("t", "alice"), ("u", None)]
+    # moved by someone else, then by nobody known: each move says who moved it
+    await store.put_manifest("r", manifest(2), [], "t", pusher="bob")
+    assert [(p.name, p.pushed_by) for p in await store.tag_pushes("r", digest("m2"))] == [
+        ("t", "bob")
+    ]
+    page = await store.tag_page("r", "name", None, 10)
+    assert page is not None and [(x.name, x.pushed_by) for x in page] == [
+        ("t", "bob"),
+        ("u", None),
+    ]
+    await store.put_manifest("r", manifest(2), [], "t")
+    assert [p.pushed_by for p in await store.tag_pushes("r", digest("m2"))] == [None]
+
+
+async def test_activity_counts_add_up_across_flushes(store: MetadataStore) -> None:
+    today = int(time.time() // 86400)
+    await store.put_manifest("team/app", manifest(1), [], "t")
+    # two workers flush their counts of the same day and namespace: both count
+    await store.add_activity([ActivityCount(today, "team", 1, 2, 300)])
+    await store.add_activity(
+        [ActivityCount(today, "team", 0, 5, 20), ActivityCount(today - 1, "other", 4, 0, 0)]
+    )
+    await store.add_activity([ActivityCount(today - 40, "team", 9, 9, 9)])  # outside the window
+    status = await store.storage_status(days=30)
+    assert [(d.pushes, d.pulls, d.pulled_bytes) for d in status.days[-2:]] == [
+        (4, 0, 0),
+        (1, 7, 320),
+    ]
+    assert sum(d.pushes for d in status.days) == 5
+    assert status.activity == {
+        "team": ActivityCount(today - 29, "team", 1, 7, 320),
+        "other": ActivityCount(today - 29, "other", 4, 0, 0),
+    }
+    assert await store.count("activity") == 3
+
+
+async def test_gc_runs_are_kept_newest_first_and_pruned(
+    store: MetadataStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gc, "RUNS_KEPT", 3)
+    for n in range(5):
+        await store.gc_record_run(GCRun(1000.0 + n, 0.5, n % 2 == 1, blobs=n, bytes=n << 40))
+    await store.gc_record_run(GCRun(2000.0, 1.0, False, error="x" * 400))
+    runs = await store.gc_runs(10)
+    assert [(r.started, r.dry_run, r.blobs, r.bytes) for r in runs[1:]] == [
+        (1004.0, False, 4, 4 << 40),
+        (1003.0, True, 3, 3 << 40),
+    ]
+    assert runs[0].error == "x" * 300 and runs[0].blobs == 0
+    assert [r.started for r in await store.gc_runs(1)] == [2000.0]
+
+
+async def test_usage_under_mirror_prefixes(store: MetadataStore) -> None:
+    await store.link_blobs("hub/library/alpine", [blob(1, 100), blob(2, 20)])
+    await store.link_blobs("hub/team/app", [blob(1, 100)])
+    await store.link_blobs("hub/x/deep/er", [blob(3, 5)])
+    await store.link_blobs("hubble/app", [blob(4, 7)])
+    await store.link_blobs("alpine", [blob(5, 1)])
+    await store.link_blobs("team/local", [blob(6, 1000)])
+    # each object once per owner; the longest prefix wins; `hubble/` is not under `hub/`
+    assert await store.usage_under(["hub", "hub/x"], None) == {
+        "hub": (2, 120),
+        "hub/x": (1, 5),
+    }
+    # the default upstream: names under no prefix, all of them or those its globs select
+    assert await store.usage_under(["hub"], []) == {"hub": (3, 125), "": (3, 1008)}
+    assert await store.usage_under(["hub"], ["alpine", "hubble/*"]) == {
+        "hub": (3, 125),
+        "": (2, 8),
+    }
+    assert await store.usage_under([], None) == {}
+    # Docker Hub: `alpine` is `library/alpine` there; `team/local` is no official image
+    assert await store.usage_under(["hub"], ["library/*"], library=True) == {
+        "hub": (3, 125),
+        "": (1, 1),
+    }
+    assert await store.usage_under(["hub"], ["library/*"]) == {"hub": (3, 125)}

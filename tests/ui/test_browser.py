@@ -14,6 +14,8 @@ import asyncio
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +72,17 @@ async def _push(base: str, layout: Path) -> Pushed:
                 headers={**headers, **basic("root")},
             ) as resp:
                 assert resp.status == 201, await resp.text()
+        # Pulls for the storage page's activity: the image's manifest, its layers.
+        image = pushed.image
+        for _ in range(3):
+            url = f"/v2/team/app/manifests/{image.digest}"
+            async with http.get(url, headers=basic("root")) as resp:
+                assert resp.status == 200
+        for layer in image.layers:
+            async with http.get(
+                f"/v2/team/app/blobs/{layer.digest}", headers=basic("root")
+            ) as resp:
+                assert await resp.read() == layer.read()
         return pushed
 
 
@@ -83,6 +96,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     try:
         server.start_sync()
         pushed = asyncio.run(_push(server.url, root / "layouts"))
+        # A dry-run collection for the storage page's list of cycles, and a restart, which
+        # writes the server's push and pull counts (else written once a minute).
+        subprocess.run(
+            [sys.executable, "-m", "moorage", "gc", "--dry-run", "--data-dir", server.data_dir],
+            check=True,
+            env=server.environment(),
+            capture_output=True,
+            timeout=60,
+        )
+        assert server.stop_sync() == 0
+        server.start_sync()
         shots = DOCS if os.environ.get("UI_SCREENSHOTS") == "1" else root / "shots"
         shots.mkdir(parents=True, exist_ok=True)
         yield Site(server, pushed, shots)
@@ -165,7 +189,12 @@ def test_browse_search_index_and_history(browser: WebDriver, site: Site) -> None
     browser.save_screenshot(str(site.shots / "manifest.png"))
 
     browser.get(site.url + "/storage")
-    assert "secret" in browser.find_element(By.TAG_NAME, "main").text
+    main = browser.find_element(By.TAG_NAME, "main").text
+    assert "secret" in main
+    namespaces = browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=usage-h]").text
+    # 5 + 55 manifests pushed into team, 3 of them pulled, with two layers' bytes
+    assert "team 56 11 41.8 KiB 41.8 KiB - 60 3 20.0 KiB" in namespaces, namespaces
+    assert "dry run" in browser.find_element(By.CSS_SELECTOR, "section[aria-labelledby=gc-h]").text
     browser.save_screenshot(str(site.shots / "storage.png"))
     assert console_errors(browser) == []
 

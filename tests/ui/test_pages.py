@@ -4,9 +4,11 @@ in and out, and deleting with a CSRF-checked confirmation."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import ValidationError
 
-from moorage.api.context import EVENTS
+from moorage.api.context import EVENTS, REGISTRY
 from moorage.api.maintenance import MAINTENANCE
 from moorage.app import create_app
 from moorage.auth import htpasswd
@@ -69,6 +71,20 @@ async def page(client: Client, path: str, status: int = 200) -> str:
     return body
 
 
+async def flush_activity(client: Client, pulled: int) -> None:
+    """What a worker does every minute: add its push and pull counts to the table. A blob's
+    bytes are counted once the server has sent them, which may be just after the client read
+    them all: flush until they are in."""
+    registry = client.app[REGISTRY]
+    deadline = time.monotonic() + 10
+    while True:
+        await registry.activity.flush()
+        status = await registry.metadata.storage_status(days=1)
+        if status.days[-1].pulled_bytes >= pulled or time.monotonic() > deadline:
+            return
+        await asyncio.sleep(0.01)
+
+
 async def test_browse_open_registry(start: Any, tmp_path: Path) -> None:
     client = await start(tmp_path)
     pushed = await push_samples(client, tmp_path / "layout", "team/app")
@@ -91,6 +107,7 @@ async def test_browse_open_registry(start: Any, tmp_path: Path) -> None:
     assert "docker pull" in repo and "podman pull" in repo
     assert "application/vnd.moorage.test.artifact" in repo  # the artifact's type, not a config's
     assert pushed.index.digest[:19] in repo
+    assert " UTC by " not in repo  # anonymous pushes name nobody
 
     index = await page(client, f"/repositories/team/app/manifests/{pushed.index.digest}")
     for child in pushed.index.images:
@@ -110,16 +127,94 @@ async def test_browse_open_registry(start: Any, tmp_path: Path) -> None:
     assert pushed.artifact.digest[:19] in words and "application/vnd.moorage.test.artifact" in words
     assert "&#34;schemaVersion&#34;: 2" in image  # the raw manifest, escaped
 
+    # Pulls: three of the image's manifest (a HEAD is none), and its layers' bytes.
+    for method in ("GET", "GET", "HEAD", "GET"):
+        async with client.request(method, "/v2/team/app/manifests/v1") as resp:
+            assert resp.status == 200
+    for layer in pushed.image.layers:
+        async with client.get(f"/v2/team/app/blobs/{layer.digest}") as resp:
+            assert resp.status == 200 and await resp.read() == layer.read()
+    layer_bytes = sum(len(layer.read()) for layer in pushed.image.layers)
+    await flush_activity(client, layer_bytes)
+
     storage = await page(client, "/storage")
-    assert "team" in text_of(storage) and "other" in text_of(storage)
-    # Growth over 30 days: everything was pushed today, so only today's bars stand.
+    words = text_of(storage)
+    assert "team" in words and "other" in words
+    # Per namespace over 30 days: pushes, pulls, bytes pulled.
+    pulled = f"{layer_bytes / 1024:.1f} KiB"
+    assert re.search(rf" team 1 \d+ [0-9.]+ KiB [0-9.]+ KiB - 5 3 {pulled} ", words), words
+    assert re.search(r" other 1 \d+ [0-9.]+ KiB [0-9.]+ KiB - 5 0 0 B ", words), words
+    # Over 30 days: everything happened today, so only today's bars stand.
     charts = re.findall(r"<svg class=\"chart\".*?</svg>", storage, re.S)
-    assert len(charts) == 2  # stored bytes and manifests; no events recorded, so no pulls
+    assert len(charts) == 5  # stored bytes, manifests stored, pushes, pulls, bytes pulled
     today = datetime.now(UTC).strftime("%Y-%m-%d")
-    bars = re.findall(r'height="([0-9.]+)"><title>([0-9-]+): ([^<]+)</title>', charts[1])
     # Two repositories of 5 manifests each: an index of 2, an image, an artifact.
-    assert len(bars) == 30 and bars[-1][1:] == (today, "10")
-    assert all(float(height) == 0 for height, _, _ in bars[:-1])
+    expected = ["10", "10", "3", pulled]
+    for chart, value in zip(charts[1:], expected, strict=True):
+        bars = re.findall(r'height="([0-9.]+)"><title>([0-9-]+): ([^<]+)</title>', chart)
+        assert len(bars) == 30 and bars[-1][1:] == (today, value)
+        assert all(float(height) == 0 for height, _, _ in bars[:-1])
+
+
+async def test_storage_shows_collections_and_mirrors(start: Any, tmp_path: Path) -> None:
+    # An upstream (another registry) holding team/app, mirrored here under `hub`, and a
+    # default upstream (the same registry) limited to names that are not pulled here.
+    upstream = await start(tmp_path / "upstream")
+    pushed = await push_samples(upstream, tmp_path / "layout", "team/app")
+    url = f"http://127.0.0.1:{upstream.server.port}"
+    upstreams = [
+        {"prefix": "hub", "url": url, "ttl": "2m"},
+        {"url": url, "repositories": ["library/*"]},
+    ]
+    client = await start(tmp_path / "mirror", proxy={"upstreams": upstreams})
+    image = pushed.image
+    async with client.get(
+        "/v2/hub/team/app/manifests/v1", headers={"Accept": image.manifest.media_type}
+    ) as resp:
+        assert resp.status == 200 and await resp.read() == image.manifest.read()
+    for blob in [image.config, *image.layers]:
+        async with client.get(f"/v2/hub/team/app/blobs/{blob.digest}") as resp:
+            assert resp.status == 200 and await resp.read() == blob.read()
+    cached = sum(blob.size for blob in [image.config, *image.layers])
+
+    storage = text_of(await page(client, "/storage"))
+    assert "No collection has run yet." in storage
+    assert (
+        f"(default: names under no prefix) {url} library/* 300 s 0 0 B "
+        f"hub/ {url} all 120 s 1 {cached / 1024:.1f} KiB "
+    ) in storage, storage
+
+    # A dry run and a collection that find nothing, then, once the manifest is deleted, one
+    # that deletes its blobs.
+    registry = client.app[REGISTRY]
+    await registry.collector.cycle(grace=0, dry_run=True)
+    await registry.collector.cycle()
+    async with client.delete(f"/v2/hub/team/app/manifests/{image.digest}") as resp:
+        assert resp.status == 202
+    run = await registry.collector.cycle(grace=0)
+    assert (run.collected.links, run.collected.blobs, run.objects_deleted) == (3, 3, 3)
+    storage = text_of(await page(client, "/storage"))
+    assert "The last 3 cycles, newest first" in storage
+    rows = re.findall(
+        r"UTC \d+\.\d s (dry run|collection) (\d+) (\d+) (\d+) (\d+) (\d+) ([0-9.]+ K?i?B) (\d+|-)",
+        storage,
+    )
+    assert rows == [
+        ("collection", "0", "0", "3", "0", "3", f"{cached / 1024:.1f} KiB", "3"),
+        ("collection", "0", "0", "0", "0", "0", "0 B", "0"),
+        ("dry run", "0", "0", "0", "0", "0", "0 B", "-"),
+    ], storage
+
+    def stop(stage: str, done: int) -> None:  # as `moorage gc` stops on Ctrl-C
+        raise RuntimeError(f"stopped at {stage} <{done}>")
+
+    with pytest.raises(RuntimeError):
+        await registry.collector.cycle(progress=stop)
+    storage = await page(client, "/storage")
+    assert "The last 4 cycles" in storage
+    assert re.search(
+        r"s</td>\s*<td>collection</td>\s*<td[^>]*>failed: stopped at \w+ &lt;0&gt;", storage
+    )
 
 
 async def test_api_paths_stay_the_apis(start: Any, tmp_path: Path) -> None:
@@ -210,6 +305,35 @@ async def test_access_rules_and_sign_in(start: Any, tmp_path: Path, users_file: 
     out = await client.post("/signout", data={"csrf": csrf_of(repo)}, allow_redirects=False)
     assert out.status == 303
     assert "team/app" not in await page(client, "/")
+
+
+async def test_who_pushed_each_tag(start: Any, tmp_path: Path, users_file: Path) -> None:
+    auth = {"mode": "basic", "htpasswd": users_file, "rules": RULES, "admins": ["root"]}
+    client = await start(tmp_path, auth=auth)
+    pushed = await push_samples(client, tmp_path / "l1", "team/app", basic("alice"))
+    # root sets `v1` again (to the same manifest): the tag's pusher is now root
+    async with client.put(
+        "/v2/team/app/manifests/v1",
+        data=pushed.image.manifest.read(),
+        headers={"Content-Type": pushed.image.manifest.media_type, **basic("root")},
+    ) as resp:
+        assert resp.status == 201
+    form = await page(client, "/signin")
+    await client.post(
+        "/signin", data={"csrf": csrf_of(form), "username": "bob", "password": USERS["bob"]}
+    )
+    repo = text_of(await page(client, "/repositories/team/app"))
+    pushers = dict(re.findall(r"(\w+) sha256:\w+ .*? UTC by (\w+)", repo))
+    assert pushers == {"multi": "alice", "sig": "alice", "v1": "root"}, repo
+    image = text_of(await page(client, f"/repositories/team/app/manifests/{pushed.image.digest}"))
+    assert "Tags v1 (pushed by root)" in image
+    index = text_of(await page(client, f"/repositories/team/app/manifests/{pushed.index.digest}"))
+    assert "Tags multi (pushed by alice)" in index
+    # A child of the index, pushed by digest: no tag, nobody to name.
+    child = pushed.index.images[0].digest
+    assert "none (by digest only)" in text_of(
+        await page(client, f"/repositories/team/app/manifests/{child}")
+    )
 
 
 async def test_delete_a_tag_and_a_manifest(start: Any, tmp_path: Path, users_file: Path) -> None:
@@ -317,6 +441,13 @@ async def test_v1_images_and_their_ancestry(start: Any, tmp_path: Path, users_fi
     assert "/bin/sh -c /bin/sh" in text_of(ancestry)  # each layer's build step
     # An image of another repository is not shown through this one.
     await page(client, f"/repositories/team/app/v1/{top}", status=404)
+
+    # v1 counts too: the tag set is a push, each read of it a pull.
+    for _ in range(2):
+        assert await v1.tag("team/legacy", "old", credentials) == top
+    await flush_activity(client, 0)
+    counted = (await client.app[REGISTRY].metadata.storage_status(days=1)).activity["team"]
+    assert (counted.pushes, counted.pulls) == (1, 2)
 
 
 async def test_token_mode_users_sign_in(start: Any, tmp_path: Path, users_file: Path) -> None:

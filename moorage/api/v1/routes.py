@@ -22,7 +22,7 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from moorage.api import mirror, notify
-from moorage.api.context import EVENTS
+from moorage.api.context import EVENTS, REGISTRY
 from moorage.api.maintenance import MAINTENANCE, READS, refusal
 from moorage.api.metrics import routed
 from moorage.api.v1 import images, index
@@ -200,8 +200,12 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
         raise refusal(route.methods)
     await mirror.before_v1(request, route.name, params)
     response = await endpoint.handler(request, params)
-    if "repository" in params and EVENTS in request.app:
-        await notify.after_v1(request, route.name, params, response)
+    if "repository" in params:
+        request.app[REGISTRY].activity.after_v1(
+            route.name, request.method, response.status, params["repository"]
+        )
+        if EVENTS in request.app:
+            await notify.after_v1(request, route.name, params, response)
     return response
 
 

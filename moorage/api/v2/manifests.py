@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from moorage.api import http
-from moorage.api.context import registry, settings
+from moorage.api.context import IDENTITY, registry, settings
 
 
 async def get(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
@@ -27,11 +27,13 @@ async def get(request: web.Request, params: dict[str, str]) -> web.StreamRespons
 async def put(request: web.Request, params: dict[str, str]) -> web.StreamResponse:
     limit = settings(request).manifests.maxsize
     content = await http.read_limited(request, limit)
+    identity = request.get(IDENTITY)  # set by the auth check before every handler
     result = await registry(request).put_manifest(
         params["repository"],
         params["reference"],
         request.headers.get("Content-Type"),
         content,
+        pusher=identity.name if identity is not None else None,
     )
     headers = {
         "Location": f"/v2/{params['name']}/manifests/{result.digest}",

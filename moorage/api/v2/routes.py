@@ -21,7 +21,7 @@ from aiohttp import web
 
 from moorage.api import mirror, notify
 from moorage.api.auth import authorize
-from moorage.api.context import EVENTS, V2_NAME
+from moorage.api.context import EVENTS, REGISTRY, V2_NAME
 from moorage.api.maintenance import MAINTENANCE, READS, refusal
 from moorage.api.metrics import routed
 from moorage.api.v2 import blobs, discovery, manifests, uploads
@@ -114,8 +114,16 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
     if request.method not in READS and request.app[MAINTENANCE].readonly:
         raise refusal(route.methods)
     response = await mirror.handle(request, route.name, handler, params)
-    if "repository" in params and EVENTS in request.app:
-        await notify.after_v2(request, route.name, params, response)
+    if "repository" in params:
+        request.app[REGISTRY].activity.after_v2(
+            route.name,
+            request.method,
+            response.status,
+            response.content_length,
+            params["repository"],
+        )
+        if EVENTS in request.app:
+            await notify.after_v2(request, route.name, params, response)
     return response
 
 

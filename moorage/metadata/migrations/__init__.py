@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-HEAD = "0005"
+HEAD = "0006"
 INITIAL = "0001"  # the schema of Moorage 0.1.0, the release before migrations
 COMMAND = "moorage db upgrade"
 # pg_advisory_xact_lock key of schema migrations (any fixed 64-bit number; "moorage" in ASCII)
