@@ -46,6 +46,7 @@ from moorage.api.maintenance import MAINTENANCE
 from moorage.app import IN_FLIGHT, InFlight, create_app
 from moorage.config import ConfigError, Settings, split_listen
 from moorage.connections import Guard, Limits, connection_cap
+from moorage.content import sha256state
 
 log = logging.getLogger("moorage.server")
 
@@ -336,6 +337,10 @@ def _die_with(parent: int) -> None:
 
 def _fork(settings: Settings, slots: list[Listeners], slot: int, reload: Reload | None) -> int:
     parent = os.getpid()
+    # libcrypto for the resumable SHA-256, found and self-tested once here: finding it runs
+    # ldconfig in a child process, which a worker should not fork in the middle of its first
+    # upload (a thread-holding process forking, a stray child in its tree).
+    sha256state.available()
     # Everything imported so far goes to the collector's permanent generation: a worker's
     # collections then never walk (and so never write to) the pages it shares with the
     # supervisor, which would otherwise be copied into each worker one by one.

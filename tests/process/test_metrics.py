@@ -21,8 +21,10 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -174,6 +176,14 @@ async def test_a_push_and_a_pull_are_counted_over_both_workers(
     assert not directory.exists(), "the supervisor left its metrics directory behind"
 
 
+def connections_of(proc: psutil.Process) -> list[Any]:
+    """The process's TCP connections; none if it has exited since it was listed."""
+    try:
+        return list(proc.net_connections(kind="tcp"))
+    except psutil.NoSuchProcess:
+        return []
+
+
 async def test_uploads_in_flight_and_a_killed_worker(
     make_server: MakeServer, http_new_conn: aiohttp.ClientSession
 ) -> None:
@@ -204,7 +214,7 @@ async def test_uploads_in_flight_and_a_killed_worker(
             for proc in workers
             if any(
                 c.status == "ESTABLISHED" and c.laddr.port == server.port
-                for c in proc.net_connections(kind="tcp")
+                for c in connections_of(proc)
             )
         ]
         assert len(serving) == 1, f"the upload's connection is held by {serving}"
