@@ -215,6 +215,12 @@ def not_found(request: web.Request, who: Visitor, what: str) -> web.Response:
     return render(request, who, "error.html", status=404, title="Not found", message=what)
 
 
+def not_allowed(request: web.Request, who: Visitor) -> web.Response:
+    """403 for a delete the visitor may not make, saying why."""
+    message = _why_not_delete(request)
+    return render(request, who, "error.html", status=403, title="Not allowed", message=message)
+
+
 def _repository(request: web.Request, who: Visitor, given: str) -> str | None:
     """The repository `given` names (canonical), if it is valid and the visitor may pull it."""
     try:
@@ -530,14 +536,7 @@ async def confirm_delete(request: web.Request) -> web.Response:
     if name is None or not reference:
         return not_found(request, who, "No such repository.")
     if not can_delete(request, who.user, name):
-        return render(
-            request,
-            who,
-            "error.html",
-            status=403,
-            title="Not allowed",
-            message=_why_not_delete(request),
-        )
+        return not_allowed(request, who)
     registry = _registry(request)
     try:
         stored = await registry.get_manifest(name, reference)
@@ -586,14 +585,7 @@ async def delete(request: web.Request) -> web.StreamResponse:
     if name is None or not reference:
         return not_found(request, who, "No such repository.")
     if not can_delete(request, who.user, name):
-        return render(
-            request,
-            who,
-            "error.html",
-            status=403,
-            title="Not allowed",
-            message=_why_not_delete(request),
-        )
+        return not_allowed(request, who)
     try:
         await _registry(request).delete_manifest(name, reference)
     except RegistryError as exc:

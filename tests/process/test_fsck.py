@@ -330,12 +330,15 @@ def fsck_argv(data_dir: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "moorage", "fsck", "--data-dir", str(data_dir), *args]
 
 
-async def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
-    """SIGINT in the middle of hashing a 32 GiB blob: fsck stops within a moment, prints
-    what it did and says it did not finish (status 130), no traceback."""
-    data_dir = tmp_path / "data"
-    big = BlobRow("sha256:" + "ff" * 32, paths.blob("ff" * 32), 32 << 30)  # never hashed whole
-    await store_with(data_dir, [zeros(1000), zeros(1001), zeros(1002), big])
+BIG = BlobRow("sha256:" + "ff" * 32, paths.blob("ff" * 32), 32 << 30)  # never hashed whole
+SMALL = [zeros(1000), zeros(1001), zeros(1002)]  # their keys sort before BIG's
+
+
+async def interrupted_while_hashing(data_dir: Path) -> tuple[str, bytes]:
+    """`moorage fsck --verify-digests` on SMALL and BIG, sent SIGINT while it hashes BIG: its
+    stdout and stderr, after checking that it stopped within a moment with status 130 and
+    said why, without a traceback."""
+    await store_with(data_dir, [*SMALL, BIG])
     proc = await asyncio.create_subprocess_exec(
         *fsck_argv(data_dir, "--verify-digests"),
         stdout=asyncio.subprocess.PIPE,
@@ -358,8 +361,14 @@ async def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
     assert time.monotonic() - signalled < 10  # not after hashing 32 GiB
     assert b"stopping after the objects in hand" in err
     assert b"Traceback" not in err
-    summary = out.decode().splitlines()
-    assert summary[-2:] == [
+    return out.decode(), err
+
+
+async def test_ctrl_c_stops_cleanly(tmp_path: Path) -> None:
+    """SIGINT in the middle of hashing a 32 GiB blob: fsck stops within a moment, prints
+    what it did and says it did not finish (status 130), no traceback."""
+    out, _ = await interrupted_while_hashing(tmp_path / "data")
+    assert out.splitlines()[-2:] == [
         "interrupted: the check did not finish; the same command with --resume goes on from "
         "where it stopped",
         "no problems found",
@@ -384,26 +393,8 @@ async def test_an_interrupted_check_resumes_where_it_stopped(tmp_path: Path) -> 
     deleted meanwhile is not reported), judges the rest, counts all four in its summary and
     removes the checkpoint; a check without --resume starts over and finds the deleted one."""
     data_dir = tmp_path / "data"
-    small = [zeros(1000), zeros(1001), zeros(1002)]
-    big = BlobRow("sha256:" + "ff" * 32, paths.blob("ff" * 32), 32 << 30)
-    await store_with(data_dir, [*small, big])
-    proc = await asyncio.create_subprocess_exec(
-        *fsck_argv(data_dir, "--verify-digests"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=command_env(),
-    )
-    try:
-        assert proc.stderr is not None
-        await asyncio.wait_for(proc.stderr.readline(), 30)
-        await asyncio.sleep(1)  # hashing the big one by now
-        proc.send_signal(signal.SIGINT)
-        out, err = await asyncio.wait_for(proc.communicate(), 30)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode == 130, (out, err)
+    small, big = SMALL, BIG
+    await interrupted_while_hashing(data_dir)
     state_file = data_dir / "fsck.state"
     saved = json.loads(state_file.read_text())
     assert saved["phase"] == "blobs"
