@@ -48,7 +48,7 @@ import asyncpg
 import client
 import psutil
 import workloads as wl
-from servers import DISTRIBUTION_BIN, REPO_ROOT, Distribution, Moorage, Server
+from servers import REPO_ROOT, Distribution, Moorage, Server
 
 import bench
 
@@ -270,32 +270,19 @@ class DistributionS3(Distribution):
         for key in [k for k in self.base_env if k.startswith("AWS_")]:
             del self.base_env[key]
 
-    def command(self) -> list[str]:
-        config = self.root / "config.yml"
+    def config(self) -> dict[str, Any]:
         s3 = self.s3
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n"
-            "  level: warn\n"
-            "  accesslog:\n"
-            "    disabled: true\n"
-            "storage:\n"
-            "  s3:\n"
-            f"    accesskey: {json.dumps(s3['S3_ACCESS_KEY'])}\n"
-            f"    secretkey: {json.dumps(s3['S3_SECRET_KEY'])}\n"
-            f"    region: {s3['S3_REGION']}\n"
-            f"    regionendpoint: {s3['S3_ENDPOINT']}\n"
-            f"    bucket: {self.bucket}\n"
-            "    secure: false\n"
-            "    v4auth: true\n"
-            "  delete:\n"
-            "    enabled: true\n"
-            "  redirect:\n"
-            "    disable: true\n"
-            "http:\n"
-            f"  addr: {self.host}\n"
-        )
-        return [DISTRIBUTION_BIN, "serve", str(config)]
+        driver = {
+            "accesskey": s3["S3_ACCESS_KEY"],
+            "secretkey": s3["S3_SECRET_KEY"],
+            "region": s3["S3_REGION"],
+            "regionendpoint": s3["S3_ENDPOINT"],
+            "bucket": self.bucket,
+            "secure": False,
+            "v4auth": True,
+        }
+        storage = {"s3": driver, "delete": {"enabled": True}, "redirect": {"disable": True}}
+        return {**super().config(), "storage": storage}
 
     def version(self) -> str:
         return super().version() + ", s3 driver on Swift"

@@ -11,13 +11,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.harness import MoorageProcess, ServerProcess  # noqa: E402
+from tests.harness import DistributionProcess, MoorageProcess, ServerProcess  # noqa: E402
 
 DISTRIBUTION_BIN = "/usr/bin/docker-registry"
 START_TIMEOUT = 60.0
@@ -104,30 +105,15 @@ class Moorage(MoorageProcess, Server):
         return f"moorage {where}, python {sys.version.split()[0]}, {self.workers} workers"
 
 
-class Distribution(Server):
-    name = "distribution"
+class Distribution(Server, DistributionProcess):
+    """The harness's Distribution, without its access log (as Moorage's benchmark runs)."""
+
     label = "Distribution"
 
-    def __init__(self, root: Path) -> None:
-        super().__init__(root)
-
-    def command(self) -> list[str]:
-        config = self.root / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n"
-            "  level: warn\n"
-            "  accesslog:\n"
-            "    disabled: true\n"
-            "storage:\n"
-            "  filesystem:\n"
-            f"    rootdirectory: {self.root / 'data'}\n"
-            "  delete:\n"
-            "    enabled: true\n"
-            "http:\n"
-            f"  addr: {self.host}\n"
-        )
-        return [DISTRIBUTION_BIN, "serve", str(config)]
+    def config(self) -> dict[str, Any]:
+        config = super().config()
+        config["log"]["accesslog"] = {"disabled": True}
+        return config
 
     def version(self) -> str:
         try:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import shutil
 import signal
 import ssl
 import subprocess
@@ -271,6 +272,32 @@ class ServerProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=STOP_TIMEOUT)
         self.kill_group()
+
+
+class DistributionProcess(ServerProcess):
+    """`docker-registry serve` (CNCF Distribution, Debian's package) on 127.0.0.1. `config()`
+    is its configuration: filesystem storage in `root/data`, deletes on; subclasses add to it
+    (credentials, schema 1, another storage driver)."""
+
+    name = "distribution"
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "version": "0.1",
+            "log": {"level": "warn"},
+            "storage": {
+                "filesystem": {"rootdirectory": str(self.root / "data")},
+                "delete": {"enabled": True},
+            },
+            "http": {"addr": self.host},
+        }
+
+    def command(self) -> list[str]:
+        binary = shutil.which("docker-registry")
+        assert binary, "docker-registry is not installed: run scripts/install-test-deps.sh"
+        path = self.root / "config.yml"
+        path.write_text(yaml.safe_dump(self.config()))
+        return [binary, "serve", str(path)]
 
 
 class MoorageProcess(ServerProcess):

@@ -31,6 +31,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -45,10 +46,9 @@ from tests.clients.conftest import (
     ContainersTool,
     Registry,
     clean_env,
-    require_binary,
     serve,
 )
-from tests.harness import REPO_ROOT, ServerProcess
+from tests.harness import REPO_ROOT, DistributionProcess
 from tests.images import make_artifact, make_image, make_index
 
 pytestmark = [pytest.mark.clients, pytest.mark.timeout(600)]
@@ -58,30 +58,11 @@ PULL = ("copy", "--src-tls-verify=false", "--all", "--preserve-digests")
 NOTLS = "--tls-verify=false"
 
 
-class DistributionServer(ServerProcess):
-    """`docker-registry serve` on 127.0.0.1 with a filesystem root in `root/data`, deletes on,
-    schema 1 pushes accepted."""
+class DistributionServer(DistributionProcess):
+    """Distribution with schema 1 pushes accepted (the importer's schema 1 cases)."""
 
-    name = "distribution"
-
-    def command(self) -> list[str]:
-        config = self.root / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n"
-            "  level: warn\n"
-            "storage:\n"
-            "  filesystem:\n"
-            f"    rootdirectory: {self.root / 'data'}\n"
-            "  delete:\n"
-            "    enabled: true\n"
-            "http:\n"
-            f"  addr: {self.host}\n"
-            "compatibility:\n"
-            "  schema1:\n"
-            "    enabled: true\n"
-        )
-        return [require_binary("docker-registry"), "serve", str(config)]
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "compatibility": {"schema1": {"enabled": True}}}
 
 
 @dataclass

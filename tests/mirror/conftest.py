@@ -30,41 +30,24 @@ from tests.api.helpers import (
     make_oci_manifest,
     sha256,
 )
-from tests.clients.conftest import require_binary
 from tests.conftest import PASSWORD, USER
-from tests.harness import LOOPBACK, ServerProcess
+from tests.harness import LOOPBACK, DistributionProcess
 from tests.images import Image
 
 # Hop-by-hop and framing headers the proxy does not pass on (aiohttp frames its own answer).
 _HOP = {"connection", "keep-alive", "transfer-encoding", "host", "content-length"}
 
 
-class AuthDistribution(ServerProcess):
-    """`docker-registry serve` on 127.0.0.1 asking for Basic credentials (htpasswd)."""
-
-    name = "distribution"
+class AuthDistribution(DistributionProcess):
+    """Distribution asking for Basic credentials (htpasswd)."""
 
     def __init__(self, root: Path, htpasswd: Path) -> None:
         super().__init__(root, ready=(401,))
         self.htpasswd = htpasswd
 
-    def command(self) -> list[str]:
-        config = self.root / "config.yml"
-        config.write_text(
-            "version: 0.1\n"
-            "log:\n"
-            "  level: warn\n"
-            "storage:\n"
-            "  filesystem:\n"
-            f"    rootdirectory: {self.root / 'data'}\n"
-            "auth:\n"
-            "  htpasswd:\n"
-            "    realm: upstream\n"
-            f"    path: {self.htpasswd}\n"
-            "http:\n"
-            f"  addr: {self.host}\n"
-        )
-        return [require_binary("docker-registry"), "serve", str(config)]
+    def config(self) -> dict[str, Any]:
+        auth = {"htpasswd": {"realm": "upstream", "path": str(self.htpasswd)}}
+        return {**super().config(), "auth": auth}
 
 
 class CountingProxy:
