@@ -9,14 +9,15 @@ any repository.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from moorage.api import http
+from moorage.api.context import registry
 from moorage.api.maintenance import MAINTENANCE
 from moorage.errors import BlobUnknown, Denied, ManifestUnknown, NameUnknown, Unavailable
-from moorage.mirror.cache import Mirror, Target
+from moorage.mirror.cache import BlobFetch, LeftBehind, Mirror, Reader, Target
 
 log = logging.getLogger("moorage.mirror")
 
@@ -91,12 +92,21 @@ async def before_v1(request: web.Request, route: str, params: dict[str, str]) ->
 async def _stream(
     request: web.Request,
     response: web.StreamResponse,
-    chunks: AsyncIterator[bytes],
+    fetch: BlobFetch,
+    reader: Reader,
     params: dict[str, str],
 ) -> None:
     try:
-        async for chunk in chunks:
-            await response.write(chunk)
+        try:
+            async for chunk in fetch.read(reader):
+                await response.write(chunk)
+        except LeftBehind as behind:
+            # Too slow to be kept up with in memory: the rest comes from storage once there.
+            await fetch.wait()
+            blobs = registry(request).blobs
+            blob = await blobs.get(params["repository"], params["digest"])
+            async for chunk in blobs.read(blob, behind.offset, blob.size - behind.offset):
+                await response.write(chunk)
     except Exception as exc:
         if http.client_went_away(request, exc):
             raise
@@ -143,7 +153,7 @@ async def _blob(
             response.content_length = size
         await response.prepare(request)
         if reader is not None:
-            await _stream(request, response, fetch.read(reader), params)
+            await _stream(request, response, fetch, reader, params)
     finally:
         if reader is not None:
             fetch.close(reader)

@@ -7,9 +7,10 @@ leaves the cached tag served as it is, with a warning in the log.
 
 Blobs: one upstream GET per missing blob at a time in this process (`BlobFetch`), read by
 every client that asks for it meanwhile, as it arrives, while the same bytes are hashed and
-written to an upload session of the content layer; the blob is committed only when whole and
-its digest verified. If the upstream breaks off, the session is dropped and every reader's
-connection is cut: a client sees a short body, never a wrong one.
+written to an upload session of the content layer (a little behind the clients, within
+`WINDOW`); the blob is committed only when whole and its digest verified. If the upstream
+breaks off, the session is dropped and every reader's connection is cut: a client sees a
+short body, never a wrong one.
 """
 
 from __future__ import annotations
@@ -81,40 +82,93 @@ class FetchBroken(Exception):
     """The upstream fetch a reader was following failed after its answer had begun."""
 
 
-class BlobFetch:
-    """One upstream GET of a blob, read by any number of clients while it arrives.
+class LeftBehind(Exception):
+    """A client fell more than `WINDOW` behind the upstream: it goes on from storage, at
+    `offset`, once the blob is stored (`BlobFetch.wait`)."""
 
-    Bytes stay in memory only until every reader has passed them: a client that asks once
-    some are gone (`open` answers None) waits for the blob to be stored and reads it from
-    there. A reader that falls behind the upstream keeps what it has not read yet."""
+    def __init__(self, offset: int) -> None:
+        super().__init__(offset)
+        self.offset = offset
+
+
+# What one fetch holds in memory beyond its slowest reader. The store (hash and write) may lag
+# the upstream by this much before the fetch waits for it, so that clients get the bytes as
+# they arrive rather than at the pace of the hash; a client lagging by more is left behind.
+WINDOW = 8 << 20
+
+
+class Reader:
+    __slots__ = ("behind", "index", "offset", "store")
+
+    def __init__(self, store: bool) -> None:
+        self.index = 0  # of its next chunk, in the whole blob
+        self.offset = 0  # bytes it has been given
+        self.store = store
+        self.behind = False
+
+
+class BlobFetch:
+    """One upstream GET of a blob, read as it arrives by the store and any number of clients.
+
+    Memory stays bounded whatever the clients do: bytes are kept only until every reader has
+    passed them, the upstream is read no more than `WINDOW` ahead of the store, and a client
+    more than `WINDOW` behind (slow, or stalled on purpose) is let go of: it waits for the
+    blob to be stored and reads the rest from there. A client that asks once the first bytes
+    are gone (`open` answers None) is served from storage in the same way, from the start.
+
+    A client's answer ends once the blob is stored: its last bytes go out as they arrive,
+    but a blob that fails verification ends the connection instead of the body."""
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.base = 0  # the index, in the whole blob, of chunks[0]
-        self.positions: dict[object, int] = {}  # reader -> index of its next chunk
+        self.received = 0  # bytes from the upstream so far
+        self.readers: list[Reader] = []
+        self.store: Reader | None = None
         self.size: int | None = None
         self.begun = False
-        self.done = False
+        self.complete = False  # every byte received
+        self.done = False  # stored (or failed)
         self.error: BaseException | None = None
         self._changed = asyncio.Event()
+        self._room = asyncio.Event()  # the store is back within WINDOW
 
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
 
     def _trim(self) -> None:
-        low = min(self.positions.values(), default=self.base + len(self.chunks))
+        low = min((r.index for r in self.readers), default=self.base + len(self.chunks))
         if low > self.base:
             del self.chunks[: low - self.base]
             self.base = low
+
+    @property
+    def held(self) -> int:
+        """Bytes in memory now."""
+        return sum(map(len, self.chunks))
 
     def begin(self, size: int | None) -> None:
         self.size, self.begun = size, True
         self._notify()
 
-    def add(self, chunk: bytes) -> None:
+    async def add(self, chunk: bytes) -> None:
+        """A chunk from the upstream; returns once the store is within WINDOW of it."""
         self.chunks.append(chunk)
+        self.received += len(chunk)
+        for reader in [r for r in self.readers if not r.store]:
+            if self.received - reader.offset > WINDOW:
+                reader.behind = True
+                self.readers.remove(reader)
         self._trim()
+        self._notify()
+        while self.store is not None and self.received - self.store.offset > WINDOW:
+            self._room.clear()
+            await self._room.wait()
+
+    def finish(self) -> None:
+        """Every byte received."""
+        self.complete = True
         self._notify()
 
     def end(self, error: BaseException | None) -> None:
@@ -126,17 +180,25 @@ class BlobFetch:
         """Ended without fetching: another worker or node stored the blob."""
         return self.done and not self.begun and self.error is None
 
-    def open(self) -> object | None:
-        """A reader from the first byte; None when the first bytes are gone already."""
+    def open(self, store: bool = False) -> Reader | None:
+        """A reader from the first byte; None when the first bytes are gone already. The
+        store's reader ends with the last byte and holds the upstream back; a client's ends
+        once the blob is stored."""
         if self.base:
             return None
-        reader = object()
-        self.positions[reader] = 0
+        reader = Reader(store)
+        self.readers.append(reader)
+        if store:
+            self.store = reader
         return reader
 
-    def close(self, reader: object) -> None:
-        self.positions.pop(reader, None)
-        self._trim()
+    def close(self, reader: Reader) -> None:
+        if reader is self.store:
+            self.store = None
+            self._room.set()
+        if reader in self.readers:
+            self.readers.remove(reader)
+            self._trim()
 
     async def started(self) -> int | None:
         """The blob's size (None: the upstream did not say) once the upstream answered; what
@@ -154,22 +216,32 @@ class BlobFetch:
         if self.error is not None:
             raise self.error
 
-    async def read(self, reader: object) -> AsyncIterator[bytes]:
-        """The bytes for `reader` (from `open`) as they arrive; FetchBroken if the upstream
-        fetch fails."""
+    async def read(self, reader: Reader) -> AsyncIterator[bytes]:
+        """The bytes for `reader` (from `open`) as they arrive; FetchBroken if the fetch
+        fails, LeftBehind if the client fell too far behind."""
         while True:
-            position = self.positions[reader]
-            if position - self.base < len(self.chunks):
-                chunk = self.chunks[position - self.base]
-                self.positions[reader] = position + 1
+            if reader.behind:
+                raise LeftBehind(reader.offset)
+            position = reader.index - self.base
+            if position < len(self.chunks):
+                chunk = self.chunks[position]
+                reader.index += 1
+                reader.offset += len(chunk)
+                if reader.store and self.received - reader.offset <= WINDOW:
+                    self._room.set()
                 self._trim()
                 yield chunk
-            elif self.done:
-                if self.error is not None:
-                    raise FetchBroken(str(self.error)) from self.error
+            elif self.error is not None:
+                raise FetchBroken(str(self.error)) from self.error
+            elif self.done or (reader.store and self.complete):
                 return
             else:
                 await self._changed.wait()
+
+    def fail(self, error: BaseException) -> None:
+        """The upstream broke off: every reader, the store's included, is told."""
+        self.error = error
+        self._notify()
 
 
 class Mirror:
@@ -427,13 +499,31 @@ class Mirror:
                 # Over a quota: refused before the client's answer begins (DENIED).
                 await self.registry.admit(repository, digest, response.content_length)
             fetch.begin(response.content_length)
+            store = fetch.open(store=True)
+            assert store is not None  # nothing was read yet
+            # The upstream is read by a task of its own, so that clients are not held to the
+            # pace of the hash and the disk (up to WINDOW ahead of them).
+            pump = asyncio.create_task(self._pump(target, response, fetch))
+            try:
+                await self.registry.blobs.upload(
+                    repository, digest, fetch.read(store), response.content_length
+                )
+            except FetchBroken:
+                if isinstance(fetch.error, UpstreamDown):
+                    raise fetch.error from None
+                raise
+            finally:
+                fetch.close(store)
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
 
-            async def body() -> AsyncIterator[bytes]:
-                try:
-                    async for chunk in response.content.iter_any():
-                        fetch.add(chunk)
-                        yield chunk
-                except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                    raise UpstreamDown(f"{target.client.url}: {exc}") from exc
-
-            await self.registry.blobs.upload(repository, digest, body(), response.content_length)
+    @staticmethod
+    async def _pump(target: Target, response: aiohttp.ClientResponse, fetch: BlobFetch) -> None:
+        try:
+            async for chunk in response.content.iter_any():
+                await fetch.add(chunk)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            fetch.fail(UpstreamDown(f"{target.client.url}: {exc}"))
+        else:
+            fetch.finish()

@@ -14,8 +14,10 @@ from aiohttp.test_utils import TestClient
 from click.testing import CliRunner
 
 from moorage.api.context import REGISTRY
+from moorage.api.mirror import MIRROR
 from moorage.app import create_app
 from moorage.cli import main
+from moorage.mirror.cache import WINDOW
 from tests.api.helpers import sha256
 from tests.conftest import PASSWORD, USER
 from tests.mirror.conftest import (
@@ -223,6 +225,46 @@ async def test_a_client_that_joins_a_fetch_late_gets_the_stored_blob(
     second = await asyncio.wait_for(late, 30)
     assert second.status == 200 and await second.read() == big
     assert proxy.count("GET", f"/v2/team/late/blobs/{digest}") == 1
+
+
+async def test_a_stalled_client_holds_no_memory_and_goes_on_from_storage(
+    mirror: Client, upstream: UpstreamWriter, proxy: CountingProxy
+) -> None:
+    """A client that stops reading during the fetch cannot make the registry keep the blob in
+    memory (nor hold up the fetch or the other clients): once more than WINDOW behind, it is
+    let go of, and when it reads again it gets the rest from storage, every byte right."""
+    big = os.urandom(48 << 20)
+    await upstream.push_image("team/stall", "v1", [big])
+    digest = sha256(big)
+    path = f"/v2/up/team/stall/blobs/{digest}"
+    stalled = await mirror.get(path)
+    assert stalled.status == 200
+    head = await stalled.content.readexactly(1 << 20)
+    fetch = mirror.app[MIRROR]._blobs[("up/team/stall", digest)]
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        while True:
+            peak = max(peak, fetch.held)
+            await asyncio.sleep(0.002)
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        other = await mirror.get(path)
+        assert other.status == 200 and sha256(await other.read()) == digest
+        registry = mirror.app[REGISTRY]
+        for _ in range(200):  # stored while the first client still reads nothing
+            if await registry.metadata.blob(digest) is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert await registry.metadata.blob(digest) is not None
+    finally:
+        watcher.cancel()
+    # Before the window, the stalled client kept about 40 MiB of the 48 in memory.
+    assert 0 < peak <= WINDOW + (4 << 20), peak
+    assert head + await stalled.read() == big
+    assert proxy.count("GET", f"/v2/team/stall/blobs/{digest}") == 1
 
 
 async def test_read_only_serves_only_what_is_cached(
