@@ -40,6 +40,7 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import limits
+import link
 import workloads as wl
 from client import BenchError
 from profiling import PySpy, summarize
@@ -47,6 +48,10 @@ from servers import ClientUsage, Distribution, Monitor, Moorage, Server, busy_se
 
 BENCH_DIR = Path(__file__).resolve().parent
 TOOLS = ("curl", "wrk", "hey", "skopeo", "/usr/bin/docker-registry")
+# The link between the mirror and its upstream in the mirror workload (bench/link.py): a
+# gigabit link with a 10 ms round trip, a fast one for a registry that mirrors Docker Hub.
+LINK_MBPS = 125.0
+LINK_RTT_MS = 10.0
 
 
 def machine_info() -> dict[str, Any]:
@@ -351,7 +356,16 @@ class Runner:
         workers = args.workers or os.cpu_count() or 1
         root = Path(tempfile.mkdtemp(prefix="moorage-bench-", dir=args.data_root))
         distribution = Distribution(root / "dist")
-        moorage = Moorage(root / "moorage", workers, args.moorage_rev, mirror_of=distribution.url)
+        # The mirror workload's upstream over a network link (bench/link.py), as well as
+        # straight over loopback.
+        relay = link.LinkProcess(distribution.url.removeprefix("http://"), LINK_MBPS, LINK_RTT_MS)
+        moorage = Moorage(
+            root / "moorage",
+            workers,
+            args.moorage_rev,
+            mirror_of=distribution.url,
+            mirror_link=relay.url,
+        )
         servers: list[Server] = [moorage, distribution]
         started = time.time()
         self.results = {
@@ -368,6 +382,7 @@ class Runner:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, main_task.cancel)
         try:
+            await asyncio.to_thread(relay.start_and_wait)
             for s in servers:
                 await asyncio.to_thread(s.start_and_wait)
                 self.results["servers"][s.name] = {"version": s.version(), "url": s.url}
@@ -381,6 +396,7 @@ class Runner:
                     # The upstream of the mirror workload (unless Distribution had to move
                     # to another port when it started).
                     ctx.of(moorage)["mirror_upstream"] = moorage.mirror_of
+                    ctx.of(moorage)["mirror_link"] = relay.url
                 await self.measure_limits(root, "before")
                 await self.run_workloads(wl.ALL, chosen, servers, ctx)
                 await self.measure_limits(root, "after")
@@ -389,6 +405,7 @@ class Runner:
         finally:
             for s in servers:
                 s.stop()
+            relay.stop()
             apply_limits(self.results)
             self.results["elapsed_s"] = time.time() - started
             self.results["failures"] = self.failures

@@ -18,7 +18,11 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.harness import DistributionProcess, MoorageProcess, ServerProcess  # noqa: E402
+from tests.harness import (  # noqa: E402
+    DistributionProcess,
+    MoorageProcess,
+    ServerProcess,
+)
 
 DISTRIBUTION_BIN = "/usr/bin/docker-registry"
 START_TIMEOUT = 60.0
@@ -44,10 +48,16 @@ class Moorage(MoorageProcess, Server):
     label = "Moorage"
 
     def __init__(
-        self, root: Path, workers: int, rev: str | None = None, mirror_of: str | None = None
+        self,
+        root: Path,
+        workers: int,
+        rev: str | None = None,
+        mirror_of: str | None = None,
+        mirror_link: str | None = None,
     ) -> None:
         """`mirror_of`: a registry's URL to mirror under the prefix `mirror` (the mirror
-        workload), when the code run has the pull-through cache."""
+        workload), when the code run has the pull-through cache; `mirror_link`: the same
+        registry through a network link (bench/link.py), mirrored under `mirror-link`."""
         source = None
         if rev is not None:
             # A clean copy of that commit's package, so other people's uncommitted changes in
@@ -64,8 +74,10 @@ class Moorage(MoorageProcess, Server):
         self.mirror_of = mirror_of if "class ProxySettings" in config_py.read_text() else None
         config = None
         if self.mirror_of is not None:
-            upstream = {"prefix": "mirror", "url": self.mirror_of, "ttl": "1h"}
-            config = {"proxy": {"upstreams": [upstream]}}
+            upstreams = [{"prefix": "mirror", "url": self.mirror_of, "ttl": "1h"}]
+            if mirror_link is not None:
+                upstreams.append({"prefix": "mirror-link", "url": mirror_link, "ttl": "1h"})
+            config = {"proxy": {"upstreams": upstreams}}
         super().__init__(
             root / "data",
             root,
