@@ -1,5 +1,6 @@
 """The pages: one handler each, rendering a jinja2 template (autoescaped: every string a user
-or a manifest supplied is escaped) with the security headers every page carries.
+or a manifest supplied is escaped) with the security headers every page carries. What a page
+shows comes from the content layer (`moorage/content/browse.py`), as the API's answers do.
 
 Who is asking comes from the session cookie (`sessions.py`); what they may see and do is the
 API's answer for the same user (`Policy.allowed`): a repository they may not pull does not
