@@ -1,5 +1,5 @@
-"""Queries for the web interface (moorage/ui): what its pages list, a page at a time. A mixin
-of `MetadataStore`.
+"""Queries for the web interface (moorage/ui, through moorage/content/browse.py): what its
+pages list, a page at a time. A mixin of `MetadataStore`.
 
 Every page is a bounded number of statements whatever its length (no query per row): the
 caller names the rows of the page (repository names from the catalog, or a keyset position in
@@ -580,21 +580,3 @@ def _referenced_sizes(conn: Connection, repo: int, digests: list[str]) -> dict[s
     for digest, total in conn.execute(own).all():
         sizes[digest] += int(total or 0)
     return sizes
-
-
-def parse_after(value: str | None, order: TagOrder) -> tuple[float, str] | str | None:
-    """A keyset position as the web interface writes it into its links: a tag name, or
-    `<pushed>:<name>` newest-first (tag names have no colon)."""
-    if not value:
-        return None
-    if order == "name":
-        return value
-    pushed, sep, name = value.partition(":")
-    try:
-        return (float(pushed), name) if sep else None
-    except ValueError:
-        return None
-
-
-def format_after(tag: TagSummary, order: TagOrder) -> str:
-    return tag.name if order == "name" else f"{tag.pushed!r}:{tag.name}"

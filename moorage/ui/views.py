@@ -1,5 +1,6 @@
 """The pages: one handler each, rendering a jinja2 template (autoescaped: every string a user
-or a manifest supplied is escaped) with the security headers every page carries.
+or a manifest supplied is escaped) with the security headers every page carries. What a page
+shows comes from the content layer (`moorage/content/browse.py`), as the API's answers do.
 
 Who is asking comes from the session cookie (`sessions.py`); what they may see and do is the
 API's answer for the same user (`Policy.allowed`): a repository they may not pull does not
@@ -9,13 +10,12 @@ the API would accept the delete.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 import jinja2
 from aiohttp import web
@@ -24,28 +24,15 @@ from moorage.api.context import AUTH, EVENTS, REGISTRY, REQUEST_ID, SETTINGS
 from moorage.api.maintenance import MAINTENANCE
 from moorage.api.proxy import client_address, external_base
 from moorage.auth.service import BadCredentials, Credentials, RateLimited
-from moorage.config import Upstream
-from moorage.content import jsondoc, manifests, names
+from moorage.content import names
+from moorage.content.browse import Browse
 from moorage.content.events import RequestInfo, Target
-from moorage.content.registry import CatalogFilter, Registry
+from moorage.content.registry import Registry
 from moorage.errors import RegistryError
-from moorage.metadata import MetadataStore
-from moorage.metadata.browse import TagOrder, format_after, parse_after
 from moorage.mirror.client import DOCKER_HUB
 from moorage.ui.sessions import Session, Sessions
 
 PAGE_SIZE = 50
-# Garbage collection cycles listed on the storage page, newest first.
-GC_RUNS_SHOWN = 10
-# What a page shows of a long list or document, at most: every page stays well under 200 KB.
-RAW_LIMIT = 64 * 1024
-CONFIG_LIMIT = 1 << 20
-# Rows of a list on a page (layers, platforms, history, referrers, labels), and characters of
-# a string a manifest or config supplies (a command, a label's value).
-LIST_LIMIT = 100
-TEXT_LIMIT = 300
-# Platforms named in a row of the tags (the manifest's page lists them all).
-ROW_PLATFORMS = 8
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -104,27 +91,6 @@ def short_digest(value: str) -> str:
     return f"{algorithm}:{hex_[:12]}" if hex_ else value
 
 
-KINDS = {
-    manifests.OCI_MANIFEST: "OCI image",
-    manifests.OCI_INDEX: "OCI index",
-    manifests.DOCKER_MANIFEST: "Docker image",
-    manifests.DOCKER_LIST: "Docker manifest list",
-    manifests.SCHEMA1_SIGNED: "Docker schema 1",
-    manifests.SCHEMA1: "Docker schema 1",
-}
-# What an image manifest's artifact type is when it is no artifact: its config's media type.
-IMAGE_CONFIGS = frozenset(
-    {"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"}
-)
-
-
-def kind(media_type: str, artifact_type: str | None) -> str:
-    """What a manifest is, in words: an artifact's type, else the kind of image or index."""
-    if artifact_type and artifact_type not in IMAGE_CONFIGS:
-        return artifact_type
-    return KINDS.get(media_type, media_type)
-
-
 # -- who is asking ---------------------------------------------------------------------
 
 
@@ -145,6 +111,10 @@ def _pages(request: web.Request) -> Pages:
 
 def _registry(request: web.Request) -> Registry:
     return request.app[REGISTRY]
+
+
+def _browse(request: web.Request) -> Browse:
+    return Browse(request.app[REGISTRY])
 
 
 def _secure(request: web.Request) -> bool:
@@ -237,30 +207,24 @@ def _repository(request: web.Request, who: Visitor, given: str) -> str | None:
 
 async def repositories(request: web.Request) -> web.Response:
     who = visitor(request)
-    registry, auth = _registry(request), request.app[AUTH]
     term = request.query.get("q", "").strip()[:255]
     after = request.query.get("after") or None
-    policy = auth.policy
+    policy = request.app[AUTH].policy
     globs: tuple[str, ...] | None = None
     if policy.enabled and not policy.sees_everything(who.user):
         globs = policy.pull_globs(who.user)
-    only = None
-    if globs is not None or term:
 
-        def visible(name: str) -> bool:
-            return "pull" in policy.allowed(who.user, "repository", name)
+    def visible(name: str) -> bool:
+        return "pull" in policy.allowed(who.user, "repository", name)
 
-        only = CatalogFilter(globs if globs is not None else ("*",), visible, contains=term)
-    page = await registry.catalog(after, PAGE_SIZE, only)
-    rows = await registry.metadata.repository_summaries(page.items)
-    following = page.next_last
+    page = await _browse(request).repositories(after, PAGE_SIZE, term, globs, visible)
     next_url = None
-    if following is not None:
-        query = {"after": following, **({"q": term} if term else {})}
+    if page.following is not None:
+        query = {"after": page.following, **({"q": term} if term else {})}
         next_url = "?" + urlencode(query)
     template = "repository_rows.html" if request.query.get("fragment") else "repositories.html"
     return render(
-        request, who, template, title="Repositories", rows=rows, term=term, next_url=next_url
+        request, who, template, title="Repositories", rows=page.rows, term=term, next_url=next_url
     )
 
 
@@ -272,31 +236,14 @@ async def repository(request: web.Request) -> web.Response:
     name = _repository(request, who, request.match_info["name"])
     if name is None:
         return not_found(request, who, "No such repository.")
-    order: TagOrder = "pushed" if request.query.get("sort") == "pushed" else "name"
-    after = parse_after(request.query.get("after"), order)
-    tags = await _registry(request).metadata.tag_page(
-        name, order, after, PAGE_SIZE + 1, expand=manifests.INDEX_TYPES
+    page = await _browse(request).tags(
+        name, request.query.get("sort"), request.query.get("after"), PAGE_SIZE
     )
-    if tags is None:
+    if page is None:
         return not_found(request, who, "No such repository.")
-    more = len(tags) > PAGE_SIZE
-    tags = tags[:PAGE_SIZE]
     next_url = None
-    if more and tags:
-        next_url = "?" + urlencode({"sort": order, "after": format_after(tags[-1], order)})
-    origins = await _registry(request).metadata.v1_origins(name, [t.digest for t in tags])
-    rows = []
-    for tag in tags:
-        platforms = _platforms(tag.content)
-        rows.append(
-            {
-                "v1": origins.get(tag.digest),
-                "tag": tag,
-                "kind": kind(tag.media_type, tag.artifact_type),
-                "platforms": platforms[:ROW_PLATFORMS],
-                "more_platforms": len(platforms) - len(platforms[:ROW_PLATFORMS]),
-            }
-        )
+    if page.following is not None:
+        next_url = "?" + urlencode({"sort": page.order, "after": page.following})
     host = external_base(request).split("://", 1)[-1]
     return render(
         request,
@@ -304,34 +251,13 @@ async def repository(request: web.Request) -> web.Response:
         "repository.html",
         title=name,
         name=name,
-        rows=rows,
-        order=order,
+        rows=page.rows,
+        order=page.order,
         next_url=next_url,
         host=host,
         deletable=can_delete(request, who.user, name),
         deleted=request.query.get("deleted"),
     )
-
-
-def _platforms(content: bytes | None) -> list[str]:
-    if content is None:
-        return []
-    try:
-        document = jsondoc.loads(content)
-    except ValueError:
-        return []
-    entries = document.get("manifests") if isinstance(document, dict) else None
-    found = []
-    for entry in _list(entries)[:LIST_LIMIT]:
-        platform = entry.get("platform") if isinstance(entry, dict) else None
-        if isinstance(platform, dict) and platform.get("os"):
-            found.append(_text(_platform_name(platform))[:60])
-    return found
-
-
-def _platform_name(platform: dict[str, Any]) -> str:
-    parts = [platform.get("os"), platform.get("architecture"), platform.get("variant")]
-    return "/".join(str(p) for p in parts if p)
 
 
 # -- a manifest --------------------------------------------------------------------------
@@ -342,151 +268,12 @@ async def manifest(request: web.Request) -> web.Response:
     name = _repository(request, who, request.match_info["name"])
     if name is None:
         return not_found(request, who, "No such repository.")
-    digest = request.match_info["digest"]
-    registry = _registry(request)
     try:
-        stored = await registry.get_manifest(name, digest)
+        context = await _browse(request).manifest(name, request.match_info["digest"])
     except RegistryError:
         return not_found(request, who, "No such manifest in this repository.")
-    try:
-        document = jsondoc.loads(stored.content)
-    except ValueError:
-        document = {}
-    if not isinstance(document, dict):
-        document = {}
-    context: dict[str, Any] = {
-        "name": name,
-        "digest": stored.digest,
-        "media_type": stored.media_type,
-        "size": len(stored.content),
-        "annotations": _strings(document.get("annotations")),
-        "subject": _descriptor(document.get("subject")),
-        "artifact_type": _text(document.get("artifactType")),
-        "children": [],
-        "layers": [],
-        "layers_total": 0,
-        "history": [],
-        "labels": {},
-        "hidden": {},
-    }
-    hidden = context["hidden"]
-    if stored.media_type in manifests.INDEX_TYPES:
-        children = [d for d in map(_descriptor, _list(document.get("manifests"))) if d]
-        hidden["children"] = max(0, len(children) - LIST_LIMIT)
-        children = children[:LIST_LIMIT]
-        sizes = await registry.metadata.referenced_sizes(name, [c["digest"] for c in children])
-        for child in children:
-            child["total"] = child["size"] + sizes.get(child["digest"], 0)
-        context["children"] = children
-    elif stored.media_type in manifests.IMAGE_TYPES:
-        layers = [d for d in map(_descriptor, _list(document.get("layers"))) if d]
-        context["layers"] = layers[:LIST_LIMIT]
-        context["layers_total"] = sum(layer["size"] for layer in layers)
-        hidden["layers"] = max(0, len(layers) - LIST_LIMIT)
-        config = _descriptor(document.get("config"))
-        if config is not None:
-            details = await _config(registry, name, config)
-            context.update(details)
-            _pair_history(context["history"], layers)
-            hidden["history"] = max(0, details.get("history_count", 0) - LIST_LIMIT)
-            context["history"] = context["history"][:LIST_LIMIT]
-    referrers = await registry.referrers(name, stored.digest, None, None)
-    found = [d for d in map(_descriptor, referrers.descriptors) if d]
-    context["referrers"] = found[:LIST_LIMIT]
-    hidden["referrers"] = max(0, len(found) - LIST_LIMIT)
-    context["tags"] = await registry.metadata.tag_pushes(name, stored.digest)
-    hidden["tags"] = max(0, len(context["tags"]) - LIST_LIMIT)
-    context["tags"] = context["tags"][:LIST_LIMIT]
-    context["v1"] = (await registry.metadata.v1_origins(name, [stored.digest])).get(stored.digest)
-    context["raw"], context["raw_truncated"] = _raw(stored.content)
     context["deletable"] = can_delete(request, who.user, name)
-    return render(request, who, "manifest.html", title=f"{name}@{stored.digest}", **context)
-
-
-def _text(value: Any) -> str:
-    """A string from a document, cut to what a page shows."""
-    text = "" if value is None else str(value)
-    return text if len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + "…"
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _strings(value: Any) -> dict[str, str]:
-    """The first LIST_LIMIT entries of a map of strings (labels, annotations), cut to size."""
-    if not isinstance(value, dict):
-        return {}
-    return {_text(k): _text(v) for k, v in list(value.items())[:LIST_LIMIT]}
-
-
-def _descriptor(value: Any) -> dict[str, Any] | None:
-    if not isinstance(value, dict) or not isinstance(value.get("digest"), str):
-        return None
-    size = value.get("size")
-    platform = value.get("platform")
-    return {
-        "digest": _text(value["digest"]),
-        "media_type": _text(value.get("mediaType")),
-        "size": size if isinstance(size, int) else 0,
-        "artifact_type": _text(value.get("artifactType")),
-        "platform": _platform_name(platform) if isinstance(platform, dict) else "",
-        "annotations": _strings(value.get("annotations")),
-    }
-
-
-async def _config(registry: Registry, name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """History, labels and platform from an image's config blob (if not too large to read)."""
-    if config["size"] > CONFIG_LIMIT or not config["media_type"].endswith("json"):
-        return {}
-    try:
-        blob = await registry.blobs.get(name, config["digest"])
-        data = b"".join([chunk async for chunk in registry.blobs.read(blob, 0, blob.size)])
-        document = jsondoc.loads(data)
-    except (RegistryError, ValueError, OSError):
-        return {}
-    if not isinstance(document, dict):
-        return {}
-    found = document.get("config")
-    inner: dict[str, Any] = found if isinstance(found, dict) else {}
-    entries = [h for h in _list(document.get("history")) if isinstance(h, dict)]
-    history = [
-        {
-            "created": _text(h.get("created")),
-            "created_by": _text(h.get("created_by")),
-            "empty": bool(h.get("empty_layer")),
-            "comment": _text(h.get("comment")),
-            "layer": None,
-        }
-        for h in entries
-    ]
-    command = [*_list(inner.get("Entrypoint")), *_list(inner.get("Cmd"))]
-    return {
-        "history": history,
-        "history_count": len(history),
-        "labels": _strings(inner.get("Labels")),
-        "platform": _text(_platform_name(document)),
-        "command": _text(" ".join(str(c) for c in command)),
-        "created": _text(document.get("created")),
-    }
-
-
-def _pair_history(history: list[dict[str, Any]], layers: list[dict[str, Any]]) -> None:
-    """Each history entry that made a layer gets that layer (they come in the same order)."""
-    made = iter(layers)
-    for entry in history:
-        if not entry["empty"]:
-            entry["layer"] = next(made, None)
-
-
-def _raw(content: bytes) -> tuple[str, bool]:
-    try:
-        text = json.dumps(json.loads(content), indent=2)
-    except ValueError:
-        text = content.decode("utf-8", "replace")
-    if len(text) > RAW_LIMIT:
-        return text[:RAW_LIMIT], True
-    return text, False
+    return render(request, who, "manifest.html", title=f"{name}@{context['digest']}", **context)
 
 
 async def v1_image(request: web.Request) -> web.Response:
@@ -494,26 +281,9 @@ async def v1_image(request: web.Request) -> web.Response:
     who = visitor(request)
     name = _repository(request, who, request.match_info["name"])
     image_id = request.match_info["id"]
-    metadata = _registry(request).metadata
-    if name is None or name not in await metadata.v1_repositories_of(image_id):
+    chain = None if name is None else await _browse(request).v1_image(name, image_id)
+    if name is None or chain is None:
         return not_found(request, who, "No such v1 image in this repository.")
-    chain = []
-    for row in (await metadata.v1_ancestry(image_id))[:LIST_LIMIT]:
-        try:
-            document = jsondoc.loads(row.json)
-        except ValueError:
-            document = {}
-        run = document.get("container_config") if isinstance(document, dict) else None
-        command = run.get("Cmd") if isinstance(run, dict) else None
-        chain.append(
-            {
-                "id": row.id,
-                "created": _text(document.get("created")) if isinstance(document, dict) else "",
-                "command": _text(" ".join(map(str, _list(command)))),
-                "size": row.size,
-                "uploader": row.uploader,
-            }
-        )
     return render(
         request,
         who,
@@ -537,20 +307,10 @@ async def confirm_delete(request: web.Request) -> web.Response:
         return not_found(request, who, "No such repository.")
     if not can_delete(request, who.user, name):
         return not_allowed(request, who)
-    registry = _registry(request)
     try:
-        stored = await registry.get_manifest(name, reference)
+        preview = await _browse(request).delete_preview(name, reference)
     except RegistryError:
         return not_found(request, who, "No such tag or manifest.")
-    by_digest = ":" in reference
-    tags = await registry.metadata.tags_of(name, stored.digest)
-    referrers = await registry.referrers(name, stored.digest, None, None)
-    children = 0
-    if stored.media_type in manifests.INDEX_TYPES:
-        try:
-            children = len(jsondoc.loads(stored.content).get("manifests") or [])
-        except ValueError:
-            children = 0
     return render(
         request,
         who,
@@ -558,12 +318,12 @@ async def confirm_delete(request: web.Request) -> web.Response:
         title="Delete",
         name=name,
         reference=reference,
-        digest=stored.digest,
-        by_digest=by_digest,
-        tags=tags,
-        other_tags=[t for t in tags if t != reference],
-        referrers=[d for d in map(_descriptor, referrers.descriptors) if d],
-        children=children,
+        digest=preview.digest,
+        by_digest=":" in reference,
+        tags=preview.tags,
+        other_tags=[t for t in preview.tags if t != reference],
+        referrers=preview.referrers,
+        children=preview.children,
     )
 
 
@@ -688,11 +448,8 @@ async def storage(request: web.Request) -> web.Response:
             title="Not allowed",
             message="Storage usage is shown to administrators (auth.admins).",
         )
-    metadata = _registry(request).metadata
-    status = await metadata.storage_status()
-    runs = await metadata.gc_runs(GC_RUNS_SHOWN)
-    quotas = {q.namespace.strip("/"): q.bytes for q in settings.quotas}
-    largest = max((n.size for n in status.namespaces), default=0)
+    usage = await _browse(request).storage(DOCKER_HUB)
+    status = usage.status
     starts = [d.start for d in status.days]
     return render(
         request,
@@ -705,38 +462,14 @@ async def storage(request: web.Request) -> web.Response:
         pushes=_bars([d.pushes for d in status.days], starts),
         pulls=_bars([d.pulls for d in status.days], starts),
         pulled=_bars([d.pulled_bytes for d in status.days], starts),
-        quotas=quotas,
-        largest=max(largest, 1),
-        total=sum(n.size for n in status.namespaces),
+        quotas=usage.quotas,
+        largest=usage.largest,
+        total=usage.total,
         gc_interval=settings.gc.interval,
-        runs=runs,
-        upstreams=await _upstreams(metadata, settings.proxy.upstreams),
+        runs=usage.runs,
+        upstreams=usage.upstreams,
         now=time.time(),
     )
-
-
-async def _upstreams(metadata: MetadataStore, upstreams: list[Upstream]) -> list[dict[str, Any]]:
-    """Each mirrored upstream with the repositories and bytes cached under its prefix (the
-    default upstream's: the names under no other prefix that its `repositories` allow)."""
-    if not upstreams:
-        return []
-    default = next((u for u in upstreams if not u.prefix), None)
-    cached = await metadata.usage_under(
-        [u.prefix for u in upstreams if u.prefix],
-        None if default is None else default.repositories,
-        # Docker Hub's `library/x` is `x` here (moorage/mirror/client.py).
-        library=default is not None and (urlsplit(default.url).hostname or "") in DOCKER_HUB,
-    )
-    return [
-        {
-            "prefix": u.prefix,
-            "url": u.url,
-            "ttl": u.ttl,
-            "repositories": u.repositories,
-            "cached": cached.get(u.prefix, (0, 0)),
-        }
-        for u in sorted(upstreams, key=lambda u: u.prefix)
-    ]
 
 
 CHART_HEIGHT = 100
