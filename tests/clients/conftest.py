@@ -920,3 +920,38 @@ def running_dockerd(
         if created_run_docker:
             with contextlib.suppress(OSError):
                 Path("/run/docker").rmdir()
+
+
+CONTAINERD_START_TIMEOUT = 30.0
+
+
+@contextlib.contextmanager
+def private_containerd(base: Path) -> Iterator[list[str]]:
+    """containerd with all its state under `base` (the CRI plugin and /opt/containerd off);
+    yields the ctr command that talks to it; stopped by its PID."""
+    config = base / "containerd.toml"
+    off = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"]
+    config.write_text(f"version = 2\ndisabled_plugins = {json.dumps(off)}\n")
+    sock = base / "c.sock"
+    log = base / "containerd.log"
+    dirs = ["--root", str(base / "root"), "--state", str(base / "state")]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [require_binary("containerd"), "--config", str(config), "--address", str(sock), *dirs],
+            env=clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    ctr = [require_binary("ctr"), "--address", str(sock), "--namespace", "moorage-test"]
+    try:
+        deadline = time.monotonic() + CONTAINERD_START_TIMEOUT
+        while run([*ctr, "version"], check=False, timeout=10).returncode != 0:
+            assert proc.poll() is None, f"containerd exited:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"containerd did not start:\n{tail(log)}"
+            time.sleep(0.2)
+        yield ctr
+    finally:
+        stop_process(proc)
+        shutil.rmtree(base / "root", ignore_errors=True)
+        shutil.rmtree(base / "state", ignore_errors=True)

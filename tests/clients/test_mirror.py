@@ -1,7 +1,8 @@
 """The pull-through cache with real clients and real upstreams (docs/mirror.md): skopeo and
 podman pull by tag and by digest through a Moorage that mirrors a CNCF Distribution (htpasswd,
 Basic) and a second Moorage (token authentication); a docker daemon started with
-`registry-mirrors` pulls an unprefixed name through the default upstream."""
+`registry-mirrors` pulls an unprefixed name through the default upstream; containerd pulls
+Docker Hub and ghcr.io names through the mirror by the hosts.toml files of docs/mirror.md."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from tests.clients.conftest import (
     ContainersRun,
     Registry,
     ServerFactory,
+    private_containerd,
+    run,
     running_dockerd,
 )
 from tests.images import make_busybox_image, make_image, verify_layout
@@ -147,3 +150,54 @@ def test_docker_registry_mirror_pulls_through_the_default_upstream(
         shutil.rmtree(base, ignore_errors=True)
     cached = mirror.request("GET", "/v2/library/mirrorbox/tags/list")
     assert json.loads(cached.body)["tags"] == ["latest"]
+
+
+def test_containerd_pulls_through_the_mirror_by_hosts_toml(
+    moorage_server: ServerFactory,
+    containers_for: Callable[[Registry], ContainersRun],
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The two hosts.toml forms of docs/mirror.md, on plain HTTP: Docker Hub through the default
+    upstream, ghcr.io through a prefix with `override_path`. Neither upstream host is reachable
+    from here, so a pull that succeeds came through the mirror."""
+    upstream = moorage_server("token", tls=False)
+    entries = [upstream_entry("", upstream.url), upstream_entry("ghcr", upstream.url)]
+    mirror = moorage_server(tls=False, config={"proxy": {"upstreams": entries}})
+    skopeo = containers_for(mirror).skopeo()
+    hub = make_busybox_image(tmp_path / "hub", "latest")
+    app = make_image(tmp_path / "app", layers=[1 << 20, 4096], seed=1131, tag="v1")
+    for img, name in ((hub, "library/ctrbox:latest"), (app, "owner/ctrapp:v1")):
+        skopeo(
+            "copy",
+            "--dest-tls-verify=false",
+            "--dest-creds",
+            CREDS,
+            img.ref,
+            f"docker://{upstream.host}/{name}",
+        )
+    hosts = tmp_path / "certs.d"
+    (hosts / "docker.io").mkdir(parents=True)
+    (hosts / "docker.io" / "hosts.toml").write_text(
+        'server = "https://registry-1.docker.io"\n\n'
+        f'[host."{mirror.url}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+    (hosts / "ghcr.io").mkdir()
+    (hosts / "ghcr.io" / "hosts.toml").write_text(
+        'server = "https://ghcr.io"\n\n'
+        f'[host."{mirror.url}/v2/ghcr"]\n  capabilities = ["pull", "resolve"]\n'
+        "  override_path = true\n"
+    )
+    with private_containerd(tmp_path_factory.mktemp("ctd")) as ctr:
+        pull = [*ctr, "images", "pull", "--hosts-dir", str(hosts), "--snapshotter", "native"]
+        for ref, img in (
+            ("docker.io/library/ctrbox:latest", hub),
+            ("ghcr.io/owner/ctrapp:v1", app),
+        ):
+            run([*pull, ref])
+            listed = run([*ctr, "images", "list"]).stdout
+            line = next(x for x in listed.splitlines() if x.startswith(ref + " "))
+            assert img.digest in line, listed
+    for path, tag in (("library/ctrbox", "latest"), ("ghcr/owner/ctrapp", "v1")):
+        cached = mirror.request("GET", f"/v2/{path}/tags/list")
+        assert json.loads(cached.body)["tags"] == [tag]

@@ -38,6 +38,7 @@ from tests.clients.conftest import (
     ContainersRun,
     Registry,
     clean_env,
+    private_containerd,
     pushed_digest,
     require_binary,
     run,
@@ -313,7 +314,6 @@ def test_tls_init_steps_make_docker_verify_the_registry(
 # /etc/containerd/certs.d/HOST:PORT/ (ctr --hosts-dir, as the steps say).
 
 CONTAINERD_CERTS_D = Path("/etc/containerd/certs.d")
-CONTAINERD_START_TIMEOUT = 30.0
 
 
 def printed_hosts_toml(output: str, directory: Path) -> str:
@@ -323,38 +323,6 @@ def printed_hosts_toml(output: str, directory: Path) -> str:
     )
     assert match, output
     return match.group(1) + "\n"
-
-
-@contextlib.contextmanager
-def private_containerd(base: Path) -> Iterator[list[str]]:
-    """containerd with all its state under `base` (the CRI plugin and /opt/containerd off);
-    yields the ctr command that talks to it; stopped by its PID."""
-    config = base / "containerd.toml"
-    off = ["io.containerd.grpc.v1.cri", "io.containerd.internal.v1.opt"]
-    config.write_text(f"version = 2\ndisabled_plugins = {json.dumps(off)}\n")
-    sock = base / "c.sock"
-    log = base / "containerd.log"
-    dirs = ["--root", str(base / "root"), "--state", str(base / "state")]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [require_binary("containerd"), "--config", str(config), "--address", str(sock), *dirs],
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    ctr = [require_binary("ctr"), "--address", str(sock), "--namespace", "moorage-test"]
-    try:
-        deadline = time.monotonic() + CONTAINERD_START_TIMEOUT
-        while run([*ctr, "version"], check=False, timeout=10).returncode != 0:
-            assert proc.poll() is None, f"containerd exited:\n{tail(log)}"
-            assert time.monotonic() < deadline, f"containerd did not start:\n{tail(log)}"
-            time.sleep(0.2)
-        yield ctr
-    finally:
-        stop_process(proc)
-        shutil.rmtree(base / "root", ignore_errors=True)
-        shutil.rmtree(base / "state", ignore_errors=True)
 
 
 def test_tls_init_steps_make_containerd_verify_the_registry(
