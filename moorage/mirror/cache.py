@@ -94,7 +94,7 @@ class LeftBehind(Exception):
 # What one fetch holds in memory beyond its slowest reader. The store (hash and write) may lag
 # the upstream by this much before the fetch waits for it, so that clients get the bytes as
 # they arrive rather than at the pace of the hash; a client lagging by more is left behind.
-WINDOW = 4 << 20
+WINDOW = 2 << 20
 
 
 class Reader:

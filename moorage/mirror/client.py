@@ -70,7 +70,7 @@ class UpstreamClient:
                 ),
                 auto_decompress=False,
                 # Blob bodies in large pieces: each piece is hashed, written and sent on.
-                read_bufsize=1 << 20,
+                read_bufsize=256 << 10,
             )
         return self._session
 
