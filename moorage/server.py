@@ -450,6 +450,24 @@ def _where(settings: Settings) -> str:
     return ", ".join(parts)
 
 
+# glibc's mallopt parameter for the most malloc arenas a process makes.
+M_ARENA_MAX = -8
+MALLOC_ARENAS = 2
+
+
+def _limit_malloc_arenas() -> None:
+    """At most MALLOC_ARENAS malloc arenas per process (inherited by the workers). glibc gives
+    threads arenas of their own, up to eight per core, and each keeps what was freed in it:
+    the threads that hash and write uploads and mirror fetches left a worker holding memory it
+    no longer used (16 concurrent cold pulls through the mirror: peak PSS of the two-worker
+    tree 278 MiB by default, 161 MiB with two arenas). Not glibc (musl): nothing to do."""
+    if not sys.platform.startswith("linux"):
+        return
+    mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
+    if mallopt is not None and not mallopt(M_ARENA_MAX, MALLOC_ARENAS):
+        log.warning("cannot limit malloc arenas")
+
+
 def run(settings: Settings, reload: Reload | None = None) -> int:
     """Serve until stopped. `reload` builds the settings again on SIGHUP (in each worker:
     the supervisor only passes the signal on)."""
@@ -464,6 +482,7 @@ def run(settings: Settings, reload: Reload | None = None) -> int:
     settings.datadir.mkdir(parents=True, exist_ok=True)
     tls_context(settings)  # fail before forking when the certificate or key is unusable
     _raise_open_file_limit()
+    _limit_malloc_arenas()
     address = settings.listen
     try:
         sockets = bind(settings, settings.workers)
