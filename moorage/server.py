@@ -47,6 +47,7 @@ from moorage.app import IN_FLIGHT, InFlight, create_app
 from moorage.config import ConfigError, Settings, split_listen
 from moorage.connections import Guard, Limits, connection_cap
 from moorage.content import sha256state
+from moorage.metadata import migrations
 
 log = logging.getLogger("moorage.server")
 
@@ -468,6 +469,37 @@ def _limit_malloc_arenas() -> None:
         log.warning("cannot limit malloc arenas")
 
 
+def _migrate(settings: Settings) -> bool:
+    """Bring an embedded SQLite schema to head in a child process that exits when done (which
+    says why it could not, if so); whether it is at head.
+
+    The store would do it when it opens (`MetadataStore.open`), but then Alembic (with Mako and
+    Pygments) stays imported in the worker that got there first: ~15 MiB private to that
+    worker for as long as it lives, a tenth of the tree. Forked here, the supervisor and the
+    workers never import it; the workers' stores then find the schema at head. Other databases
+    are never migrated by the server (`moorage db upgrade`)."""
+    url = settings.metadata_url
+    if migrations.sqlite_path(url) is None:
+        return True
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            before, after = migrations.run(url, migrations.upgrade)
+            if before != after:
+                log.info("metadata schema upgraded: %s -> %s", before.name(), after.name())
+            code = 0
+        except migrations.SchemaError as exc:
+            # worded as the refusals of `moorage serve` before the server starts
+            print(f"Error: cannot start: {exc}", file=sys.stderr, flush=True)
+        except Exception:
+            log.exception("metadata schema upgrade failed")
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
 def run(settings: Settings, reload: Reload | None = None) -> int:
     """Serve until stopped. `reload` builds the settings again on SIGHUP (in each worker:
     the supervisor only passes the signal on)."""
@@ -501,6 +533,9 @@ def run(settings: Settings, reload: Reload | None = None) -> int:
         return 1
     slots = [Listeners(*pair) for pair in zip(sockets, metrics_sockets, strict=True)]
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until a reload handler is installed
+    # After binding: a second server started on a port in use by mistake touches no data.
+    if not _migrate(settings):
+        return 1
     log.info("%s; %s", _address(settings), _where(settings))
     if settings.workers == 1:
         return _worker(settings, slots[0], reload)

@@ -28,7 +28,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import aliased
 
 from moorage.metadata import dialect
 from moorage.metadata import schema as t
@@ -126,9 +125,10 @@ class _DryRun(Exception):
 
 _m, _tg, _mr, _rb = t.manifests, t.tags, t.manifest_references, t.repository_blobs
 _b, _i, _l, _mi = t.blobs, t.v1_images, t.v1_links, t.v1_manifest_images
-_subject = aliased(t.manifests)
-_child = aliased(t.v1_images)
-_mapped = aliased(t.manifests)
+# Core's anonymous aliases (what sqlalchemy.orm's `aliased` makes of a table, without the ORM).
+_subject = t.manifests.alias()
+_child = t.v1_images.alias()
+_mapped = t.manifests.alias()
 
 
 def _some(*conditions: ColumnElement[bool]) -> ColumnElement[bool]:

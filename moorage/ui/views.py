@@ -10,14 +10,14 @@ the API would accept the delete.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-import jinja2
 from aiohttp import web
 
 from moorage.api.context import AUTH, EVENTS, REGISTRY, REQUEST_ID, SETTINGS
@@ -31,6 +31,9 @@ from moorage.content.registry import Registry
 from moorage.errors import RegistryError
 from moorage.mirror.client import DOCKER_HUB
 from moorage.ui.sessions import Session, Sessions
+
+if TYPE_CHECKING:
+    import jinja2
 
 PAGE_SIZE = 50
 
@@ -53,17 +56,24 @@ class Pages:
     base: str
     sessions: Sessions
 
-    def __post_init__(self) -> None:
-        self.templates = jinja2.Environment(
+    @functools.cached_property
+    def templates(self) -> jinja2.Environment:
+        """Made for the first page a worker renders. jinja2 is imported only then: a registry
+        that serves no pages (most of them, most of the time) does not carry it, ~2 MiB of
+        the process tree (docs/performance.md, issue 14)."""
+        import jinja2
+
+        templates = jinja2.Environment(
             loader=jinja2.PackageLoader("moorage.ui", "templates"),
             autoescape=True,
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self.templates.filters["size"] = human_size
-        self.templates.filters["when"] = when
-        self.templates.filters["short"] = short_digest
+        templates.filters["size"] = human_size
+        templates.filters["when"] = when
+        templates.filters["short"] = short_digest
+        return templates
 
 
 UI = web.AppKey("ui", Pages)

@@ -67,6 +67,18 @@ def corrupt_sqlite(data: Path) -> None:
         f.write(b"\xff" * 84)
 
 
+def legacy_without_tables(data: Path) -> None:
+    """Moorage 0.1.0's mark (a schema_info row) on a database without its tables: preflight
+    takes it for a database to upgrade; the upgrade (in a child process, before any worker)
+    refuses it."""
+    data.mkdir()
+    db = sqlite3.connect(data / "metadata.db")
+    db.execute("CREATE TABLE schema_info (version INTEGER)")
+    db.execute("INSERT INTO schema_info VALUES (1)")
+    db.commit()
+    db.close()
+
+
 def database_is_directory(data: Path) -> None:
     (data / "metadata.db").mkdir(parents=True)
 
@@ -79,6 +91,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "not-sqlite": (not_sqlite, "is not a SQLite database"),
     "corrupt-sqlite": (corrupt_sqlite, "is damaged"),
     "database-is-directory": (database_is_directory, "metadata.db is not a file"),
+    "legacy-without-tables": (legacy_without_tables, "made by Moorage 0.1.0 lacks table"),
     "data-dir-is-file": (data_dir_is_file, "is not a directory"),
 }
 
