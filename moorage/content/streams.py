@@ -21,7 +21,7 @@ class Drainable(Protocol):
     """A body that can also be taken whole on one worker thread, `consume` called there with
     each block (valid during its call only) and no event loop in between: for work that is
     all blocking calls (hash, write to a local file), where handing every block from the loop
-    to threads and back costs as much CPU as the work (docs/performance.md, issue 14)."""
+    to threads and back costs a third of the CPU (docs/performance.md, issue 14)."""
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
