@@ -92,6 +92,9 @@ class Connection(asyncio.Protocol):
         self.head_since: float | None = now
         self.last_progress = now
         self.body: StreamReader | None = None
+        # Set while a worker thread takes the body from the socket (moorage.api.direct), when
+        # the transport does not read: whether that thread is waiting for the client's bytes.
+        self.body_waiting: bool | None = None
         self.refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,12 +139,14 @@ class Connection(asyncio.Protocol):
         self.last_progress = self.guard.now()
 
     def body_progress(self) -> None:
-        """Bytes of a request body arrived past `data_received` (moorage.api.direct)."""
+        """Bytes of a request body arrived past `data_received` (moorage.api.direct; maybe on
+        a worker thread)."""
         self.last_progress = self.guard.now()
 
     def request_finished(self, _task: object = None) -> None:
         self.busy = False
         self.body = None
+        self.body_waiting = None
         self.idle_since = self.guard.now()
 
     def overdue(self, now: float, limits: Limits) -> str | None:
@@ -151,7 +156,10 @@ class Connection(asyncio.Protocol):
         if self.idle_since is not None and now - self.idle_since > limits.idle:
             return "idle"
         if self.busy and self.body is not None and not self.body.is_eof():
-            if self.transport is None or not self.transport.is_reading():
+            reading = self.body_waiting
+            if reading is None:
+                reading = self.transport is not None and self.transport.is_reading()
+            if not reading:
                 self.last_progress = now  # paused by back-pressure: the client is not late
             elif now - self.last_progress > limits.body:
                 return "request body stalled"

@@ -5,6 +5,7 @@ added in bulk at a flush come out exactly as the library's own `observe` would h
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,23 @@ async def test_the_storage_wrapper_counts_failures_not_answers(tmp_path: Path) -
     timings = metrics.STORAGE_SECONDS.drain()
     assert sum(timings[("get",)][1:]) == 2
     assert sum(timings[("put",)][1:]) == 2
+
+
+async def test_writes_from_a_worker_thread_are_timed_at_the_writers_next_call(
+    tmp_path: Path,
+) -> None:
+    """`blocking_write` (a large body hashed and written on one thread, moorage/api/direct.py)
+    keeps its timings until the writer is next called on the loop, then records them as
+    writes; the bytes are the writer's as with `write`."""
+    storage = TimedObjects(FilesystemObjects(tmp_path / "blobs"))
+    metrics.STORAGE_SECONDS.drain()
+    writer = await storage.writer("uploads/threaded")
+    write = writer.blocking_write()
+    assert write is not None
+    await asyncio.to_thread(write, memoryview(b"abc"))
+    await asyncio.to_thread(write, memoryview(bytearray(b"def")))
+    assert ("write",) not in metrics.STORAGE_SECONDS.drain()  # not from the thread
+    assert writer.size == 6
+    assert await writer.commit() == "uploads/threaded"
+    assert sum(metrics.STORAGE_SECONDS.drain()[("write",)][1:]) == 2
+    assert await storage.get("uploads/threaded") == b"abcdef"

@@ -19,11 +19,23 @@ cost. Bodies that are small, chunked, content-encoded or on TLS take the ordinar
 A block is valid until the consumer asks for the block after the next one: the consumer may
 hold one block (hashing and writing it on threads) while it waits for the next, as
 `moorage.content.streams.pipelined` does, but must not keep a reference beyond that.
+
+A consumer that can do all its work on one thread (hash, then write to a local file) takes the
+body with `DirectBody.drain` instead: one worker thread receives the rest of the body from a
+duplicate of the socket (blocking `recv_into` into one reused block) and hands each block to
+the consumer on that same thread. The event loop is not involved per block: the hand-offs
+between the loop and the hashing and writing threads, two per block, cost about 0.35 CPU
+seconds per GiB, a third of the whole (docs/performance.md, issue 14). The loop only watches
+the connection: when the guard closes a stalled one, or the client goes, the thread's socket is
+shut down and the body fails as it would on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
@@ -149,6 +161,199 @@ class _Sink(asyncio.BufferedProtocol):
             index, size = self.ready.popleft()
             held.append(index)
             yield memoryview(self.buffers[index])[:size]
+
+
+class _Taker(asyncio.Protocol):
+    """The connection's protocol while a worker thread takes the body from `sock`, a duplicate
+    of the connection's socket: the transport does not read (paused), it only tells of the
+    connection's end, which shuts `sock` down so that the thread's wait ends at once."""
+
+    def __init__(self, owner: asyncio.BaseProtocol, sock: socket.socket, remaining: int) -> None:
+        self.owner = owner  # the protocol the transport had: still told of writes and loss
+        self.sock = sock
+        self.remaining = remaining
+        self.received = 0
+        self.conn = owner if isinstance(owner, Connection) else None
+        self.lock = threading.Lock()  # shutdown (loop) never meets close (thread) on one fd
+        self.stopped = False
+        self.closed = False
+        self.finished = False  # the thread is done with the socket
+
+    def data_received(self, data: bytes) -> None:
+        if not self.finished:  # reading is paused: bytes here would be missing from the body
+            self.stop()
+        # Past the body (a client that sends more than it announced): dropped.
+
+    def eof_received(self) -> bool | None:
+        if self.finished:
+            return True  # a half-close after the body: the response still goes out
+        self.stop()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.stop()
+        self.owner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.owner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.owner.resume_writing()
+
+    def stop(self) -> None:
+        """End the body where it is (any thread): the thread's `recv_into` returns at once."""
+        with self.lock:
+            self.stopped = True
+            if not self.closed:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+            self.sock.close()  # the duplicate only: the transport still holds the connection
+
+    def run(
+        self,
+        prefix: bytes,
+        consume: Callable[[memoryview], None],
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[int],
+    ) -> None:
+        """The worker thread: the whole body through `consume`, then `done` settled."""
+        error: BaseException | None = None
+        try:
+            if prefix:
+                consume(memoryview(prefix))
+            self._take(consume)
+        except BaseException as exc:  # handed to the loop, raised there
+            error = exc
+        finally:
+            self.close()
+            self.finished = True
+            if self.conn is not None:
+                self.conn.body_waiting = False
+        with contextlib.suppress(RuntimeError):  # a closed loop: no one is waiting any more
+            loop.call_soon_threadsafe(_settle, done, len(prefix) + self.received, error)
+
+    def _take(self, consume: Callable[[memoryview], None]) -> None:
+        sock, conn = self.sock, self.conn
+        view = memoryview(bytearray(min(BLOCK, self.remaining)))
+        fill = 0
+        waiting = False
+        while self.remaining > 0:
+            if self.stopped:
+                raise BodyCut("the connection ended before the body")
+            if conn is not None and not waiting:
+                # Waiting for the client from now on: the guard times this wait (a stall),
+                # not the time `consume` took (the server being slower than the client).
+                conn.body_progress()
+                conn.body_waiting = waiting = True
+            try:
+                n = sock.recv_into(view[fill : min(len(view), fill + self.remaining)])
+            except TimeoutError:
+                continue  # only to look at `stopped` again; the guard decides what is a stall
+            except OSError as exc:
+                raise BodyCut("the connection was lost before the body ended") from exc
+            if n == 0:
+                raise BodyCut("the client ended the connection before the body")
+            if conn is not None:
+                conn.body_progress()
+            fill += n
+            self.remaining -= n
+            self.received += n
+            if fill == len(view) or self.remaining == 0:
+                if conn is not None:
+                    conn.body_waiting = waiting = False
+                consume(view[:fill])
+                fill = 0
+
+
+def _settle(done: asyncio.Future[int], received: int, error: BaseException | None) -> None:
+    if done.done():
+        return
+    if error is not None:
+        done.set_exception(error)
+    else:
+        done.set_result(received)
+
+
+_WAKE = 1.0  # seconds: how often a thread waiting for bytes looks whether it was stopped
+
+
+class DirectBody:
+    """A large body of known length taken from the socket: iterated on the loop in reused
+    blocks (see the module doc), or `drain`ed whole on one worker thread."""
+
+    def __init__(self, request: web.Request, transport: asyncio.Transport, length: int) -> None:
+        self.request = request
+        self.transport = transport
+        self.length = length
+        self._blocks: AsyncIterator[bytes] | None = None
+        self._drained = False
+
+    def __aiter__(self) -> DirectBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._blocks is None:
+            if self._drained:
+                raise RuntimeError("the body was drained")
+            self._blocks = body(self.request, self.transport, self.length)
+        return await anext(self._blocks)
+
+    async def drain(self, consume: Callable[[memoryview], None]) -> int:
+        """Call `consume` with each block of the whole body, in order, all on one worker thread
+        (a block is valid during its call only); returns the body's size. An error of
+        `consume` stops the body and is raised here; so is `BodyCut`. If this is cancelled,
+        the thread is stopped and waited for: `consume` is never called after this returns."""
+        if self._blocks is not None or self._drained:
+            raise RuntimeError("the body is being read already")
+        self._drained = True
+        request, transport = self.request, self.transport
+        payload = request.content
+        prefix = payload.read_nowait()
+        if len(prefix) >= self.length or payload.is_eof():
+            if prefix:  # aiohttp had all of it: the connection stays usable
+                await asyncio.to_thread(consume, memoryview(prefix))
+            return len(prefix)
+        # As in `body`, no await from reading what aiohttp holds to taking the socket over.
+        sock = transport.get_extra_info("socket").dup()
+        sock.settimeout(_WAKE)  # keeps the shared descriptor non-blocking, as the loop needs
+        taker = _Taker(transport.get_protocol(), sock, self.length - len(prefix))
+        request[DIRECT] = True
+        request.protocol.close()  # aiohttp ends the connection once the response is sent
+        transport.pause_reading()  # the loop no longer reads this socket: the thread does
+        transport.set_protocol(taker)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+        thread = threading.Thread(
+            target=taker.run, args=(prefix, consume, loop, done), name="moorage-body", daemon=True
+        )
+        try:
+            try:
+                thread.start()
+            except BaseException:
+                taker.stop()
+                taker.close()
+                raise
+            try:
+                return await asyncio.shield(done)
+            except asyncio.CancelledError:
+                taker.stop()
+                while not done.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([done])
+                done.exception()  # retrieved: the cancellation is what goes on
+                raise
+        finally:
+            payload.total_bytes = len(prefix) + taker.received  # for the metrics
+            payload.feed_eof()  # aiohttp must not wait for the rest after the response
+            # feed_eof resumes reading (aiohttp's flow control): the loop need not read what
+            # a client sends past its body, and must not take a vanished client's end for
+            # anything but the response's failure.
+            if not transport.is_closing():
+                transport.pause_reading()
 
 
 def eligible(request: web.Request, length: int | None) -> asyncio.Transport | None:

@@ -23,16 +23,19 @@ HEADER_LIMITS = {"max_field_size": 64 * 1024, "max_headers": 64}
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
-async def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     """The request body as it arrives (chunked transfer-encoding included); a large one of
     known length straight from the socket in reused blocks (`moorage.api.direct`: each is
-    valid until the one after the next is asked for)."""
+    valid until the one after the next is asked for), which can also be drained whole on one
+    worker thread (`DirectBody.drain`)."""
     length = content_length(request)
     transport = direct.eligible(request, length)
     if transport is not None and length is not None:
-        async for block in direct.body(request, transport, length):
-            yield block
-        return
+        return direct.DirectBody(request, transport, length)
+    return _arriving(request)
+
+
+async def _arriving(request: web.Request) -> AsyncIterator[bytes]:
     async for chunk in request.content.iter_any():
         yield chunk
 

@@ -540,9 +540,28 @@ class BlobService:
             else:
                 await asyncio.gather(asyncio.to_thread(hasher.update, block), writer.write(block))
 
+        # A body that can be drained on one thread, into a writer that can write there too:
+        # receive, hash and write each block on that thread, with no per-block hand-off.
+        blocking = writer.blocking_write() if isinstance(body, streams.Drainable) else None
+        loop = asyncio.get_running_loop()
+
+        def consume(block: memoryview) -> None:
+            nonlocal arrived
+            arrived += len(block)
+            # As in `process`: the lease must have time left before a byte is written.
+            if time.monotonic() - lease.renewed > self.renew_seconds:
+                asyncio.run_coroutine_threadsafe(renew(), loop).result(self.lease_seconds)
+            if hasher is not None:
+                hasher.update(block)
+            assert blocking is not None
+            blocking(block)
+
         renewer = asyncio.create_task(keep_alive())
         try:
-            received = await streams.pipelined(counted(), process)
+            if blocking is not None and isinstance(body, streams.Drainable):
+                received = await body.drain(consume)
+            else:
+                received = await streams.pipelined(counted(), process)
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost):

@@ -11,8 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Protocol, runtime_checkable
 
 BLOCK_SIZE = 1 << 20
+
+
+@runtime_checkable
+class Drainable(Protocol):
+    """A body that can also be taken whole on one worker thread, `consume` called there with
+    each block (valid during its call only) and no event loop in between: for work that is
+    all blocking calls (hash, write to a local file), where handing every block from the loop
+    to threads and back costs a third of the CPU (docs/performance.md, issue 14)."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def drain(self, consume: Callable[[memoryview], None]) -> int:
+        """The body's size once `consume` has had all of it; `consume`'s error stops it."""
+        ...
 
 
 async def blocks(body: AsyncIterator[bytes], size: int = BLOCK_SIZE) -> AsyncIterator[bytes]:

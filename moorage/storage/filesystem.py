@@ -108,7 +108,8 @@ class FileWriter:
     def size(self) -> int:
         return self._size
 
-    def _write(self, data: bytes) -> None:
+    def write_now(self, data: bytes | memoryview) -> None:
+        """Append `data` on the calling thread (a blocking call)."""
         view = memoryview(data)
         while view:
             try:
@@ -135,7 +136,7 @@ class FileWriter:
         self._started = self._size
 
     async def write(self, data: bytes) -> None:
-        await asyncio.to_thread(self._write, data)
+        await asyncio.to_thread(self.write_now, data)
 
     def _close(self) -> None:
         try:

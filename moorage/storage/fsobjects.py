@@ -22,7 +22,7 @@ import os
 import re
 import stat
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from glob import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, cast
@@ -93,6 +93,13 @@ class FilesystemObjectWriter:
     async def write(self, data: bytes) -> None:
         self._check_open()
         await self._file.write(data)
+
+    def blocking_write(self) -> Callable[[memoryview], None]:
+        return self._write_now
+
+    def _write_now(self, data: memoryview) -> None:
+        self._check_open()
+        self._file.write_now(data)
 
     async def state(self) -> bytes:
         self._check_open()

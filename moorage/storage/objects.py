@@ -14,7 +14,7 @@ driver is the suite every driver runs: tests/storage/test_driver_suite.py.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -45,6 +45,11 @@ class ObjectWriter(Protocol):
         """Bytes written so far, from the first writer of this object on."""
 
     async def write(self, data: bytes) -> None: ...
+
+    def blocking_write(self) -> Callable[[memoryview], None] | None:
+        """`write` as a blocking call for a worker thread (a local file), or None where writes
+        must go through the event loop (a store over the network). The caller calls it from
+        one thread at a time and calls nothing else of the writer meanwhile."""
 
     async def state(self) -> bytes:
         """Make what was written so far resumable and return a small opaque state (JSON) that

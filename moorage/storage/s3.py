@@ -136,6 +136,9 @@ class S3ObjectWriter:
         while self._buffered() >= part_size(len(self._etags) + 1):
             await self._upload_part(part_size(len(self._etags) + 1))
 
+    def blocking_write(self) -> None:
+        return None  # parts are sent from the event loop
+
     def _buffered(self) -> int:
         return sum(size for _, size in self._tail) + len(self._pending)
 

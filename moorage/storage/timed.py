@@ -43,6 +43,9 @@ async def _timed(operation: str, call: Callable[[], Awaitable[T]]) -> T:
 class TimedWriter:
     def __init__(self, inner: ObjectWriter) -> None:
         self.inner = inner
+        # Writes made on a worker thread (`blocking_write`): (seconds, failed), recorded on
+        # the loop at the writer's next call, as the metrics are not for threads.
+        self._threaded: list[tuple[float, bool]] = []
 
     @property
     def size(self) -> int:
@@ -51,16 +54,45 @@ class TimedWriter:
     async def write(self, data: bytes) -> None:
         await _timed("write", lambda: self.inner.write(data))
 
+    def blocking_write(self) -> Callable[[memoryview], None] | None:
+        inner = self.inner.blocking_write()
+        if inner is None:
+            return None
+
+        def write(data: memoryview) -> None:
+            started, failed = time.perf_counter(), True
+            try:
+                inner(data)
+                failed = False
+            except StaleWriter:
+                failed = False
+                raise
+            finally:
+                self._threaded.append((time.perf_counter() - started, failed))
+
+        return write
+
+    def _record_threaded(self) -> None:
+        threaded, self._threaded = self._threaded, []
+        for seconds, failed in threaded:
+            if failed:
+                metrics.STORAGE_ERRORS.inc(("write",))
+            metrics.STORAGE_SECONDS.observe(("write",), seconds)
+
     async def state(self) -> bytes:
+        self._record_threaded()
         return await _timed("write_state", self.inner.state)
 
     async def close(self) -> None:
+        self._record_threaded()
         await _timed("write_close", self.inner.close)
 
     async def commit(self) -> str:
+        self._record_threaded()
         return await _timed("commit", self.inner.commit)
 
     async def cancel(self) -> None:
+        self._record_threaded()
         await _timed("cancel", self.inner.cancel)
 
 

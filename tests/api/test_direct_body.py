@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import socket
+import struct
 
 from moorage.api import direct
 from tests.api.helpers import (
@@ -138,3 +140,62 @@ async def test_a_body_cut_short_leaves_the_session_where_it_was(client: Client) 
         await asyncio.sleep(0.05)
     assert resp.status == 201, await resp.text()
     assert await _read_back(client, "direct/cut", digest) == data
+
+
+async def _raw_request(client: Client, method: str, target: str, head: dict[str, str]) -> bytes:
+    """A request head as a client writes it by hand (with the test's authorization)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {client.server.host}"]
+    auth_header = getattr(client, "auth_header", None)
+    if auth_header is not None:
+        lines.append(f"Authorization: {await auth_header(method, target)}")
+    lines += [f"{k}: {v}" for k, v in head.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def test_bytes_past_the_announced_length_are_not_part_of_the_blob(client: Client) -> None:
+    """The body is exactly Content-Length bytes: what a client sends beyond is not read into
+    the blob, and the answer still comes."""
+    data = _data(SIZE, "over")
+    digest = sha256(data)
+    location = await start_upload(client, "direct/over")
+    target = with_query(path_of(location), digest=digest)
+    head = await _raw_request(client, "PUT", target, {**OCTET, "Content-Length": str(SIZE)})
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(head + data + b"x" * (3 * direct.BLOCK))
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 30)
+        assert status.split()[1] == b"201", status
+        # The server then closes with the extra bytes unread: a reset, which may come before
+        # the rest of the answer is read.
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+    assert await _read_back(client, "direct/over", digest) == data
+
+
+async def test_a_client_that_resets_mid_body_commits_nothing(client: Client) -> None:
+    """A connection reset (not a clean end) in the middle of a monolithic body: no blob, and
+    the session can be finished afterwards with the right bytes."""
+    data = _data(SIZE, "reset")
+    digest = sha256(data)
+    location = await start_upload(client, "direct/reset")
+    target = with_query(path_of(location), digest=digest)
+    head = await _raw_request(client, "PUT", target, {**OCTET, "Content-Length": str(SIZE)})
+    _reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(head + data[: SIZE - direct.BLOCK])
+    await writer.drain()
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()  # RST
+    resp = await client.head(f"/v2/direct/reset/blobs/{digest}")
+    assert resp.status == 404
+    for _ in range(100):
+        resp = await client.put(with_query(location, digest=digest), data=data, headers=OCTET)
+        if resp.status != 416:
+            break
+        assert resp.headers["Range"] == "0-0"  # the cut body moved nothing
+        await asyncio.sleep(0.05)
+    assert resp.status == 201, await resp.text()
+    assert await _read_back(client, "direct/reset", digest) == data
