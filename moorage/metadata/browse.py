@@ -27,7 +27,6 @@ from sqlalchemy import (
     select,
     true,
 )
-from sqlalchemy.orm import aliased
 
 from moorage.metadata import dialect, globs
 from moorage.metadata import schema as t
@@ -555,7 +554,7 @@ def _referenced_sizes(conn: Connection, repo: int, digests: list[str]) -> dict[s
     )
     for digest, total in conn.execute(direct).all():
         sizes[digest] += int(total or 0)
-    child = aliased(mr)
+    child = mr.alias()  # Core, not sqlalchemy.orm: the ORM is never imported (memory)
     # An index's children name blobs in turn.
     nested = (
         select(mr.c.digest, func.sum(b.c.size))

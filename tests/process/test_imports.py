@@ -42,6 +42,7 @@ HEAVY = [
     "psycopg2",
     "greenlet",
     "sqlalchemy.ext.asyncio",
+    "sqlalchemy.orm",
     "sqlalchemy.dialects.postgresql",
 ]
 
