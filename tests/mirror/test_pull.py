@@ -217,6 +217,12 @@ async def test_a_client_that_joins_a_fetch_late_gets_the_stored_blob(
     assert first.status == 200
     head = bytearray(await first.content.readexactly(2 << 20))
     await asyncio.wait_for(proxy.held.wait(), 30)
+    fetch = mirror.app[MIRROR]._blobs[("up/team/late", digest)]
+    for _ in range(600):  # every reader, the store's included, is past the first bytes
+        if fetch.base > 0:
+            break
+        await asyncio.sleep(0.05)
+    assert fetch.base > 0
     late = asyncio.ensure_future(mirror.get(f"/v2/up/team/late/blobs/{digest}"))
     await asyncio.sleep(0.3)
     assert not late.done()  # waiting for the blob to be stored
