@@ -35,7 +35,6 @@ from moorage.storage.timed import TimedObjects
 log = logging.getLogger("moorage")
 
 EXPIRY_INTERVAL = 300.0
-READ_BUFSIZE = 1 << 20
 
 
 class InFlight:
@@ -125,9 +124,9 @@ def create_app(settings: Settings) -> web.Application:
             v2_errors.errors_middleware,
             v1_errors.errors_middleware,
         ],
-        # Request bodies are read in large pieces: with aiohttp's default 64 KiB buffer a
-        # streamed layer pauses and resumes the socket every 128 KiB.
-        handler_args={"read_bufsize": READ_BUFSIZE, **http.HEADER_LIMITS},
+        # Request bodies are buffered in small pieces unless they are among the few a worker
+        # reads in large ones (http.Arriving: bounded memory under a burst of uploads).
+        handler_args={"read_bufsize": http.BUFFER_SMALL, **http.HEADER_LIMITS},
     )
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings

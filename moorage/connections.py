@@ -59,6 +59,22 @@ def _bound_unacknowledged(transport: asyncio.BaseTransport, seconds: float) -> N
         sock.setsockopt(socket.IPPROTO_TCP, option, int(seconds * 1000))
 
 
+# How much one read from a connection's socket may take. asyncio's selector transport reads up
+# to 256 KiB at a time (`max_size`), and aiohttp's parser holds what was read until the body's
+# reader takes it: hundreds of uploads in a burst each held a quarter of a MiB before their
+# reading paused. Connections start with smaller reads; the few bodies a worker reads in large
+# pieces get the default back (moorage.api.http.Arriving).
+RECEIVE_SMALL = 32 << 10
+RECEIVE_LARGE = 256 << 10
+
+
+def set_receive_size(transport: asyncio.BaseTransport | None, size: int) -> None:
+    """Have the transport read at most `size` bytes at a time, where it can (asyncio's socket
+    transports read `max_size` bytes at a time; TLS ones have their own buffering)."""
+    if transport is not None and isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = size  # type: ignore[attr-defined]
+
+
 def connection_cap(configured: int, open_files: int) -> int:
     """Connections one worker may hold: the configured number, lowered so that every
     connection can have a second descriptor (a blob file) and some are left over."""
@@ -100,6 +116,7 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         _bound_unacknowledged(transport, self.guard.limits.send)
+        set_receive_size(transport, RECEIVE_SMALL)
         if not self.guard.admit(self):
             self.refused = True
             self.transport.write(REFUSAL)

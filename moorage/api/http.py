@@ -6,13 +6,16 @@ import asyncio
 import errno
 import logging
 import re
+import weakref
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
 
+from moorage import connections
 from moorage.api import direct
 from moorage.api.context import request_id
+from moorage.content import streams
 
 READ_SIZE = 1 << 20
 # Header limits for aiohttp's parser (its defaults: 8190 bytes a field, 128 fields). A field
@@ -27,17 +30,76 @@ def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     """The request body as it arrives (chunked transfer-encoding included); a large one of
     known length straight from the socket in reused blocks (`moorage.api.direct`: each is
     valid until the one after the next is asked for), which can also be drained whole on one
-    worker thread (`DirectBody.drain`)."""
+    worker thread (`DirectBody.drain`). The others through aiohttp's parser, within the
+    worker's budget for them (`Arriving`)."""
     length = content_length(request)
     transport = direct.eligible(request, length)
     if transport is not None and length is not None:
         return direct.DirectBody(request, transport, length)
-    return _arriving(request)
+    return Arriving(request)
 
 
-async def _arriving(request: web.Request) -> AsyncIterator[bytes]:
-    async for chunk in request.content.iter_any():
-        yield chunk
+# Bodies through aiohttp's parser: what a worker holds of them is bounded. Each connection's
+# parser buffers up to twice its limit, plus what one read from the socket brought, before it
+# stops reading (the rest waits in the kernel, and the client with it): the application's
+# `read_bufsize` (BUFFER_SMALL) and reads of connections.RECEIVE_SMALL for every request, and
+# the body is processed in blocks of BLOCK_SMALL. A body that starts while the worker reads
+# fewer than LARGE_BELOW others gets large pieces instead (BUFFER_LARGE, reads of
+# RECEIVE_LARGE, blocks of streams.BLOCK_SIZE): a lone push or a few keep fewer pauses of the
+# socket and fewer hand-offs to the hashing threads, while in a burst of hundreds of uploads
+# each costs a few hundred KiB instead of three or four MiB (docs/performance.md).
+BUFFER_SMALL = 16 << 10
+BUFFER_LARGE = 1 << 20
+BLOCK_SMALL = 32 << 10
+LARGE_BELOW = 4
+
+
+class _Reading:
+    """The worker's count of bodies being read through aiohttp's parser."""
+
+    def __init__(self) -> None:
+        self.bodies = 0
+
+    def done(self, transport: asyncio.BaseTransport | None, large: bool) -> None:
+        self.bodies = max(0, self.bodies - 1)
+        if large:
+            connections.set_receive_size(transport, connections.RECEIVE_SMALL)
+
+
+READING = _Reading()
+
+
+class Arriving:
+    """A request body through aiohttp's parser, in the pieces the socket delivers, with the
+    block size its consumer should group them into (`block_size`, see streams.pipelined).
+
+    Whether it gets large pieces is decided when it is made (just before it is read); it
+    stops counting among the worker's bodies when it has been read, or dropped unread."""
+
+    def __init__(self, request: web.Request) -> None:
+        large = READING.bodies < LARGE_BELOW
+        READING.bodies += 1
+        self.block_size = BLOCK_SMALL
+        if large:
+            request.content.set_read_chunk_size(BUFFER_LARGE)
+            connections.set_receive_size(request.transport, connections.RECEIVE_LARGE)
+            self.block_size = streams.BLOCK_SIZE
+        release = weakref.finalize(self, READING.done, request.transport, large)
+        self._pieces = _pieces(request, release)
+
+    def __aiter__(self) -> Arriving:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await self._pieces.__anext__()
+
+
+async def _pieces(request: web.Request, release: Callable[[], object]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.content.iter_any():
+            yield chunk
+    finally:
+        release()
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:

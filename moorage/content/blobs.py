@@ -561,7 +561,7 @@ class BlobService:
             if blocking is not None and isinstance(body, streams.Drainable):
                 received = await body.drain(consume)
             else:
-                received = await streams.pipelined(counted(), process)
+                received = await streams.pipelined(counted(), process, streams.block_size(body))
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost):

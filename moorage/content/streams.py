@@ -43,14 +43,23 @@ async def blocks(body: AsyncIterator[bytes], size: int = BLOCK_SIZE) -> AsyncIte
         yield b"".join(parts)
 
 
+def block_size(body: object) -> int:
+    """The block size `body` asks its consumer for (a body read under the worker's memory
+    budget asks for smaller ones: moorage.api.http.Arriving), else BLOCK_SIZE."""
+    size = getattr(body, "block_size", BLOCK_SIZE)
+    return size if isinstance(size, int) and size > 0 else BLOCK_SIZE
+
+
 async def pipelined(
     body: AsyncIterator[bytes],
     process: Callable[[bytes], Awaitable[None]],
-    size: int = BLOCK_SIZE,
+    size: int | None = None,
 ) -> int:
-    """Run `process` on each block of `body` (of about `size` bytes), one block in flight
-    while the next is read. Returns the number of bytes processed; an error in `process` or in
-    the body stops it."""
+    """Run `process` on each block of `body` (of about `size` bytes, by default the body's
+    own `block_size`), one block in flight while the next is read. Returns the number of bytes
+    processed; an error in `process` or in the body stops it."""
+    if size is None:
+        size = block_size(body)
     pending: asyncio.Future[None] | None = None
     total = 0
     try:

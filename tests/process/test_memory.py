@@ -119,12 +119,19 @@ async def test_1gib_upload_and_download_keep_rss_bounded(make_server: MakeServer
 
 
 BURST_UPLOADS = 100
+# What the burst may add to the tree at its peak: 100 uploads of 1 MiB PATCHes held ~115 MiB
+# of request bodies at once when each connection's reads were buffered in large pieces; within
+# the body budget (moorage.api.http.Arriving) they add ~30.
+BURST_HELD = 64 * MIB
 TRIM_WAIT = 30.0  # the server trims every 10 s after serving requests
 
 
-async def test_memory_of_a_burst_of_uploads_is_given_back(make_server: MakeServer) -> None:
-    """100 concurrent chunked uploads hold about 100 MiB of request bodies at once; once the
-    burst is over the worker hands that memory back instead of keeping it for good."""
+async def test_a_burst_of_uploads_holds_bounded_memory_and_gives_it_back(
+    make_server: MakeServer,
+) -> None:
+    """100 concurrent chunked uploads (100 MiB of PATCH bodies on their way at once) add a
+    bounded amount to the tree, and once the burst is over the worker hands back what it
+    took instead of keeping it for good."""
     server = make_server()
     await server.start()
     idle = server.rss()
@@ -160,7 +167,8 @@ async def test_memory_of_a_burst_of_uploads_is_given_back(make_server: MakeServe
         f"\nRSS idle {idle / MIB:.0f} MiB, burst peak {peak.peak / MIB:.0f} MiB, "
         f"right after {after / MIB:.0f} MiB, settled {settled / MIB:.0f} MiB"
     )
-    assert peak.peak - idle > 48 * MIB, "the burst did not hold its bodies at once"
+    assert peak.samples > 10
+    assert peak.peak - idle < BURST_HELD, f"the burst added {(peak.peak - idle) / MIB:.0f} MiB"
     assert settled - idle < 32 * MIB, f"kept {(settled - idle) / MIB:.0f} MiB after the burst"
     assert await server.stop() == 0, server.log_tail()
 

@@ -1,0 +1,121 @@
+"""Request bodies read through aiohttp's parser within the worker's memory budget
+(moorage/api/http.py, `Arriving`; issue 14, item 4).
+
+The first few bodies a worker reads at once get large pieces; the ones that start while it
+reads more get small ones. Either way every byte is hashed and stored in order, and a body
+stops counting once it has been read, refused, or dropped by its client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+
+import aiohttp
+
+from moorage.api import http
+from tests.api.helpers import Client, sha256, start_upload, with_query
+
+OCTET = {"Content-Type": "application/octet-stream"}
+PIECE = 48 << 10
+PIECES = 24  # 1.1 MiB: several large blocks, many small ones
+BODIES = http.LARGE_BELOW + 3
+
+
+def _piece(seed: int, i: int) -> bytes:
+    return hashlib.sha256(f"{seed}/{i}".encode()).digest() * (PIECE // 32)
+
+
+async def _until(condition: object, what: str) -> None:
+    for _ in range(400):
+        if callable(condition) and condition():
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+async def test_bodies_beyond_the_large_ones_are_read_small_and_stored_whole(
+    client: Client,
+) -> None:
+    assert http.READING.bodies == 0
+    halfway = [asyncio.Event() for _ in range(BODIES)]
+    go_on = asyncio.Event()
+
+    def body(seed: int) -> AsyncIterator[bytes]:
+        async def gen() -> AsyncIterator[bytes]:
+            for i in range(PIECES):
+                if i == PIECES // 2:
+                    halfway[seed].set()
+                    await go_on.wait()
+                yield _piece(seed, i)
+
+        return gen()
+
+    async def upload(seed: int) -> tuple[str, str]:
+        repo = f"budget/r{seed}"
+        location = await start_upload(client, repo)
+        data = b"".join(_piece(seed, i) for i in range(PIECES))
+        resp = await client.patch(location, data=body(seed), headers=OCTET)
+        assert resp.status == 202, await resp.text()
+        assert resp.headers["Range"] == f"0-{len(data) - 1}"
+        digest = sha256(data)
+        done = await client.put(with_query(resp.headers["Location"], digest=digest))
+        assert done.status == 201, await done.text()
+        return repo, digest
+
+    tasks = [asyncio.create_task(upload(seed)) for seed in range(BODIES)]
+    try:
+        for event in halfway:
+            await asyncio.wait_for(event.wait(), 10)
+        # Every body is being read at once: the worker counts each one.
+        await _until(lambda: http.READING.bodies == BODIES, f"{BODIES} bodies are read")
+        go_on.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+    finally:
+        go_on.set()
+        for task in tasks:
+            task.cancel()
+    for seed, (repo, digest) in enumerate(results):
+        resp = await client.get(f"/v2/{repo}/blobs/{digest}")
+        assert resp.status == 200
+        assert await resp.read() == b"".join(_piece(seed, i) for i in range(PIECES))
+    await _until(lambda: http.READING.bodies == 0, "every body is given back")
+
+
+async def test_a_body_cut_short_by_its_client_is_given_back(client: Client) -> None:
+    assert http.READING.bodies == 0
+    location = await start_upload(client, "budget/cut")
+    sent = asyncio.Event()
+
+    async def gen() -> AsyncIterator[bytes]:
+        yield _piece(0, 0)
+        sent.set()
+        await asyncio.sleep(3600)
+        yield b""
+
+    patch = asyncio.create_task(client.patch(location, data=gen(), headers=OCTET))
+    await asyncio.wait_for(sent.wait(), 10)
+    await _until(lambda: http.READING.bodies == 1, "the body is being read")
+    patch.cancel()  # the client goes away in the middle of its body
+    with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+        await patch
+    await _until(lambda: http.READING.bodies == 0, "the cut body is given back")
+    # Nothing of it was kept: the session still starts at 0.
+    resp = await client.get(location)
+    assert resp.status == 204
+    assert resp.headers["Range"] == "0-0"
+
+
+async def test_a_body_refused_unread_is_given_back(client: Client) -> None:
+    location = await start_upload(client, "budget/refused")
+    # A PATCH that does not continue where the session is: its body is made ready to read
+    # (uploads.patch), then refused by the range check before a byte is read.
+    resp = await client.patch(
+        location,
+        data=b"x" * 1000,
+        headers={**OCTET, "Content-Range": "5000-5999"},
+    )
+    assert resp.status == 416, await resp.text()
+    await _until(lambda: http.READING.bodies == 0, "the refused body is given back")
