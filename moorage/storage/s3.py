@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import re
 import uuid
@@ -255,6 +256,14 @@ class S3ObjectWriter:
         await self.close()
 
 
+@functools.cache
+def _session() -> Any:
+    """The process's botocore session: a new one loads botocore's data files again (50 to
+    150 ms per client made), and a session holds no connection or event loop, only what it
+    loaded and the credential chain."""
+    return get_session()
+
+
 class S3Driver:
     def __init__(
         self, client: Any, bucket: str, prefix: str = "", part_timeout: float = PART_TIMEOUT
@@ -292,7 +301,7 @@ class S3Driver:
             response_checksum_validation="when_required",
             retries={"mode": "standard", "max_attempts": 5},
         )
-        session = get_session()
+        session = _session()
         region = region or session.get_config_variable("region")
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
