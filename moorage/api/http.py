@@ -41,29 +41,40 @@ def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
 
 # Bodies through aiohttp's parser: what a worker holds of them is bounded. Each connection's
 # parser buffers up to twice its limit, plus what one read from the socket brought, before it
-# stops reading (the rest waits in the kernel, and the client with it): the application's
-# `read_bufsize` (BUFFER_SMALL) and reads of connections.RECEIVE_SMALL for every request, and
-# the body is processed in blocks of BLOCK_SMALL. A body that starts while the worker reads
-# fewer than LARGE_BELOW others gets large pieces instead (BUFFER_LARGE, reads of
-# RECEIVE_LARGE, blocks of streams.BLOCK_SIZE): a lone push or a few keep fewer pauses of the
-# socket and fewer hand-offs to the hashing threads, while in a burst of hundreds of uploads
-# each costs a few hundred KiB instead of three or four MiB (docs/performance.md).
+# stops reading (the rest waits in the kernel, and the client with it); the body's consumer
+# groups what arrives into blocks (streams.pipelined). Three sizes of those pieces:
+#
+# - small, for a body of known length under SMALL_BODY (a chunk of a chunked upload; bodies
+#   from direct.MIN_LENGTH on are taken from the socket instead): the application's
+#   `read_bufsize`, reads of connections.RECEIVE_SMALL, blocks of BLOCK_SMALL. A burst of
+#   hundreds of such uploads then costs about 100 KiB each, not the 3-4 MiB of large pieces
+#   (docs/performance.md, "Memory under a burst of uploads");
+# - large, for the others (streamed pushes of unknown length, Docker's and v1's), while the
+#   worker reads fewer than LARGE_BODIES such: fewer pauses of the socket and fewer hand-offs
+#   to the hashing threads, at 3-4 MiB each;
+# - medium beyond them: a quarter of that memory, a fraction more CPU per byte.
+SMALL_BODY = 4 << 20
+LARGE_BODIES = 8
 BUFFER_SMALL = 16 << 10
-BUFFER_LARGE = 1 << 20
 BLOCK_SMALL = 32 << 10
-LARGE_BELOW = 4
+BUFFER_MEDIUM = 64 << 10
+BLOCK_MEDIUM = 256 << 10
+BUFFER_LARGE = 1 << 20
 
 
 class _Reading:
-    """The worker's count of bodies being read through aiohttp's parser."""
+    """The worker's count of bodies being read through aiohttp's parser, and of the large
+    ones among them."""
 
     def __init__(self) -> None:
         self.bodies = 0
+        self.large = 0
 
     def done(self, transport: asyncio.BaseTransport | None, large: bool) -> None:
         self.bodies = max(0, self.bodies - 1)
         if large:
-            connections.set_receive_size(transport, connections.RECEIVE_SMALL)
+            self.large = max(0, self.large - 1)
+        connections.set_receive_size(transport, connections.RECEIVE_SMALL)
 
 
 READING = _Reading()
@@ -73,17 +84,23 @@ class Arriving:
     """A request body through aiohttp's parser, in the pieces the socket delivers, with the
     block size its consumer should group them into (`block_size`, see streams.pipelined).
 
-    Whether it gets large pieces is decided when it is made (just before it is read); it
-    stops counting among the worker's bodies when it has been read, or dropped unread."""
+    Its size of pieces is decided when it is made (just before it is read); it stops counting
+    among the worker's bodies when it has been read, or dropped unread."""
 
     def __init__(self, request: web.Request) -> None:
-        large = READING.bodies < LARGE_BELOW
-        READING.bodies += 1
-        self.block_size = BLOCK_SMALL
-        if large:
-            request.content.set_read_chunk_size(BUFFER_LARGE)
+        length = content_length(request)
+        large = False
+        if length is not None and length < SMALL_BODY:
+            self.block_size = BLOCK_SMALL
+        else:
+            large = READING.large < LARGE_BODIES
+            buffer, self.block_size = (
+                (BUFFER_LARGE, streams.BLOCK_SIZE) if large else (BUFFER_MEDIUM, BLOCK_MEDIUM)
+            )
+            READING.large += large
+            request.content.set_read_chunk_size(buffer)
             connections.set_receive_size(request.transport, connections.RECEIVE_LARGE)
-            self.block_size = streams.BLOCK_SIZE
+        READING.bodies += 1
         release = weakref.finalize(self, READING.done, request.transport, large)
         self._pieces = _pieces(request, release)
 

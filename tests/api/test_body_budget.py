@@ -1,9 +1,10 @@
 """Request bodies read through aiohttp's parser within the worker's memory budget
 (moorage/api/http.py, `Arriving`; issue 14, item 4).
 
-The first few bodies a worker reads at once get large pieces; the ones that start while it
-reads more get small ones. Either way every byte is hashed and stored in order, and a body
-stops counting once it has been read, refused, or dropped by its client.
+Bodies of a known small length are read in small pieces; streamed ones in large pieces while
+the worker reads few such, in medium ones beyond. Whatever the size, every byte is hashed
+and stored in order, and a body stops counting once it has been read, refused, or dropped
+by its client.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from tests.api.helpers import Client, sha256, start_upload, with_query
 OCTET = {"Content-Type": "application/octet-stream"}
 PIECE = 48 << 10
 PIECES = 24  # 1.1 MiB: several large blocks, many small ones
-BODIES = http.LARGE_BELOW + 3
+BODIES = http.LARGE_BODIES + 3  # streamed: unknown length, large or medium pieces
 
 
 def _piece(seed: int, i: int) -> bytes:
@@ -69,8 +70,16 @@ async def test_bodies_beyond_the_large_ones_are_read_small_and_stored_whole(
     try:
         for event in halfway:
             await asyncio.wait_for(event.wait(), 10)
-        # Every body is being read at once: the worker counts each one.
+        # Every body is being read at once: the worker counts each one, and gave large pieces
+        # to as many as it may.
         await _until(lambda: http.READING.bodies == BODIES, f"{BODIES} bodies are read")
+        assert http.READING.large == http.LARGE_BODIES
+        # A body of known small length meanwhile: small pieces, not counted among the large.
+        small = b"".join(_piece(99, i) for i in range(4))
+        location = await start_upload(client, "budget/small")
+        resp = await client.put(with_query(location, digest=sha256(small)), data=small)
+        assert resp.status == 201, await resp.text()
+        assert http.READING.large == http.LARGE_BODIES
         go_on.set()
         results = await asyncio.wait_for(asyncio.gather(*tasks), 60)
     finally:
@@ -82,6 +91,7 @@ async def test_bodies_beyond_the_large_ones_are_read_small_and_stored_whole(
         assert resp.status == 200
         assert await resp.read() == b"".join(_piece(seed, i) for i in range(PIECES))
     await _until(lambda: http.READING.bodies == 0, "every body is given back")
+    assert http.READING.large == 0
 
 
 async def test_a_body_cut_short_by_its_client_is_given_back(client: Client) -> None:
