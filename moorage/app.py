@@ -124,8 +124,8 @@ def create_app(settings: Settings) -> web.Application:
             v2_errors.errors_middleware,
             v1_errors.errors_middleware,
         ],
-        # Request bodies are buffered in small pieces unless they are among the few a worker
-        # reads in large ones (http.Arriving: bounded memory under a burst of uploads).
+        # Request bodies are buffered in small pieces unless http.Arriving gives one larger
+        # ones (a streamed push): bounded memory under a burst of uploads.
         handler_args={"read_bufsize": http.BUFFER_SMALL, **http.HEADER_LIMITS},
     )
     app[IN_FLIGHT] = in_flight

@@ -62,8 +62,8 @@ def _bound_unacknowledged(transport: asyncio.BaseTransport, seconds: float) -> N
 # How much one read from a connection's socket may take. asyncio's selector transport reads up
 # to 256 KiB at a time (`max_size`), and aiohttp's parser holds what was read until the body's
 # reader takes it: hundreds of uploads in a burst each held a quarter of a MiB before their
-# reading paused. Connections start with smaller reads; the few bodies a worker reads in large
-# pieces get the default back (moorage.api.http.Arriving).
+# reading paused. Connections start with smaller reads; a body not of a known small length
+# gets the default back while it is read (moorage.api.http.Arriving).
 RECEIVE_SMALL = 32 << 10
 RECEIVE_LARGE = 256 << 10
 
