@@ -504,6 +504,10 @@ async def test_an_import_interrupted_anywhere_finishes_when_run_again(
 STOP_ATTEMPTS = 5
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop_after_first_links(
     data: Path, root: Path, how: signal.Signals
 ) -> tuple[subprocess.Popen[str], str, str]:
@@ -515,6 +519,9 @@ def _stop_after_first_links(
         stdin=subprocess.DEVNULL,
         text=True,
         env=import_env(),
+        # Ctrl-C as at a terminal, whatever this test inherited: a shell that starts a job in
+        # the background has it ignore SIGINT, and Python then leaves it ignored.
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 60
