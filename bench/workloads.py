@@ -269,7 +269,8 @@ class BlobPush(Workload):
     def describe(self, p: Profile) -> str:
         return (
             f"one {_fmt_size(p.big_blob)} blob, monolithic: POST, then PUT ?digest= with the "
-            "body streamed by curl from a file (page cache)"
+            "body streamed by curl from a file (page cache); the stored blob removed after "
+            "each round"
         )
 
     async def prepare_round(self, ctx: Context, r: int) -> None:
@@ -288,9 +289,24 @@ class BlobPush(Workload):
         await client.head_blob(
             ctx.session, server, f"bench/big-push-{r}", self.blob.digest, self.blob.size
         )
+        # Then its stored bytes go, and with them their page cache: every round (and each
+        # server) then writes into memory the previous ones freed, as the first one did. On
+        # a VM whose host takes back free memory, pages not used for a while cost several
+        # times more system time to fill (docs/performance.md), and each round would pay
+        # more of that than the last.
+        await asyncio.to_thread(_drop_stored, server, self.blob.digest.split(":", 1)[1])
 
     async def finish_round(self, ctx: Context, r: int) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _drop_stored(server: Server, hex_digest: str) -> None:
+    """Remove what `server` stored under its data directory for the blob `hex_digest`."""
+    for path in list((server.root / "data").rglob(f"{hex_digest}*")):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 class BlobPull(Workload):
