@@ -164,8 +164,8 @@ async def chunked(
             dst.write(src.read(chunk))
         parts.append((start, part))
     # The parts hold the blob now: the whole file too would make three copies of it in tmpfs
-    # (with the upload's), more than this VM keeps ready (see `_drop_blobs`). It is written
-    # again before the next push.
+    # (with the upload's), more than this VM keeps ready (see `main`). It is written again
+    # before the next push.
     path.unlink()
     result: dict[str, float] = {}
     try:
@@ -287,11 +287,11 @@ async def main() -> None:
         layer = tmp / "layer.tar.gz"
         digest = ""
         await server.start()
-        print(f"server pid {server.pid}, {args.workers} workers, data on {tmp}", flush=True)
+        print(f"server pid {server.pid}, {args.workers} workers, data in {data}", flush=True)
         async with aiohttp.ClientSession() as session:
             for case in args.cases.split(","):
                 if case == "v1":
-                    # Only the files this case sends are kept in tmpfs (see `_drop_blobs`).
+                    # Only the files this case sends are kept in tmpfs (see below).
                     src.unlink(missing_ok=True)
                     await asyncio.to_thread(_v1_layer, layer, size)
                 for n in range(args.repeat):
