@@ -6,7 +6,9 @@ computes, without a second read (docs/contracts/v1-protocol.md sections 4.4.3, 5
 - the v2 blob digest `sha256(body)` and the body's length;
 - the v2 `diff_id` `sha256(decompressed tar)` and the decompressed length;
 - TarSum v0 with the image JSON as prefix (`X-Docker-Checksum`), and on request `tarsum.v1`
-  and `tarsum.dev` (no prefix, their usual use).
+  and `tarsum.dev` (no prefix, their usual use). TarSum v0 can be left out (`tarsum=False`):
+  it hashes the decompressed content a second time, and only clients older than Docker 0.10
+  check a layer by it (section 5.3); the tar is still parsed and checked the same.
 
 The body must be a gzip-compressed or plain tar archive, told apart by magic bytes; bzip2, xz
 and zstd are refused (section 13), and so is anything that does not parse as tar. An empty tar
@@ -84,7 +86,7 @@ class LayerSums:
     payload_checksum: str  # "sha256:<hex>" of json || LF || body
     blob_digest: str  # "sha256:<hex>" of the body as sent
     diff_id: str  # "sha256:<hex>" of the decompressed tar stream
-    tarsum: str  # "tarsum+sha256:<hex>", Version 0 with the image JSON as prefix
+    tarsum: str | None  # "tarsum+sha256:<hex>", Version 0 with the JSON as prefix; if asked
     size: int  # body bytes
     uncompressed_size: int  # decompressed tar bytes (== size for a plain tar)
     compressed: bool  # gzip (True) or plain tar (False)
@@ -111,6 +113,7 @@ class LayerAnalyzer:
         ratio_floor: int = DEFAULT_RATIO_FLOOR,
         max_header_record: int = DEFAULT_MAX_HEADER_RECORD,
         max_entries: int = DEFAULT_MAX_ENTRIES,
+        tarsum: bool = True,
         extra_tarsums: bool = False,
         step: int = DEFAULT_STEP,
     ) -> None:
@@ -130,10 +133,10 @@ class LayerAnalyzer:
         self._inflate: zlib._Decompress | None = None
         self._members = 0  # gzip members begun, counting the current one
         self._member_fed = False  # whether the current member has been given input
-        self._tarsum = TarSum(Version.V0)
+        self._tarsum = TarSum(Version.V0) if tarsum else None
         # tarsum.dev has the same rules as v1 in every version studied: one sum serves both.
         self._tarsum_v1 = TarSum(Version.V1) if extra_tarsums else None
-        sinks = [self._tarsum] + ([self._tarsum_v1] if self._tarsum_v1 else [])
+        sinks = [sink for sink in (self._tarsum, self._tarsum_v1) if sink is not None]
         self._tar = TarReader(*sinks, max_header_record=max_header_record, max_entries=max_entries)
         self._failed: LayerInvalid | None = None
         self._finished = False
@@ -304,11 +307,11 @@ class LayerAnalyzer:
             payload_checksum="sha256:" + self._payload.hexdigest(),
             blob_digest="sha256:" + self._blob.hexdigest(),
             diff_id="sha256:" + self._diff.hexdigest(),
-            tarsum=self._tarsum.sum(self._json),
+            tarsum=self._tarsum.sum(self._json) if self._tarsum is not None else None,
             size=self._size,
             uncompressed_size=self._uncompressed,
             compressed=bool(self._compressed),
-            entries=self._tarsum.entries,
+            entries=self._tar.entries,
             tarsum_v1=format_sum(Version.V1, v1) if v1 is not None else None,
             tarsum_dev=format_sum(Version.DEV, v1) if v1 is not None else None,
         )

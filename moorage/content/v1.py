@@ -373,7 +373,7 @@ class V1Service:
         self, row: V1ImageRow, body: AsyncIterator[bytes], uploader: str
     ) -> None:
         """Hash a shadow upload without keeping it: only its payload checksum matters."""
-        analyzer = LayerAnalyzer(row.json)
+        analyzer = LayerAnalyzer(row.json, tarsum=False)
         async for chunk in body:
             await asyncio.to_thread(analyzer.update, chunk)
         sums = await asyncio.to_thread(analyzer.finish)  # LayerInvalid: refused
@@ -382,15 +382,19 @@ class V1Service:
     async def _receive(
         self, writer: ObjectWriter, image_json: bytes, body: AsyncIterator[bytes]
     ) -> layers.LayerSums:
-        analyzer = LayerAnalyzer(image_json)
+        # No TarSum: it would hash the decompressed content a second time, for clients older
+        # than Docker 0.10 only; `put_checksum` computes it from the stored layer when one
+        # asks (docs/contracts/v1-protocol.md section 5.3).
+        analyzer = LayerAnalyzer(image_json, tarsum=False)
 
         def hash_body(block: bytes) -> None:
             analyzer.hash_payload(block)
             analyzer.hash_blob(block)
 
         async def process(block: bytes) -> None:
-            # The body's two digests on one thread, gunzip + diff_id + tarsums on another, the
-            # write on a third: about as much work each side, on two cores twice as fast.
+            # The body's two digests on one thread, gunzip + diff_id + the tar's checks on
+            # another, the write on a third: about as much work each side, on two cores twice
+            # as fast.
             await asyncio.gather(
                 asyncio.to_thread(hash_body, block),
                 asyncio.to_thread(analyzer.read_content, block),
@@ -432,11 +436,25 @@ class V1Service:
         else:
             assert tarsum is not None
             claimed = tarsum.strip().lower()
-            ok = claimed in {computed, (row.tarsum or "").lower()}
+            ok = claimed == computed or claimed == (await self._tarsum_of(row)).lower()
         if not ok:
             raise ChecksumMismatch(image_id)
         if not await self.metadata.v1_complete(image_id, row.generation, tarsum, repository):
             raise UploadRestarted(image_id)
+
+    async def _tarsum_of(self, row: V1ImageRow) -> str:
+        """The uploaded layer's TarSum v0 (with its JSON as prefix): computed from the stored
+        bytes when the upload did not (a second read, for clients older than Docker 0.10, the
+        only ones that send no payload checksum)."""
+        if row.tarsum is not None:
+            return row.tarsum
+        blob = await self.layer(row)
+        analyzer = LayerAnalyzer(row.json)
+        async for block in streams.blocks(self.read(blob, 0, blob.size)):
+            await asyncio.to_thread(analyzer.read_content, block)
+        sums = await asyncio.to_thread(analyzer.finish)
+        assert sums.tarsum is not None
+        return sums.tarsum
 
     async def _finish_proof(
         self,

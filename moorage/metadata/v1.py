@@ -50,7 +50,7 @@ class LayerSums:
     storage_key: str
     diff_id: str
     payload_checksum: str
-    tarsum: str
+    tarsum: str | None  # None: not computed at upload (only pre-0.10 clients check it)
     size: int
     compressed: bool
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import bz2
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -161,6 +162,19 @@ def test_concatenated_gzip_members() -> None:
     sums = analyze(body, piece=1000)
     assert sums.diff_id == sha(tar)
     assert sums.tarsum == tarsum(tar, J)
+
+
+def test_without_tarsum_the_rest_is_the_same() -> None:
+    # The upload path leaves TarSum v0 out; every other sum, and the tar's checks, stay.
+    tar = sample_tar(50_000)
+    for body in (gz(tar), tar):
+        full, lean = analyze(body, piece=4096), analyze(body, piece=4096, tarsum=False)
+        assert lean.tarsum is None and full.tarsum == tarsum(tar, J)
+        assert dataclasses.replace(lean, tarsum=full.tarsum) == full
+        assert lean.entries == full.entries == 4
+    for cut in (gz(tar)[:-40], tar[: len(tar) // 2]):
+        with pytest.raises(LayerInvalid):
+            analyze(cut, tarsum=False)
 
 
 # -- streaming -------------------------------------------------------------------------------

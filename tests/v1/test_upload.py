@@ -189,14 +189,25 @@ async def test_v1_c41_payload_wins_over_tarsum(v1: V1Client) -> None:
 
 async def test_v1_c42_tarsum_only(v1: V1Client) -> None:
     p, q = make_chain(1)[0], make_chain(1)[0]
-    for image in (p, q):
+    plain = make_image(compress=False)
+    for image in (p, q, plain):
         assert_true(await v1.put_json(image, None))
         assert_true(await v1.put_layer(image, None))
-    assert_true(await v1.put_checksum(p, None, payload=None))
+        # The upload computes no TarSum (only these old clients check it): the checksum
+        # call computes it from the stored layer.
+        row = await stored(v1, image.id)
+        assert row is not None and row.tarsum is None
+    for image in (p, plain):
+        assert_true(await v1.put_checksum(image, None, payload=None))
+        resp = await v1.call("GET", f"/v1/images/{image.id}/json")
+        assert resp.status == 200
+        assert resp.headers["X-Docker-Checksum"] == image.tarsum
     wrong = "tarsum+sha256:" + "1" * 64
     assert_error(await v1.put_checksum(q, None, payload=None, tarsum=wrong), 400)
     row = await stored(v1, q.id)
     assert row is not None and row.state == "uploaded"
+    # Its TarSum, from the stored layer, still completes it.
+    assert_true(await v1.put_checksum(q, None, payload=None))
 
 
 async def test_v1_c43_checksum_preconditions(v1: V1Client) -> None:
