@@ -1,5 +1,6 @@
 """What a push costs the server: CPU seconds of its whole process tree (supervisor and
-workers) per GiB taken in, for a monolithic push, a chunked push and a v1 layer PUT.
+workers) per GiB taken in, for a monolithic push, a streamed one (one PATCH in chunked
+transfer-encoding, as Docker pushes), a chunked push and a v1 layer PUT.
 
 The data directory is on tmpfs (/dev/shm), so the disk does not enter the figure: what is left
 is the server's own work (reading the socket, hashing, copying, writing to the page cache,
@@ -8,8 +9,8 @@ is curl sending a file from tmpfs; its CPU is not counted. Each case is repeated
 repetition printed, as the machine may be shared with other jobs (CPU seconds are much less
 sensitive to that than wall time). Each pushed blob is removed after its repetition.
 
-    python -m bench.pushcost [--size MiB] [--repeat N] [--workers N] [--cases mono,chunked,v1]
-                             [--data-root DIR]
+    python -m bench.pushcost [--size MiB] [--repeat N] [--workers N]
+                             [--cases mono,stream,chunked,v1] [--data-root DIR]
 """
 
 from __future__ import annotations
@@ -117,6 +118,15 @@ async def _start(session: aiohttp.ClientSession, url: str, repo: str) -> str:
     return location if location.startswith("http") else url + location
 
 
+def _location(headers: Path, url: str) -> str:
+    """The Location of the response whose headers curl wrote to `headers` (`-D`)."""
+    for line in headers.read_text().splitlines():
+        if line.lower().startswith("location:"):
+            loc = line.split(":", 1)[1].strip()
+            return loc if loc.startswith("http") else url + loc
+    raise AssertionError(f"no Location in {headers}")
+
+
 def _with(location: str, query: str) -> str:
     return location + ("&" if "?" in location else "?") + query
 
@@ -141,6 +151,41 @@ async def mono(
             str(path),
             _with(location, f"digest={digest}"),
         )
+    assert rc == 0 and code == "201", (rc, code)
+    return result
+
+
+async def stream(
+    session: aiohttp.ClientSession,
+    server: MoorageProcess,
+    path: Path,
+    digest: str,
+    size: int,
+    n: int,
+) -> dict[str, float]:
+    """As Docker pushes a layer: one PATCH of the whole blob in chunked transfer-encoding (no
+    length), then an empty PUT with the digest."""
+    location = await _start(session, server.url, f"cost/stream{n}")
+    result: dict[str, float] = {}
+    headers = path.with_suffix(".h")
+    with measured(server, result):
+        rc, code = await _curl(
+            "-X",
+            "PATCH",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "-H",
+            "Content-Type: application/octet-stream",
+            "-T",
+            str(path),
+            "-D",
+            str(headers),
+            location,
+        )
+        assert rc == 0 and code == "202", (rc, code)
+        location = _location(headers, server.url)
+        rc, code = await _curl("-X", "PUT", _with(location, f"digest={digest}"))
+    headers.unlink(missing_ok=True)
     assert rc == 0 and code == "201", (rc, code)
     return result
 
@@ -187,10 +232,7 @@ async def chunked(
                 )
                 assert rc == 0 and code == "202", (rc, code)
                 part.unlink()  # sent: its memory goes back for the next ones
-                for line in (Path(str(part) + ".h")).read_text().splitlines():
-                    if line.lower().startswith("location:"):
-                        loc = line.split(":", 1)[1].strip()
-                        location = loc if loc.startswith("http") else server.url + loc
+                location = _location(Path(str(part) + ".h"), server.url)
             rc, code = await _curl("-X", "PUT", _with(location, f"digest={digest}"))
             assert rc == 0 and code == "201", (rc, code)
     finally:
@@ -249,7 +291,12 @@ async def v1(
     return result
 
 
-CASES: dict[str, Callable[..., object]] = {"mono": mono, "chunked": chunked, "v1": v1}
+CASES: dict[str, Callable[..., object]] = {
+    "mono": mono,
+    "stream": stream,
+    "chunked": chunked,
+    "v1": v1,
+}
 
 
 def _drop_blobs(data: Path) -> None:
@@ -264,7 +311,7 @@ async def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="MiB per push")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--cases", default="mono,chunked,v1")
+    parser.add_argument("--cases", default="mono,stream,chunked,v1")
     parser.add_argument("--pause", action="store_true", help="wait for Enter before each push")
     parser.add_argument("--profile", type=Path, help="py-spy each push, summaries printed")
     parser.add_argument("--source", type=Path, help="run the moorage package in this folder")

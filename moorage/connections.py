@@ -34,6 +34,8 @@ from typing import cast
 from aiohttp import StreamReader, web
 from aiohttp.typedefs import Handler
 
+from moorage import chunked
+
 log = logging.getLogger("moorage.connections")
 
 # Descriptors kept free for everything but sockets: the metadata database, its journal, the
@@ -111,6 +113,12 @@ class Connection(asyncio.Protocol):
         # Set while a worker thread takes the body from the socket (moorage.api.direct), when
         # the transport does not read: whether that thread is waiting for the client's bytes.
         self.body_waiting: bool | None = None
+        # A chunked request body's framing, followed as its bytes pass (moorage.chunked), and
+        # the request line of the head it began after: a worker thread can then take the
+        # rest of the body from the socket at any moment (moorage.api.direct).
+        self.awaiting_head = True  # the next bytes should begin a request head
+        self.request_line: bytes | None = None
+        self.framing: chunked.Framing | None = None
         self.refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -132,6 +140,15 @@ class Connection(asyncio.Protocol):
         if not self.busy and self.head_since is None:
             self.head_since = now
             self.idle_since = None
+        if self.awaiting_head:
+            self.awaiting_head = False
+            found = chunked.follow(data)
+            self.request_line, self.framing = found if found is not None else (None, None)
+        elif self.framing is not None:
+            try:
+                self.framing.feed(data)
+            except chunked.FramingError:  # aiohttp's parser refuses the request too
+                self.framing = None
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -164,6 +181,8 @@ class Connection(asyncio.Protocol):
         self.busy = False
         self.body = None
         self.body_waiting = None
+        self.awaiting_head = True
+        self.request_line = self.framing = None
         self.idle_since = self.guard.now()
 
     def overdue(self, now: float, limits: Limits) -> str | None:

@@ -81,6 +81,12 @@ class BlobUploadInvalid(RegistryError):
     code, status, default_message = "BLOB_UPLOAD_INVALID", 404, "blob upload invalid"
 
 
+class BodyMalformed(RegistryError):
+    """A request body's framing (chunked transfer-encoding) is malformed."""
+
+    code, status, default_message = "BLOB_UPLOAD_INVALID", 400, "malformed request body"
+
+
 class BlobUploadUnknown(RegistryError):
     code, status, default_message = "BLOB_UPLOAD_UNKNOWN", 404, "blob upload unknown to registry"
 

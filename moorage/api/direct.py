@@ -14,7 +14,9 @@ one.
 aiohttp's parser never sees those bytes, so it cannot go on parsing the connection: the
 response says `Connection: close` (`closing_middleware`) and the connection ends after it. A
 client sending a body this large opens a new connection for its next request at no noticeable
-cost. Bodies that are small, chunked, content-encoded or on TLS take the ordinary path.
+cost. Bodies that are small, content-encoded or on TLS take the ordinary path; so do chunked
+ones, except that `ChunkedBody.drain` may take the rest of one over where the connection guard
+followed its framing (see `ChunkedBody`, and docs/design/connections.md).
 
 A block is valid until the consumer asks for the block after the next one: the consumer may
 hold one block (hashing and writing it on threads) while it waits for the next, as
@@ -22,8 +24,9 @@ hold one block (hashing and writing it on threads) while it waits for the next, 
 
 A consumer that can do all its work on one thread (hash, then write to a local file) takes the
 body with `DirectBody.drain` instead: one worker thread receives the rest of the body from a
-duplicate of the socket (blocking `recv_into` into one reused block) and hands each block to
-the consumer on that same thread. The event loop is not involved per block: the hand-offs
+duplicate of the socket (blocking `recv_into` into two reused blocks in turn) and hands each
+block to the consumer on that same thread; a block is not written again until the call after
+its own returns. The event loop is not involved per block: the hand-offs
 between the loop and the hashing and writing threads, two per block, cost about 0.35 CPU
 seconds per GiB, a third of the whole (docs/performance.md, issue 14). The loop only watches
 the connection: when the guard closes a stalled one, or the client goes, the thread's socket is
@@ -42,7 +45,10 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from moorage import chunked
 from moorage.connections import Connection
+from moorage.content import streams
+from moorage.errors import BodyMalformed
 
 BLOCK = 1 << 20  # as streams.BLOCK_SIZE: a block hashed and written while still in L2
 POOL = 3
@@ -168,16 +174,29 @@ class _Taker(asyncio.Protocol):
     of the connection's socket: the transport does not read (paused), it only tells of the
     connection's end, which shuts `sock` down so that the thread's wait ends at once."""
 
-    def __init__(self, owner: asyncio.BaseProtocol, sock: socket.socket, remaining: int) -> None:
+    def __init__(
+        self,
+        owner: asyncio.BaseProtocol,
+        sock: socket.socket,
+        remaining: int,
+        framing: chunked.Framing | None = None,
+    ) -> None:
         self.owner = owner  # the protocol the transport had: still told of writes and loss
         self.sock = sock
-        self.remaining = remaining
+        self.remaining = remaining  # bytes of a body of known length; unused when chunked
+        self.framing = framing  # where a chunked body is in its framing
         self.received = 0
         self.conn = owner if isinstance(owner, Connection) else None
         self.lock = threading.Lock()  # shutdown (loop) never meets close (thread) on one fd
         self.stopped = False
         self.closed = False
         self.finished = False  # the thread is done with the socket
+
+    @staticmethod
+    def factory(
+        remaining: int, framing: chunked.Framing | None = None
+    ) -> Callable[[asyncio.BaseProtocol, socket.socket], _Taker]:
+        return lambda owner, sock: _Taker(owner, sock, remaining, framing)
 
     def data_received(self, data: bytes) -> None:
         if not self.finished:  # reading is paused: bytes here would be missing from the body
@@ -225,7 +244,10 @@ class _Taker(asyncio.Protocol):
         try:
             if prefix:
                 consume(memoryview(prefix))
-            self._take(consume)
+            if self.framing is not None:
+                self._take_chunked(consume, self.framing)
+            else:
+                self._take(consume)
         except BaseException as exc:  # handed to the loop, raised there
             error = exc
         finally:
@@ -237,20 +259,39 @@ class _Taker(asyncio.Protocol):
             loop.call_soon_threadsafe(_settle, done, len(prefix) + self.received, error)
 
     def _take(self, consume: Callable[[memoryview], None]) -> None:
-        sock, conn = self.sock, self.conn
-        view = memoryview(bytearray(min(BLOCK, self.remaining)))
+        """The rest of a body of known length, received straight into two blocks in turn."""
+        blocks = _Blocks(min(BLOCK, self.remaining))
+        view = blocks.next()
         fill = 0
-        waiting = False
         while self.remaining > 0:
+            n = self._recv(view[fill : min(len(view), fill + self.remaining)])
+            fill += n
+            self.remaining -= n
+            self.received += n
+            if fill == len(view) or self.remaining == 0:
+                self._consume(consume, view[:fill])
+                if self.remaining > 0:
+                    view = blocks.next()
+                fill = 0
+
+    def _consume(self, consume: Callable[[memoryview], None], block: memoryview) -> None:
+        if self.conn is not None:
+            # `consume`'s time is the server's: the guard does not time it as a stall.
+            self.conn.body_waiting = False
+        consume(block)
+
+    def _recv(self, view: memoryview) -> int:
+        """One `recv_into` of the body's next bytes; raises `BodyCut` when it ended early or
+        was stopped. The guard times the wait as the client's (see `_take`)."""
+        conn = self.conn
+        while True:
             if self.stopped:
                 raise BodyCut("the connection ended before the body")
-            if conn is not None and not waiting:
-                # Waiting for the client from now on: the guard times this wait (a stall),
-                # not the time `consume` took (the server being slower than the client).
+            if conn is not None and not conn.body_waiting:
                 conn.body_progress()
-                conn.body_waiting = waiting = True
+                conn.body_waiting = True
             try:
-                n = sock.recv_into(view[fill : min(len(view), fill + self.remaining)])
+                n = self.sock.recv_into(view)
             except TimeoutError:
                 continue  # only to look at `stopped` again; the guard decides what is a stall
             except OSError as exc:
@@ -259,14 +300,65 @@ class _Taker(asyncio.Protocol):
                 raise BodyCut("the client ended the connection before the body")
             if conn is not None:
                 conn.body_progress()
-            fill += n
-            self.remaining -= n
-            self.received += n
-            if fill == len(view) or self.remaining == 0:
-                if conn is not None:
-                    conn.body_waiting = waiting = False
-                consume(view[:fill])
-                fill = 0
+            return n
+
+    def _take_chunked(
+        self, consume: Callable[[memoryview], None], framing: chunked.Framing
+    ) -> None:
+        """The rest of a chunked body: its framing read from `_RAW`-sized reads, from where
+        the connection guard left it, and its data gathered into blocks of `BLOCK` bytes.
+        Bytes past the body's end (a pipelined request) are dropped: the connection closes
+        after the response."""
+        raw = memoryview(bytearray(_RAW))
+        blocks = _Blocks(BLOCK)
+        block = blocks.next()
+        fill = 0
+
+        def flush(last: bool = False) -> None:
+            nonlocal fill, block
+            self._consume(consume, block[:fill])
+            if not last:
+                block = blocks.next()
+            fill = 0
+
+        def gather(piece: memoryview) -> None:
+            nonlocal fill
+            while piece:
+                take = min(len(piece), BLOCK - fill)
+                block[fill : fill + take] = piece[:take]
+                fill += take
+                piece = piece[take:]
+                if fill == BLOCK:
+                    flush()
+
+        while not framing.done:
+            n = self._recv(raw)
+            before = framing.decoded
+            try:
+                framing.feed(raw[:n], gather)
+            except chunked.FramingError as exc:
+                raise BodyMalformed(str(exc)) from None
+            finally:
+                self.received += framing.decoded - before
+        if fill:
+            flush(last=True)
+
+
+class _Blocks:
+    """Two buffers of `size` bytes, handed out in turn (the second made when first needed):
+    a block handed to `consume` stays untouched until the call after it returns."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.made: list[memoryview] = []
+        self.turn = 0
+
+    def next(self) -> memoryview:
+        if len(self.made) < 2:
+            self.made.append(memoryview(bytearray(self.size)))
+        view = self.made[self.turn]
+        self.turn ^= 1
+        return view
 
 
 def _settle(done: asyncio.Future[int], received: int, error: BaseException | None) -> None:
@@ -279,6 +371,7 @@ def _settle(done: asyncio.Future[int], received: int, error: BaseException | Non
 
 
 _WAKE = 1.0  # seconds: how often a thread waiting for bytes looks whether it was stopped
+_RAW = 256 << 10  # one read of a chunked body's raw bytes (asyncio's own read size)
 
 
 class DirectBody:
@@ -304,7 +397,8 @@ class DirectBody:
 
     async def drain(self, consume: Callable[[memoryview], None]) -> int:
         """Call `consume` with each block of the whole body, in order, all on one worker thread
-        (a block is valid during its call only); returns the body's size. An error of
+        (a block stays valid until the next call returns: work on it may go on beside the
+        receiving of the next); returns the body's size. An error of
         `consume` stops the body and is raised here; so is `BodyCut`. If this is cancelled,
         the thread is stopped and waited for: `consume` is never called after this returns."""
         if self._blocks is not None or self._drained:
@@ -318,42 +412,157 @@ class DirectBody:
                 await asyncio.to_thread(consume, memoryview(prefix))
             return len(prefix)
         # As in `body`, no await from reading what aiohttp holds to taking the socket over.
-        sock = transport.get_extra_info("socket").dup()
-        sock.settimeout(_WAKE)  # keeps the shared descriptor non-blocking, as the loop needs
-        taker = _Taker(transport.get_protocol(), sock, self.length - len(prefix))
-        request[DIRECT] = True
-        request.protocol.close()  # aiohttp ends the connection once the response is sent
-        transport.pause_reading()  # the loop no longer reads this socket: the thread does
-        transport.set_protocol(taker)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[int] = loop.create_future()
-        thread = threading.Thread(
-            target=taker.run, args=(prefix, consume, loop, done), name="moorage-body", daemon=True
+        return await _drain_rest(
+            request, transport, prefix, consume, _Taker.factory(self.length - len(prefix))
         )
+
+
+class ChunkedBody:
+    """A request body in chunked transfer-encoding: iterated through aiohttp (`arriving`, the
+    ordinary path), or `drain`ed whole on one worker thread, which takes the rest from the
+    socket where the connection guard's `Framing` says the body is. Nothing is taken over
+    until `drain` is called, and only when that framing provably matches what aiohttp parsed
+    (`_position`); otherwise `drain` reads through aiohttp too."""
+
+    def __init__(self, request: web.Request, arriving: AsyncIterator[bytes]) -> None:
+        self.request = request
+        self.arriving = arriving
+        self.block_size: int = getattr(arriving, "block_size", BLOCK)
+        self._used = False
+
+    def __aiter__(self) -> ChunkedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._used = True
+        return await anext(self.arriving)
+
+    async def drain(self, consume: Callable[[memoryview], None]) -> int:
+        """As `DirectBody.drain`."""
+        if self._used:
+            raise RuntimeError("the body is being read already")
+        self._used = True
+        global _draining
+        request = self.request
+        transport = request.transport
+        framing = _position(request) if _draining < MAX_DRAINING_CHUNKED else None
+        # What aiohttp holds: all the body so far, unless something read it before.
+        prefix = request.content.read_nowait() if framing is not None else b""
+        if (
+            framing is not None
+            and len(prefix) == framing.decoded
+            and isinstance(transport, asyncio.Transport)
+        ):
+            _draining += 1
+            try:
+                return await _drain_rest(
+                    request, transport, prefix, consume, _Taker.factory(0, framing)
+                )
+            finally:
+                _draining -= 1
+        # Through aiohttp, each block handed to a thread.
+        received = 0
+        if prefix:
+            await asyncio.to_thread(consume, memoryview(prefix))
+            received += len(prefix)
+        async for piece in streams.blocks(self.arriving, BLOCK):
+            await asyncio.to_thread(consume, memoryview(piece))
+            received += len(piece)
+        return received
+
+
+# Chunked bodies drained at once in one worker; more go through aiohttp (each drained one holds
+# a thread, a block and a read buffer, about 1.3 MiB: a burst of hundreds must not).
+MAX_DRAINING_CHUNKED = 8
+_draining = 0
+
+
+def _position(request: web.Request) -> chunked.Framing | None:
+    """The framing of `request`'s chunked body where aiohttp's parser is now, when the
+    connection guard followed it from this very request's head (its request line) to exactly
+    as many body bytes as aiohttp has received, and the body is not over; else None."""
+    transport = request.transport
+    if transport is None:
+        return None
+    conn = transport.get_protocol()
+    if not isinstance(conn, Connection) or conn.framing is None or conn.request_line is None:
+        return None
+    framing, payload = conn.framing, request.content
+    if framing.done or payload.is_eof() or payload.exception() is not None:
+        return None
+    target = request.raw_path.encode("utf-8", "surrogateescape")
+    if conn.request_line != request.method.encode() + b" " + target + b" HTTP/1.1":
+        return None
+    if framing.decoded != payload.total_bytes:
+        return None
+    return framing
+
+
+def chunked_eligible(request: web.Request) -> bool:
+    """Whether `request`'s body is chunked (and only that) on a plain TCP connection: a
+    `ChunkedBody` may then take it over."""
+    headers = request.headers
+    if headers.get("Transfer-Encoding", "").strip().lower() != "chunked":
+        return False
+    if "Content-Length" in headers:
+        return False
+    if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return False
+    transport = request.transport
+    if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+        return False
+    if transport.get_extra_info("sslcontext") is not None:
+        return False
+    return transport.get_extra_info("socket") is not None
+
+
+async def _drain_rest(
+    request: web.Request,
+    transport: asyncio.Transport,
+    prefix: bytes,
+    consume: Callable[[memoryview], None],
+    make_taker: Callable[[asyncio.BaseProtocol, socket.socket], _Taker],
+) -> int:
+    """`DirectBody.drain` and `ChunkedBody.drain` from the takeover on: `prefix`, what aiohttp
+    held, then the rest from the socket on a worker thread. Called with no await since
+    `prefix` was read."""
+    payload = request.content
+    sock = transport.get_extra_info("socket").dup()
+    sock.settimeout(_WAKE)  # keeps the shared descriptor non-blocking, as the loop needs
+    taker = make_taker(transport.get_protocol(), sock)
+    request[DIRECT] = True
+    request.protocol.close()  # aiohttp ends the connection once the response is sent
+    transport.pause_reading()  # the loop no longer reads this socket: the thread does
+    transport.set_protocol(taker)
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[int] = loop.create_future()
+    thread = threading.Thread(
+        target=taker.run, args=(prefix, consume, loop, done), name="moorage-body", daemon=True
+    )
+    try:
         try:
-            try:
-                thread.start()
-            except BaseException:
-                taker.stop()
-                taker.close()
-                raise
-            try:
-                return await asyncio.shield(done)
-            except asyncio.CancelledError:
-                taker.stop()
-                while not done.done():
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait([done])
-                done.exception()  # retrieved: the cancellation is what goes on
-                raise
-        finally:
-            payload.total_bytes = len(prefix) + taker.received  # for the metrics
-            payload.feed_eof()  # aiohttp must not wait for the rest after the response
-            # feed_eof resumes reading (aiohttp's flow control): the loop need not read what
-            # a client sends past its body, and must not take a vanished client's end for
-            # anything but the response's failure.
-            if not transport.is_closing():
-                transport.pause_reading()
+            thread.start()
+        except BaseException:
+            taker.stop()
+            taker.close()
+            raise
+        try:
+            return await asyncio.shield(done)
+        except asyncio.CancelledError:
+            taker.stop()
+            while not done.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([done])
+            done.exception()  # retrieved: the cancellation is what goes on
+            raise
+    finally:
+        payload.total_bytes = len(prefix) + taker.received  # for the metrics
+        payload.feed_eof()  # aiohttp must not wait for the rest after the response
+        # feed_eof resumes reading (aiohttp's flow control): the loop need not read what
+        # a client sends past its body, and must not take a vanished client's end for
+        # anything but the response's failure.
+        if not transport.is_closing():
+            transport.pause_reading()
 
 
 def eligible(request: web.Request, length: int | None) -> asyncio.Transport | None:

@@ -31,12 +31,16 @@ def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
     known length straight from the socket in reused blocks (`moorage.api.direct`: each is
     valid until the one after the next is asked for), which can also be drained whole on one
     worker thread (`DirectBody.drain`). The others through aiohttp's parser, within the
-    worker's budget for them (`Arriving`)."""
+    worker's budget for them (`Arriving`); a chunked one may still be drained whole on one
+    worker thread, from where aiohttp is in it (`direct.ChunkedBody`)."""
     length = content_length(request)
     transport = direct.eligible(request, length)
     if transport is not None and length is not None:
         return direct.DirectBody(request, transport, length)
-    return Arriving(request)
+    arriving = Arriving(request)
+    if direct.chunked_eligible(request):
+        return direct.ChunkedBody(request, arriving)
+    return arriving
 
 
 # Bodies through aiohttp's parser: what a worker holds of them is bounded. Each connection's

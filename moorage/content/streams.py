@@ -19,7 +19,8 @@ BLOCK_SIZE = 1 << 20
 @runtime_checkable
 class Drainable(Protocol):
     """A body that can also be taken whole on one worker thread, `consume` called there with
-    each block (valid during its call only) and no event loop in between: for work that is
+    each block (valid until the next call returns; the last one is not touched again) and
+    no event loop in between: for work that is
     all blocking calls (hash, write to a local file), where handing every block from the loop
     to threads and back costs a third of the CPU (docs/performance.md, issue 14)."""
 

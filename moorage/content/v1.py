@@ -14,6 +14,7 @@ as predicates; this module knows nothing of users or HTTP.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import re
 import time
@@ -401,6 +402,17 @@ class V1Service:
                 writer.write(block),
             )
 
+        blocking = writer.blocking_write()
+        if blocking is not None and isinstance(body, streams.Drainable):
+            # Received on one worker thread (a body taken from the socket): each block is
+            # written there while the two halves of the analysis run beside it on two more,
+            # with no hand-off through the event loop.
+            analysis = _Analysis(analyzer, blocking)
+            try:
+                await body.drain(analysis)
+            finally:
+                await asyncio.shield(asyncio.to_thread(analysis.wait))
+            return await asyncio.to_thread(analyzer.finish)
         # In 1 MiB blocks whatever pieces the body asks for: each block costs three hand-offs.
         await streams.pipelined(body, process, streams.BLOCK_SIZE)  # LayerInvalid: refused
         return await asyncio.to_thread(analyzer.finish)
@@ -712,6 +724,43 @@ class V1Service:
             log.warning("v1 id already used by other content", extra={"manifest": manifest_digest})
             return None
         return derived[-1].id
+
+
+_helpers: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+class _Analysis:
+    """A layer's blocks as a drained body hands them over, on its thread: each block written
+    there, its two halves of the analysis on two helper threads, which go on while the next
+    block is received (a block stays valid until the call after its own returns)."""
+
+    def __init__(self, analyzer: LayerAnalyzer, write: Callable[[memoryview], None]) -> None:
+        self.analyzer = analyzer
+        self.write = write
+        self.pending: list[concurrent.futures.Future[None]] = []
+
+    def __call__(self, block: memoryview) -> None:
+        global _helpers
+        if _helpers is None:
+            # Two per upload; uploads beyond two at once wait their turn for them.
+            _helpers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="moorage-v1")
+        self.wait()  # the last block's halves: each half takes the blocks in order
+        self.pending = [
+            _helpers.submit(self._hash_body, block),
+            _helpers.submit(self.analyzer.read_content, block),
+        ]
+        self.write(block)
+
+    def _hash_body(self, block: memoryview) -> None:
+        self.analyzer.hash_payload(block)
+        self.analyzer.hash_blob(block)
+
+    def wait(self) -> None:
+        """Until the halves in flight are done; their error (LayerInvalid: refused) raised."""
+        pending, self.pending = self.pending, []
+        concurrent.futures.wait(pending)
+        for half in pending:
+            half.result()
 
 
 def platform_child(index: dict[str, Any]) -> str | None:

@@ -1,0 +1,298 @@
+"""Chunked request bodies taken from the socket by a worker thread (moorage/api/direct.py,
+`ChunkedBody`), on a real server: the connection guard follows the framing as aiohttp reads
+the start of the body, and the thread goes on from exactly there.
+
+Every body here is sent in pieces with pauses between them, so the takeover happens in the
+middle of the body, at framing positions the pieces' cuts choose. The response to a body taken
+over says `Connection: close`; one that went through aiohttp does not (these requests do not
+ask for it). Every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import itertools
+import json
+import random
+
+import pytest
+
+from moorage.chunked import Framing
+from tests.harness import MakeServer, MoorageProcess
+from tests.v1.client import make_image, payload_checksum
+
+pytestmark = pytest.mark.timeout(120)
+
+BOUND = 20.0  # seconds any one answer may take
+PAUSE = 0.3  # between pieces: the handler takes over while the rest is still to come
+
+
+def _data(size: int, seed: str) -> bytes:
+    rng = random.Random(seed)
+    return rng.randbytes(size)
+
+
+def _frame(data: bytes, sizes: list[int], trailer: bytes = b"") -> bytes:
+    """`data` in chunks of `sizes` (cycled), some with extensions, then the last chunk."""
+    out, at, n = bytearray(), 0, 0
+    while at < len(data):
+        size = sizes[n % len(sizes)]
+        piece = data[at : at + size]
+        ext = b";n=" + str(n).encode() if n % 3 == 1 else b""
+        out += f"{len(piece):x}".encode() + ext + b"\r\n" + piece + b"\r\n"
+        at += len(piece)
+        n += 1
+    return bytes(out + b"0\r\n" + trailer + b"\r\n")
+
+
+class Reply:
+    def __init__(self, raw: bytes) -> None:
+        head, _, self.body = raw.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        self.status = int(lines[0].split()[1])
+        self.headers = {
+            k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])
+        }
+
+    @property
+    def closes(self) -> bool:
+        return self.headers.get("connection", "").lower() == "close"
+
+
+async def _exchange(
+    server: MoorageProcess, head: str, pieces: list[bytes], *, stall: bool = False
+) -> Reply | None:
+    """Send `head` then each piece with a pause before it; read the answer until the server
+    closes (a body taken over always ends its connection) or BOUND. `stall`: after the pieces,
+    send nothing more and wait for the server to close (None then)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(head.encode("latin-1") + b"\r\n\r\n")
+        for piece in pieces:
+            await asyncio.sleep(PAUSE)
+            writer.write(piece)
+            await writer.drain()
+        raw = bytearray()
+        async with asyncio.timeout(BOUND):
+            with contextlib.suppress(ConnectionError):
+                while chunk := await reader.read(65536):
+                    raw += chunk
+                    if not stall and _complete(raw):
+                        break
+        return None if stall else Reply(bytes(raw))
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def _complete(raw: bytearray) -> bool:
+    head, sep, body = bytes(raw).partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    if head.split(b" ", 2)[1] in (b"204", b"304"):
+        return True  # no body
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def _patch_head(location: str) -> str:
+    return (
+        f"PATCH {location} HTTP/1.1\r\nHost: registry\r\nContent-Type: application/octet-stream"
+        "\r\nTransfer-Encoding: chunked"
+    )
+
+
+async def _simple(server: MoorageProcess, method: str, target: str, body: bytes = b"") -> Reply:
+    head = f"{method} {target} HTTP/1.1\r\nHost: registry\r\nContent-Length: {len(body)}"
+    reply = await _exchange(server, head, [body] if body else [])
+    assert reply is not None
+    return reply
+
+
+async def _start(server: MoorageProcess, repo: str) -> str:
+    reply = await _simple(server, "POST", f"/v2/{repo}/blobs/uploads/")
+    assert reply.status == 202, reply.body
+    return reply.headers["location"]
+
+
+def _cut(raw: bytes, at: list[int]) -> list[bytes]:
+    bounds = [0, *at, len(raw)]
+    return [raw[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+async def _push(server: MoorageProcess, repo: str, raw: bytes, cuts: list[int]) -> Reply:
+    location = await _start(server, repo)
+    reply = await _exchange(server, _patch_head(location), _cut(raw, cuts))
+    assert reply is not None
+    return reply
+
+
+async def test_a_chunked_patch_is_taken_over_mid_body_at_any_framing_position(
+    make_server: MakeServer,
+) -> None:
+    server = make_server()
+    await server.start()
+    data = _data(3 * (1 << 20) + 777, "takeover")
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    raw = _frame(data, [1, 7, 4096, 100_000, 65536, 3], trailer=b"X-Sum: ok\r\n")
+    # Where the first piece ends decides where the thread takes over: inside a size line,
+    # inside an extension, in a chunk's data, between the data and its CRLF, just after it.
+    framing, spots = Framing(), []
+    for at in range(1, 300_000):
+        before = framing.decoded
+        framing.feed(raw[at - 1 : at])
+        state = framing._state.value  # the test picks its cuts by state
+        if len(spots) < 12 and (not spots or state != spots[-1][1]) and before > 0:
+            spots.append((at, state))
+    assert {state for _, state in spots} >= {"size", "data", "data-end"}
+    for n, (at, _state) in enumerate(spots):
+        reply = await _push(server, f"chunked/any{n}", raw, [at, at + 500_000, len(raw) - 5])
+        assert reply.status == 202, (at, reply.body)
+        assert reply.closes, "the body was not taken over"
+        assert reply.headers["range"] == f"0-{len(data) - 1}"
+        location = reply.headers["location"]
+        put = await _simple(server, "PUT", f"{location}?digest={digest}")
+        assert put.status == 201, put.body
+    blob = await _simple(server, "GET", f"/v2/chunked/any0/blobs/{digest}")
+    assert blob.status == 200 and blob.body == data
+
+
+async def test_a_body_that_came_with_its_head_keeps_the_connection(
+    make_server: MakeServer,
+) -> None:
+    """aiohttp had all of it: nothing to take over, and the connection stays usable."""
+    server = make_server()
+    await server.start()
+    location = await _start(server, "chunked/small")
+    raw = _frame(b"small body", [4])
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(_patch_head(location).encode() + b"\r\n\r\n" + raw)
+        await writer.drain()
+        async with asyncio.timeout(BOUND):
+            head = await reader.readuntil(b"\r\n\r\n")
+        reply = Reply(head)
+        assert reply.status == 202 and not reply.closes
+        assert reply.headers["range"] == "0-9"
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+async def test_malformed_framing_after_the_takeover_moves_nothing(
+    make_server: MakeServer,
+) -> None:
+    server = make_server()
+    await server.start()
+    data = _data(2 * (1 << 20), "bad")
+    good = _frame(data, [65536])
+    for n, bad in enumerate([b"zz\r\n", b"4\r\nabcdX", b"1" * 20 + b"\r\n", b"3\nabc"]):
+        location = await _start(server, f"chunked/bad{n}")
+        start = good[: len(good) // 2]
+        start = start[: start.rfind(b"\r\n10000\r\n") + 2]  # up to a chunk's end
+        reply = await _exchange(server, _patch_head(location), [start[:1000], start[1000:], bad])
+        assert reply is not None
+        assert reply.status == 400, (bad, reply.body)
+        assert json.loads(reply.body)["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+        assert reply.closes
+        # The session is where it was: a whole, correct body still goes in after it.
+        status = await _simple(server, "GET", location)
+        assert status.status == 204 and status.headers["range"] == "0-0", status.headers
+        reply = await _exchange(server, _patch_head(location), _cut(good, [1000]))
+        assert reply is not None and reply.status == 202
+        assert reply.headers["range"] == f"0-{len(data) - 1}"
+
+
+async def test_a_client_gone_mid_chunk_moves_nothing(make_server: MakeServer) -> None:
+    server = make_server()
+    await server.start()
+    data = _data(2 * (1 << 20), "gone")
+    raw = _frame(data, [100_000])
+    location = await _start(server, "chunked/gone")
+    _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(_patch_head(location).encode() + b"\r\n\r\n" + raw[:5000])
+    await asyncio.sleep(PAUSE)
+    writer.write(raw[5000 : len(raw) // 2])
+    await writer.drain()
+    await asyncio.sleep(PAUSE)
+    writer.close()
+    with contextlib.suppress(ConnectionError):
+        await writer.wait_closed()
+    # Until the server has noticed, the session's lease is still held (416).
+    for _ in range(100):
+        reply = await _exchange(server, _patch_head(location), _cut(raw, [3000]))
+        assert reply is not None
+        if reply.status != 416:
+            break
+        await asyncio.sleep(0.05)
+    assert reply.status == 202, reply.body
+    assert reply.headers["range"] == f"0-{len(data) - 1}"
+
+
+async def test_a_stalled_chunked_body_is_closed(make_server: MakeServer) -> None:
+    body_timeout = 2.0
+    server = make_server(env={"MOORAGE_HTTP_BODYTIMEOUT": str(body_timeout)})
+    await server.start()
+    raw = _frame(_data(1 << 20, "stall"), [4096])
+    location = await _start(server, "chunked/stall")
+    # Taken over, then nothing more, mid-chunk: the guard closes it within its bound.
+    pieces = [raw[:100], raw[100:50_000]]
+    closed = asyncio.create_task(_exchange(server, _patch_head(location), pieces, stall=True))
+    await asyncio.wait_for(closed, body_timeout + BOUND)
+    status = await _simple(server, "GET", location)
+    assert status.status == 204 and status.headers["range"] == "0-0"
+
+
+async def test_bytes_past_the_last_chunk_are_not_the_blob(make_server: MakeServer) -> None:
+    """A pipelined request after the body: dropped (the connection closes), the blob exact."""
+    server = make_server()
+    await server.start()
+    data = _data((1 << 20) + 5, "past")
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    raw = _frame(data, [30_000]) + b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n" + b"x" * 5000
+    reply = await _push(server, "chunked/past", raw, [2000])
+    assert reply.status == 202 and reply.closes
+    assert reply.headers["range"] == f"0-{len(data) - 1}"
+    put = await _simple(server, "PUT", f"{reply.headers['location']}?digest={digest}")
+    assert put.status == 201, put.body
+
+
+async def test_a_v1_layer_is_taken_over_and_checked(make_server: MakeServer) -> None:
+    """v1's layer PUT (always chunked from Docker 1.x) on the drained path: every sum as on
+    aiohttp's, and a layer that is not a tar refused with nothing kept."""
+    server = make_server()
+    await server.start()
+    files = {f"data/{i}.bin": _data(300_000, f"v1-{i}") for i in range(8)}
+    image, bad = make_image(files=files), make_image()
+    for each in (image, bad):
+        reply = await _simple(server, "PUT", f"/v1/images/{each.id}/json", each.json)
+        assert reply.status == 200, reply.body
+    head = (
+        f"PUT /v1/images/{image.id}/layer HTTP/1.1\r\nHost: registry\r\n"
+        "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked"
+    )
+    raw = _frame(image.layer, [32768])
+    reply = await _exchange(server, head, _cut(raw, [700, 300_000]))
+    assert reply is not None and reply.status == 200, reply.body
+    assert reply.closes
+    checksum = (
+        f"PUT /v1/images/{image.id}/checksum HTTP/1.1\r\nHost: registry\r\nContent-Length: 0\r\n"
+        f"X-Docker-Checksum-Payload: {payload_checksum(image.json, image.layer)}"
+    )
+    reply = await _exchange(server, checksum, [])
+    assert reply is not None and reply.status == 200, reply.body
+    layer = await _simple(server, "GET", f"/v1/images/{image.id}/layer")
+    assert layer.status == 200 and layer.body == image.layer
+    # Not a layer: refused on a helper thread, the upload stays unfinished.
+    junk = _frame(b"\x1f\x8b" + _data(600_000, "junk"), [32768])
+    reply = await _exchange(server, head.replace(image.id, bad.id), _cut(junk, [700]))
+    assert reply is not None and reply.status == 400, reply.body
+    reply = await _exchange(server, checksum.replace(image.id, bad.id), [])
+    assert reply is not None and reply.status == 400
