@@ -19,6 +19,7 @@ import random
 
 import pytest
 
+from moorage.api import direct
 from moorage.chunked import Framing
 from tests.harness import MakeServer, MoorageProcess
 from tests.v1.client import make_image, payload_checksum
@@ -62,7 +63,12 @@ class Reply:
 
 
 async def _exchange(
-    server: MoorageProcess, head: str, pieces: list[bytes], *, stall: bool = False
+    server: MoorageProcess,
+    head: str,
+    pieces: list[bytes],
+    *,
+    stall: bool = False,
+    pause: float = PAUSE,
 ) -> Reply | None:
     """Send `head` then each piece with a pause before it; read the answer until the server
     closes (a body taken over always ends its connection) or BOUND. `stall`: after the pieces,
@@ -70,8 +76,8 @@ async def _exchange(
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         writer.write(head.encode("latin-1") + b"\r\n\r\n")
-        for piece in pieces:
-            await asyncio.sleep(PAUSE)
+        for n, piece in enumerate(pieces):
+            await asyncio.sleep(PAUSE if n == 0 else pause)
             writer.write(piece)
             await writer.drain()
         raw = bytearray()
@@ -296,3 +302,27 @@ async def test_a_v1_layer_is_taken_over_and_checked(make_server: MakeServer) -> 
     assert reply is not None and reply.status == 400, reply.body
     reply = await _exchange(server, checksum.replace(image.id, bad.id), [])
     assert reply is not None and reply.status == 400
+
+
+async def test_past_the_cap_chunked_bodies_go_through_aiohttp(make_server: MakeServer) -> None:
+    """More chunked bodies at once than a worker drains (direct.MAX_DRAINING_CHUNKED): the
+    first are taken over, the others read by aiohttp; every one arrives whole."""
+    server = make_server()
+    await server.start()
+    count = direct.MAX_DRAINING_CHUNKED + 4
+    data = _data((1 << 20) + 99, "cap")
+    raw = _frame(data, [40_000])
+    locations = [await _start(server, f"chunked/cap{n}") for n in range(count)]
+    # Each sends its first piece, then all wait together long enough for every handler to
+    # decide, then all send the rest.
+    replies = await asyncio.gather(
+        *(
+            _exchange(server, _patch_head(loc), [raw[:3000], raw[3000:]], pause=3.0)
+            for loc in locations
+        )
+    )
+    for reply in replies:
+        assert reply is not None and reply.status == 202, reply
+        assert reply.headers["range"] == f"0-{len(data) - 1}"
+    taken = sum(reply.closes for reply in replies if reply is not None)
+    assert taken == direct.MAX_DRAINING_CHUNKED, taken
