@@ -169,6 +169,11 @@ class LayerAnalyzer:
         self._blob.update(chunk)
         self._size += memoryview(chunk).nbytes
 
+    def hash_body(self, chunk: bytes | bytearray | memoryview) -> None:
+        """`hash_payload` and `hash_blob`: the two sums of the body as sent, on one thread."""
+        self.hash_payload(chunk)
+        self.hash_blob(chunk)
+
     def read_content(self, chunk: bytes | bytearray | memoryview) -> None:
         """Everything read from the content: the format, gunzip, the diff_id, the tarsums."""
         self._check_usable()

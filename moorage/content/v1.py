@@ -388,16 +388,12 @@ class V1Service:
         # asks (docs/contracts/v1-protocol.md section 5.3).
         analyzer = LayerAnalyzer(image_json, tarsum=False)
 
-        def hash_body(block: bytes) -> None:
-            analyzer.hash_payload(block)
-            analyzer.hash_blob(block)
-
         async def process(block: bytes) -> None:
             # The body's two digests on one thread, gunzip + diff_id + the tar's checks on
             # another, the write on a third: about as much work each side, on two cores twice
             # as fast.
             await asyncio.gather(
-                asyncio.to_thread(hash_body, block),
+                asyncio.to_thread(analyzer.hash_body, block),
                 asyncio.to_thread(analyzer.read_content, block),
                 writer.write(block),
             )
@@ -746,14 +742,10 @@ class _Analysis:
             _helpers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="moorage-v1")
         self.wait()  # the last block's halves: each half takes the blocks in order
         self.pending = [
-            _helpers.submit(self._hash_body, block),
+            _helpers.submit(self.analyzer.hash_body, block),
             _helpers.submit(self.analyzer.read_content, block),
         ]
         self.write(block)
-
-    def _hash_body(self, block: memoryview) -> None:
-        self.analyzer.hash_payload(block)
-        self.analyzer.hash_blob(block)
 
     def wait(self) -> None:
         """Until the halves in flight are done; their error (LayerInvalid: refused) raised."""
