@@ -438,37 +438,41 @@ class ChunkedBody:
         return await anext(self.arriving)
 
     async def drain(self, consume: Callable[[memoryview], None]) -> int:
-        """As `DirectBody.drain`."""
+        """As `DirectBody.drain`. While a worker drains `MAX_DRAINING_CHUNKED` bodies already,
+        this one goes through aiohttp, each block handed to a thread, and is taken over from
+        the socket after any block once a place is free."""
         if self._used:
             raise RuntimeError("the body is being read already")
         self._used = True
         global _draining
         request = self.request
-        transport = request.transport
-        framing = _position(request) if _draining < MAX_DRAINING_CHUNKED else None
-        # What aiohttp holds: all the body so far, unless something read it before.
-        prefix = request.content.read_nowait() if framing is not None else b""
-        if (
-            framing is not None
-            and len(prefix) == framing.decoded
-            and isinstance(transport, asyncio.Transport)
-        ):
-            _draining += 1
-            try:
-                return await _drain_rest(
-                    request, transport, prefix, consume, _Taker.factory(0, framing)
-                )
-            finally:
-                _draining -= 1
-        # Through aiohttp, each block handed to a thread.
-        received = 0
-        if prefix:
-            await asyncio.to_thread(consume, memoryview(prefix))
-            received += len(prefix)
-        async for piece in streams.blocks(self.arriving, BLOCK):
-            await asyncio.to_thread(consume, memoryview(piece))
-            received += len(piece)
-        return received
+        received = 0  # what `consume` had, all of the body up to here
+        # A block is yielded with all that was gathered for it: between blocks, nothing of
+        # the body is held but in aiohttp's buffer.
+        async with contextlib.aclosing(streams.blocks(self.arriving, BLOCK)) as pieces:
+            while True:
+                transport = request.transport
+                framing = _position(request) if _draining < MAX_DRAINING_CHUNKED else None
+                if framing is not None and isinstance(transport, asyncio.Transport):
+                    # What aiohttp holds: the body from `received` on, unless something else
+                    # read from it (the count is then off, and it goes on through aiohttp).
+                    held = request.content.read_nowait()
+                    if received + len(held) == framing.decoded:
+                        _draining += 1
+                        try:
+                            return received + await _drain_rest(
+                                request, transport, held, consume, _Taker.factory(0, framing)
+                            )
+                        finally:
+                            _draining -= 1
+                    if held:
+                        await asyncio.to_thread(consume, memoryview(held))
+                        received += len(held)
+                piece = await anext(pieces, None)
+                if piece is None:
+                    return received
+                await asyncio.to_thread(consume, memoryview(piece))
+                received += len(piece)
 
 
 # Chunked bodies drained at once in one worker; more go through aiohttp (each drained one holds
@@ -556,7 +560,7 @@ async def _drain_rest(
             done.exception()  # retrieved: the cancellation is what goes on
             raise
     finally:
-        payload.total_bytes = len(prefix) + taker.received  # for the metrics
+        payload.total_bytes += taker.received  # for the metrics
         payload.feed_eof()  # aiohttp must not wait for the rest after the response
         # feed_eof resumes reading (aiohttp's flow control): the loop need not read what
         # a client sends past its body, and must not take a vanished client's end for

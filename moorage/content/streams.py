@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
 BLOCK_SIZE = 1 << 20
@@ -31,7 +31,7 @@ class Drainable(Protocol):
         ...
 
 
-async def blocks(body: AsyncIterator[bytes], size: int = BLOCK_SIZE) -> AsyncIterator[bytes]:
+async def blocks(body: AsyncIterator[bytes], size: int = BLOCK_SIZE) -> AsyncGenerator[bytes, None]:
     parts: list[bytes] = []
     held = 0
     async for chunk in body:

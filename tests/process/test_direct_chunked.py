@@ -69,14 +69,19 @@ async def _exchange(
     *,
     stall: bool = False,
     pause: float = PAUSE,
+    gates: dict[int, asyncio.Event] | None = None,
 ) -> Reply | None:
-    """Send `head` then each piece with a pause before it; read the answer until the server
-    closes (a body taken over always ends its connection) or BOUND. `stall`: after the pieces,
-    send nothing more and wait for the server to close (None then)."""
+    """Send `head` then each piece with a pause before it (and for the pieces `gates` names,
+    once their event is set); read the answer until the server closes (a body taken over
+    always ends its connection) or BOUND. `stall`: after the pieces, send nothing more and
+    wait for the server to close (None then)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         writer.write(head.encode("latin-1") + b"\r\n\r\n")
         for n, piece in enumerate(pieces):
+            if gates and n in gates:
+                async with asyncio.timeout(BOUND):
+                    await gates[n].wait()
             await asyncio.sleep(PAUSE if n == 0 else pause)
             writer.write(piece)
             await writer.drain()
@@ -306,11 +311,12 @@ async def test_a_v1_layer_is_taken_over_and_checked(make_server: MakeServer) -> 
 
 async def test_past_the_cap_chunked_bodies_go_through_aiohttp(make_server: MakeServer) -> None:
     """More chunked bodies at once than a worker drains (direct.MAX_DRAINING_CHUNKED): the
-    first are taken over, the others read by aiohttp; every one arrives whole."""
+    first are taken over, the others read by aiohttp; every one arrives whole. (Under a block,
+    these bodies end before a place could free for the others.)"""
     server = make_server()
     await server.start()
     count = direct.MAX_DRAINING_CHUNKED + 4
-    data = _data((1 << 20) + 99, "cap")
+    data = _data(direct.BLOCK - 4000, "cap")
     raw = _frame(data, [40_000])
     locations = [await _start(server, f"chunked/cap{n}") for n in range(count)]
     # Each sends its first piece, then all wait together long enough for every handler to
@@ -326,3 +332,50 @@ async def test_past_the_cap_chunked_bodies_go_through_aiohttp(make_server: MakeS
         assert reply.headers["range"] == f"0-{len(data) - 1}"
     taken = sum(reply.closes for reply in replies if reply is not None)
     assert taken == direct.MAX_DRAINING_CHUNKED, taken
+
+
+async def test_a_body_past_the_cap_is_taken_over_once_a_place_frees(
+    make_server: MakeServer,
+) -> None:
+    """The cap's bodies wait for their rest while 3 more arrive: those go through aiohttp a
+    block at a time. Once the first ones end, each of the 3 is taken over after its next
+    block, in mid-body, and arrives whole."""
+    server = make_server()
+    await server.start()
+    full = direct.MAX_DRAINING_CHUNKED
+    data = _data(3 * direct.BLOCK + 12_345, "upgrade")
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    raw = _frame(data, [40_000, 7, 65536])
+    first = [await _start(server, f"chunked/first{n}") for n in range(full)]
+    later = [await _start(server, f"chunked/later{n}") for n in range(3)]
+    release, more = asyncio.Event(), asyncio.Event()
+    # The first `full` are taken over after 3000 bytes and wait for `release`.
+    holding = [
+        asyncio.ensure_future(
+            _exchange(server, _patch_head(loc), [raw[:3000], raw[3000:]], gates={1: release})
+        )
+        for loc in first
+    ]
+    await asyncio.sleep(2.0)
+    # The later ones: a block and a half through aiohttp (no place), then, once the first
+    # ones are done, a block more and, a while after it, the rest.
+    cuts = [3000, 3000 + direct.BLOCK * 3 // 2, 3000 + direct.BLOCK * 5 // 2]
+    waiting = [
+        asyncio.ensure_future(
+            _exchange(server, _patch_head(loc), _cut(raw, cuts), pause=1.0, gates={2: more})
+        )
+        for loc in later
+    ]
+    await asyncio.sleep(3.0)
+    release.set()
+    done = await asyncio.gather(*holding)
+    assert all(reply is not None and reply.status == 202 and reply.closes for reply in done)
+    more.set()
+    replies = await asyncio.gather(*waiting)
+    for reply in [*done, *replies]:
+        assert reply is not None and reply.status == 202, reply
+        assert reply.headers["range"] == f"0-{len(data) - 1}"
+        put = await _simple(server, "PUT", f"{reply.headers['location']}?digest={digest}")
+        assert put.status == 201, put.body
+    taken = [reply is not None and reply.closes for reply in replies]
+    assert all(taken), f"not taken over once a place was free: {taken}"
