@@ -7,12 +7,14 @@ push works again. The same with only the metadata database on the full disk.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
+import os
 import random
 import sqlite3
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -58,6 +60,13 @@ def fill(disk: Path) -> None:
 
 def free(disk: Path) -> None:
     (disk / "filler").unlink()
+
+
+def leave(disk: Path, room: int) -> None:
+    """Fill `disk`, then free `room` bytes: a body larger than that runs out in mid-way."""
+    fill(disk)
+    filler = disk / "filler"
+    os.truncate(filler, filler.stat().st_size - room)
 
 
 def uploads_left(datadir: Path, blob_root: Path) -> tuple[int, list[str]]:
@@ -110,6 +119,66 @@ async def pushes_are_refused(http: aiohttp.ClientSession, base: str, disk: Path)
             return
     async with http.put(f"{base}/v1/images/{image.id}/layer", data=image.layer) as resp:
         await assert_full(resp, v1=True)
+
+
+async def _streamed(data: bytes) -> AsyncIterator[bytes]:
+    """`data` as a chunked body (as Docker sends a layer) whose start arrives alone: the
+    server takes the rest from the socket (moorage/api/direct.py, `ChunkedBody`)."""
+    yield data[:65536]
+    await asyncio.sleep(0.3)
+    for at in range(65536, len(data), 256 << 10):
+        yield data[at : at + (256 << 10)]
+
+
+async def test_full_disk_refuses_chunked_pushes_taken_over(
+    make_server: MakeServer, small_disk: Path, http: aiohttp.ClientSession
+) -> None:
+    """A streamed PATCH and a streamed v1 layer, taken from the socket by a worker thread,
+    that run out of room half-way: 507 in the protocol's format, no partial file, the session
+    where it was; once space is freed the same pushes go through."""
+    server = make_server()
+    server.data_dir = small_disk / "data"
+    blob_root = server.data_dir / "storage"
+    await server.start()
+    data = random.Random(11).randbytes(BIG)
+    async with http.post(f"{server.url}/v2/streamed/blobs/uploads/") as resp:
+        assert resp.status == 202, await resp.text()
+        location = resp.headers["Location"]
+    leave(small_disk, 1 << 20)
+    async with http.patch(f"{server.url}{location}", data=_streamed(data)) as resp:
+        await assert_full(resp)
+        assert resp.headers.get("Connection", "").lower() == "close"  # it was taken over
+    async with http.get(f"{server.url}{location}") as status:
+        assert status.status == 204
+        assert status.headers["Range"] == "0-0"
+    assert not [
+        p for p in (blob_root / "uploads").rglob("*") if p.is_file() and p.stat().st_size
+    ], "a partial upload file was left"
+
+    image = v1_image(files={"file": random.Random(12).randbytes(BIG)}, compress=False)
+    free(small_disk)
+    async with http.put(f"{server.url}/v1/images/{image.id}/json", data=image.json) as resp:
+        assert resp.status == 200, await resp.text()
+    leave(small_disk, 1 << 20)
+    async with http.put(
+        f"{server.url}/v1/images/{image.id}/layer", data=_streamed(image.layer)
+    ) as resp:
+        await assert_full(resp, v1=True)
+        assert resp.headers.get("Connection", "").lower() == "close"
+
+    free(small_disk)
+    async with http.patch(f"{server.url}{location}", data=_streamed(data)) as resp:
+        assert resp.status == 202, await resp.text()
+        location = resp.headers["Location"]
+    digest = sha256(data)
+    async with http.put(f"{server.url}{location}", params={"digest": digest}) as resp:
+        assert resp.status == 201, await resp.text()
+    await Registry(http, server.url).assert_blob("streamed", digest, data)
+    async with http.put(
+        f"{server.url}/v1/images/{image.id}/layer", data=_streamed(image.layer)
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+    assert uploads_left(server.data_dir, blob_root) == (0, [])
 
 
 async def test_full_disk_refuses_pushes_and_allows_deletes(
