@@ -120,6 +120,7 @@ class Connection(asyncio.Protocol):
         self.request_line: bytes | None = None
         self.framing: chunked.Framing | None = None
         self.refused = False
+        self.aborted = False  # closed by the guard (stalled, past the cap): no lingering close
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -202,6 +203,7 @@ class Connection(asyncio.Protocol):
         return None
 
     def abort(self) -> None:
+        self.aborted = True
         if self.transport is not None:
             self.transport.abort()
 

@@ -14,7 +14,12 @@ one.
 aiohttp's parser never sees those bytes, so it cannot go on parsing the connection: the
 response says `Connection: close` (`closing_middleware`) and the connection ends after it. A
 client sending a body this large opens a new connection for its next request at no noticeable
-cost. Bodies that are small, content-encoded or on TLS take the ordinary path; so do chunked
+cost. When the response goes out before the client has sent all it meant to (an error in the
+middle of a body, bytes past its end), the end is a lingering close (`_linger`): the server
+shuts its side, then reads and drops what still comes for a bounded time, so that the client
+reads the response rather than a reset.
+
+Bodies that are small, content-encoded or on TLS take the ordinary path; so do chunked
 ones, except that `ChunkedBody.drain` may take the rest of one over where the connection guard
 followed its framing (see `ChunkedBody`, and docs/design/connections.md).
 
@@ -55,6 +60,14 @@ POOL = 3
 MIN_LENGTH = 8 << 20  # bodies from this size on are taken directly
 _SCRATCH = 64 << 10
 DIRECT = web.RequestKey("moorage.direct_body", bool)
+
+# A lingering close (`_linger`): how long and how much the server reads and drops after the
+# response, and how many connections one worker lets linger at once (past that, as before:
+# closed at once).
+LINGER_SECONDS = 5.0
+LINGER_BYTES = 64 << 20
+MAX_LINGERING = 64
+_lingering: set[asyncio.Task[None]] = set()
 
 
 class BodyCut(ConnectionResetError):
@@ -123,6 +136,8 @@ class _Sink(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._fail(BodyCut("the connection was lost before the body ended"))
+        if _closed_by_us(exc, self.owner):
+            _linger(self.transport, incomplete=self.remaining > 0)
         self.owner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -191,6 +206,7 @@ class _Taker(asyncio.Protocol):
         self.stopped = False
         self.closed = False
         self.finished = False  # the thread is done with the socket
+        self.transport: asyncio.Transport | None = None  # set when installed
 
     @staticmethod
     def factory(
@@ -211,6 +227,10 @@ class _Taker(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.stop()
+        if self.finished and self.transport is not None and _closed_by_us(exc, self.owner):
+            framing = self.framing
+            incomplete = self.remaining > 0 if framing is None else not framing.done
+            _linger(self.transport, incomplete)
         self.owner.connection_lost(exc)
 
     def pause_writing(self) -> None:
@@ -359,6 +379,66 @@ class _Blocks:
         view = self.made[self.turn]
         self.turn ^= 1
         return view
+
+
+def _closed_by_us(exc: Exception | None, owner: asyncio.BaseProtocol) -> bool:
+    """Whether a connection's end is our ordinary close after its response (not a failure,
+    not the connection guard's abort of a stalled or shed connection)."""
+    return exc is None and not (isinstance(owner, Connection) and owner.aborted)
+
+
+def _linger(transport: asyncio.Transport, incomplete: bool) -> None:
+    """Called as `transport` is closed after the response to a request whose body was taken
+    directly, before its socket is: when the client may still be sending (the body was not
+    all received, or bytes wait unread), keep the connection open on a duplicate of the socket
+    and end it with a lingering close (`_discard`). Closing a socket with unread bytes makes
+    the kernel answer with a reset at once, and a client still writing its body then gets
+    the reset instead of the response (an error in the middle of a body: 400, 507)."""
+    if len(_lingering) >= MAX_LINGERING:
+        return
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return
+    try:
+        sock = raw.dup()
+    except OSError:
+        return
+    if not incomplete and not _unread(sock):
+        sock.close()  # nothing more coming: the ordinary close is a clean one
+        return
+    task = asyncio.get_running_loop().create_task(_discard(sock))
+    _lingering.add(task)
+    task.add_done_callback(_lingering.discard)
+
+
+def _unread(sock: socket.socket) -> bool:
+    """Whether bytes from the client wait unread on `sock` (not its end)."""
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except OSError:
+        return False
+
+
+async def _discard(sock: socket.socket) -> None:
+    """The lingering close: shut our side (the client sees the response end), then read and
+    drop what the client still sends until it ends its side, for at most `LINGER_SECONDS`
+    and `LINGER_BYTES`; then close."""
+    loop = asyncio.get_running_loop()
+    scratch = bytearray(_SCRATCH)
+    dropped = 0
+    try:
+        sock.setblocking(False)
+        sock.shutdown(socket.SHUT_WR)
+        async with asyncio.timeout(LINGER_SECONDS):
+            while dropped < LINGER_BYTES:
+                n = await loop.sock_recv_into(sock, scratch)
+                if n == 0:
+                    break
+                dropped += n
+    except (OSError, TimeoutError):
+        pass
+    finally:
+        sock.close()
 
 
 def _settle(done: asyncio.Future[int], received: int, error: BaseException | None) -> None:
@@ -536,6 +616,7 @@ async def _drain_rest(
     sock = transport.get_extra_info("socket").dup()
     sock.settimeout(_WAKE)  # keeps the shared descriptor non-blocking, as the loop needs
     taker = make_taker(transport.get_protocol(), sock)
+    taker.transport = transport
     request[DIRECT] = True
     request.protocol.close()  # aiohttp ends the connection once the response is sent
     transport.pause_reading()  # the loop no longer reads this socket: the thread does

@@ -16,6 +16,8 @@ import hashlib
 import itertools
 import json
 import random
+import socket
+import time
 
 import pytest
 
@@ -379,3 +381,98 @@ async def test_a_body_past_the_cap_is_taken_over_once_a_place_frees(
         assert put.status == 201, put.body
     taken = [reply is not None and reply.closes for reply in replies]
     assert all(taken), f"not taken over once a place was free: {taken}"
+
+
+def _answer(sock: socket.socket) -> Reply:
+    """Read one whole answer from a blocking `sock` (its end not awaited)."""
+    raw = bytearray()
+    while not _complete(raw):
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection ended before the answer: {bytes(raw)!r}"
+        raw += chunk
+    return Reply(bytes(raw))
+
+
+async def _refused_layer(server: MoorageProcess) -> tuple[socket.socket, Reply]:
+    """A v1 layer PUT, chunked, that is not a tar: 2 MiB of it sent (taken over by a worker
+    thread, refused after its first block), the answer read while the client has more to
+    send. Returns the still open socket and the answer."""
+    bad = make_image()
+    reply = await _simple(server, "PUT", f"/v1/images/{bad.id}/json", bad.json)
+    assert reply.status == 200, reply.body
+    head = (
+        f"PUT /v1/images/{bad.id}/layer HTTP/1.1\r\nHost: registry\r\n"
+        "Content-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    junk = _frame(b"\x1f\x8b" + _data(2 * direct.BLOCK, "junk"), [32768])[: -len(b"0\r\n\r\n")]
+
+    def start() -> tuple[socket.socket, Reply]:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=BOUND)
+        sock.sendall(head.encode())
+        time.sleep(PAUSE)
+        sock.sendall(junk)
+        return sock, _answer(sock)
+
+    return await asyncio.to_thread(start)
+
+
+async def test_an_answer_in_the_middle_of_a_body_ends_in_a_lingering_close(
+    make_server: MakeServer,
+) -> None:
+    """A client that writes its whole body before it reads (as many do) still gets the answer
+    the server gave in the middle of it: after the answer the server shuts its side and drops
+    what still comes until the client ends, instead of closing with bytes unread, which the
+    kernel answers with a reset (and the client's writes then fail)."""
+    server = make_server()
+    await server.start()
+    sock, reply = await _refused_layer(server)
+    more = _frame(_data(4 * direct.BLOCK, "more"), [65536])
+
+    def finish() -> bytes:
+        with sock:
+            time.sleep(0.5)  # the server is done with the request by now
+            sock.sendall(more)  # the rest of the body, then the client's end
+            sock.shutdown(socket.SHUT_WR)
+            rest = bytearray()
+            while chunk := sock.recv(65536):
+                rest += chunk
+            return bytes(rest)
+
+    assert reply.status == 400 and reply.closes, reply.body
+    assert await asyncio.to_thread(finish) == b""  # a clean end: no reset, nothing more
+
+
+@pytest.mark.parametrize("pace", ["trickle", "flood"])
+async def test_a_lingering_close_is_bounded(make_server: MakeServer, pace: str) -> None:
+    """A client that goes on sending after the answer, slowly or as fast as it can, is cut off
+    after `direct.LINGER_SECONDS` or `direct.LINGER_BYTES`, whichever comes first; the server
+    goes on answering others."""
+    server = make_server()
+    await server.start()
+    sock, reply = await _refused_layer(server)
+    assert reply.status == 400, reply.body
+    piece = _frame(_data(64 << 10, "piece"), [65536])[: -len(b"0\r\n\r\n")]
+    bound = direct.LINGER_SECONDS + 10.0  # the linger, and the sweep's and the kernel's slack
+
+    def keep_sending() -> tuple[float, int]:
+        sent, began = 0, time.monotonic()
+        with sock:
+            sock.settimeout(1.0)
+            while time.monotonic() - began < bound:
+                try:
+                    sock.sendall(piece)
+                except TimeoutError:
+                    continue  # the server stopped reading: its end is near
+                except OSError:
+                    return time.monotonic() - began, sent
+                sent += len(piece)
+                if pace == "trickle":
+                    time.sleep(0.2)
+        return time.monotonic() - began, sent
+
+    took, sent = await asyncio.to_thread(keep_sending)
+    assert took < bound, f"still open after {took:.1f} s, {sent} bytes"
+    if pace == "flood":
+        # What was dropped, plus what the kernel's buffers at both ends took in.
+        assert sent < direct.LINGER_BYTES + (96 << 20), sent
+    assert (await _simple(server, "GET", "/v2/")).status in (200, 401)
