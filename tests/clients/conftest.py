@@ -854,6 +854,9 @@ def running_dockerd(
     sock = base / "docker.sock"
     assert len(str(sock)) < 100, f"socket path too long: {sock}"
     config_dir = base / "cli"
+    # containerd takes a namespace of letters and digits with single ".", "_" or "-" between
+    # them: a temp name's own "_" may end it or follow a "-" ("mrg-mirror-2egokxq_").
+    namespace = re.sub(r"[^A-Za-z0-9]+", "", base.name)
     config_dir.mkdir()
     daemon_json = base / "daemon.json"
     # The trust key would otherwise go to /etc/docker/key.json.
@@ -884,9 +887,9 @@ def running_dockerd(
                 "--host",
                 f"unix://{sock}",
                 "--containerd-namespace",
-                f"moorage-test-{base.name}",
+                f"moorage-test-{namespace}",
                 "--containerd-plugins-namespace",
-                f"moorage-test-{base.name}-plugins",
+                f"moorage-test-{namespace}-plugins",
             ],
             env=clean_env(),
             stdin=subprocess.DEVNULL,
