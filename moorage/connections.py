@@ -41,6 +41,9 @@ log = logging.getLogger("moorage.connections")
 # Descriptors kept free for everything but sockets: the metadata database, its journal, the
 # listening socket, log files. Each connection may hold one more (a blob file it streams).
 RESERVED_FDS = 64
+# Sockets a worker may keep past their connection's end, in a lingering close after a body
+# taken from the socket (moorage.api.direct): kept out of the connections' share too.
+LINGERING_FDS = 32
 REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nRetry-After: 1\r\n"
     b"Connection: close\r\n\r\n"
@@ -79,8 +82,9 @@ def set_receive_size(transport: asyncio.BaseTransport | None, size: int) -> None
 
 def connection_cap(configured: int, open_files: int) -> int:
     """Connections one worker may hold: the configured number, lowered so that every
-    connection can have a second descriptor (a blob file) and some are left over."""
-    return max(1, min(configured, (open_files - RESERVED_FDS) // 2))
+    connection can have a second descriptor (a blob file) and some are left over, besides
+    the sockets in a lingering close."""
+    return max(1, min(configured, (open_files - RESERVED_FDS - LINGERING_FDS) // 2))
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage import chunked
-from moorage.connections import Connection
+from moorage.connections import LINGERING_FDS, Connection
 from moorage.content import streams
 from moorage.errors import BodyMalformed
 
@@ -63,10 +63,10 @@ DIRECT = web.RequestKey("moorage.direct_body", bool)
 
 # A lingering close (`_linger`): how long and how much the server reads and drops after the
 # response, and how many connections one worker lets linger at once (past that, as before:
-# closed at once).
+# closed at once; their descriptors are kept out of the connection cap's share).
 LINGER_SECONDS = 5.0
 LINGER_BYTES = 64 << 20
-MAX_LINGERING = 64
+MAX_LINGERING = LINGERING_FDS
 _lingering: set[asyncio.Task[None]] = set()
 
 
