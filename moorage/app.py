@@ -108,7 +108,7 @@ async def open_storage(settings: Settings) -> ObjectDriver:
             # lease, so a stalled part cannot land after another request took the session.
             part_timeout=min(30.0, settings.uploads.lease / 3),
         )
-    return FilesystemObjects(settings.blob_root)
+    return FilesystemObjects(settings.blob_root, settings.storage.directio)
 
 
 def create_app(settings: Settings) -> web.Application:

@@ -93,6 +93,9 @@ class StorageSettings(_Section):
     # Answer blob GETs with a redirect to a presigned URL where the driver has one (S3)
     # instead of streaming the bytes through the node.
     redirect: bool = False
+    # Filesystem: an upload's bytes past this many are written around the page cache
+    # (O_DIRECT, where the filesystem has it and is not in memory); `off`: never.
+    directio: Annotated[Size | None, BeforeValidator(_off_is_none)] = 64 << 20
     # Not validated here (a section's validator would run on the environment alone, before
     # the file is merged): the driver refuses s3 without a bucket when it is built.
 
@@ -143,6 +146,10 @@ def parse_size(value: Any) -> Any:
 
 
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
+
+
+def _off_is_none(value: Any) -> Any:
+    return None if isinstance(value, str) and value.strip().lower() == "off" else value
 
 
 class RetentionRule(_Section):

@@ -37,6 +37,9 @@ APT_PACKAGES=(
   docker-registry
   busybox-static
   jq curl openssl ca-certificates
+  # small ext4 disks made and loop-mounted by the storage tests (mkfs.ext4), and fincore to
+  # see which of a file's pages are in the page cache
+  e2fsprogs util-linux-extra
   # tests/services: PostgreSQL 15, OpenStack Swift (S3 API) with memcached, HAProxy
   postgresql-15 postgresql-client-15
   swift swift-proxy swift-account swift-container swift-object python3-swift memcached

@@ -20,11 +20,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import BinaryIO, ParamSpec, TypeVar
 
-from moorage.storage import paths
+from moorage.storage import directio, paths
 from moorage.storage.base import PathNotFound, StorageError, StorageFull
 
 READ_SIZE = 1 << 20
 WRITEBACK_STEP = 8 << 20
+# An upload's bytes past this offset are written around the page cache (see `FileWriter`).
+DIRECT_FROM = 64 << 20
 SYNC_FILE_RANGE_WRITE = 2
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -96,43 +98,90 @@ class FileWriter:
     when the blob is committed, and `commit` syncs them then (a power loss before that loses an
     unfinished upload, whose digest check would then fail). But the disk is asked to start
     writing every WRITEBACK_STEP bytes as they come, and the rest when the writer closes, so
-    that the commit's fsync finds little left to write instead of the whole blob."""
+    that the commit's fsync finds little left to write instead of the whole blob.
 
-    def __init__(self, file: BinaryIO, size: int) -> None:
+    An upload's bytes past `direct_from` are written around the page cache where the filesystem
+    allows it (`directio`): the first ones of every upload stay cached for the pulls that often
+    follow, a large one neither pays for nor floods the cache. Such bytes are staged in memory
+    until a stage is full, so `flush` must be called before the file's size or contents are
+    relied on (the writer's state, the commit's fsync); `close` flushes too."""
+
+    def __init__(self, file: BinaryIO, size: int, direct_from: int | None = DIRECT_FROM) -> None:
         self._file = file
+        self._fd = file.fileno()
         self._origin = size  # where this writer began: bytes past it are only its own
         self._size = size
         self._started = size  # write-back was started for [.., _started)
+        self._direct: directio.DirectAppender | None = None
+        self._direct_from = direct_from
+        self._direct_tried = direct_from is None
 
     @property
     def size(self) -> int:
         return self._size
 
+    @property
+    def staged(self) -> bool:
+        """Whether some bytes written are still in memory (`flush_now` writes them)."""
+        return self._direct is not None and self._direct.staged
+
     def write_now(self, data: bytes | memoryview) -> None:
         """Append `data` on the calling thread (a blocking call)."""
         view = memoryview(data)
-        while view:
+        try:
+            limit = self._direct_from
+            cached = len(view) if limit is None else min(len(view), max(0, limit - self._size))
+            if cached < len(view) and self._appender() is not None:
+                if cached:
+                    self._write_cached(view[:cached])
+                assert self._direct is not None
+                self._direct.append(view[cached:], self._size)
+                self._size += len(view) - cached
+            else:
+                self._write_cached(view)
+        except OSError as exc:
+            self._failed(exc)
+
+    def flush_now(self) -> None:
+        """Write what is staged (a blocking call)."""
+        if self._direct is not None:
             try:
-                written = self._file.write(view)
+                self._direct.flush()
             except OSError as exc:
-                if exc.errno not in FULL_ERRNOS:
-                    raise
-                # Give the space back at once: a failed write's bytes are never kept (the
-                # upload's offset stays where this writer began), and a full disk must not
-                # stay full until the session expires.
-                os.ftruncate(self._file.fileno(), self._origin)
-                self._size = self._started = self._origin
-                raise StorageFull() from exc
-            if not written:
-                raise OSError("short write")
-            view = view[written:]
-        self._size += len(data)
+                self._failed(exc)
+
+    def _appender(self) -> directio.DirectAppender | None:
+        if not self._direct_tried:
+            self._direct_tried = True
+            direct_fd = directio.open_direct(self._fd)
+            if direct_fd is not None:
+                self._direct = directio.DirectAppender(self._fd, direct_fd)
+        return self._direct
+
+    def _write_cached(self, view: memoryview) -> None:
+        if self.staged:
+            assert self._direct is not None
+            self._direct.flush()  # what is staged lies before `view`
+        directio.pwrite_all(self._fd, view, self._size)
+        self._size += len(view)
         if self._size - self._started >= WRITEBACK_STEP:
             self._start_writeback()
 
+    def _failed(self, exc: OSError) -> None:
+        if self._direct is not None:
+            self._direct.discard()  # no write still in flight lands past the truncation below
+        if exc.errno not in FULL_ERRNOS:
+            raise exc
+        # Give the space back at once: a failed write's bytes are never kept (the upload's
+        # offset stays where this writer began), and a full disk must not stay full until the
+        # session expires.
+        os.ftruncate(self._fd, self._origin)
+        self._size = self._started = self._origin
+        raise StorageFull() from exc
+
     def _start_writeback(self) -> None:
         if _start_writeback is not None and self._size > self._started:
-            _start_writeback(self._file.fileno(), self._started, self._size - self._started)
+            _start_writeback(self._fd, self._started, self._size - self._started)
         self._started = self._size
 
     async def write(self, data: bytes) -> None:
@@ -140,8 +189,11 @@ class FileWriter:
 
     def _close(self) -> None:
         try:
+            self.flush_now()
             self._start_writeback()
         finally:
+            if self._direct is not None:
+                self._direct.close()
             self._file.close()
 
     async def close(self) -> None:

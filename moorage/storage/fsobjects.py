@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Literal, cast
 from moorage.storage import paths
 from moorage.storage.base import PathNotFound, StorageError
 from moorage.storage.filesystem import (
+    DIRECT_FROM,
     FilesystemDriver,
     FileWriter,
     _full_is_typed,
@@ -103,6 +104,8 @@ class FilesystemObjectWriter:
 
     async def state(self) -> bytes:
         self._check_open()
+        if self._file.staged:  # the state names the file's size: what is staged goes first
+            await asyncio.to_thread(self._file.flush_now)
         return encode_state(DRIVER, file=self._data.name, offset=self._file.size)
 
     async def close(self) -> None:
@@ -112,6 +115,7 @@ class FilesystemObjectWriter:
 
     @_full_is_typed
     def _commit(self) -> None:
+        self._file.flush_now()
         os.fsync(self._fd)
         if paths.is_content_addressed(self._key):
             _link_new(self._data, self._path)  # an object already there is never replaced
@@ -135,8 +139,10 @@ class FilesystemObjectWriter:
 
 
 class FilesystemObjects:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, direct_from: int | None = DIRECT_FROM) -> None:
         self.files = FilesystemDriver(root)
+        # An upload's bytes past this offset are written around the page cache (None: never).
+        self.direct_from = direct_from
         self.root = self.files.root
 
     def _stat(self, key: str) -> int | None:
@@ -190,7 +196,8 @@ class FilesystemObjects:
             data, fd = self._resume(key, data, offset)
         file = os.fdopen(fd, "r+b", buffering=0)
         file.seek(offset)
-        return FilesystemObjectWriter(key, path, data, FileWriter(file, offset), fd)
+        writer = FileWriter(file, offset, self.direct_from)
+        return FilesystemObjectWriter(key, path, data, writer, fd)
 
     def _resume(self, key: str, data: Path, offset: int) -> tuple[Path, int]:
         try:

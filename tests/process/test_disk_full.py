@@ -1,4 +1,6 @@
-"""A real server on a really full disk: a small tmpfs holds its data directory.
+"""A real server on a really full disk: a small tmpfs, or a small ext4 that takes the uploads'
+direct writes (`storage.directio: 0`, every byte around the page cache), holds its data
+directory.
 
 Pushes (v2 monolithic and chunked, a v1 layer) answer 507 STORAGE_FULL, not 500; deletes go
 through; a failed upload leaves no partial file and no session row; once space is freed a
@@ -13,7 +15,6 @@ import json
 import os
 import random
 import sqlite3
-import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -21,27 +22,24 @@ import aiohttp
 import pytest
 
 from moorage.metadata.reserve import RESERVE_BYTES
+from tests.disks import mounted
 from tests.harness import MakeServer
 from tests.images import memory_image
 from tests.process.registry import Registry, sha256
 from tests.v1.client import make_image as v1_image
 
-DISK_SIZE = "16m"
 BIG = 5 << 20  # more than the space reserve (moorage.metadata.reserve) frees
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 16 MiB tmpfs, unmounted at teardown (lazily, should a file still be open)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "tmpfs", str(mount)], check=True
-    )
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+@pytest.fixture(params=["tmpfs", "ext4"])
+def small_disk(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """A 16 MiB disk of each kind, unmounted at teardown."""
+    if request.param == "ext4":
+        monkeypatch.setenv("MOORAGE_STORAGE_DIRECTIO", "0")
+    with mounted(request.param, tmp_path / "disk", 16) as disk:
+        yield disk
 
 
 def fill(disk: Path) -> None:
