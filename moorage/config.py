@@ -95,7 +95,7 @@ class StorageSettings(_Section):
     redirect: bool = False
     # Filesystem: an upload's bytes past this many are written around the page cache
     # (O_DIRECT, where the filesystem has it and is not in memory); `off`: never.
-    directio: Annotated[Size | None, BeforeValidator(_off_is_none)] = 64 << 20
+    directio: Annotated[Size | None, BeforeValidator(_off_is_none)] = 128 << 20
     # Not validated here (a section's validator would run on the environment alone, before
     # the file is merged): the driver refuses s3 without a bucket when it is built.
 

@@ -26,7 +26,7 @@ from moorage.storage.base import PathNotFound, StorageError, StorageFull
 READ_SIZE = 1 << 20
 WRITEBACK_STEP = 8 << 20
 # An upload's bytes past this offset are written around the page cache (see `FileWriter`).
-DIRECT_FROM = 64 << 20
+DIRECT_FROM = 128 << 20
 SYNC_FILE_RANGE_WRITE = 2
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 

@@ -1,5 +1,5 @@
 """A real server whose data directory is on a real ext4 disk, at the default `storage.directio`
-(an upload's bytes past 64 MiB are written around the page cache): blobs larger than that,
+(an upload's bytes past 128 MiB are written around the page cache): blobs larger than that,
 pushed whole, in one streamed PATCH (taken from the socket by a worker thread) and in chunks
 that cross the threshold, pull back byte for byte, and most of each stays out of the page
 cache."""
@@ -19,13 +19,13 @@ from tests.disks import mounted, resident_pages
 from tests.harness import MakeServer
 from tests.process.registry import Registry, sha256
 
-SIZE = 100 << 20  # past the default threshold of 64 MiB
-THRESHOLD = 64 << 20
+SIZE = 160 << 20  # past the default threshold of 128 MiB
+THRESHOLD = 128 << 20
 
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    with mounted("ext4", tmp_path / "disk", 512) as mount:
+    with mounted("ext4", tmp_path / "disk", 1024) as mount:
         yield mount
 
 
