@@ -27,6 +27,7 @@ import ctypes
 import errno
 import mmap
 import os
+from collections.abc import Callable
 
 ALIGN = 4096  # file offset, length and memory alignment of a direct write
 STAGE = 1 << 20  # bytes per direct write
@@ -37,14 +38,23 @@ _MEMORY_FILESYSTEMS = frozenset({0x01021994, 0x858458F6})  # TMPFS_MAGIC, RAMFS_
 _POOL = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="direct-write")
 
 
-def _filesystem_type(fd: int) -> int | None:
-    """The `f_type` of the filesystem holding `fd` (Linux `fstatfs`), None if unknown."""
+def _fstatfs() -> Callable[[int, ctypes.Array[ctypes.c_char]], int] | None:
     try:
-        fstatfs = ctypes.CDLL(None, use_errno=True).fstatfs
+        call: Callable[[int, ctypes.Array[ctypes.c_char]], int] = ctypes.CDLL(None).fstatfs
     except (OSError, AttributeError):
         return None
+    return call
+
+
+_FSTATFS = _fstatfs()
+
+
+def _filesystem_type(fd: int) -> int | None:
+    """The `f_type` of the filesystem holding `fd` (Linux `fstatfs`), None if unknown."""
+    if _FSTATFS is None:
+        return None
     buffer = ctypes.create_string_buffer(256)  # struct statfs: f_type is its first word
-    if fstatfs(fd, buffer) != 0:
+    if _FSTATFS(fd, buffer) != 0:
         return None
     return ctypes.c_long.from_buffer(buffer).value
 

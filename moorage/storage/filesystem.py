@@ -103,8 +103,8 @@ class FileWriter:
     An upload's bytes past `direct_from` are written around the page cache where the filesystem
     allows it (`directio`): the first ones of every upload stay cached for the pulls that often
     follow, a large one neither pays for nor floods the cache. Such bytes are staged in memory
-    until a stage is full, so `flush` must be called before the file's size or contents are
-    relied on (the writer's state, the commit's fsync); `close` flushes too."""
+    until a stage is full, so `flush_now` must be called before the file's size or contents are
+    relied on (the writer's state, the commit's fsync); `close` drops what is staged."""
 
     def __init__(self, file: BinaryIO, size: int, direct_from: int | None = DIRECT_FROM) -> None:
         self._file = file
@@ -189,10 +189,11 @@ class FileWriter:
 
     def _close(self) -> None:
         try:
-            self.flush_now()
             self._start_writeback()
         finally:
             if self._direct is not None:
+                # What is still staged was written after the last `state()`: the protocol drops
+                # it (`ObjectWriter.close`), so it is not written only to be truncated away.
                 self._direct.close()
             self._file.close()
 
