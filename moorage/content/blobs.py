@@ -501,6 +501,9 @@ class BlobService:
         # No hasher covers the bytes so far (a state that could not be saved): the commit
         # hashes the committed object instead.
         writer = lease.handle = await self._open(session_id, start, lease.writer)
+        length = streams.declared_length(body)
+        if length is not None:
+            writer.expect(start + length)
         arrived = 0  # bytes of the body received so far
 
         async def counted() -> Body:

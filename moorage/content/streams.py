@@ -51,6 +51,13 @@ def block_size(body: object) -> int:
     return size if isinstance(size, int) and size > 0 else BLOCK_SIZE
 
 
+def declared_length(body: object) -> int | None:
+    """The length `body` declared before it arrived (a large body of known length taken from
+    the socket: moorage.api.direct.DirectBody), else None. Only a hint: a body may be cut."""
+    length = getattr(body, "length", None)
+    return length if isinstance(length, int) and length >= 0 else None
+
+
 async def pipelined(
     body: AsyncIterator[bytes],
     process: Callable[[bytes], Awaitable[None]],

@@ -102,9 +102,12 @@ class FileWriter:
 
     An upload's bytes past `direct_from` are written around the page cache where the filesystem
     allows it (`directio`): the first ones of every upload stay cached for the pulls that often
-    follow, a large one neither pays for nor floods the cache. Such bytes are staged in memory
-    until a stage is full, so `flush_now` must be called before the file's size or contents are
-    relied on (the writer's state, the commit's fsync); `close` drops what is staged."""
+    follow, a large one neither pays for nor floods the cache. An upload that is known to
+    reach `direct_from` (`expect`: a body of declared length) is written that way from where
+    it stands: it is large, and only its first bytes would be cached otherwise. Such bytes are
+    staged in memory until a stage is full, so `flush_now` must be called before the file's
+    size or contents are relied on (the writer's state, the commit's fsync); `close` drops what
+    is staged."""
 
     def __init__(self, file: BinaryIO, size: int, direct_from: int | None = DIRECT_FROM) -> None:
         self._file = file
@@ -124,6 +127,12 @@ class FileWriter:
     def staged(self) -> bool:
         """Whether some bytes written are still in memory (`flush_now` writes them)."""
         return self._direct is not None and self._direct.staged
+
+    def expect(self, size: int) -> None:
+        """The file will be at least `size` bytes long: if that reaches `direct_from`, what is
+        written from now on goes around the page cache."""
+        if self._direct_from is not None and size >= self._direct_from:
+            self._direct_from = min(self._direct_from, self._size)
 
     def write_now(self, data: bytes | memoryview) -> None:
         """Append `data` on the calling thread (a blocking call)."""

@@ -95,6 +95,9 @@ class FilesystemObjectWriter:
         self._check_open()
         await self._file.write(data)
 
+    def expect(self, size: int) -> None:
+        self._file.expect(size)
+
     def blocking_write(self) -> Callable[[memoryview], None]:
         return self._write_now
 

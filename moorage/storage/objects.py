@@ -46,6 +46,11 @@ class ObjectWriter(Protocol):
 
     async def write(self, data: bytes) -> None: ...
 
+    def expect(self, size: int) -> None:
+        """A hint: the object will be at least `size` bytes long once what comes now is
+        written (a body of declared length follows). A driver may choose how to write by it
+        (the filesystem's direct writes); nothing may depend on it being true."""
+
     def blocking_write(self) -> Callable[[memoryview], None] | None:
         """`write` as a blocking call for a worker thread (a local file), or None where writes
         must go through the event loop (a store over the network). The caller calls it from

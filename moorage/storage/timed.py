@@ -54,6 +54,9 @@ class TimedWriter:
     async def write(self, data: bytes) -> None:
         await _timed("write", lambda: self.inner.write(data))
 
+    def expect(self, size: int) -> None:
+        self.inner.expect(size)
+
     def blocking_write(self) -> Callable[[memoryview], None] | None:
         inner = self.inner.blocking_write()
         if inner is None:

@@ -65,6 +65,35 @@ async def test_bytes_past_the_threshold_come_back_exactly_and_leave_no_cache(ext
     assert (ext4 / "root" / "blobs" / "x").read_bytes() == data
 
 
+async def test_an_upload_expected_to_reach_the_threshold_goes_direct_from_where_it_stands(
+    ext4: Path,
+) -> None:
+    """A body of declared length that takes the upload past the threshold is written around
+    the cache from its first byte; one that stays below it, and a writer told nothing, are
+    not."""
+    threshold = 6 * STAGE
+    objects = FilesystemObjects(ext4 / "root", direct_from=threshold)
+    data = random.Random(4).randbytes(8 * STAGE + 99)
+    small = await objects.writer("blobs/small")
+    small.expect(2 * STAGE)  # below the threshold: cached, as every small upload is
+    await small.write(data[: 2 * STAGE])
+    state = await small.state()
+    await small.close()
+    assert resident_pages(upload_file(ext4 / "root")) * 4096 == 2 * STAGE
+    # The next body (from an unaligned offset) declares it reaches the threshold: direct now.
+    writer = await objects.writer("blobs/small", state)
+    await writer.write(data[2 * STAGE : 2 * STAGE + 5])
+    writer.expect(len(data))
+    for piece in pieces(data[2 * STAGE + 5 :], 4):
+        await writer.write(piece)
+    await writer.state()
+    cached = resident_pages(upload_file(ext4 / "root"))
+    # The first two stages, the block of the unaligned start read back, and the tail.
+    assert cached * 4096 <= 2 * STAGE + 2 * ALIGN + STAGE, f"{cached} pages in the page cache"
+    assert await writer.commit() == "blobs/small"
+    assert (ext4 / "root" / "blobs" / "small").read_bytes() == data
+
+
 async def test_a_blocking_writer_and_an_exact_stage(ext4: Path) -> None:
     """The drained-body path: the blocking write callable, blocks of exactly a stage."""
     objects = FilesystemObjects(ext4 / "root", direct_from=0)
