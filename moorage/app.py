@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from moorage import keys, ui
-from moorage.api import direct, health, http, metrics, notify, requestid
+from moorage.api import direct, health, http, metrics, notify, requestid, sending
 from moorage.api import token as token_endpoint
 from moorage.api.context import AUTH, CURSORS, EVENTS, REGISTRY, SETTINGS, V1, V1TOKENS
 from moorage.api.maintenance import MAINTENANCE, Maintenance
@@ -130,6 +130,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[IN_FLIGHT] = in_flight
     app[SETTINGS] = settings
+    app[sending.MODE] = settings.http.sendfile
     app[MAINTENANCE] = Maintenance(settings)
     app[AUTH] = Authenticator(settings)
     if settings.http.secret is not None:

@@ -148,8 +148,16 @@ def parse_size(value: Any) -> Any:
 Size = Annotated[int, BeforeValidator(parse_size), Field(ge=0)]
 
 
+def _on_off(value: Any) -> Any:
+    """YAML reads a bare `on`/`off` as a boolean: back to the word."""
+    return ("on" if value else "off") if isinstance(value, bool) else value
+
+
 def _off_is_none(value: Any) -> Any:
-    return None if isinstance(value, str) and value.strip().lower() == "off" else value
+    # YAML reads a bare `off` as False.
+    if value is False or (isinstance(value, str) and value.strip().lower() == "off"):
+        return None
+    return value
 
 
 class RetentionRule(_Section):
@@ -312,6 +320,10 @@ class HTTPSettings(_Section):
     sendtimeout: float = Field(default=60, gt=0)
     # Connections open at once; lowered to fit the open-file limit.
     maxconnections: int = Field(default=4096, ge=1)
+    # How a large blob goes out (on a thread of its own, moorage/api/sending.py): `on`,
+    # sendfile (zero-copy); `off`, copied; `auto`, sendfile to other machines and copied to a
+    # client on this one (a reverse proxy in front), where sendfile saves nothing and costs more.
+    sendfile: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
     # After SIGTERM the node drains for this long before it stops accepting: /readyz answers
     # 503 while requests are still served, so a balancer's health check takes the node out
     # first. At least the balancer's check interval times the failed checks it waits for.

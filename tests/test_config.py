@@ -79,3 +79,27 @@ def test_maintenance_readonly_must_be_a_boolean(tmp_path: Path) -> None:
     file.write_text("maintenance: {readonly: {enabled: sometimes}}\n")
     with pytest.raises(config.ConfigError, match=r"maintenance\.readonly\.enabled"):
         config.load(file)
+
+
+def test_bare_on_and_off_in_the_file_mean_the_words(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """YAML reads a bare `off` as false: `storage.directio: off` must still turn direct writes
+    off (not make every byte direct, as a size of 0 would), and `http.sendfile` takes on/off."""
+    assert config.load().http.sendfile == "auto"
+    assert config.load().storage.directio == 128 << 20
+    file = tmp_path / "moorage.yaml"
+    file.write_text("storage: {directio: off}\nhttp: {sendfile: off}\n")
+    settings = config.load(file)
+    assert settings.storage.directio is None
+    assert settings.http.sendfile == "off"
+    file.write_text("storage: {directio: 64MiB}\nhttp: {sendfile: on}\n")
+    settings = config.load(file)
+    assert settings.storage.directio == 64 << 20
+    assert settings.http.sendfile == "on"
+    monkeypatch.setenv("MOORAGE_HTTP_SENDFILE", "off")
+    assert config.load(file).http.sendfile == "off"  # the environment beats the file
+    monkeypatch.delenv("MOORAGE_HTTP_SENDFILE")
+    file.write_text("http: {sendfile: sometimes}\n")
+    with pytest.raises(config.ConfigError, match="sendfile"):
+        config.load(file)

@@ -13,7 +13,7 @@ from pathlib import Path
 from aiohttp import web
 
 from moorage import connections
-from moorage.api import direct
+from moorage.api import direct, sending
 from moorage.api.context import request_id
 from moorage.content import streams
 
@@ -238,7 +238,9 @@ async def send_file(
     offset: int,
     count: int,
 ) -> web.StreamResponse:
-    """Send `count` bytes of `path` from `offset` with the kernel's sendfile."""
+    """Send `count` bytes of `path` from `offset`: a large body on a thread of its own
+    (`moorage.api.sending`: `sendfile` or a copy, by `http.sendfile`), a small one with the
+    loop's `sendfile`."""
     response.content_length = count
     if request.method == "HEAD" or count == 0:
         await response.prepare(request)
@@ -251,8 +253,14 @@ async def send_file(
         if transport is None:
             raise ConnectionResetError("connection lost")
         await request.writer.drain()
+        threaded = sending.eligible(transport, count)
         try:
-            await asyncio.get_running_loop().sendfile(transport, file, offset, count)
+            if threaded is not None:
+                mode = request.config_dict.get(sending.MODE, "auto")
+                copy = sending.copies(mode, threaded)
+                await sending.send(threaded, file.fileno(), offset, count, copy=copy)
+            else:
+                await asyncio.get_running_loop().sendfile(transport, file, offset, count)
         except NotImplementedError:
             await asyncio.to_thread(file.seek, offset)
             remaining = count

@@ -2,8 +2,9 @@
 
 The server's sends must be acknowledged, and the client's receive window may not stay shut,
 for longer than `http.sendtimeout` (TCP_USER_TIMEOUT, which also bounds zero-window probing):
-then the kernel drops the connection, the handler's write (a sendfile of a blob) fails and the
-request ends as a client that went away. Before, the handler waited in sendfile indefinitely,
+then the kernel drops the connection, the handler's write (a blob sent on its own thread by
+sendfile or a copy, moorage/api/sending.py) fails and the request ends as a client that went
+away. Before, the handler waited in sendfile indefinitely,
 holding a connection slot and an open file.
 """
 
@@ -52,10 +53,12 @@ def _read_some_then_stall(port: int, path: str, stall: float) -> tuple[int, str]
         sock.close()
 
 
+@pytest.mark.parametrize("mode", ["auto", "on"])  # over loopback: a copy, and sendfile
 async def test_a_client_that_stops_reading_is_dropped(
-    make_server: MakeServer, http: aiohttp.ClientSession
+    make_server: MakeServer, http: aiohttp.ClientSession, mode: str
 ) -> None:
-    server = make_server(env={"MOORAGE_HTTP_SENDTIMEOUT": str(SEND_TIMEOUT)})
+    env = {"MOORAGE_HTTP_SENDTIMEOUT": str(SEND_TIMEOUT), "MOORAGE_HTTP_SENDFILE": mode}
+    server = make_server(env=env)
     await server.start()
     reg = Registry(http, server.url)
     data = bytes(range(256)) * (BLOB // 256)

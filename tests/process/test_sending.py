@@ -1,0 +1,195 @@
+"""Blobs sent on threads of their own (moorage/api/sending.py), in each `http.sendfile` mode:
+whole bodies and ranges come back exactly, on kept-alive connections, also with more pulls at
+once than a worker has threads for; clients that vanish in the middle of a pull leave the
+server serving; a send stalled by a client that stopped reading ends when the kernel drops
+that client, and does not keep the worker from stopping."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import struct
+import time
+
+import aiohttp
+import pytest
+
+from moorage.api import sending
+from tests.harness import MakeServer
+from tests.process.registry import Registry, sha256
+
+pytestmark = pytest.mark.timeout(180)
+
+BIG = 3 * sending.BUFFER * 4 + 12_345  # many copy buffers, not a multiple of one
+
+
+@pytest.mark.parametrize("mode", ["auto", "on", "off"])
+async def test_blobs_and_ranges_come_back_exactly(
+    make_server: MakeServer, http: aiohttp.ClientSession, mode: str
+) -> None:
+    server = make_server(env={"MOORAGE_HTTP_SENDFILE": mode})
+    await server.start()
+    reg = Registry(http, server.url)
+    rng = random.Random(7)
+    big = rng.randbytes(BIG)
+    small = rng.randbytes(sending.THREAD_FROM - 1)  # on the loop's sendfile
+    for data in (big, small):
+        await reg.push_blob("send/modes", data)
+    # Twice each on the session's kept-alive connections: a body sent on a thread leaves the
+    # connection exactly at the next response.
+    for _ in range(2):
+        for data in (big, small):
+            await reg.assert_blob("send/modes", sha256(data), data)
+    path = f"/v2/send/modes/blobs/{sha256(big)}"
+    edge = sending.BUFFER
+    for first, last in ((0, 0), (edge - 1, edge), (5, BIG - 1), (BIG - 300_000, BIG - 1)):
+        status, body, headers = await reg.get(path, {"Range": f"bytes={first}-{last}"})
+        assert status == 206, (status, body[:200])
+        assert body == big[first : last + 1], (first, last, len(body))
+        assert headers["Content-Range"] == f"bytes {first}-{last}/{BIG}"
+
+
+async def test_more_pulls_at_once_than_threads(
+    make_server: MakeServer, http: aiohttp.ClientSession
+) -> None:
+    """One worker, more concurrent pulls than MAX_THREADS: those beyond go out on the loop,
+    every body is exact."""
+    server = make_server(workers=1)
+    await server.start()
+    reg = Registry(http, server.url)
+    blobs = [random.Random(n).randbytes(sending.THREAD_FROM + n * 4099) for n in range(4)]
+    for data in blobs:
+        await reg.push_blob("send/many", data)
+    pulls = sending.MAX_THREADS + 36
+    connector = aiohttp.TCPConnector(limit=pulls)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        many = Registry(session, server.url)
+        await asyncio.gather(
+            *(
+                many.assert_blob("send/many", sha256(blobs[n % 4]), blobs[n % 4])
+                for n in range(pulls)
+            )
+        )
+
+
+def _vanish(port: int, path: str) -> int:
+    """GET `path`, read a little, close the socket with a reset: bytes read."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        received = len(sock.recv(65536))
+        time.sleep(0.05)
+        # SO_LINGER 0: the close sends a reset, the server's next send fails at once.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return received
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+async def test_clients_that_vanish_mid_pull_leave_the_server_serving(
+    make_server: MakeServer, http: aiohttp.ClientSession, mode: str
+) -> None:
+    server = make_server(workers=1, env={"MOORAGE_HTTP_SENDFILE": mode})
+    await server.start()
+    reg = Registry(http, server.url)
+    data = random.Random(9).randbytes(32 << 20)
+    digest = await reg.push_blob("send/vanish", data)
+    path = f"/v2/send/vanish/blobs/{digest}"
+    for _ in range(3):
+        received = await asyncio.gather(
+            *(asyncio.to_thread(_vanish, server.port, path) for _ in range(8))
+        )
+        assert all(0 < n < len(data) for n in received), received
+    await reg.assert_blob("send/vanish", digest, data)
+    log = server.log_path.read_text(errors="replace")
+    assert "Traceback" not in log, server.log_tail()
+    assert "client went away" in log
+
+
+def _stalled_pull(
+    port: int, path: str, ready: asyncio.Event, loop: asyncio.AbstractEventLoop
+) -> str:
+    """GET `path` and stop reading after the first bytes; then wait for the server's end."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        sock.recv(4096)
+        loop.call_soon_threadsafe(ready.set)
+        time.sleep(8)  # the server's thread waits for the socket, until the kernel drops it
+        try:
+            while sock.recv(1 << 20):
+                pass
+            return "closed"
+        except ConnectionResetError:
+            return "reset"
+        except TimeoutError:
+            return "still open"
+    finally:
+        sock.close()
+
+
+@pytest.mark.parametrize("mode", ["auto", "on"])
+async def test_a_send_to_a_stalled_client_ends_and_the_worker_stops(
+    make_server: MakeServer, mode: str
+) -> None:
+    """A client stops reading in the middle of a large pull, and the worker is told to stop:
+    the kernel drops the client after `http.sendtimeout`, the thread's send fails, the request
+    ends and the worker exits without being killed."""
+    server = make_server(
+        workers=1,
+        env={
+            "MOORAGE_HTTP_SENDFILE": mode,
+            "MOORAGE_HTTP_SENDTIMEOUT": "2",
+            "MOORAGE_HTTP_DRAINTIMEOUT": "0",
+        },
+    )
+    await server.start()
+    async with aiohttp.ClientSession() as http:
+        digest = await Registry(http, server.url).push_blob(
+            "send/stop", random.Random(11).randbytes(64 << 20)
+        )
+    ready = asyncio.Event()
+    path = f"/v2/send/stop/blobs/{digest}"
+    loop = asyncio.get_running_loop()
+    pull = asyncio.create_task(asyncio.to_thread(_stalled_pull, server.port, path, ready, loop))
+    await asyncio.wait_for(ready.wait(), 30)
+    await asyncio.sleep(0.5)
+    code = await server.stop(timeout=20)
+    assert code is not None, "the worker had to be killed"
+    assert await pull in ("closed", "reset")
+
+
+class _Peer(asyncio.Transport):
+    """A transport that only answers `get_extra_info("peername")` (a unit test of `copies`)."""
+
+    def __init__(self, peer: object) -> None:
+        super().__init__()
+        self.peer = peer
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.peer if name == "peername" else default
+
+
+@pytest.mark.parametrize(
+    ("peer", "copied"),
+    [
+        (("127.0.0.1", 5000), True),
+        (("127.8.9.10", 5000), True),
+        (("::1", 5000, 0, 0), True),
+        (("::ffff:127.0.0.1", 5000, 0, 0), True),
+        ("", True),  # a Unix socket
+        (("10.1.2.3", 5000), False),
+        (("2001:db8::1", 5000, 0, 0), False),
+        (("fe80::1%eth0", 5000, 0, 2), False),
+        (("::ffff:192.0.2.7", 5000, 0, 0), False),
+    ],
+)
+def test_auto_copies_to_clients_on_this_machine_only(peer: object, copied: bool) -> None:
+    transport = _Peer(peer)
+    assert sending.copies("auto", transport) is copied
+    assert sending.copies("off", transport) is True
+    assert sending.copies("on", transport) is False
