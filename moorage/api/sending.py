@@ -49,6 +49,7 @@ MODE = web.AppKey("moorage.sendfile", str)
 THREAD_FROM = 256 << 10  # smaller bodies go out in one sendfile call on the loop
 MAX_THREADS = 64  # sends on threads at once, per worker
 BUFFER = 256 << 10  # bytes per read and send when copying
+_FLUSH_POLL = 0.005  # seconds between looks at a transport that still holds bytes
 _WAKE = 0.5  # seconds: how often a thread waiting for the socket looks whether it was stopped
 
 _threads = 0  # sends on threads now, in this worker (touched on the loop only)
@@ -94,6 +95,12 @@ async def send(
     the sending raised (OSError: the client went away or was dropped); if cancelled, the thread
     is stopped and waited for first."""
     global _threads
+    # What the transport still holds (the response's head, when the socket was full of the
+    # response before it on a kept-alive connection) goes first: the thread writes past it.
+    while transport.get_write_buffer_size():
+        if transport.is_closing():
+            raise ConnectionResetError("the connection closed before the body")
+        await asyncio.sleep(_FLUSH_POLL)
     sock = transport.get_extra_info("socket").dup()
     sock.setblocking(False)
     stop = threading.Event()
