@@ -661,14 +661,22 @@ def eligible(request: web.Request, length: int | None) -> asyncio.Transport | No
         return None
     if headers.get("Content-Encoding", "identity").strip().lower() != "identity":
         return None  # aiohttp decompresses such bodies: their length is another one
-    transport = request.transport
+    transport = plain_socket(request.transport)
+    if transport is None:
+        return None
+    if request.content.is_eof() or request.content.exception() is not None:
+        return None
+    return transport
+
+
+def plain_socket(transport: asyncio.BaseTransport | None) -> asyncio.Transport | None:
+    """`transport` if it is an open plain TCP one whose socket a thread may use directly (not
+    TLS, whose bytes the transport itself must encrypt and decrypt), else None."""
     if not isinstance(transport, asyncio.Transport) or transport.is_closing():
         return None
     if transport.get_extra_info("sslcontext") is not None:
         return None
     if transport.get_extra_info("socket") is None:
-        return None
-    if request.content.is_eof() or request.content.exception() is not None:
         return None
     return transport
 

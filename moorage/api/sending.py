@@ -39,11 +39,11 @@ import os
 import select
 import socket
 import threading
-from typing import Literal
 
 from aiohttp import web
 
-Mode = Literal["auto", "on", "off"]
+from moorage.api import direct
+
 MODE = web.AppKey("moorage.sendfile", str)
 
 THREAD_FROM = 256 << 10  # smaller bodies go out in one sendfile call on the loop
@@ -60,13 +60,7 @@ def eligible(transport: asyncio.BaseTransport | None, count: int) -> asyncio.Tra
     TLS, whose bytes the transport must encrypt), a large enough body, a thread to spare."""
     if count < THREAD_FROM or _threads >= MAX_THREADS:
         return None
-    if not isinstance(transport, asyncio.Transport) or transport.is_closing():
-        return None
-    if transport.get_extra_info("sslcontext") is not None:
-        return None
-    if transport.get_extra_info("socket") is None:
-        return None
-    return transport
+    return direct.plain_socket(transport)
 
 
 def copies(mode: str, transport: asyncio.BaseTransport) -> bool:
