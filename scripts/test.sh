@@ -13,12 +13,21 @@ ruff check moorage tests
 ruff format --check moorage tests
 mypy
 lint-imports
-python -m pytest -q -ra "$@"
+# Two test processes (pytest-xdist), each taking whole modules (a module's fixtures and order
+# stay together; session fixtures such as the docker tests' dockerd start once per process
+# that needs them). MOORAGE_TEST_PROCESSES changes the count; 1 runs in this process. Tests
+# that measure the server's memory (marker serial) run alone afterwards. Exit status 5 is
+# pytest's "no tests selected": arguments that name only tests of the other kind.
+processes=${MOORAGE_TEST_PROCESSES:-2}
+parallel=(-n "$processes" --dist loadfile)
+[ "$processes" = 1 ] && parallel=(-p no:xdist)
+python -m pytest -q -ra "${parallel[@]}" -m "not serial" "$@" || [ $? = 5 ]
+python -m pytest -q -ra -m serial "$@" || [ $? = 5 ]
 # The v2 and v1 API suites and the web interface's pages again on PostgreSQL + S3 (the real
 # services of tests/services, which the fixtures start): tests that look inside SQLite or the
 # data directory are deselected by name (marker embedded_only), nothing is skipped.
-MOORAGE_TEST_BACKEND=scaleout python -m pytest -q -ra -m "not embedded_only" tests/api tests/v1 \
-  tests/ui/test_pages.py
+MOORAGE_TEST_BACKEND=scaleout python -m pytest -q -ra "${parallel[@]}" -m "not embedded_only" \
+  tests/api tests/v1 tests/ui/test_pages.py
 # The real clients once more through a real nginx in front, configured as
 # docs/deploy/nginx-site.conf tells operators (the session's registry is reached through it).
 MOORAGE_TEST_PROXY=nginx python -m pytest -q -ra tests/clients/test_skopeo.py \

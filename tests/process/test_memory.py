@@ -22,7 +22,8 @@ import pytest
 from tests.harness import MakeServer
 from tests.process.registry import TIMEOUT, Registry
 
-pytestmark = pytest.mark.timeout(240)
+# serial: the other tests of a parallel run would be in the machine memory these measure.
+pytestmark = [pytest.mark.timeout(240), pytest.mark.serial]
 
 MIB = 1 << 20
 BLOCKS = 1024  # 1 GiB
