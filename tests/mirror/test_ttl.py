@@ -20,13 +20,16 @@ Client = TestClient[Any, Any]
 TTL = 1.0
 
 
+async def start_mirror(aiohttp_client: Any, data: Path, proxy: CountingProxy, ttl: float) -> Client:
+    """A mirror of `proxy`'s upstream whose tags expire after `ttl` seconds."""
+    client: Client = await aiohttp_client(create_app(mirror_settings(data, proxy.url, ttl=ttl)))
+    return client
+
+
 @pytest.fixture
 async def quick(aiohttp_client: Any, tmp_path: Path, proxy: CountingProxy) -> Client:
     """A mirror whose tags expire after a second."""
-    client: Client = await aiohttp_client(
-        create_app(mirror_settings(tmp_path / "data", proxy.url, ttl=TTL))
-    )
-    return client
+    return await start_mirror(aiohttp_client, tmp_path / "data", proxy, TTL)
 
 
 async def digest_of(client: Client, path: str) -> str:
@@ -45,9 +48,7 @@ MOVING_TTL = 3.0
 async def test_a_moved_tag_is_seen_after_its_ttl_and_not_before(
     aiohttp_client: Any, tmp_path: Path, upstream: UpstreamWriter, proxy: CountingProxy
 ) -> None:
-    mirror: Client = await aiohttp_client(
-        create_app(mirror_settings(tmp_path / "data", proxy.url, ttl=MOVING_TTL))
-    )
+    mirror = await start_mirror(aiohttp_client, tmp_path / "data", proxy, MOVING_TTL)
     first = await upstream.push_image("team/moving", "v1", [os.urandom(100)], note="first")
     cached = time.monotonic()
     assert await digest_of(mirror, "/v2/up/team/moving/manifests/v1") == first.digest
