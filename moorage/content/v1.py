@@ -17,8 +17,10 @@ import asyncio
 import concurrent.futures
 import logging
 import re
+import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -722,37 +724,104 @@ class V1Service:
         return derived[-1].id
 
 
+class _Lane:
+    """One function called with each block in order, one call at a time, on the shared helper
+    threads: a block queued while the one before is still in work waits its turn in the lane,
+    not on a thread."""
+
+    def __init__(self, fn: Callable[[memoryview], None]) -> None:
+        self.fn = fn
+        self.queued: deque[memoryview] = deque()
+        self.outstanding = 0  # blocks queued or in work
+        self.running = False
+        self.error: BaseException | None = None
+        self.changed = threading.Condition()
+
+    def put(self, block: memoryview) -> None:
+        with self.changed:
+            if self.error is not None:
+                raise self.error
+            self.queued.append(block)
+            self.outstanding += 1
+            if self.running:
+                return
+            self.running = True
+        _pool().submit(self._run)
+
+    def _run(self) -> None:
+        while True:
+            with self.changed:
+                if not self.queued:
+                    self.running = False
+                    return
+                block = self.queued.popleft()
+            try:
+                self.fn(block)
+            except BaseException as exc:
+                with self.changed:
+                    self.error = exc
+                    self.queued.clear()
+                    self.outstanding = 0
+                    self.running = False
+                    self.changed.notify_all()
+                return
+            with self.changed:
+                self.outstanding -= 1
+                self.changed.notify_all()
+
+    def wait(self, most: int = 0) -> None:
+        """Until at most `most` blocks are left in the lane; its error raised."""
+        with self.changed:
+            while self.outstanding > most and self.error is None:
+                self.changed.wait()
+            if self.error is not None:
+                raise self.error
+
+
 _helpers: concurrent.futures.ThreadPoolExecutor | None = None
+_helpers_lock = threading.Lock()
+
+
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None:
+            # Two lanes per upload; uploads beyond two at once wait their turn for them.
+            _helpers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="moorage-v1")
+        return _helpers
 
 
 class _Analysis:
     """A layer's blocks as a drained body hands them over, on its thread: each block written
-    there, its two halves of the analysis on two helper threads, which go on while the next
-    block is received (a block stays valid until the call after its own returns)."""
+    there, its two halves of the analysis in two lanes on helper threads, which go on while
+    the next block is received. A call returns once each lane is at most `HOLDS` block behind
+    (the one just handed over): a drained body reuses a block after the call after its own
+    returns, and a refusal of one block is raised by the call of the next."""
+
+    HOLDS = 1
 
     def __init__(self, analyzer: LayerAnalyzer, write: Callable[[memoryview], None]) -> None:
-        self.analyzer = analyzer
         self.write = write
-        self.pending: list[concurrent.futures.Future[None]] = []
+        self.lanes = (_Lane(analyzer.hash_body), _Lane(analyzer.read_content))
 
     def __call__(self, block: memoryview) -> None:
-        global _helpers
-        if _helpers is None:
-            # Two per upload; uploads beyond two at once wait their turn for them.
-            _helpers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="moorage-v1")
-        self.wait()  # the last block's halves: each half takes the blocks in order
-        self.pending = [
-            _helpers.submit(self.analyzer.hash_body, block),
-            _helpers.submit(self.analyzer.read_content, block),
-        ]
+        for lane in self.lanes:
+            lane.put(block)
         self.write(block)
+        for lane in self.lanes:
+            lane.wait(self.HOLDS)
 
     def wait(self) -> None:
-        """Until the halves in flight are done; their error (LayerInvalid: refused) raised."""
-        pending, self.pending = self.pending, []
-        concurrent.futures.wait(pending)
-        for half in pending:
-            half.result()
+        """Until every block is through both halves (neither is still at work on a block when
+        this returns); the first error (LayerInvalid: refused) raised."""
+        errors: list[BaseException] = []
+        for lane in self.lanes:
+            try:
+                lane.wait()
+            except BaseException as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
 
 
 def platform_child(index: dict[str, Any]) -> str | None:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import bz2
 import json
+import secrets
 
 from moorage.api import direct
+from moorage.content.v1 import _Analysis
 from tests.v1.client import (
     V1Client,
     V1Image,
@@ -365,3 +367,20 @@ async def test_a_large_refused_layer_taken_directly_stops_and_closes(v1: V1Clien
     # The layer is then accepted on a new connection.
     assert_true(await v1.put_layer(p, None))
     assert_true(await v1.put_checksum(p, None))
+
+
+async def test_a_layer_of_many_blocks_is_analysed_in_order(v1: V1Client) -> None:
+    """A layer of many more blocks than a drained body reuses, sent with a length and chunked:
+    its halves run behind the receiving, and every sum still covers the bytes in their order."""
+    files = {f"data/{i}.bin": secrets.token_bytes(1_500_000) for i in range(6)}
+    for chunked in (False, True):
+        image = make_image(files=files)
+        assert image.size > (_Analysis.HOLDS + 4) * direct.BLOCK
+        assert_true(await v1.put_json(image, None))
+        assert_true(await v1.put_layer(image, None, chunked=chunked))
+        row = await stored(v1, image.id)
+        assert row is not None and row.state == "uploaded", chunked
+        assert (row.size, row.blob_digest) == (image.size, image.blob_digest)
+        assert (row.diff_id, row.payload_checksum) == (image.diff_id, image.payload)
+        assert_true(await v1.put_checksum(image, None))
+        assert await blob_stored(v1, image.blob_digest)
