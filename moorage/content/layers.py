@@ -31,8 +31,10 @@ one call at a time per analyzer, or split in its three parts (`hash_payload`, `h
 from __future__ import annotations
 
 import hashlib
-import zlib
 from dataclasses import dataclass
+from typing import cast
+
+from isal import isal_zlib
 
 from moorage.content.tarsum import (
     DEFAULT_MAX_ENTRIES,
@@ -56,6 +58,7 @@ FORMAT_NOT_SUPPORTED = "Layer format not supported"
 TOO_LARGE = "Layer too large when decompressed"
 
 _GZIP = b"\x1f\x8b"
+_INFLATE_ERROR = cast(type[Exception], isal_zlib.error)  # its stub calls it an instance
 _REFUSED = {
     b"BZh": "bzip2",
     b"\xfd7zXZ\x00": "xz",
@@ -130,9 +133,10 @@ class LayerAnalyzer:
         self._uncompressed = 0
         self._head = bytearray()  # the first bytes, until the format is known
         self._compressed: bool | None = None
-        self._inflate: zlib._Decompress | None = None
+        self._inflate: isal_zlib.Decompress | None = None
         self._members = 0  # gzip members begun, counting the current one
         self._member_fed = False  # whether the current member has been given input
+        self._member_head = b""  # its first two bytes (ISA-L reads a header only once whole)
         self._tarsum = TarSum(Version.V0) if tarsum else None
         # tarsum.dev has the same rules as v1 in every version studied: one sum serves both.
         self._tarsum_v1 = TarSum(Version.V1) if extra_tarsums else None
@@ -230,6 +234,7 @@ class LayerAnalyzer:
         self._inflate = _gzip_member()
         self._members += 1
         self._member_fed = False
+        self._member_head = b""
 
     def _inflate_chunk(self, chunk: memoryview) -> None:
         # zlib copies the unconsumed input into a new bytes object after every bounded call;
@@ -243,9 +248,11 @@ class LayerAnalyzer:
             assert self._inflate is not None
             inflate = self._inflate
             self._member_fed = self._member_fed or bool(data)
+            if len(self._member_head) < 2:
+                self._member_head += bytes(data[: 2 - len(self._member_head)])
             try:
                 out = inflate.decompress(data, step)
-            except zlib.error as exc:
+            except _INFLATE_ERROR as exc:
                 if self._members > 1:
                     raise LayerInvalid(
                         f"corrupt gzip member, or trailing data that is not one, after gzip "
@@ -302,6 +309,11 @@ class LayerAnalyzer:
             # A fresh member object that has seen no input means the last member ended
             # cleanly; one that has seen some but not reached its end is a cut stream.
             if self._member_fed and not self._inflate.eof:
+                if self._members > 1 and not _GZIP.startswith(self._member_head):
+                    raise LayerInvalid(
+                        f"trailing data that is not a gzip member after gzip member "
+                        f"{self._members - 1}"
+                    )
                 raise LayerInvalid("gzip stream is truncated")
         try:
             self._tar.close()
@@ -322,5 +334,6 @@ class LayerAnalyzer:
         )
 
 
-def _gzip_member() -> zlib._Decompress:
-    return zlib.decompressobj(16 + zlib.MAX_WBITS)
+def _gzip_member() -> isal_zlib.Decompress:
+    # ISA-L's inflate: twice zlib's speed on a layer's blocks, the same stream interface.
+    return isal_zlib.decompressobj(16 + isal_zlib.MAX_WBITS)
