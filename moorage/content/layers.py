@@ -16,16 +16,17 @@ stream (no entries, not even the end-of-archive blocks), plain or gzip'ed, is ac
 archive with no entries, as Go's tar reader (Docker's pull side) reads it.
 
 Bounds, so that a hostile layer costs neither disk nor memory nor unbounded CPU: nothing is
-buffered beyond one decompression step (`step` bytes of output per zlib call); the
-decompressed stream may not exceed `max_uncompressed` bytes, nor, once past `ratio_floor`
-bytes, `max_ratio` times the compressed bytes received so far (a gzip bomb expands about
-1000:1; real layers rarely pass 10:1, though large zero-filled files can); tar extended headers
-and the number of entries are bounded as in `moorage.content.tarsum`. A limit hit raises
-`LayerTooLarge`, any other refusal `LayerInvalid`.
+buffered beyond one decompression step (`step` bytes of output per inflate call; the inflate
+is ISA-L's, through `isal_zlib`); the decompressed stream may not exceed `max_uncompressed`
+bytes, nor, once past `ratio_floor` bytes, `max_ratio` times the compressed bytes received so
+far (a gzip bomb expands about 1000:1; real layers rarely pass 10:1, though large zero-filled
+files can); tar extended headers and the number of entries are bounded as in
+`moorage.content.tarsum`. A limit hit raises `LayerTooLarge`, any other refusal `LayerInvalid`.
 
 Pure CPU and synchronous: meant to run in a worker thread (`asyncio.to_thread(a.update, c)`),
-one call at a time per analyzer, or split in its three parts (`hash_payload`, `hash_blob`,
-`read_content`) on three threads at once. It does no I/O and does not store the layer.
+one call at a time per analyzer, or split in parts that run on threads at once (`hash_body`,
+or `hash_payload` and `hash_blob`, beside `read_content`), each part fed the blocks in order.
+It does no I/O and does not store the layer.
 """
 
 from __future__ import annotations
