@@ -58,6 +58,10 @@ SHUTDOWN_TIMEOUT = 60.0
 BACKLOG = 1024
 TRIM_INTERVAL = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+MADV_PAGEOUT = 21  # linux/mman.h (Linux 5.4)
+# How long after forking workers the supervisor gives back the file pages only it maps: by
+# then the workers have mapped the code they run at start, which stays.
+PAGEOUT_DELAY = 5.0
 # A port just given up (a killed server's workers still closing it) is tried for this long
 # before it counts as taken.
 BIND_GRACE = 1.0
@@ -351,6 +355,7 @@ def _fork(settings: Settings, slots: list[Listeners], slot: int, reload: Reload 
         _die_with(parent)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the supervisor's page-out is not ours
         # A reload forwarded before the worker installs its handler must not kill it.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         mine = slots[slot].sockets()
@@ -359,6 +364,51 @@ def _fork(settings: Settings, slots: list[Listeners], slot: int, reload: Reload 
                 other.close()
         os._exit(_worker(settings, slots[slot], reload))
     return pid
+
+
+def _page_out_own_file_pages() -> int:
+    """Ask the kernel to reclaim the pages of files mapped into this process that no other
+    process maps (`MADV_PAGEOUT`); how many mappings it accepted the advice for.
+
+    The supervisor imported everything before forking, and so holds the pages of the code it
+    ran once to import it (cryptography's and pydantic-core's libraries, about 8 MiB), which
+    the workers never run: they count in the tree's memory for its whole life. The kernel
+    skips every page another process also maps, and every page that is not a clean page of a
+    file, so the workers keep what they use and nothing is written anywhere; a worker forked
+    later reads back from the file what it needs."""
+    if not sys.platform.startswith("linux"):
+        return 0
+    libc = ctypes.CDLL(None, use_errno=True)
+    madvise = libc.madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    advised = 0
+    try:
+        with open("/proc/self/maps") as maps:
+            lines = maps.read().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        fields = line.split(maxsplit=5)
+        # a private mapping of a file (not [heap], [stack], anonymous memory or a shared map)
+        if len(fields) < 6 or not fields[5].startswith("/") or fields[1][3] != "p":
+            continue
+        start, end = (int(bound, 16) for bound in fields[0].split("-"))
+        if madvise(start, end - start, MADV_PAGEOUT) == 0:
+            advised += 1
+        elif ctypes.get_errno() == errno.EINVAL and advised == 0:
+            return 0  # a kernel older than 5.4
+    return advised
+
+
+def _page_out_later() -> None:
+    """`_page_out_own_file_pages` once the workers just forked have started (SIGALRM)."""
+
+    def page_out(_signum: int, _frame: object) -> None:
+        advised = _page_out_own_file_pages()
+        log.debug("supervisor: page-out advised on %d file mappings", advised)
+
+    signal.signal(signal.SIGALRM, page_out)
+    signal.setitimer(signal.ITIMER_REAL, PAGEOUT_DELAY)
 
 
 def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None) -> int:
@@ -389,6 +439,7 @@ def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None
     signal.signal(signal.SIGHUP, forward)
     for slot in range(settings.workers):
         children[_fork(settings, slots, slot, reload)] = slot
+    _page_out_later()
     failures: list[float] = []
     status = 0
     while children:
@@ -414,6 +465,7 @@ def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None
             on_signal(signal.SIGTERM, None)
             continue
         children[_fork(settings, slots, slot, reload)] = slot
+        _page_out_later()
     return status
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from moorage import server as server_module
 from tests.harness import MakeServer, MoorageProcess
 from tests.process.registry import TIMEOUT, Registry, range_end, sha256
 
@@ -251,6 +252,90 @@ async def test_a_killed_worker_is_replaced_and_takes_its_share(make_server: Make
         await asyncio.sleep(0.2)  # the replacement may still be starting up
     _assert_spread(owners, workers)
     assert "starting another" in server.log_tail(200)
+    assert await server.stop() == 0, server.log_tail()
+
+
+PAGE_OUT_PROBE = """
+import mmap, os, sys
+from moorage import server
+
+def resident(path):
+    found, total = False, 0
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if not fields[0].endswith(":"):
+                found = len(fields) >= 6 and fields[5] == path
+            elif found and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+path = sys.argv[1]
+with open(path, "rb") as f:
+    mapped = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
+touched = sum(mapped[i] for i in range(0, len(mapped), mmap.PAGESIZE))
+before = resident(path)
+advised = server._page_out_own_file_pages()
+print(before, resident(path), advised)
+"""
+
+
+def test_page_out_gives_back_the_file_pages_no_other_process_maps(tmp_path: Path) -> None:
+    """`_page_out_own_file_pages` against the real kernel: the pages of a file only the
+    calling process maps leave it (an 8 MiB file read through a private mapping)."""
+    library = tmp_path / "library.so"
+    with open(library, "wb") as f:
+        f.write(os.urandom(8 * MIB))
+        os.fsync(f.fileno())  # clean pages: the kernel only drops pages it need not write
+    out = subprocess.run(
+        [sys.executable, "-c", PAGE_OUT_PROBE, str(library)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    before, after, advised = (int(v) for v in out.split())
+    assert before >= 7 * MIB, out  # the file was resident in the mapping
+    assert after <= MIB, out
+    assert advised > 0
+
+
+async def test_the_supervisor_pages_out_after_forking_and_still_replaces_workers(
+    make_server: MakeServer,
+) -> None:
+    """The supervisor gives back the library code only it ran (to import everything before
+    forking) a few seconds after its workers start. A worker forked after that reads back what
+    it needs from the files: it serves like the first ones."""
+    server = make_server(workers=2, config={"log": {"level": "debug"}})
+    await server.start()
+    deadline = time.monotonic() + server_module.PAGEOUT_DELAY + 20
+    while "page-out advised" not in server.log_tail(400) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert "page-out advised" in server.log_tail(400), server.log_tail()
+    victim, survivor = (p.pid for p in server.processes()[1:])
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    workers: list[int] = []
+    while time.monotonic() < deadline:
+        workers = [p.pid for p in server.processes()[1:] if p.status() != "zombie"]
+        if len(workers) == 2 and victim not in workers:
+            break
+        await asyncio.sleep(0.1)
+    assert survivor in workers and victim not in workers and len(workers) == 2, workers
+    deadline = time.monotonic() + 30
+    while True:
+        owners = await asyncio.to_thread(_owners_of_new_connections, server)
+        if set(owners) == set(workers) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    _assert_spread(owners, workers)
+    # The replacement's start was followed by a page-out too, and the tree still serves.
+    deadline = time.monotonic() + server_module.PAGEOUT_DELAY + 20
+    while server.log_tail(400).count("page-out advised") < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert server.log_tail(400).count("page-out advised") >= 2, server.log_tail()
+    owners = await asyncio.to_thread(_owners_of_new_connections, server)
+    _assert_spread(owners, workers)
     assert await server.stop() == 0, server.log_tail()
 
 
