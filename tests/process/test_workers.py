@@ -229,9 +229,10 @@ async def test_keep_alive_connections_opened_at_once_are_spread_over_workers(
     assert await server.stop() == 0, server.log_tail()
 
 
-async def test_a_killed_worker_is_replaced_and_takes_its_share(make_server: MakeServer) -> None:
-    server = make_server(workers=2)
-    await server.start()
+async def _kill_one_worker_and_see_it_replaced(server: MoorageProcess) -> list[int]:
+    """SIGKILL the first worker; once the supervisor has forked another, the replacement
+    serves (its socket was kept open by the supervisor): every request on every new
+    connection is answered, and both workers take their share. The workers' pids."""
     victim, survivor = (p.pid for p in server.processes()[1:])
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 30
@@ -242,8 +243,6 @@ async def test_a_killed_worker_is_replaced_and_takes_its_share(make_server: Make
             break
         await asyncio.sleep(0.1)
     assert survivor in workers and victim not in workers and len(workers) == 2, workers
-    # The replacement serves (its socket was kept open by the supervisor): every request on
-    # every new connection is answered, and both workers take their share.
     deadline = time.monotonic() + 30
     while True:
         owners = await asyncio.to_thread(_owners_of_new_connections, server)
@@ -251,6 +250,13 @@ async def test_a_killed_worker_is_replaced_and_takes_its_share(make_server: Make
             break
         await asyncio.sleep(0.2)  # the replacement may still be starting up
     _assert_spread(owners, workers)
+    return workers
+
+
+async def test_a_killed_worker_is_replaced_and_takes_its_share(make_server: MakeServer) -> None:
+    server = make_server(workers=2)
+    await server.start()
+    await _kill_one_worker_and_see_it_replaced(server)
     assert "starting another" in server.log_tail(200)
     assert await server.stop() == 0, server.log_tail()
 
@@ -312,23 +318,7 @@ async def test_the_supervisor_pages_out_after_forking_and_still_replaces_workers
     while "page-out advised" not in server.log_tail(400) and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
     assert "page-out advised" in server.log_tail(400), server.log_tail()
-    victim, survivor = (p.pid for p in server.processes()[1:])
-    os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 30
-    workers: list[int] = []
-    while time.monotonic() < deadline:
-        workers = [p.pid for p in server.processes()[1:] if p.status() != "zombie"]
-        if len(workers) == 2 and victim not in workers:
-            break
-        await asyncio.sleep(0.1)
-    assert survivor in workers and victim not in workers and len(workers) == 2, workers
-    deadline = time.monotonic() + 30
-    while True:
-        owners = await asyncio.to_thread(_owners_of_new_connections, server)
-        if set(owners) == set(workers) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.2)
-    _assert_spread(owners, workers)
+    workers = await _kill_one_worker_and_see_it_replaced(server)
     # The replacement's start was followed by a page-out too, and the tree still serves.
     deadline = time.monotonic() + server_module.PAGEOUT_DELAY + 20
     while server.log_tail(400).count("page-out advised") < 2 and time.monotonic() < deadline:
