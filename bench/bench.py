@@ -571,6 +571,26 @@ def render_mixed(rec: dict[str, Any]) -> list[str]:
         else:
             cells += ["-", "-"]
         lines.append(f"| {phase} | " + " | ".join(cells) + " |")
+    steps = wl.PUSH_STEPS
+    lines += [
+        "",
+        f"{rec['title']}, the slowest push of each phase, request by request (ms): where the "
+        "push p99's tail waited. Start: the layer's upload begun; patch: its body; commit: "
+        "`PUT ?digest=`; config: the config blob (begun and put); manifest: the manifest PUT.",
+        "",
+        "| Phase | Server | Size | Total | " + " | ".join(steps) + " |",
+        "| --- | --- | --- | ---: | " + " | ".join("---:" for _ in steps) + " |",
+    ]
+    for phase in rec["phases"]:
+        for name, values in (("Moorage", m), ("Distribution", d)):
+            total = values.get(f"{phase}.push.slowest_ms")
+            if total is None:
+                continue
+            size = wl._size_label(int(values.get(f"{phase}.push.slowest.size", 0)))
+            cells = [_num(values.get(f"{phase}.push.slowest.{step}_ms")) for step in steps]
+            lines.append(
+                f"| {phase} | {name} | {size} | {_num(total)} | " + " | ".join(cells) + " |"
+            )
     return lines
 
 

@@ -1326,6 +1326,12 @@ class _Op:
     size: int
     seconds: float
     error: str | None = None
+    steps: dict[str, float] = field(default_factory=dict)  # a push's: seconds per request
+
+
+# A push's requests, in order (the keys of _Op.steps): the layer's upload started, its body
+# sent in one PATCH, the upload committed, the config blob put, the manifest put.
+PUSH_STEPS = ("start", "patch", "commit", "config", "manifest")
 
 
 class MixedLoad(Workload):
@@ -1406,9 +1412,23 @@ class MixedLoad(Workload):
                 await self._pull(ctx, server, image)
         return {}
 
-    async def _push(self, ctx: Context, server: Server, image: _MixImage) -> None:
+    async def _push(
+        self, ctx: Context, server: Server, image: _MixImage, steps: dict[str, float] | None = None
+    ) -> None:
+        """Push `image`; `steps` gets the seconds of each of its requests (PUSH_STEPS)."""
         session = ctx.session
+        steps = {} if steps is None else steps
+        names = iter(PUSH_STEPS)
+        t = time.perf_counter()
+
+        def step() -> None:
+            nonlocal t
+            now = time.perf_counter()
+            steps[next(names)] = now - t
+            t = now
+
         location = await client.start_upload(session, server, image.repo)
+        step()
         async with session.patch(
             client.URL(location, encoded=True),
             data=image.layer.stream(),
@@ -1416,9 +1436,11 @@ class MixedLoad(Workload):
         ) as resp:
             await client.expect(resp, 202)
             location = client.absolute(server, resp.headers["Location"])
+        step()
         async with session.put(client.with_digest(location, image.layer.digest)) as resp:
             await client.expect(resp, 201)
             _same_digest(resp, image.layer.digest)
+        step()
         config = sha256_digest(image.config)
         location = await client.start_upload(session, server, image.repo)
         async with session.put(
@@ -1428,6 +1450,7 @@ class MixedLoad(Workload):
         ) as resp:
             await client.expect(resp, 201)
             _same_digest(resp, config)
+        step()
         async with session.put(
             f"{server.url}/v2/{image.repo}/manifests/{image.tag}",
             data=image.manifest,
@@ -1435,6 +1458,7 @@ class MixedLoad(Workload):
         ) as resp:
             await client.expect(resp, 201)
             _same_digest(resp, sha256_digest(image.manifest))
+        step()
 
     async def _pull(self, ctx: Context, server: Server, image: _MixImage) -> None:
         session = ctx.session
@@ -1463,7 +1487,9 @@ class MixedLoad(Workload):
                     f"pushed {layer.size} ending {layer.tail.hex()}"
                 )
 
-    async def _timed(self, ops: list[_Op], op: str, size: int, coro: Any) -> bool:
+    async def _timed(
+        self, ops: list[_Op], op: str, size: int, coro: Any, steps: dict[str, float] | None = None
+    ) -> bool:
         t0 = time.perf_counter()
         error = None
         try:
@@ -1472,7 +1498,7 @@ class MixedLoad(Workload):
             raise
         except (BenchError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = f"{type(exc).__name__}: {str(exc)[:300]}"
-        ops.append(_Op(op, size, time.perf_counter() - t0, error))
+        ops.append(_Op(op, size, time.perf_counter() - t0, error, steps or {}))
         if error is not None:
             await asyncio.sleep(0.05)  # no tight loop against a refusing server
         return error is None
@@ -1497,13 +1523,16 @@ class MixedLoad(Workload):
                 size = p.mix_sizes[(i + k) % len(p.mix_sizes)]
                 image = _mix_image(repo, f"t{k}", size)
                 self.fresh.append(image)
-                if await self._timed(ops, "push", size, self._push(ctx, server, image)):
+                steps: dict[str, float] = {}
+                pushed = self._push(ctx, server, image, steps)
+                if await self._timed(ops, "push", size, pushed, steps):
                     await self._timed(ops, "pull", size, self._pull(ctx, server, image))
             elif rng.random() < 0.25:
                 size = rng.choice(p.mix_sizes)
                 image = _mix_image(repo, f"t{k}", size)
                 self.fresh.append(image)
-                await self._timed(ops, "push", size, self._push(ctx, server, image))
+                steps = {}
+                await self._timed(ops, "push", size, self._push(ctx, server, image, steps), steps)
             else:
                 size = rng.choice(p.mix_sizes)
                 image = rng.choice(self.pool[size])
@@ -1587,6 +1616,14 @@ class MixedLoad(Workload):
                 for q in (50, 90, 99):
                     if of_size:
                         out[f"{phase}.{op}.{label}.p{q}_ms"] = _percentile(of_size, q / 100)
+        # Where the slowest push spent its time, request by request (the tail of the push p99).
+        pushes = [o for o in ok if o.op == "push"]
+        if pushes:
+            slowest = max(pushes, key=lambda o: o.seconds)
+            out[f"{phase}.push.slowest_ms"] = slowest.seconds * 1000
+            out[f"{phase}.push.slowest.size"] = float(slowest.size)
+            for name, seconds in slowest.steps.items():
+                out[f"{phase}.push.slowest.{name}_ms"] = seconds * 1000
         self.errors.setdefault(server.name, []).extend(
             f"{phase} {o.op} {_size_label(o.size)}: {o.error}" for o in ops if o.error
         )
