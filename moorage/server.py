@@ -373,9 +373,10 @@ def _page_out_own_file_pages() -> int:
     The supervisor imported everything before forking, and so holds the pages of the code it
     ran once to import it (cryptography's and pydantic-core's libraries, about 8 MiB), which
     the workers never run: they count in the tree's memory for its whole life. The kernel
-    skips every page another process also maps, and every page that is not a clean page of a
-    file, so the workers keep what they use and nothing is written anywhere; a worker forked
-    later reads back from the file what it needs."""
+    skips every page another process also maps, so the workers keep what they use. A clean
+    page of a file is dropped (a worker forked later reads back from the file what it
+    needs); the few pages of those mappings the supervisor changed (a library's relocated
+    data) go to swap where there is swap, and stay where there is none."""
     if not sys.platform.startswith("linux"):
         return 0
     libc = ctypes.CDLL(None, use_errno=True)
