@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import itertools
 import os
 import re
@@ -141,6 +142,19 @@ class FilesystemObjectWriter:
             await asyncio.to_thread(self._data.unlink, True)
 
 
+_letting_go: set[asyncio.Future[None]] = set()
+
+
+def _let_go(opening: asyncio.Future[FilesystemObjectWriter], resumed: bool) -> None:
+    """Cancel (a new writer) or close (a resumed one) the writer `opening` made, if it made one."""
+    if opening.cancelled() or opening.exception() is not None:
+        return
+    writer = opening.result()
+    done = asyncio.ensure_future(writer.close() if resumed else writer.cancel())
+    _letting_go.add(done)  # a reference until it is done
+    done.add_done_callback(_letting_go.discard)
+
+
 class FilesystemObjects:
     def __init__(self, root: Path, direct_from: int | None = DIRECT_FROM) -> None:
         self.files = FilesystemDriver(root)
@@ -244,7 +258,15 @@ class FilesystemObjects:
         return new, fd
 
     async def writer(self, key: str, state: bytes | None = None) -> FilesystemObjectWriter:
-        return await asyncio.to_thread(self._open, key, state)
+        opening = asyncio.ensure_future(asyncio.to_thread(self._open, key, state))
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The file is made on a thread that goes on regardless (a request cancelled as its
+            # client hung up): the writer nobody will hold is let go of once it is made, its
+            # new file removed. A resumed one is only closed: its file is the upload's.
+            opening.add_done_callback(functools.partial(_let_go, resumed=state is not None))
+            raise
 
     @_full_is_typed
     def _move(self, source: str, target: str) -> bool:
