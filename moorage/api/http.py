@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import re
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -105,14 +107,27 @@ class Arriving:
             request.content.set_read_chunk_size(buffer)
             connections.set_receive_size(request.transport, connections.RECEIVE_LARGE)
         READING.bodies += 1
-        release = weakref.finalize(self, READING.done, request.transport, large)
-        self._pieces = _pieces(request, release)
+        self._request = request
+        self._small = length is not None and length < SMALL_BODY
+        self._release = weakref.finalize(self, READING.done, request.transport, large)
+        self._pieces: AsyncIterator[bytes] | None = None
 
     def __aiter__(self) -> Arriving:
         return self
 
     async def __anext__(self) -> bytes:
+        if self._pieces is None:
+            self._pieces = _pieces(self._request, self._release)
         return await self._pieces.__anext__()
+
+    def paced(self) -> AsyncIterator[bytes] | None:
+        """For a small body, its pieces within the worker's SHARES (see `_paced`): each must
+        be processed before the next is asked for. None for the others, and once the body
+        is being read the other way."""
+        if not self._small or self._pieces is not None:
+            return None
+        self._pieces = pieces = _paced(self._request, self._release)
+        return pieces
 
 
 async def _pieces(request: web.Request, release: Callable[[], object]) -> AsyncIterator[bytes]:
@@ -121,6 +136,89 @@ async def _pieces(request: web.Request, release: Callable[[], object]) -> AsyncI
             yield chunk
     finally:
         release()
+
+
+async def _paced(request: web.Request, release: Callable[[], object]) -> AsyncIterator[bytes]:
+    """The body's pieces, each taken from aiohttp's buffer only while holding one of the
+    worker's SHARES, which it keeps until the next piece is asked for (so until the piece has
+    been hashed and written) and then passes on if another body waits. A body whose buffer is
+    empty waits for its client without a share: a client that sends slowly, or stalls, keeps
+    no other body from being read."""
+    content = request.content
+    holding = False
+    try:
+        while True:
+            if not holding:
+                await SHARES.take()
+                holding = True
+            piece = content.read_nowait()
+            if not piece:
+                if content.at_eof():
+                    return
+                SHARES.give()
+                holding = False
+                piece = await content.readany()  # what arrives next, held while a share is
+                if not piece:  # taken: the buffer behind it refills to its limit at most
+                    return
+                await SHARES.take()
+                holding = True
+            yield piece
+            del piece  # done with: not held while this body waits for a share again
+            if SHARES.wanted():
+                SHARES.give()
+                holding = False
+    finally:
+        if holding:
+            SHARES.give()
+        release()
+
+
+class Shares:
+    """A count of shares handed out in the order they are asked for (an asyncio.Semaphore
+    that binds to no event loop: the worker's one loop, or a test's loop after another's)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.held = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+
+    def wanted(self) -> bool:
+        return bool(self._waiting)
+
+    async def take(self) -> None:
+        if self.held < self.count and not self._waiting:
+            self.held += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiting.append(waiter)
+        try:
+            await waiter  # give() hands its share over to this waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed over just as this waiter was cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self._waiting:
+            waiter = self._waiting.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.held = max(0, self.held - 1)
+
+
+# Small bodies (known length under SMALL_BODY, above all the chunks of chunked uploads) whose
+# consumer takes them piece by piece (streams.paced): a piece taken from aiohttp's buffer holds
+# one of these shares until it has been hashed and written. Bodies waiting for a share leave
+# their bytes in aiohttp's buffer, which stops reading the socket at its limit, and in the
+# kernel; so a burst of hundreds of uploads holds SHARES pieces in hand, not two or three
+# blocks each (docs/performance.md, "Memory under a burst of uploads"). More shares than the
+# threads that hash and write (asyncio's default executor) keep those threads busy.
+SHARES_PER_WORKER = 16
+SHARES = Shares(SHARES_PER_WORKER)
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes:

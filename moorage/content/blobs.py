@@ -25,7 +25,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -506,11 +506,16 @@ class BlobService:
             writer.expect(start + length)
         arrived = 0  # bytes of the body received so far
 
-        async def counted() -> Body:
+        async def counted(source: Body) -> Body:
             nonlocal arrived
-            async for chunk in body:
-                arrived += len(chunk)
-                yield chunk
+            try:
+                async for chunk in source:
+                    arrived += len(chunk)
+                    yield chunk
+                    del chunk  # not held while the next one is waited for
+            finally:
+                if isinstance(source, AsyncGenerator):
+                    await source.aclose()
 
         async def renew() -> None:
             renewing = time.monotonic()
@@ -575,8 +580,10 @@ class BlobService:
         try:
             if blocking is not None and isinstance(body, streams.Drainable):
                 received = await body.drain(consume)
+            elif (pieces := streams.paced(body)) is not None:
+                received = await streams.each(counted(pieces), process)
             else:
-                received = await streams.pipelined(counted(), process, streams.block_size(body))
+                received = await streams.pipelined(counted(body), process, streams.block_size(body))
         finally:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError, LeaseLost):

@@ -51,6 +51,31 @@ def block_size(body: object) -> int:
     return size if isinstance(size, int) and size > 0 else BLOCK_SIZE
 
 
+def paced(body: object) -> AsyncIterator[bytes] | None:
+    """The pieces of a body read within its worker's budget of pieces in hand (a small body
+    through aiohttp's parser: moorage.api.http.Arriving.paced), for `each`; None for other
+    bodies, which go through `pipelined`."""
+    pieces = getattr(body, "paced", None)
+    made = pieces() if callable(pieces) else None
+    return made if isinstance(made, AsyncIterator) else None
+
+
+async def each(pieces: AsyncIterator[bytes], process: Callable[[bytes], Awaitable[None]]) -> int:
+    """Run `process` on each piece in turn, asking for the next only when it is done (what a
+    paced body's budget counts is then what its consumer holds), and close `pieces` at the
+    end, whatever ended it. Returns the number of bytes processed."""
+    total = 0
+    try:
+        async for piece in pieces:
+            await process(piece)
+            total += len(piece)
+            del piece  # not held while the next one is waited for
+    finally:
+        if isinstance(pieces, AsyncGenerator):
+            await pieces.aclose()
+    return total
+
+
 def declared_length(body: object) -> int | None:
     """The length `body` declared before it arrived (a large body of known length taken from
     the socket: moorage.api.direct.DirectBody), else None. Only a hint: a body may be cut."""

@@ -1,10 +1,11 @@
 """Request bodies read through aiohttp's parser within the worker's memory budget
 (moorage/api/http.py, `Arriving`; issue 14, item 4).
 
-Bodies of a known small length are read in small pieces; streamed ones in large pieces while
-the worker reads few such, in medium ones beyond. Whatever the size, every byte is hashed
-and stored in order, and a body stops counting once it has been read, refused, or dropped
-by its client.
+Bodies of a known small length are read in small pieces, each taken only with one of the
+worker's shares (`http.SHARES`) until it has been hashed and written; streamed ones in large
+pieces while the worker reads few such, in medium ones beyond. Whatever the size, every byte
+is hashed and stored in order, and a body stops counting once it has been read, refused, or
+dropped by its client; a client that stalls holds no share.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
+import pytest
 
 from moorage.api import http
-from tests.api.helpers import Client, sha256, start_upload, with_query
+from tests.api.helpers import Client, path_of, sha256, start_upload, with_query
 
 OCTET = {"Content-Type": "application/octet-stream"}
 PIECE = 48 << 10
@@ -129,3 +131,124 @@ async def test_a_body_refused_unread_is_given_back(client: Client) -> None:
     )
     assert resp.status == 416, await resp.text()
     await _until(lambda: http.READING.bodies == 0, "the refused body is given back")
+
+
+class _Counted(http.Shares):
+    """Shares that remember the most held at once and whether a body ever waited for one."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.most = 0
+        self.waited = 0
+
+    async def take(self) -> None:
+        if self.held >= self.count or self.wanted():
+            self.waited += 1
+        await super().take()
+        self.most = max(self.most, self.held)
+
+
+@pytest.fixture
+def shares(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Counted]:
+    counted = _Counted(2)
+    monkeypatch.setattr(http, "SHARES", counted)
+    yield counted
+    assert counted.held == 0, "every share is given back"
+    assert not counted.wanted()
+
+
+SMALL_BODIES = 12
+SMALL_SIZE = 300 << 10  # a few pieces each, well under http.SMALL_BODY
+
+
+async def test_small_bodies_at_once_hold_no_more_than_the_shares(
+    client: Client, shares: _Counted
+) -> None:
+    async def upload(seed: int) -> tuple[str, str, bytes]:
+        repo = f"shares/r{seed}"
+        data = b"".join(_piece(seed, i) for i in range(SMALL_SIZE // PIECE))
+        location = await start_upload(client, repo)
+        # Content-Length is known: a small body, taken within the shares.
+        resp = await client.patch(location, data=data, headers=OCTET)
+        assert resp.status == 202, await resp.text()
+        assert resp.headers["Range"] == f"0-{len(data) - 1}"
+        digest = sha256(data)
+        done = await client.put(with_query(resp.headers["Location"], digest=digest))
+        assert done.status == 201, await done.text()
+        return repo, digest, data
+
+    results = await asyncio.wait_for(
+        asyncio.gather(*(upload(seed) for seed in range(SMALL_BODIES))), 60
+    )
+    assert shares.most == shares.count  # all were in use at once...
+    assert shares.waited > 0  # ...and bodies waited for them
+    for repo, digest, data in results:
+        resp = await client.get(f"/v2/{repo}/blobs/{digest}")
+        assert resp.status == 200
+        assert await resp.read() == data
+    await _until(lambda: http.READING.bodies == 0, "every body is given back")
+
+
+async def _stalled_patch(client: Client, location: str, length: int) -> asyncio.StreamWriter:
+    """A PATCH announcing `length` bytes whose client sends one piece, then nothing more."""
+    target = path_of(location)
+    lines = [f"PATCH {target} HTTP/1.1", f"Host: {client.server.host}"]
+    auth_header = getattr(client, "auth_header", None)
+    if auth_header is not None:
+        lines.append(f"Authorization: {await auth_header('PATCH', target)}")
+    lines += [f"Content-Length: {length}", *[f"{k}: {v}" for k, v in OCTET.items()]]
+    _reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + _piece(7, 0))
+    await writer.drain()
+    return writer
+
+
+async def test_clients_that_stall_mid_body_hold_no_share(client: Client, shares: _Counted) -> None:
+    stalled = [
+        await _stalled_patch(client, await start_upload(client, f"shares/stall{i}"), 1 << 20)
+        for i in range(shares.count + 1)
+    ]
+    try:
+        await _until(lambda: http.READING.bodies == len(stalled), "the stalled bodies are read")
+        # Each took its first piece, then waits for its client without a share.
+        await _until(lambda: shares.held == 0, "the stalled bodies give their shares back")
+        # So another upload of a small body goes through, whole.
+        data = b"".join(_piece(8, i) for i in range(SMALL_SIZE // PIECE))
+        location = await start_upload(client, "shares/after")
+        resp = await asyncio.wait_for(client.patch(location, data=data, headers=OCTET), 30)
+        assert resp.status == 202, await resp.text()
+        digest = sha256(data)
+        done = await client.put(with_query(resp.headers["Location"], digest=digest))
+        assert done.status == 201, await done.text()
+        resp = await client.get(f"/v2/shares/after/blobs/{digest}")
+        assert await resp.read() == data
+        assert http.READING.bodies == len(stalled)
+    finally:
+        for writer in stalled:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+    await _until(lambda: http.READING.bodies == 0, "the cut bodies are given back")
+
+
+async def test_a_share_handed_to_a_cancelled_waiter_passes_on() -> None:
+    shares = http.Shares(1)
+    await shares.take()
+    first = asyncio.create_task(shares.take())
+    second = asyncio.create_task(shares.take())
+    await asyncio.sleep(0)
+    assert shares.wanted()
+    shares.give()  # handed to the first waiter...
+    first.cancel()  # ...which is cancelled before it runs: the share goes to the second
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    await asyncio.wait_for(second, 5)
+    assert shares.held == 1 and not shares.wanted()
+    third = asyncio.create_task(shares.take())
+    await asyncio.sleep(0)
+    third.cancel()  # a waiter cancelled while it waits leaves the queue
+    with contextlib.suppress(asyncio.CancelledError):
+        await third
+    assert not shares.wanted()
+    shares.give()
+    assert shares.held == 0
