@@ -37,6 +37,7 @@ async def blocks(body: AsyncIterator[bytes], size: int = BLOCK_SIZE) -> AsyncGen
     async for chunk in body:
         parts.append(chunk)
         held += len(chunk)
+        del chunk  # in `parts`: not held again after they are handed on
         if held >= size:
             yield parts[0] if len(parts) == 1 else b"".join(parts)
             parts, held = [], 0
