@@ -215,8 +215,8 @@ class Shares:
 # one of these shares until it has been hashed and written. Bodies waiting for a share leave
 # their bytes in aiohttp's buffer, which stops reading the socket at its limit, and in the
 # kernel; so a burst of hundreds of uploads holds SHARES pieces in hand, not two or three
-# blocks each (docs/performance.md, "Memory under a burst of uploads"). More shares than the
-# threads that hash and write (asyncio's default executor) keep those threads busy.
+# blocks each (docs/performance.md, "Shares of small bodies"). More shares than the threads
+# that hash and write (asyncio's default executor) keep those threads busy.
 SHARES_PER_WORKER = 16
 SHARES = Shares(SHARES_PER_WORKER)
 
