@@ -375,6 +375,17 @@ class RawResponse:
         return json.loads(self.body)
 
 
+async def request_head(client: Client, method: str, target: str, head: dict[str, str]) -> bytes:
+    """A request head as a client writes it by hand (with the test's authorization), for a
+    test that then sends the body itself, or part of it."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {client.server.host}"]
+    auth_header = getattr(client, "auth_header", None)
+    if auth_header is not None:
+        lines.append(f"Authorization: {await auth_header(method, target)}")
+    lines += [f"{k}: {v}" for k, v in head.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 async def raw_request(
     client: Client,
     method: str,

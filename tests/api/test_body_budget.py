@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from moorage.api import http
-from tests.api.helpers import Client, path_of, sha256, start_upload, with_query
+from tests.api.helpers import Client, path_of, request_head, sha256, start_upload, with_query
 
 OCTET = {"Content-Type": "application/octet-stream"}
 PIECE = 48 << 10
@@ -191,14 +191,11 @@ async def test_small_bodies_at_once_hold_no_more_than_the_shares(
 
 async def _stalled_patch(client: Client, location: str, length: int) -> asyncio.StreamWriter:
     """A PATCH announcing `length` bytes whose client sends one piece, then nothing more."""
-    target = path_of(location)
-    lines = [f"PATCH {target} HTTP/1.1", f"Host: {client.server.host}"]
-    auth_header = getattr(client, "auth_header", None)
-    if auth_header is not None:
-        lines.append(f"Authorization: {await auth_header('PATCH', target)}")
-    lines += [f"Content-Length: {length}", *[f"{k}: {v}" for k, v in OCTET.items()]]
+    head = await request_head(
+        client, "PATCH", path_of(location), {"Content-Length": str(length), **OCTET}
+    )
     _reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + _piece(7, 0))
+    writer.write(head + _piece(7, 0))
     await writer.drain()
     return writer
 

@@ -20,6 +20,7 @@ from tests.api.helpers import (
     assert_error,
     assert_upload_range,
     path_of,
+    request_head,
     sha256,
     start_upload,
     with_query,
@@ -112,16 +113,9 @@ async def test_a_wrong_digest_on_a_direct_body_commits_nothing(client: Client) -
 async def test_a_body_cut_short_leaves_the_session_where_it_was(client: Client) -> None:
     """The client announces more than it sends, then hangs up: nothing of it counts."""
     location = await start_upload(client, "direct/cut")
-    target = path_of(location)
-    lines = [f"PATCH {target} HTTP/1.1", f"Host: {client.server.host}"]
-    auth_header = getattr(client, "auth_header", None)
-    if auth_header is not None:
-        lines.append(f"Authorization: {await auth_header('PATCH', target)}")
-    lines += [f"Content-Length: {SIZE}", "Content-Range: 0-" + str(SIZE - 1)]
+    head = {"Content-Length": str(SIZE), "Content-Range": f"0-{SIZE - 1}", **OCTET}
     _reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-    writer.write(
-        ("\r\n".join([*lines, *[f"{k}: {v}" for k, v in OCTET.items()]]) + "\r\n\r\n").encode()
-    )
+    writer.write(await request_head(client, "PATCH", path_of(location), head))
     writer.write(_data(SIZE // 2, "cut"))
     await writer.drain()
     writer.close()
@@ -142,16 +136,6 @@ async def test_a_body_cut_short_leaves_the_session_where_it_was(client: Client) 
     assert await _read_back(client, "direct/cut", digest) == data
 
 
-async def _raw_request(client: Client, method: str, target: str, head: dict[str, str]) -> bytes:
-    """A request head as a client writes it by hand (with the test's authorization)."""
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {client.server.host}"]
-    auth_header = getattr(client, "auth_header", None)
-    if auth_header is not None:
-        lines.append(f"Authorization: {await auth_header(method, target)}")
-    lines += [f"{k}: {v}" for k, v in head.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
 async def test_bytes_past_the_announced_length_are_not_part_of_the_blob(client: Client) -> None:
     """The body is exactly Content-Length bytes: what a client sends beyond is not read into
     the blob, and the answer still comes, whole, then a clean end: the server drops the extra
@@ -160,7 +144,7 @@ async def test_bytes_past_the_announced_length_are_not_part_of_the_blob(client: 
     digest = sha256(data)
     location = await start_upload(client, "direct/over")
     target = with_query(path_of(location), digest=digest)
-    head = await _raw_request(client, "PUT", target, {**OCTET, "Content-Length": str(SIZE)})
+    head = await request_head(client, "PUT", target, {**OCTET, "Content-Length": str(SIZE)})
     reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     try:
         writer.write(head + data + b"x" * (3 * direct.BLOCK))
@@ -183,7 +167,7 @@ async def test_a_client_that_resets_mid_body_commits_nothing(client: Client) -> 
     digest = sha256(data)
     location = await start_upload(client, "direct/reset")
     target = with_query(path_of(location), digest=digest)
-    head = await _raw_request(client, "PUT", target, {**OCTET, "Content-Length": str(SIZE)})
+    head = await request_head(client, "PUT", target, {**OCTET, "Content-Length": str(SIZE)})
     _reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
     writer.write(head + data[: SIZE - direct.BLOCK])
     await writer.drain()
