@@ -746,7 +746,20 @@ class _Lane:
             if self.running:
                 return
             self.running = True
-        _pool().submit(self._run)
+        try:
+            _pool().submit(self._run)
+        except BaseException as exc:  # no thread to run it (the interpreter shutting down)
+            self._stop(exc)
+            raise
+
+    def _stop(self, exc: BaseException) -> None:
+        """The lane fails with `exc`: what is queued is dropped, and waiters are woken."""
+        with self.changed:
+            self.error = exc
+            self.queued.clear()
+            self.outstanding = 0
+            self.running = False
+            self.changed.notify_all()
 
     def _run(self) -> None:
         while True:
@@ -758,12 +771,7 @@ class _Lane:
             try:
                 self.fn(block)
             except BaseException as exc:
-                with self.changed:
-                    self.error = exc
-                    self.queued.clear()
-                    self.outstanding = 0
-                    self.running = False
-                    self.changed.notify_all()
+                self._stop(exc)
                 return
             with self.changed:
                 self.outstanding -= 1

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from moorage.content import v1
 from moorage.content.v1 import _Analysis, _Lane
 
 
@@ -85,6 +86,25 @@ def test_an_error_in_a_lane_stops_it_and_is_raised_to_the_caller() -> None:
         lane.put(memoryview(b"\x06"))
     with pytest.raises(ValueError):
         lane.wait()
+
+
+def test_a_lane_that_cannot_get_a_thread_fails_instead_of_waiting_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At interpreter shutdown the helper threads take no new work: the block is refused,
+    and the lane's waiter gets the error instead of hanging on a block nobody runs."""
+
+    class Closed:
+        def submit(self, fn: object) -> None:
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(v1, "_pool", Closed)
+    lane = _Lane(lambda block: None)
+    with pytest.raises(RuntimeError, match="shutdown"):
+        lane.put(memoryview(b"x"))
+    assert lane.outstanding == 0 and not lane.running
+    with pytest.raises(RuntimeError, match="shutdown"):
+        lane.wait()  # raises at once: nothing is left in the lane to wait for
 
 
 class _Halves:
