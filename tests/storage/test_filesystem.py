@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
+import os
+import threading
+import warnings
 from pathlib import Path
 
 import pytest
 
-from moorage.storage import PathNotFound, StorageError
+from moorage.storage import PathNotFound, StorageError, fsobjects
 from moorage.storage.filesystem import FilesystemDriver
+from moorage.storage.fsobjects import FilesystemObjects
 
 
 @pytest.fixture
@@ -56,3 +62,67 @@ async def test_small_blob_objects_are_never_replaced(driver: FilesystemDriver) -
 async def test_keys_cannot_escape_the_root(driver: FilesystemDriver, key: str) -> None:
     with pytest.raises(StorageError):
         await driver.put(key, b"x")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _uploads(root: Path) -> list[str]:
+    return sorted(p.name for p in root.rglob("*.upload"))
+
+
+@pytest.mark.parametrize("resumed", [False, True], ids=["new", "resumed"])
+async def test_a_writer_cancelled_while_its_file_opens_is_let_go(
+    tmp_path: Path, resumed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request cancelled (its client gone) while its writer's file is made on a thread: a
+    new writer's file is removed; a resumed one's is only closed (it is the upload's) and its
+    lock released, so the next resume appends in place. No descriptor is left open."""
+    root = tmp_path / "root"
+    objects = FilesystemObjects(root)
+    key = "uploads/u1/data"
+    state = None
+    if resumed:
+        writer = await objects.writer(key)
+        await writer.write(b"first part")
+        state = await writer.state()
+        await writer.close()
+    uploads, fds = _uploads(root), _open_fds()
+
+    go, opened = threading.Event(), threading.Event()
+    real_open = objects._open
+
+    def slow_open(key: str, state: bytes | None) -> fsobjects.FilesystemObjectWriter:
+        go.wait(10)  # until the request has been cancelled
+        try:
+            return real_open(key, state)
+        finally:
+            opened.set()
+
+    monkeypatch.setattr(objects, "_open", slow_open)
+    with warnings.catch_warnings(record=True) as caught:
+        # A writer nobody closed would be closed by the collector, with a ResourceWarning.
+        warnings.simplefilter("always", ResourceWarning)
+        task = asyncio.create_task(objects.writer(key, state))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        go.set()
+        assert await asyncio.to_thread(opened.wait, 10)
+        for _ in range(500):  # the writer it made is let go of on the loop, then on a thread
+            await asyncio.sleep(0.01)
+            if not fsobjects._letting_go and _open_fds() == fds and _uploads(root) == uploads:
+                break
+        gc.collect()
+    assert [w.message for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert _open_fds() == fds
+    assert _uploads(root) == uploads
+    monkeypatch.undo()
+    if resumed:
+        writer = await objects.writer(key, state)  # in place: no copy under another name
+        assert _uploads(root) == uploads
+        await writer.write(b", second")
+        await writer.commit()
+        assert (root / key).read_bytes() == b"first part, second"
