@@ -424,8 +424,9 @@ class ClusterRunner(bench.Runner):
         self.side["swift"] = PidFiles(
             "swift", lambda: [f for f in sorted(pid_dir.glob("*.pid")) if f != updater]
         )
-        # The object updater sweeps the disk every 5 s whatever the load (about a tenth of a
-        # core here, idle or not); container listings are updated by the object server itself.
+        # The object updater sweeps the disk every 2 minutes whatever the load (at Swift's
+        # default of 5 s it cost a tenth of a core here, idle or not); container listings are
+        # updated by the object server itself.
         # Sampled apart and counted in no configuration's cost.
         self.side["swift-updater"] = PidFiles("swift-updater", lambda: [updater])
         return pg.settings, s3.settings

@@ -15,11 +15,12 @@ mypy
 lint-imports
 # Two test processes (pytest-xdist), each taking whole modules (a module's fixtures and order
 # stay together; session fixtures such as the docker tests' dockerd start once per process
-# that needs them). MOORAGE_TEST_PROCESSES changes the count; 1 runs in this process. Tests
+# that needs them), in collection order: the longest modules first (tests/conftest.py,
+# LONGEST_FIRST). MOORAGE_TEST_PROCESSES changes the count; 1 runs in this process. Tests
 # that measure the server's memory (marker serial) run alone afterwards. Exit status 5 is
 # pytest's "no tests selected": arguments that name only tests of the other kind.
 processes=${MOORAGE_TEST_PROCESSES:-2}
-parallel=(-n "$processes" --dist loadfile)
+parallel=(-n "$processes" --dist loadfile --no-loadscope-reorder)
 [ "$processes" = 1 ] && parallel=(-p no:xdist)
 python -m pytest -q -ra "${parallel[@]}" -m "not serial" "$@" || [ $? = 5 ]
 python -m pytest -q -ra -m serial "$@" || [ $? = 5 ]

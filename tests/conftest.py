@@ -44,6 +44,34 @@ USER, PASSWORD = "tester", "test-password"
 _ACTIONS = {"pull": "pull", "push": "pull,push", "push-only": "push", "delete": "delete"}
 
 
+# The modules that take longest (minutes each: real services, clients and processes killed and
+# restarted), measured with --durations. scripts/test.sh hands whole modules to its test
+# processes in collection order (--dist loadfile --no-loadscope-reorder), so these go first:
+# a long one left for the end would run alone while the other processes have finished.
+LONGEST_FIRST = (
+    "tests/clients/test_import_distribution.py",
+    "tests/process/test_fsck.py",
+    "tests/cluster/test_cluster.py",
+    "tests/process/test_supervisor.py",
+    "tests/process/test_gc.py",
+    "tests/process/test_soak.py",
+    "tests/clients/test_mirror.py",
+    "tests/process/test_directio.py",
+    "tests/process/test_crash.py",
+    "tests/services/test_services.py",
+    "tests/clients/test_tls_init.py",
+    "tests/process/test_workers.py",
+    "tests/process/test_slow_reader.py",
+    "tests/process/test_health.py",
+    "tests/process/test_events.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {module: i for i, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 @pytest.fixture(scope="session")
 def htpasswd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("auth") / "htpasswd"
