@@ -454,7 +454,11 @@ def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None
                 os.kill(child, signum)
 
     children: dict[int, int] = {}  # pid -> slot (which socket it serves)
-    _warm_up(settings)
+    try:
+        _warm_up(settings)
+    except Exception as exc:  # what every worker would fail on as it starts: once, at once
+        log.exception("cannot start the workers: %s", exc)
+        return 1
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGHUP, forward)

@@ -61,10 +61,28 @@ async def test_workers_die_with_a_killed_supervisor_and_a_restart_on_the_port_wo
     assert await server.wait_exit(20) == 0, server.log_tail()
 
 
-def _serve(port: int, data: Path, workers: int) -> subprocess.CompletedProcess[str]:
+def _serve(port: int, data: Path, workers: int, *more: str) -> subprocess.CompletedProcess[str]:
     argv = [sys.executable, "-m", "moorage", "serve", "--listen", f"127.0.0.1:{port}"]
-    argv += ["--data-dir", str(data), "--workers", str(workers)]
+    argv += ["--data-dir", str(data), "--workers", str(workers), *more]
     return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=data.parent)
+
+
+def test_what_every_worker_would_fail_on_stops_the_supervisor_once(tmp_path: Path) -> None:
+    """The supervisor builds the application before it forks (server._warm_up): a setting
+    every worker would fail on as it starts (here an htpasswd line that is not bcrypt) ends
+    the server at once, exit status 1 and the reason, with no worker started and restarted
+    in a loop."""
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("alice:plaintext\n")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _serve(port, tmp_path / "data", 2, "--htpasswd", str(htpasswd))
+    assert result.returncode == 1, result.stderr[-3000:]
+    reason = f"{htpasswd}:1: not a bcrypt htpasswd entry"
+    errors = [line for line in result.stderr.splitlines() if " ERROR " in line]
+    assert errors and all("cannot start the workers: " + reason in e for e in errors), errors
+    assert "starting another" not in result.stderr
 
 
 @pytest.mark.parametrize("workers", [1, 2])
