@@ -478,9 +478,10 @@ def _sizes(p: Profile) -> list[int]:
 
 def _image_desc(p: Profile) -> str:
     total = sum(_sizes(p))
+    size = f"{total / MiB:.0f} MiB" if total >= MiB else f"{total / KiB:.0f} KiB"
     return (
         f"{p.image_layers} layers of {_fmt_size(p.layer_min)}-{_fmt_size(p.layer_max)} "
-        f"({total / MiB:.0f} MiB in all, tar + gzip level 0), OCI layout, skopeo copy"
+        f"({size} in all, tar + gzip level 0), OCI layout, skopeo copy"
     )
 
 
