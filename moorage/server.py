@@ -375,9 +375,10 @@ def _warm_up(settings: Settings) -> None:
     What building them leaves behind (the imports; SQLAlchemy's and aiohttp's lazily made
     per-class state: dialect caches, event dispatchers, compiled patterns) is then in pages
     the workers share, where each worker made it on its own before, into pages of its own
-    (about 5 MiB each, and as much again in the supervisor; botocore ~45 MiB each on S3).
-    The files it makes (the v1 secret, the token signing key) are the ones the first worker
-    would have made."""
+    (about 5 MiB of each worker's, and as many of the supervisor's then private: the idle
+    two-worker tree 91 -> 82 MiB PSS, and 167 -> 152 on PostgreSQL + S3; docs/performance.md,
+    "Built before the fork"). The files it makes when missing (the v1 secret, the token
+    signing key) are the ones the first worker would have made."""
     if settings.storage.driver == "s3":
         import moorage.storage.s3  # noqa: F401  (what open_storage imports in each worker)
     create_app(settings)

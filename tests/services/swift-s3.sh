@@ -172,7 +172,8 @@ CONF
 [object-updater]
 # replays listing updates that timed out ("async pendings"; none unless a container server
 # stalled for container_update_timeout). Each sweep forks and walks the devices: at Swift's
-# 5 s it cost 0.27 of a core per instance through a test run, the tests' largest CPU user.
+# 5 s its sweeps took 0.27 of a core per Swift through a test run (a session has one per
+# test process).
 interval = 120
 CONF
 
