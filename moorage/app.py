@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -31,6 +32,9 @@ from moorage.mirror.cache import Mirror
 from moorage.storage.fsobjects import FilesystemObjects
 from moorage.storage.objects import ObjectDriver
 from moorage.storage.timed import TimedObjects
+
+if TYPE_CHECKING:
+    from moorage.storage.s3 import S3Driver
 
 log = logging.getLogger("moorage")
 
@@ -90,14 +94,19 @@ async def _collect(registry: Registry) -> None:
     await registry.collector.cycle()
 
 
+def _s3_driver() -> type[S3Driver]:
+    # Imported only when asked for: botocore costs a node on the filesystem default ~45 MiB
+    # per process.
+    from moorage.storage.s3 import S3Driver
+
+    return S3Driver
+
+
 async def open_storage(settings: Settings) -> ObjectDriver:
     """The blob storage driver the settings name (`storage.driver`)."""
     if settings.storage.driver == "s3":
-        # Imported here: botocore costs a node on the filesystem default ~45 MiB per process.
-        from moorage.storage.s3 import S3Driver
-
         s3 = settings.storage.s3
-        return await S3Driver.open(
+        return await _s3_driver().open(
             s3.bucket,
             endpoint=s3.endpoint,
             region=s3.region,
@@ -109,6 +118,23 @@ async def open_storage(settings: Settings) -> ObjectDriver:
             part_timeout=min(30.0, settings.uploads.lease / 3),
         )
     return FilesystemObjects(settings.blob_root, settings.storage.directio)
+
+
+def warm_up(settings: Settings) -> None:
+    """Build, and drop, what `create_app` and its lifecycle build in each worker before any
+    connection: the application (not started), the metadata store (its engines not
+    connected, the PostgreSQL runner imported when configured) and the S3 driver's imports.
+    A forking supervisor calls it once before it forks (server._supervise): what building
+    them leaves behind (the imports; SQLAlchemy's and aiohttp's lazily made per-class state)
+    is then in pages the workers share, where each worker made it in pages of its own (about
+    5 MiB each, and as many of the supervisor's then private: the idle two-worker tree 91 ->
+    82 MiB PSS, 167 -> 152 on PostgreSQL + S3; docs/performance.md, "Built before the
+    fork"). The files the application makes when missing (the v1 secret, the token signing
+    key) are the ones the first worker would have made."""
+    if settings.storage.driver == "s3":
+        _s3_driver()
+    create_app(settings)
+    MetadataStore(settings.metadata_url)
 
 
 def create_app(settings: Settings) -> web.Application:

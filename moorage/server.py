@@ -43,12 +43,11 @@ from moorage.api import metrics
 from moorage.api.accesslog import AccessLogger
 from moorage.api.health import HEALTH
 from moorage.api.maintenance import MAINTENANCE
-from moorage.app import IN_FLIGHT, InFlight, create_app
+from moorage.app import IN_FLIGHT, InFlight, create_app, warm_up
 from moorage.config import ConfigError, Settings, split_listen
 from moorage.connections import Guard, Limits, connection_cap
 from moorage.content import sha256state
 from moorage.metadata import migrations
-from moorage.metadata.store import MetadataStore
 
 log = logging.getLogger("moorage.server")
 
@@ -367,25 +366,6 @@ def _fork(settings: Settings, slots: list[Listeners], slot: int, reload: Reload 
     return pid
 
 
-def _warm_up(settings: Settings) -> None:
-    """Build once, before forking, what each worker builds as it starts, and drop it: the
-    application (not started) and the metadata store (its engines not connected), which also
-    imports the configured S3 driver and PostgreSQL runner.
-
-    What building them leaves behind (the imports; SQLAlchemy's and aiohttp's lazily made
-    per-class state: dialect caches, event dispatchers, compiled patterns) is then in pages
-    the workers share, where each worker made it on its own before, into pages of its own
-    (about 5 MiB of each worker's, and as many of the supervisor's then private: the idle
-    two-worker tree 91 -> 82 MiB PSS, and 167 -> 152 on PostgreSQL + S3; docs/performance.md,
-    "Built before the fork"). The files it makes when missing (the v1 secret, the token
-    signing key) are the ones the first worker would have made."""
-    if settings.storage.driver == "s3":
-        import moorage.storage.s3  # noqa: F401  (what open_storage imports in each worker)
-    create_app(settings)
-    MetadataStore(settings.metadata_url)
-    gc.collect()  # the dropped objects go now, not into the frozen generation
-
-
 def _page_out_own_file_pages() -> int:
     """Ask the kernel to reclaim the pages of files mapped into this process that no other
     process maps (`MADV_PAGEOUT`); how many mappings it accepted the advice for.
@@ -456,7 +436,8 @@ def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None
 
     children: dict[int, int] = {}  # pid -> slot (which socket it serves)
     try:
-        _warm_up(settings)
+        warm_up(settings)  # what each worker builds as it starts, once, to be shared
+        gc.collect()  # what it dropped goes now, not into the frozen generation
     except Exception as exc:  # what every worker would fail on as it starts: once, at once
         log.exception("cannot start the workers: %s", exc)
         return 1

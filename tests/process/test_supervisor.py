@@ -68,7 +68,7 @@ def _serve(port: int, data: Path, workers: int, *more: str) -> subprocess.Comple
 
 
 def test_what_every_worker_would_fail_on_stops_the_supervisor_once(tmp_path: Path) -> None:
-    """The supervisor builds the application before it forks (server._warm_up): a setting
+    """The supervisor builds the application before it forks (app.warm_up): a setting
     every worker would fail on as it starts (here an htpasswd line that is not bcrypt) ends
     the server at once, exit status 1 and the reason, with no worker started and restarted
     in a loop."""
