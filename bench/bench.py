@@ -105,6 +105,10 @@ class Runner:
             self.profile = dataclasses.replace(self.profile, mix_clients=clients)
         if args.mix_seconds:
             self.profile = dataclasses.replace(self.profile, mix_seconds=args.mix_seconds)
+        if args.mix_procs is not None:
+            self.profile = dataclasses.replace(self.profile, mix_procs=args.mix_procs)
+        if args.mix_rate:
+            self.profile = dataclasses.replace(self.profile, mix_open_rate=args.mix_rate)
         self.rounds = args.rounds or self.profile.rounds
         self.failures: list[str] = []
         self.quiet_timeouts = 0
@@ -557,14 +561,34 @@ def render_mixed(rec: dict[str, Any]) -> list[str]:
         f"{rec['title']}, per phase (Moorage / Distribution). CPU: seconds of the phase, the "
         "server's whole process tree and the benchmark's own process (the clients). Stalled: "
         "how long the stalled upload's connection was held, and whether the server closed it "
-        "(1) or it was still open when the phase ended (0).",
+        "(1) or it was still open when the phase ended (0). Client loop lag: how late the "
+        "clients' shared event loop woke a 20 ms sleeper, p50 / p99 (ms); where it is near an "
+        "operation's time, the benchmark's own loop held that operation back. Waiting for a core: "
+        "the share of the phase the clients' loop thread was runnable but not running. At once: "
+        "how many pulls and pushes ran at the same time on average (their summed time over the "
+        "phase's); in the closed phases they share the clients, so a server that ends pushes "
+        "sooner has more pulls running at once, each with a smaller share.",
         "",
         "| Phase | Wall (s) | Operations/s | MB/s | Errors | Server CPU (s) | Client CPU (s) "
-        "| Stalled held (s) | Stalled closed by server |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| Client loop lag p50 | p99 | Client loop waiting for a core | Pulls at once "
+        "| Pushes at once | Stalled held (s) | Stalled closed by server |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     for phase in rec["phases"]:
-        keys = ("wall_s", "ops_per_s", "mbps", "errors", "server_cpu_s", "client_cpu_s")
+        keys = (
+            "wall_s",
+            "ops_per_s",
+            "mbps",
+            "errors",
+            "server_cpu_s",
+            "client_cpu_s",
+            "client_lag_p50_ms",
+            "client_lag_p99_ms",
+            "client_wait",
+            "pull.in_flight",
+            "push.in_flight",
+        )
         cells = [pair(f"{phase}.{k}") for k in keys]
         if phase.startswith("stall"):
             cells += [pair(f"{phase}.stall_held_s"), pair(f"{phase}.stall_closed_by_server")]
@@ -715,6 +739,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         metavar="S",
         help="how long each phase of the mixed load starts operations (full 30, quick 3)",
+    )
+    ap.add_argument(
+        "--mix-procs",
+        type=int,
+        metavar="P",
+        help="processes the mixed load's clients run in (full 1: the benchmark's own event\n"
+        "loop; quick 2; 0: one per core)",
+    )
+    ap.add_argument(
+        "--mix-rate",
+        type=float,
+        metavar="R",
+        help="operations started a second in the mixed load's open phase (full 10, quick 20)",
     )
     ap.add_argument("--workers", type=int, help="Moorage worker processes (default: cores)")
     ap.add_argument("--data-root", help="where the temporary data directories go (default $TMPDIR)")

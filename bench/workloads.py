@@ -18,18 +18,20 @@ Life cycle, driven by bench.py for every workload:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing
 import os
 import random
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import client
@@ -97,6 +99,8 @@ class Profile:
     mix_pool: int  # images per size pushed before, for the pulls of the 75/25 mix
     mix_stall_size: int  # the stalled upload's declared size
     mix_stall_sent: int  # what it sends before it stalls
+    mix_procs: int = 1  # processes the mixed load's clients run in (0: one per core)
+    mix_open_rate: float = 10.0  # the open phase: operations started per second
 
 
 FULL = Profile(
@@ -162,6 +166,8 @@ QUICK = Profile(
     mix_pool=2,
     mix_stall_size=1 * GiB,
     mix_stall_sent=256 * KiB,
+    mix_procs=2,  # the full profile runs its clients on one loop; here the processes are proven
+    mix_open_rate=20.0,
 )
 
 
@@ -1348,15 +1354,24 @@ class MixedLoad(Workload):
       run (`mix_pool` per size) or a push (25%) of a fresh one, sizes drawn at random;
     - `stallN`: the same mix with one more client that starts a PATCH declaring 1 GiB, sends
       a few MiB and then nothing, holding the connection for the whole phase: the others must
-      not notice.
+      not notice;
+    - `openR`, once after them: the same mix, each operation started at its own moment (a
+      Poisson process of R a second, the same moments for both servers) however many are
+      running, so that both servers are judged under the same offered load.
 
     Per phase and operation: p50, p90, p99 of the whole operation's time (all sizes; per size
     in the detail table), the count, errors (an error status or a failed connection: counted,
     not failed; wrong bytes fail the run), operations and MB/s, and the client's and server's
     CPU seconds. Every pull checks the manifest and config bytes, the layer's length and
     `Docker-Content-Digest` and its tail (the 32 bytes that make it fresh); after the round one
-    image per size pushed under load is pulled again and hashed whole. The clients are aiohttp
-    coroutines in the benchmark's process: their CPU is reported per phase."""
+    image per size pushed under load is pulled again and hashed whole.
+
+    The clients are aiohttp coroutines on the benchmark's event loop (`mix_procs` spreads them
+    over processes, each with a loop of its own). Per phase it also reports how late the
+    clients' loop ran, the share of the phase it waited for a core, and how many pulls and
+    pushes ran at once: on two cores shared with the server the clients are short of CPU, and
+    in the closed phases a server that ends pushes sooner has more of its clients pulling at
+    once, each pull with a smaller share (docs/performance.md, "Closed and open mixes")."""
 
     name = "mixed_load"
     title = "Mixed load"
@@ -1364,8 +1379,11 @@ class MixedLoad(Workload):
     max_rounds = 1
 
     def phases(self, p: Profile) -> list[tuple[str, int, str]]:
-        """(name, clients, kind) in the order run."""
-        return [(f"{kind}{n}", n, kind) for n in p.mix_clients for kind in ("loop", "mix", "stall")]
+        """(name, clients, kind) in the order run; the open phase has no fixed clients."""
+        closed = [
+            (f"{kind}{n}", n, kind) for n in p.mix_clients for kind in ("loop", "mix", "stall")
+        ]
+        return [*closed, (f"open{p.mix_open_rate:g}", 0, "open")]
 
     def metrics_for(self, p: Profile) -> tuple[Metric, ...]:
         out: list[Metric] = []
@@ -1387,23 +1405,21 @@ class MixedLoad(Workload):
 
     def describe(self, p: Profile) -> str:
         sizes = "/".join(_size_label(s) for s in p.mix_sizes)
+        procs = self.procs(p)
         return (
             f"{' and '.join(map(str, p.mix_clients))} clients at once, {p.mix_seconds:g} s per "
             f"phase: push then pull of fresh {sizes} images in a loop; a 75/25 pull/push mix; "
             f"the mix with one more client holding a {_fmt_size(p.mix_stall_size)} upload "
-            f"stalled after {_fmt_size(p.mix_stall_sent)}; p50/p90/p99 per operation, errors"
+            f"stalled after {_fmt_size(p.mix_stall_sent)}; then the mix open, "
+            f"{p.mix_open_rate:g} operations started a second; p50/p90/p99 per operation, "
+            f"errors; the clients in {procs} process{'es' if procs > 1 else ''}"
         )
 
     async def prepare(self, ctx: Context) -> None:
         p = ctx.profile
-        self.pool = {
-            size: [
-                _mix_image("bench/mix-pool", f"{_size_label(size).lower()}-{j}", size)
-                for j in range(p.mix_pool)
-            ]
-            for size in p.mix_sizes
-        }
+        self.pool = _pool_images(p)
         self.fresh: list[_MixImage] = []  # the images pushed (or tried) in the phase running
+        self.pool_of_clients: concurrent.futures.ProcessPoolExecutor | None = None
         self.errors: dict[str, list[str]] = {}
 
     async def setup(self, ctx: Context, server: Server) -> dict[str, float]:
@@ -1528,17 +1544,58 @@ class MixedLoad(Workload):
                 pushed = self._push(ctx, server, image, steps)
                 if await self._timed(ops, "push", size, pushed, steps):
                     await self._timed(ops, "pull", size, self._pull(ctx, server, image))
-            elif rng.random() < 0.25:
-                size = rng.choice(p.mix_sizes)
-                image = _mix_image(repo, f"t{k}", size)
-                self.fresh.append(image)
-                steps = {}
-                await self._timed(ops, "push", size, self._push(ctx, server, image, steps), steps)
             else:
-                size = rng.choice(p.mix_sizes)
-                image = rng.choice(self.pool[size])
-                await self._timed(ops, "pull", size, self._pull(ctx, server, image))
+                await self._mix_op(ctx, server, rng, repo, f"t{k}", ops)
             k += 1
+
+    async def _mix_op(
+        self,
+        ctx: Context,
+        server: Server,
+        rng: random.Random,
+        repo: str,
+        tag: str,
+        ops: list[_Op],
+    ) -> None:
+        """One operation of the 75/25 mix: a pull of a pool image or a push of a fresh one."""
+        sizes = ctx.profile.mix_sizes
+        if rng.random() < 0.25:
+            size = rng.choice(sizes)
+            image = _mix_image(repo, tag, size)
+            self.fresh.append(image)
+            steps: dict[str, float] = {}
+            await self._timed(ops, "push", size, self._push(ctx, server, image, steps), steps)
+        else:
+            size = rng.choice(sizes)
+            image = rng.choice(self.pool[size])
+            await self._timed(ops, "pull", size, self._pull(ctx, server, image))
+
+    async def _open(
+        self, ctx: Context, server: Server, r: int, phase: str, deadline: float
+    ) -> _ClientsDone:
+        """The open phase: operations of the 75/25 mix started at random times (a Poisson
+        process of `mix_open_rate` a second, the same times for both servers) until the
+        deadline, each on its own, however many are still running. In the closed phases a
+        server that finishes pushes sooner has more of its clients pulling at once, and each
+        pull gets a smaller share; here both servers get the same operations at the same
+        moments, and a server that keeps up keeps its latencies."""
+        rng = random.Random(phase)
+        ops: list[_Op] = []
+        cpu0, wait0 = _own_cpu(), _run_queue_wait()
+        running: list[asyncio.Future[None]] = []
+        at = time.monotonic()
+        k = 0
+        while True:
+            at += rng.expovariate(ctx.profile.mix_open_rate)
+            if at >= deadline:
+                break
+            await asyncio.sleep(max(0.0, at - time.monotonic()))
+            op_rng = random.Random(f"{phase}/{k}")
+            repo = f"bench/mix-{r}/{phase}/o{k}"
+            running.append(asyncio.ensure_future(self._mix_op(ctx, server, op_rng, repo, "t", ops)))
+            k += 1
+        await asyncio.gather(*running)
+        return _ClientsDone(ops, [], [], _own_cpu() - cpu0, _run_queue_wait() - wait0, 0.0)
 
     async def _stall(
         self, ctx: Context, server: Server, repo: str, stop: asyncio.Event
@@ -1584,17 +1641,59 @@ class MixedLoad(Workload):
                 self._stall(ctx, server, f"bench/mix-{r}/{phase}/stalled", stop)
             )
             await asyncio.sleep(0.2)  # let it start and stall before the others begin
-        cpu0, server0, t0 = _own_cpu(), _tree_cpu(server), time.perf_counter()
-        deadline = time.monotonic() + p.mix_seconds
-        await asyncio.gather(
-            *(self._client(ctx, server, r, phase, kind, i, deadline, ops) for i in range(n))
-        )
+        procs = max(1, min(n, self.procs(p)))
+        # Every process's clients start at `start`: the processes of the pool are up, and each
+        # builds its images (its first phase) before it.
+        start = time.monotonic() + (START_MARGIN if procs > 1 else 0.0)
+        deadline = start + p.mix_seconds
+        jobs = [
+            _Clients(server.url, p, r, phase, kind, list(range(j, n, procs)), start, deadline)
+            for j in range(procs)
+        ]
+        lags: list[float] = []
+        lagging = asyncio.ensure_future(_loop_lag(lags))
+        loop = asyncio.get_running_loop()
+        try:
+            if procs > 1:
+                assert self.pool_of_clients is not None
+                running = [
+                    loop.run_in_executor(self.pool_of_clients, _run_clients, job) for job in jobs
+                ]
+                await asyncio.sleep(max(0.0, start - time.monotonic()))
+            cpu0, server0, t0 = _own_cpu(), _tree_cpu(server), time.perf_counter()
+            if procs > 1:
+                done = await asyncio.gather(*running)
+            elif kind == "open":
+                done = [await self._open(ctx, server, r, phase, deadline)]
+            else:
+                done = [await _clients(self, ctx.session, jobs[0])]
+        finally:
+            lagging.cancel()
         wall = time.perf_counter() - t0
+        client_cpu = _own_cpu() - cpu0
+        waits = [result.wait_s for result in done]
+        if procs > 1:
+            lags = []  # this process's loop ran only the stalled upload: the clients' loops count
+        for result in done:
+            ops.extend(result.ops)
+            lags.extend(result.lags)
+            client_cpu += result.cpu_s if procs > 1 else 0.0
+            if procs > 1:
+                self.fresh.extend(_mix_image(*fresh) for fresh in result.fresh)
+            if result.late_s > LATE:
+                print(f"    {phase}: a client process started {result.late_s:.2f} s late")
         out = {
             f"{phase}.wall_s": wall,
-            f"{phase}.client_cpu_s": _own_cpu() - cpu0,
+            f"{phase}.client_cpu_s": client_cpu,
             f"{phase}.server_cpu_s": _tree_cpu(server) - server0,
+            f"{phase}.client_procs": float(procs),
+            # The share of the phase a client loop spent waiting for a core (the mean of the
+            # processes'): near 1, the clients were short of CPU, whoever had it.
+            f"{phase}.client_wait": sum(waits) / len(waits) / wall,
         }
+        if lags:
+            out[f"{phase}.client_lag_p50_ms"] = _percentile(lags, 0.5)
+            out[f"{phase}.client_lag_p99_ms"] = _percentile(lags, 0.99)
         if stall is not None:
             stop.set()
             out.update({f"{phase}.{k}": v for k, v in (await stall).items()})
@@ -1607,6 +1706,9 @@ class MixedLoad(Workload):
         for op in ("push", "pull"):
             done = [o.seconds * 1000 for o in ok if o.op == op]
             out[f"{phase}.{op}.count"] = float(len(done))
+            # Operations of this kind running at once, on average (Little's law: their summed
+            # time over the phase's). In the closed phases the two kinds share the clients.
+            out[f"{phase}.{op}.in_flight"] = sum(done) / 1000 / wall
             for q in (50, 90, 99):
                 if done:
                     out[f"{phase}.{op}.p{q}_ms"] = _percentile(done, q / 100)
@@ -1630,10 +1732,25 @@ class MixedLoad(Workload):
         )
         return out
 
+    @staticmethod
+    def procs(p: Profile) -> int:
+        return p.mix_procs or os.cpu_count() or 1
+
     async def run(self, ctx: Context, server: Server, r: int) -> dict[str, float]:
         values: dict[str, float] = {}
-        for phase, n, kind in self.phases(ctx.profile):
-            values.update(await self._phase(ctx, server, r, phase, n, kind))
+        procs = min(self.procs(ctx.profile), max(ctx.profile.mix_clients))
+        if procs > 1:
+            # Spawned, not forked: this process runs an event loop and holds connections.
+            self.pool_of_clients = concurrent.futures.ProcessPoolExecutor(
+                procs, mp_context=multiprocessing.get_context("spawn")
+            )
+        try:
+            for phase, n, kind in self.phases(ctx.profile):
+                values.update(await self._phase(ctx, server, r, phase, n, kind))
+        finally:
+            if self.pool_of_clients is not None:
+                self.pool_of_clients.shutdown(cancel_futures=True)
+                self.pool_of_clients = None
         return values
 
     async def _check_and_drop(self, ctx: Context, server: Server) -> None:
@@ -1666,6 +1783,104 @@ class MixedLoad(Workload):
             print(f"    {server.name}: {errors}", flush=True)
 
 
+START_MARGIN = 1.0  # seconds between handing a phase to the client processes and its start
+LATE = 0.1  # a client process that starts its clients later than this is reported
+
+
+@dataclass
+class _Endpoint:
+    """What a client needs of a server (bench/client.py reads `url`), sent to a process."""
+
+    name: str
+    url: str
+
+
+@dataclass
+class _Clients:
+    """Some of a phase's clients, for one process: `clients` are their indices."""
+
+    url: str
+    profile: Profile
+    r: int
+    phase: str
+    kind: str
+    clients: list[int]
+    start: float  # time.monotonic() (the same clock in every process)
+    deadline: float
+
+
+@dataclass
+class _ClientsDone:
+    ops: list[_Op]
+    fresh: list[tuple[str, str, int]]  # (repo, tag, size) of each image pushed or tried
+    lags: list[float]
+    cpu_s: float
+    wait_s: float  # the loop's thread's time runnable but not running (waiting for a core)
+    late_s: float
+
+
+_in_process: MixedLoad | None = None  # a client process's workload, its images built once
+
+
+def _run_clients(job: _Clients) -> _ClientsDone:
+    """In a client process: run `job`'s clients on an event loop and a session of its own."""
+    global _in_process
+    if _in_process is None:
+        _in_process = MixedLoad()
+        _in_process.pool = _pool_images(job.profile)
+        _in_process.fresh = []
+    workload = _in_process
+
+    async def main() -> _ClientsDone:
+        connector = aiohttp.TCPConnector(limit=0)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            await asyncio.sleep(max(0.0, job.start - time.monotonic()))
+            lags: list[float] = []
+            lagging = asyncio.ensure_future(_loop_lag(lags))
+            try:
+                done = await _clients(workload, session, job)
+            finally:
+                lagging.cancel()
+            done.lags.extend(lags)
+            return done
+
+    return asyncio.run(main())
+
+
+async def _clients(
+    workload: MixedLoad, session: aiohttp.ClientSession, job: _Clients
+) -> _ClientsDone:
+    """Run `job`'s clients until its deadline (in this process, on its loop)."""
+    late = max(0.0, time.monotonic() - job.start)
+    cpu0, wait0 = _own_cpu(), _run_queue_wait()
+    ctx = Context(job.profile, Path(os.devnull), session)
+    server = cast(Server, _Endpoint("clients", job.url))
+    ops: list[_Op] = []
+    fresh_before = len(workload.fresh)
+    await asyncio.gather(
+        *(
+            workload._client(ctx, server, job.r, job.phase, job.kind, i, job.deadline, ops)
+            for i in job.clients
+        )
+    )
+    fresh = [(i.repo, i.tag, i.layer.size) for i in workload.fresh[fresh_before:]]
+    if _in_process is workload:
+        workload.fresh = []  # the parent keeps them
+    return _ClientsDone(ops, fresh, [], _own_cpu() - cpu0, _run_queue_wait() - wait0, late)
+
+
+def _pool_images(p: Profile) -> dict[int, list[_MixImage]]:
+    """The images the 75/25 mix pulls: `mix_pool` per size, pushed before the phases."""
+    return {
+        size: [
+            _mix_image("bench/mix-pool", f"{_size_label(size).lower()}-{j}", size)
+            for j in range(p.mix_pool)
+        ]
+        for size in p.mix_sizes
+    }
+
+
 def _blob_store(server: Server) -> Path | None:
     """The directory of a registry's committed blobs under the benchmark's data directory:
     Moorage's `storage/blobs/sha256` (moorage/storage/paths.py), Distribution's
@@ -1684,6 +1899,28 @@ def _drop_blobs(store: Path, hexes: list[str]) -> None:
             shutil.rmtree(path, ignore_errors=True)  # Distribution: <hex>/data
         else:
             path.unlink(missing_ok=True)  # Moorage: the blob itself
+
+
+LAG_TICK = 0.02  # seconds between looks at the clients' event loop
+
+
+async def _loop_lag(lags: list[float]) -> None:
+    """How late the clients' event loop wakes a sleeper, in ms, every `LAG_TICK`: the clients
+    share the loop, and when it is late every client's next read and write waits with it,
+    whatever the server does."""
+    while True:
+        t = time.perf_counter()
+        await asyncio.sleep(LAG_TICK)
+        lags.append(max(0.0, (time.perf_counter() - t - LAG_TICK) * 1000))
+
+
+def _run_queue_wait() -> float:
+    """Seconds this thread has spent runnable but waiting for a core (Linux schedstat)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _own_cpu() -> float:
