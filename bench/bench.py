@@ -39,6 +39,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import client
 import limits
 import link
 import workloads as wl
@@ -391,9 +392,7 @@ class Runner:
                 await asyncio.to_thread(s.start_and_wait)
                 self.results["servers"][s.name] = {"version": s.version(), "url": s.url}
                 self.log(f"started {s.version()} at {s.url} (pid {s.proc.pid})")
-            connector = aiohttp.TCPConnector(limit=0)
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600)
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            async with client.session() as session:
                 ctx = wl.Context(self.profile, root / "client", session)
                 ctx.tmp.mkdir(parents=True)
                 if moorage.mirror_of is not None and distribution.url == moorage.mirror_of:

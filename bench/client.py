@@ -30,6 +30,15 @@ async def expect(resp: aiohttp.ClientResponse, *statuses: int) -> None:
         )
 
 
+def session() -> aiohttp.ClientSession:
+    """The benchmark's HTTP client: no cap on connections (the workloads set their own
+    concurrency), no overall deadline, 10 minutes for any one read."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600),
+    )
+
+
 def absolute(server: Server, location: str) -> str:
     """Distribution answers absolute Locations, Moorage paths; both are followed as given."""
     return location if location.startswith(("http://", "https://")) else server.url + location

@@ -43,7 +43,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import asyncpg
 import client
 import psutil
@@ -519,9 +518,7 @@ class ClusterRunner(bench.Runner):
                     f"started {s.name}: {s.version()} at {s.url} "
                     f"in {time.perf_counter() - t0:.1f} s"
                 )
-            connector = aiohttp.TCPConnector(limit=0)
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600)
-            async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            async with client.session() as session:
                 ctx = wl.Context(self.profile, root / "client", session)
                 ctx.tmp.mkdir(parents=True)
                 await self.run_workloads(WORKLOADS, chosen, servers, ctx)

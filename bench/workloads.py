@@ -1642,9 +1642,10 @@ class MixedLoad(Workload):
             )
             await asyncio.sleep(0.2)  # let it start and stall before the others begin
         procs = max(1, min(n, self.procs(p)))
+        remote = procs > 1  # the clients in processes of the pool, not on this loop
         # Every process's clients start at `start`: the processes of the pool are up, and each
         # builds its images (its first phase) before it.
-        start = time.monotonic() + (START_MARGIN if procs > 1 else 0.0)
+        start = time.monotonic() + (START_MARGIN if remote else 0.0)
         deadline = start + p.mix_seconds
         jobs = [
             _Clients(server.url, p, r, phase, kind, list(range(j, n, procs)), start, deadline)
@@ -1654,14 +1655,14 @@ class MixedLoad(Workload):
         lagging = asyncio.ensure_future(_loop_lag(lags))
         loop = asyncio.get_running_loop()
         try:
-            if procs > 1:
+            if remote:
                 assert self.pool_of_clients is not None
                 running = [
                     loop.run_in_executor(self.pool_of_clients, _run_clients, job) for job in jobs
                 ]
                 await asyncio.sleep(max(0.0, start - time.monotonic()))
             cpu0, server0, t0 = _own_cpu(), _tree_cpu(server), time.perf_counter()
-            if procs > 1:
+            if remote:
                 done = await asyncio.gather(*running)
             elif kind == "open":
                 done = [await self._open(ctx, server, r, phase, deadline)]
@@ -1671,17 +1672,17 @@ class MixedLoad(Workload):
             lagging.cancel()
         wall = time.perf_counter() - t0
         client_cpu = _own_cpu() - cpu0
-        waits = [result.wait_s for result in done]
-        if procs > 1:
-            lags = []  # this process's loop ran only the stalled upload: the clients' loops count
         for result in done:
             ops.extend(result.ops)
-            lags.extend(result.lags)
-            client_cpu += result.cpu_s if procs > 1 else 0.0
-            if procs > 1:
-                self.fresh.extend(_mix_image(*fresh) for fresh in result.fresh)
-            if result.late_s > LATE:
-                print(f"    {phase}: a client process started {result.late_s:.2f} s late")
+        if remote:
+            # This loop ran only the stalled upload: the clients' loops, CPU and images count.
+            lags = [lag for result in done for lag in result.lags]
+            client_cpu += sum(result.cpu_s for result in done)
+            self.fresh.extend(_mix_image(*fresh) for result in done for fresh in result.fresh)
+            late = max(result.late_s for result in done)
+            if late > LATE:
+                print(f"    {phase}: a client process started {late:.2f} s late")
+        waits = [result.wait_s for result in done]
         out = {
             f"{phase}.wall_s": wall,
             f"{phase}.client_cpu_s": client_cpu,
@@ -1832,9 +1833,7 @@ def _run_clients(job: _Clients) -> _ClientsDone:
     workload = _in_process
 
     async def main() -> _ClientsDone:
-        connector = aiohttp.TCPConnector(limit=0)
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=600)
-        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        async with client.session() as session:
             await asyncio.sleep(max(0.0, job.start - time.monotonic()))
             lags: list[float] = []
             lagging = asyncio.ensure_future(_loop_lag(lags))
