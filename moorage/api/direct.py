@@ -530,8 +530,10 @@ class ChunkedBody:
         request = self.request
         received = 0  # what `consume` had, all of the body up to here
         # A block is yielded with all that was gathered for it: between blocks, nothing of
-        # the body is held but in aiohttp's buffer.
-        async with contextlib.aclosing(streams.blocks(self.arriving, BLOCK)) as pieces:
+        # the body is held but in aiohttp's buffer. Blocks of the size the worker's budget
+        # gave the body (`http.Arriving`): a quarter of BLOCK beyond its first large bodies.
+        blocks = streams.blocks(self.arriving, self.block_size)
+        async with contextlib.aclosing(blocks) as pieces:
             while True:
                 transport = request.transport
                 framing = _position(request) if _draining < MAX_DRAINING_CHUNKED else None
@@ -550,11 +552,13 @@ class ChunkedBody:
                     if held:
                         await asyncio.to_thread(consume, memoryview(held))
                         received += len(held)
+                    del held  # consumed: not held while the next block is waited for
                 piece = await anext(pieces, None)
                 if piece is None:
                     return received
                 await asyncio.to_thread(consume, memoryview(piece))
                 received += len(piece)
+                del piece  # as `held`
 
 
 # Chunked bodies drained at once in one worker; more go through aiohttp (each drained one holds

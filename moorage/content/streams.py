@@ -32,6 +32,9 @@ class Drainable(Protocol):
 
 
 async def blocks(body: AsyncIterator[bytes], size: int = BLOCK_SIZE) -> AsyncGenerator[bytes, None]:
+    """`body`'s pieces joined into blocks of at least `size` bytes (the last may be short).
+    While a block is out, the generator holds nothing else: the pieces it was joined from are
+    dropped before it is handed on, and the block itself once the next is asked for."""
     parts: list[bytes] = []
     held = 0
     async for chunk in body:
@@ -39,10 +42,14 @@ async def blocks(body: AsyncIterator[bytes], size: int = BLOCK_SIZE) -> AsyncGen
         held += len(chunk)
         del chunk  # in `parts`: not held again after they are handed on
         if held >= size:
-            yield parts[0] if len(parts) == 1 else b"".join(parts)
+            block = parts[0] if len(parts) == 1 else b"".join(parts)
             parts, held = [], 0
+            yield block
+            del block
     if parts:
-        yield b"".join(parts)
+        block = b"".join(parts)
+        del parts
+        yield block
 
 
 def block_size(body: object) -> int:
@@ -102,6 +109,7 @@ async def pipelined(
                 await pending
             pending = asyncio.ensure_future(process(block))
             total += len(block)
+            del block  # `process` holds it while it needs it, not this loop while it reads
         if pending is not None:
             finished, pending = pending, None
             await finished

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from moorage.api import direct
+from moorage.api import direct, http
 from moorage.chunked import Framing
 from tests.harness import MakeServer, MoorageProcess
 from tests.v1.client import make_image, payload_checksum
@@ -313,12 +313,12 @@ async def test_a_v1_layer_is_taken_over_and_checked(make_server: MakeServer) -> 
 
 async def test_past_the_cap_chunked_bodies_go_through_aiohttp(make_server: MakeServer) -> None:
     """More chunked bodies at once than a worker drains (direct.MAX_DRAINING_CHUNKED): the
-    first are taken over, the others read by aiohttp; every one arrives whole. (Under a block,
-    these bodies end before a place could free for the others.)"""
+    first are taken over, the others read by aiohttp; every one arrives whole. (Under a block
+    of the size those others get, http.BLOCK_MEDIUM, they end before a place could free.)"""
     server = make_server()
     await server.start()
     count = direct.MAX_DRAINING_CHUNKED + 4
-    data = _data(direct.BLOCK - 4000, "cap")
+    data = _data(http.BLOCK_MEDIUM - 4000, "cap")
     raw = _frame(data, [40_000])
     locations = [await _start(server, f"chunked/cap{n}") for n in range(count)]
     # Each sends its first piece, then all wait together long enough for every handler to
