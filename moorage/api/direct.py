@@ -207,6 +207,7 @@ class _Taker(asyncio.Protocol):
         self.closed = False
         self.finished = False  # the thread is done with the socket
         self.transport: asyncio.Transport | None = None  # set when installed
+        self.block = BLOCK  # bytes per block and per raw read (set when installed)
 
     @staticmethod
     def factory(
@@ -280,7 +281,7 @@ class _Taker(asyncio.Protocol):
 
     def _take(self, consume: Callable[[memoryview], None]) -> None:
         """The rest of a body of known length, received straight into two blocks in turn."""
-        blocks = _Blocks(min(BLOCK, self.remaining))
+        blocks = _Blocks(min(self.block, self.remaining))
         view = blocks.next()
         fill = 0
         while self.remaining > 0:
@@ -325,12 +326,14 @@ class _Taker(asyncio.Protocol):
     def _take_chunked(
         self, consume: Callable[[memoryview], None], framing: chunked.Framing
     ) -> None:
-        """The rest of a chunked body: its framing read from `_RAW`-sized reads, from where
-        the connection guard left it, and its data gathered into blocks of `BLOCK` bytes.
+        """The rest of a chunked body: its framing read from reads of `block` bytes (`_RAW`
+        for a full-sized taker), from where the connection guard left it, and its data
+        gathered into blocks of `block` bytes.
         Bytes past the body's end (a pipelined request) are dropped: the connection closes
         after the response."""
-        raw = memoryview(bytearray(_RAW))
-        blocks = _Blocks(BLOCK)
+        size = self.block
+        raw = memoryview(bytearray(_RAW if size == BLOCK else size))
+        blocks = _Blocks(size)
         block = blocks.next()
         fill = 0
 
@@ -344,11 +347,11 @@ class _Taker(asyncio.Protocol):
         def gather(piece: memoryview) -> None:
             nonlocal fill
             while piece:
-                take = min(len(piece), BLOCK - fill)
+                take = min(len(piece), size - fill)
                 block[fill : fill + take] = piece[:take]
                 fill += take
                 piece = piece[take:]
-                if fill == BLOCK:
+                if fill == size:
                     flush()
 
         while not framing.done:
@@ -566,6 +569,16 @@ class ChunkedBody:
 MAX_DRAINING_CHUNKED = 8
 _draining = 0
 
+# Bodies taken over by a thread (both kinds) in one worker now, and how many of them get blocks
+# (and, chunked, raw reads) of BLOCK bytes; the others get SMALL_BLOCK ones: 0.5-0.75 MiB a body
+# instead of 2-3. One large push, or a few, keeps the size its CPU figure was measured at; under
+# a hundred streamed pushes at once the per-block work is a small part of each block's hashing
+# and writing, and a worker's blocks were 24 MiB of its peak (docs/performance.md, "The mixed
+# load's memory").
+FULL_BLOCK_BODIES = 4
+SMALL_BLOCK = 256 << 10
+_taken = 0
+
 
 def _position(request: web.Request) -> chunked.Framing | None:
     """The framing of `request`'s chunked body where aiohttp's parser is now, when the
@@ -616,6 +629,7 @@ async def _drain_rest(
     """`DirectBody.drain` and `ChunkedBody.drain` from the takeover on: `prefix`, what aiohttp
     held, then the rest from the socket on a worker thread. Called with no await since
     `prefix` was read."""
+    global _taken
     payload = request.content
     sock = transport.get_extra_info("socket").dup()
     sock.settimeout(_WAKE)  # keeps the shared descriptor non-blocking, as the loop needs
@@ -630,6 +644,8 @@ async def _drain_rest(
     thread = threading.Thread(
         target=taker.run, args=(prefix, consume, loop, done), name="moorage-body", daemon=True
     )
+    taker.block = BLOCK if _taken < FULL_BLOCK_BODIES else SMALL_BLOCK
+    _taken += 1
     try:
         try:
             thread.start()
@@ -647,6 +663,7 @@ async def _drain_rest(
             done.exception()  # retrieved: the cancellation is what goes on
             raise
     finally:
+        _taken -= 1
         payload.total_bytes += taker.received  # for the metrics
         payload.feed_eof()  # aiohttp must not wait for the rest after the response
         # feed_eof resumes reading (aiohttp's flow control): the loop need not read what

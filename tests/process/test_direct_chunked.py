@@ -383,6 +383,60 @@ async def test_a_body_past_the_cap_is_taken_over_once_a_place_frees(
     assert all(taken), f"not taken over once a place was free: {taken}"
 
 
+async def test_bodies_beyond_the_full_sized_ones_get_small_blocks_and_arrive_whole(
+    make_server: MakeServer,
+) -> None:
+    """More bodies taken over at once than get blocks of direct.BLOCK
+    (direct.FULL_BLOCK_BODIES): chunked and of known length alike, the later ones are taken
+    in direct.SMALL_BLOCK pieces, across many blocks with a ragged end, and every one arrives
+    whole with its digest."""
+    server = make_server()
+    await server.start()
+    count = direct.FULL_BLOCK_BODIES + 3  # chunked ones: within MAX_DRAINING_CHUNKED
+    assert count <= direct.MAX_DRAINING_CHUNKED
+    release = asyncio.Event()
+    pushes = []
+    for n in range(count):
+        data = _data(direct.MIN_LENGTH + 5 * direct.SMALL_BLOCK + 777 * n, f"small{n}")
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        if n % 2:
+            location = await _start(server, f"chunked/small{n}")
+            head = _patch_head(location)
+            raw = _frame(data, [40_000, 7, 65536])
+        else:  # of known length, committed with its digest in one PUT
+            location = await _start(server, f"direct/small{n}")
+            head = (
+                f"PUT {location}?digest={digest} HTTP/1.1\r\nHost: registry\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {len(data)}"
+            )
+            raw = data
+        pushes.append((n, data, digest, location, head, raw))
+    # Each is taken over after its first 3000 bytes; all wait together, then send the rest.
+    replies = await asyncio.gather(
+        *(
+            _exchange(server, head, [raw[:3000], raw[3000:]], gates={1: release})
+            for _, _, _, _, head, raw in pushes
+        ),
+        _release_after(release, 3.0),
+    )
+    # A 201 is the server's check of the digest against every byte it took.
+    for (n, data, digest, _location, _head, _raw), reply in zip(pushes, replies, strict=False):
+        assert reply is not None and reply.closes, (n, reply)
+        if n % 2:
+            assert reply.status == 202, (n, reply.body)
+            assert reply.headers["range"] == f"0-{len(data) - 1}"
+            put = await _simple(server, "PUT", f"{reply.headers['location']}?digest={digest}")
+            assert put.status == 201, (n, put.body)
+        else:
+            assert reply.status == 201, (n, reply.body)
+            assert reply.headers["docker-content-digest"] == digest
+
+
+async def _release_after(event: asyncio.Event, seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    event.set()
+
+
 def _answer(sock: socket.socket) -> Reply:
     """Read one whole answer from a blocking `sock` (its end not awaited)."""
     raw = bytearray()
