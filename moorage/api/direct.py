@@ -44,6 +44,7 @@ import asyncio
 import contextlib
 import socket
 import threading
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 
@@ -464,11 +465,16 @@ class DirectBody:
     blocks (see the module doc), or `drain`ed whole on one worker thread."""
 
     def __init__(self, request: web.Request, transport: asyncio.Transport, length: int) -> None:
+        global _bodies
         self.request = request
         self.transport = transport
         self.length = length
         self._blocks: AsyncIterator[bytes] | None = None
         self._drained = False
+        # A place among the worker's MAX_BODIES, given back when the body has been read or
+        # failed, or else when it is dropped unread.
+        _bodies += 1
+        self._place = weakref.finalize(self, _body_dropped)
 
     def __aiter__(self) -> DirectBody:
         return self
@@ -478,7 +484,11 @@ class DirectBody:
             if self._drained:
                 raise RuntimeError("the body was drained")
             self._blocks = body(self.request, self.transport, self.length)
-        return await anext(self._blocks)
+        try:
+            return await anext(self._blocks)
+        except BaseException:  # its end, or its failure: the body holds nothing more
+            self._place()
+            raise
 
     async def drain(self, consume: Callable[[memoryview], None]) -> int:
         """Call `consume` with each block of the whole body, in order, all on one worker thread
@@ -491,15 +501,18 @@ class DirectBody:
         self._drained = True
         request, transport = self.request, self.transport
         payload = request.content
-        prefix = payload.read_nowait()
-        if len(prefix) >= self.length or payload.is_eof():
-            if prefix:  # aiohttp had all of it: the connection stays usable
-                await asyncio.to_thread(consume, memoryview(prefix))
-            return len(prefix)
-        # As in `body`, no await from reading what aiohttp holds to taking the socket over.
-        return await _drain_rest(
-            request, transport, prefix, consume, _Taker.factory(self.length - len(prefix))
-        )
+        try:
+            prefix = payload.read_nowait()
+            if len(prefix) >= self.length or payload.is_eof():
+                if prefix:  # aiohttp had all of it: the connection stays usable
+                    await asyncio.to_thread(consume, memoryview(prefix))
+                return len(prefix)
+            # As in `body`, no await from reading what aiohttp holds to taking the socket over.
+            return await _drain_rest(
+                request, transport, prefix, consume, _Taker.factory(self.length - len(prefix))
+            )
+        finally:
+            self._place()
 
 
 class ChunkedBody:
@@ -673,9 +686,23 @@ async def _drain_rest(
             transport.pause_reading()
 
 
+# Bodies of known length taken from the socket in one worker at once (`DirectBody`s alive: each
+# holds a thread and its blocks, or the loop's buffers, 0.5-3 MiB). Past it, a body goes the
+# ordinary path, within the budget of bodies read through aiohttp (http.Arriving): a thousand
+# connections each sending a large body, slowly, must not make a thousand threads.
+MAX_BODIES = 64
+_bodies = 0
+
+
+def _body_dropped() -> None:
+    global _bodies
+    _bodies = max(0, _bodies - 1)
+
+
 def eligible(request: web.Request, length: int | None) -> asyncio.Transport | None:
-    """The transport to take `request`'s body from directly, or None for the ordinary path."""
-    if length is None or length < MIN_LENGTH:
+    """The transport to take `request`'s body from directly, or None for the ordinary path
+    (a small body, or the worker taking MAX_BODIES already)."""
+    if length is None or length < MIN_LENGTH or _bodies >= MAX_BODIES:
         return None
     headers = request.headers
     if "Transfer-Encoding" in headers:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import hashlib
 import socket
 import struct
+
+import pytest
 
 from moorage.api import direct
 from tests.api.helpers import (
@@ -184,3 +187,62 @@ async def test_a_client_that_resets_mid_body_commits_nothing(client: Client) -> 
         await asyncio.sleep(0.05)
     assert resp.status == 201, await resp.text()
     assert await _read_back(client, "direct/reset", digest) == data
+
+
+async def test_past_the_cap_a_large_body_goes_through_aiohttp(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a worker takes direct.MAX_BODIES bodies from their sockets, another large body
+    goes the ordinary path (its connection stays open) and is verified the same; the held ones
+    then arrive whole, and their places are given back."""
+    monkeypatch.setattr(direct, "MAX_BODIES", 2)
+    await _no_bodies_taken()  # those of the tests before (in this process) given back
+    held = []
+    for n in range(2):
+        data = _data(SIZE, f"cap{n}")
+        digest = sha256(data)
+        location = await start_upload(client, f"direct/cap{n}")
+        target = with_query(path_of(location), digest=digest)
+        head = await request_head(client, "PUT", target, {**OCTET, "Content-Length": str(SIZE)})
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(head + data[:3000])
+        await writer.drain()
+        held.append((reader, writer, data, digest))
+    try:
+        for _ in range(200):  # both handlers reach their bodies
+            if direct._bodies >= 2:
+                break
+            await asyncio.sleep(0.02)
+        assert direct._bodies == 2
+        data = _data(SIZE, "past")
+        digest = sha256(data)
+        location = await start_upload(client, "direct/past")
+        resp = await client.put(with_query(location, digest=digest), data=data, headers=OCTET)
+        assert resp.status == 201, await resp.text()
+        assert resp.headers.get("Connection", "").lower() != "close"  # not taken directly
+        assert await _read_back(client, "direct/past", digest) == data
+        for reader, writer, data, _ in held:
+            writer.write(data[3000:])
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.read(), 30)
+            status, _, rest = answer.partition(b"\r\n")
+            assert status.split()[1] == b"201", answer
+            assert b"\r\nConnection: close\r\n" in rest, answer  # these were taken directly
+    finally:
+        for _, writer, _, _ in held:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+    for n, (_, _, data, digest) in enumerate(held):
+        assert await _read_back(client, f"direct/cap{n}", digest) == data
+    await _no_bodies_taken(collect=False)  # given back as each ended, not when collected
+
+
+async def _no_bodies_taken(collect: bool = True) -> None:
+    for _ in range(200):
+        if collect:
+            gc.collect()
+        if direct._bodies == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert direct._bodies == 0
