@@ -132,16 +132,23 @@ class RangeMismatch(RangeInvalid):
         self.state = state
 
 
-async def place(storage: ObjectDriver, metadata: MetadataStore, key: str, sha256: str) -> str:
-    """Where a committed object of content `sha256` is to live. On a filesystem: linked to
-    its content-addressed path (free), unless a file is there already (a copy garbage
-    collection is deleting, or one left over) or a deletion of that path is pending: then it
-    stays at its own key. On an object store it stays where it was written (moving it would
-    copy it). docs/design/gc.md says why a blob row never names a key being deleted."""
-    if storage.local_path(key) is None:
-        return key
+async def placement(storage: ObjectDriver, metadata: MetadataStore, sha256: str) -> str | None:
+    """The content-addressed key an object of content `sha256` may be linked to: on a
+    filesystem (free), unless a deletion of that key is pending; None on an object store
+    (moving an object there would copy it). docs/design/gc.md says why a blob row never names a
+    key being deleted."""
     target = paths.blob(sha256.partition(":")[2])
-    if await metadata.deletion_pending(target):
+    if storage.local_path(target) is None or await metadata.deletion_pending(target):
+        return None
+    return target
+
+
+async def place(storage: ObjectDriver, metadata: MetadataStore, key: str, sha256: str) -> str:
+    """Where a committed object of content `sha256` is to live: moved to its `placement`
+    unless a file is there already (a copy garbage collection is deleting, or one left over),
+    else at its own key."""
+    target = await placement(storage, metadata, sha256)
+    if target is None:
         return key
     return target if await storage.move(key, target) else key
 
@@ -662,8 +669,12 @@ class BlobService:
                     await writer.cancel()
                     lease.handle = None
                     return str(expected[0])
+        # With the digest verified, the object is committed straight to its content-addressed
+        # key where it can be (one sync of one directory, where a commit and then `place`
+        # took two, and a step on a thread more).
+        target = None if hasher is None else await placement(self.storage, self.metadata, sha256)
         try:
-            key = await writer.commit()
+            key = await writer.commit(target)
         except StorageFull:
             raise
         except StorageError as exc:
@@ -681,7 +692,8 @@ class BlobService:
                 await asyncio.shield(self.storage.delete(key))
                 raise
         sha256 = hasher.digest("sha256")
-        key = await place(self.storage, self.metadata, key, sha256)
+        if key != target:
+            key = await place(self.storage, self.metadata, key, sha256)
         rows = {str(d): BlobRow(str(d), key, size) for d in expected}
         rows.setdefault(sha256, BlobRow(sha256, key, size))
         try:

@@ -76,9 +76,18 @@ def _addressable(name: str) -> bool:
 
 
 class FilesystemObjectWriter:
-    def __init__(self, key: str, path: Path, data: Path, file: FileWriter, fd: int) -> None:
+    def __init__(
+        self,
+        key: str,
+        path: Path,
+        data: Path,
+        file: FileWriter,
+        fd: int,
+        resolve: Callable[[str], Path],
+    ) -> None:
         self._key = key
         self._path = path  # where the object appears on commit
+        self._resolve = resolve  # a key's path (a commit's `target`)
         self._data = data  # the file being appended to
         self._file = file
         self._fd = fd
@@ -118,23 +127,34 @@ class FilesystemObjectWriter:
             await self._file.close()  # also releases the flock
 
     @_full_is_typed
-    def _commit(self) -> None:
+    def _commit(self, target: Path | None) -> bool:
+        """Durable at `target` (True) if given and free, else at the writer's own key."""
         self._file.flush_now()
         os.fsync(self._fd)
+        if target is not None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if _link_new(self._data, target):
+                self._data.unlink(missing_ok=True)
+                fsync_dir(target.parent)
+                return True
         if paths.is_content_addressed(self._key):
             _link_new(self._data, self._path)  # an object already there is never replaced
         else:
             os.replace(self._data, self._path)
         self._data.unlink(missing_ok=True)
         fsync_dir(self._path.parent)
+        return False
 
-    async def commit(self) -> str:
+    async def commit(self, target: str | None = None) -> str:
         self._check_open()
+        if target is not None and not paths.is_content_addressed(target):
+            raise ValueError(f"a commit's target must be content-addressed: {target}")
+        path = None if target is None else self._resolve(target)
         try:
-            await asyncio.to_thread(self._commit)
+            at_target = await asyncio.to_thread(self._commit, path)
         finally:
             await self.close()
-        return self._key
+        return target if at_target and target is not None else self._key
 
     async def cancel(self) -> None:
         if self._open:
@@ -214,7 +234,7 @@ class FilesystemObjects:
         file = os.fdopen(fd, "r+b", buffering=0)
         file.seek(offset)
         writer = FileWriter(file, offset, self.direct_from)
-        return FilesystemObjectWriter(key, path, data, writer, fd)
+        return FilesystemObjectWriter(key, path, data, writer, fd, self.files._path)
 
     def _resume(self, key: str, data: Path, offset: int) -> tuple[Path, int]:
         try:

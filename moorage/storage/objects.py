@@ -66,12 +66,18 @@ class ObjectWriter(Protocol):
         """Let go of the object without committing (a chunk is done); resume with the state.
         Bytes written after the last `state()` are lost."""
 
-    async def commit(self) -> str:
+    async def commit(self, target: str | None = None) -> str:
         """Make the object whole and durable at its key; return the key where it now lives.
 
         A content-addressed key (`paths.is_content_addressed`) that already holds an object
         keeps it (same content by definition) and this writer's bytes are dropped. Raises
-        `StaleWriter` if another writer's bytes got in the way: nothing is committed then."""
+        `StaleWriter` if another writer's bytes got in the way: nothing is committed then.
+
+        `target`: a content-addressed key the caller knows to be this object's (its digest was
+        verified) and free to be linked (no deletion pending, `blobs.place`). A driver that
+        can put the object there in the same step (a filesystem: one link, one directory
+        sync) does, unless something is there already, and returns it; the others ignore it,
+        and the object is at its own key as without it."""
 
     async def cancel(self) -> None:
         """Drop the object and free everything it holds (S3: abort the multipart upload)."""

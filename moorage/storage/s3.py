@@ -208,8 +208,11 @@ class S3ObjectWriter:
         self._open = False
         self._pending.clear()
 
-    async def commit(self) -> str:
+    async def commit(self, target: str | None = None) -> str:
+        """As `ObjectWriter.commit`; `target` is ignored (the object would be copied there)."""
         self._check_open()
+        if target is not None and not paths.is_content_addressed(target):
+            raise ValueError(f"a commit's target must be content-addressed: {target}")
         try:
             if paths.is_content_addressed(self._key) and await self._driver.stat(self._key):
                 await self._free()  # the same content is there already

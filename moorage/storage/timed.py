@@ -90,9 +90,9 @@ class TimedWriter:
         self._record_threaded()
         await _timed("write_close", self.inner.close)
 
-    async def commit(self) -> str:
+    async def commit(self, target: str | None = None) -> str:
         self._record_threaded()
-        return await _timed("commit", self.inner.commit)
+        return await _timed("commit", lambda: self.inner.commit(target))
 
     async def cancel(self) -> None:
         self._record_threaded()

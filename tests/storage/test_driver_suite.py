@@ -257,6 +257,34 @@ async def test_content_addressed_objects_are_never_replaced(driver: ObjectDriver
     assert await driver.get(BLOB) == b"first"
 
 
+async def test_commit_to_a_content_addressed_target(driver: ObjectDriver, backend: Backend) -> None:
+    """A commit told its content-addressed target: a filesystem puts the object there in the
+    same step (its own key never appears), unless something is there already; S3 leaves it at
+    its own key, as a commit without one."""
+    data = pattern(3 * 100 * KiB + 7, 5)
+    writer = await driver.writer("w/to-target")
+    await writer.write(data)
+    key = await writer.commit(BLOB)
+    expected = BLOB if backend.kind == "filesystem" else "w/to-target"
+    assert key == expected
+    assert await read(driver, key) == data
+    assert await backend.leftovers() == [_stored(backend, expected)]
+
+    # Something at the target already: kept, and the object is at its own key.
+    other = await driver.writer("w/beside")
+    await other.write(b"other bytes")
+    assert await other.commit(BLOB) == "w/beside"
+    assert await read(driver, BLOB if backend.kind == "filesystem" else key) == data
+    assert await driver.get("w/beside") == b"other bytes"
+
+    # Only a content-addressed key may be a target.
+    third = await driver.writer("w/third")
+    await third.write(b"x")
+    with pytest.raises(ValueError):
+        await third.commit("w/not-addressed")
+    await third.cancel()
+
+
 async def test_delete_a_key_and_a_prefix(driver: ObjectDriver, backend: Backend) -> None:
     await driver.put("d/one", b"1")
     await driver.put("d/sub/two", b"2")
