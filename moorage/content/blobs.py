@@ -672,7 +672,8 @@ class BlobService:
         # With the digest verified, the object is committed straight to its content-addressed
         # key where it can be (one sync of one directory, where a commit and then `place`
         # took two, and a step on a thread more).
-        target = None if hasher is None else await placement(self.storage, self.metadata, sha256)
+        verified = hasher is not None
+        target = await placement(self.storage, self.metadata, sha256) if verified else None
         try:
             key = await writer.commit(target)
         except StorageFull:
@@ -692,7 +693,7 @@ class BlobService:
                 await asyncio.shield(self.storage.delete(key))
                 raise
         sha256 = hasher.digest("sha256")
-        if key != target:
+        if not verified:  # else its placement was decided, and taken if free, by the commit
             key = await place(self.storage, self.metadata, key, sha256)
         rows = {str(d): BlobRow(str(d), key, size) for d in expected}
         rows.setdefault(sha256, BlobRow(sha256, key, size))

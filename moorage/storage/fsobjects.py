@@ -127,34 +127,33 @@ class FilesystemObjectWriter:
             await self._file.close()  # also releases the flock
 
     @_full_is_typed
-    def _commit(self, target: Path | None) -> bool:
-        """Durable at `target` (True) if given and free, else at the writer's own key."""
+    def _commit(self, target: str | None) -> str:
+        """Durable at `target` if given and free, else at the writer's own key; returns which."""
         self._file.flush_now()
         os.fsync(self._fd)
         if target is not None:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if _link_new(self._data, target):
+            path = self._resolve(target)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if _link_new(self._data, path):
                 self._data.unlink(missing_ok=True)
-                fsync_dir(target.parent)
-                return True
+                fsync_dir(path.parent)
+                return target
         if paths.is_content_addressed(self._key):
             _link_new(self._data, self._path)  # an object already there is never replaced
         else:
             os.replace(self._data, self._path)
         self._data.unlink(missing_ok=True)
         fsync_dir(self._path.parent)
-        return False
+        return self._key
 
     async def commit(self, target: str | None = None) -> str:
         self._check_open()
         if target is not None and not paths.is_content_addressed(target):
             raise ValueError(f"a commit's target must be content-addressed: {target}")
-        path = None if target is None else self._resolve(target)
         try:
-            at_target = await asyncio.to_thread(self._commit, path)
+            return await asyncio.to_thread(self._commit, target)
         finally:
             await self.close()
-        return target if at_target and target is not None else self._key
 
     async def cancel(self) -> None:
         if self._open:
