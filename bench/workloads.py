@@ -1720,6 +1720,15 @@ class MixedLoad(Workload):
                 for q in (50, 90, 99):
                     if of_size:
                         out[f"{phase}.{op}.{label}.p{q}_ms"] = _percentile(of_size, q / 100)
+                # Where a push of this size spends its time: each request's median.
+                for name in PUSH_STEPS if op == "push" else ():
+                    took = [
+                        o.steps[name] * 1000
+                        for o in ok
+                        if o.op == op and o.size == size and name in o.steps
+                    ]
+                    if took:
+                        out[f"{phase}.{op}.{label}.{name}_p50_ms"] = _percentile(took, 0.5)
         # Where the slowest push spent its time, request by request (the tail of the push p99).
         pushes = [o for o in ok if o.op == "push"]
         if pushes:

@@ -31,7 +31,8 @@ A consumer that can do all its work on one thread (hash, then write to a local f
 body with `DirectBody.drain` instead: one worker thread receives the rest of the body from a
 duplicate of the socket (blocking `recv_into` into two reused blocks in turn) and hands each
 block to the consumer on that same thread; a block is not written again until the call after
-its own returns. The event loop is not involved per block: the hand-offs
+its own returns (a consumer that keeps no block past its call, `keep=False`, as an upload's
+hash-and-write, gets one block, reused). The event loop is not involved per block: the hand-offs
 between the loop and the hashing and writing threads, two per block, cost about 0.35 CPU
 seconds per GiB, a third of the whole (docs/performance.md, issue 14). The loop only watches
 the connection: when the guard closes a stalled one, or the client goes, the thread's socket is
@@ -209,6 +210,7 @@ class _Taker(asyncio.Protocol):
         self.finished = False  # the thread is done with the socket
         self.transport: asyncio.Transport | None = None  # set when installed
         self.block = BLOCK  # bytes per block and per raw read (set when installed)
+        self.turns = 2  # blocks used in turn: 1 when the consumer keeps none past its call
 
     @staticmethod
     def factory(
@@ -282,7 +284,7 @@ class _Taker(asyncio.Protocol):
 
     def _take(self, consume: Callable[[memoryview], None]) -> None:
         """The rest of a body of known length, received straight into two blocks in turn."""
-        blocks = _Blocks(min(self.block, self.remaining))
+        blocks = _Blocks(min(self.block, self.remaining), self.turns)
         view = blocks.next()
         fill = 0
         while self.remaining > 0:
@@ -334,7 +336,7 @@ class _Taker(asyncio.Protocol):
         after the response."""
         size = self.block
         raw = memoryview(bytearray(_RAW if size == BLOCK else size))
-        blocks = _Blocks(size)
+        blocks = _Blocks(size, self.turns)
         block = blocks.next()
         fill = 0
 
@@ -369,19 +371,21 @@ class _Taker(asyncio.Protocol):
 
 
 class _Blocks:
-    """Two buffers of `size` bytes, handed out in turn (the second made when first needed):
-    a block handed to `consume` stays untouched until the call after it returns."""
+    """`turns` buffers of `size` bytes (two, or one), handed out in turn (the second made when
+    first needed): with two, a block handed to `consume` stays untouched until the call after
+    it returns; with one, only until it returns."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, turns: int = 2) -> None:
         self.size = size
+        self.turns = turns
         self.made: list[memoryview] = []
         self.turn = 0
 
     def next(self) -> memoryview:
-        if len(self.made) < 2:
+        if len(self.made) < self.turns:
             self.made.append(memoryview(bytearray(self.size)))
         view = self.made[self.turn]
-        self.turn ^= 1
+        self.turn = (self.turn + 1) % self.turns
         return view
 
 
@@ -490,10 +494,11 @@ class DirectBody:
             self._place()
             raise
 
-    async def drain(self, consume: Callable[[memoryview], None]) -> int:
+    async def drain(self, consume: Callable[[memoryview], None], keep: bool = True) -> int:
         """Call `consume` with each block of the whole body, in order, all on one worker thread
         (a block stays valid until the next call returns: work on it may go on beside the
-        receiving of the next); returns the body's size. An error of
+        receiving of the next; with `keep` False only until its own call returns, and the
+        body holds one block instead of two); returns the body's size. An error of
         `consume` stops the body and is raised here; so is `BodyCut`. If this is cancelled,
         the thread is stopped and waited for: `consume` is never called after this returns."""
         if self._blocks is not None or self._drained:
@@ -509,7 +514,12 @@ class DirectBody:
                 return len(prefix)
             # As in `body`, no await from reading what aiohttp holds to taking the socket over.
             return await _drain_rest(
-                request, transport, prefix, consume, _Taker.factory(self.length - len(prefix))
+                request,
+                transport,
+                prefix,
+                consume,
+                _Taker.factory(self.length - len(prefix)),
+                keep,
             )
         finally:
             self._place()
@@ -535,7 +545,7 @@ class ChunkedBody:
         self._used = True
         return await anext(self.arriving)
 
-    async def drain(self, consume: Callable[[memoryview], None]) -> int:
+    async def drain(self, consume: Callable[[memoryview], None], keep: bool = True) -> int:
         """As `DirectBody.drain`. While a worker drains `MAX_DRAINING_CHUNKED` bodies already,
         this one goes through aiohttp, each block handed to a thread, and is taken over from
         the socket after any block once a place is free."""
@@ -545,15 +555,19 @@ class ChunkedBody:
         global _draining
         request = self.request
         received = 0  # what `consume` had, all of the body up to here
-        # A block is yielded with all that was gathered for it: between blocks, nothing of
-        # the body is held but in aiohttp's buffer. Blocks of the size the worker's budget
-        # gave the body (`http.Arriving`): a quarter of BLOCK beyond its first large bodies.
-        blocks = streams.blocks(self.arriving, self.block_size)
-        async with contextlib.aclosing(blocks) as pieces:
+        # Beyond the worker's first large bodies (`http.Arriving`), pieces taken within its
+        # shares: a body waiting for one leaves its bytes in aiohttp's buffer and the kernel.
+        # The large ones in blocks, each yielded with all that was gathered for it: between
+        # blocks, nothing of the body is held but in aiohttp's buffer.
+        paced = streams.paced(self.arriving)
+        source = paced if paced is not None else streams.blocks(self.arriving, self.block_size)
+        async with contextlib.aclosing(source) as pieces:
             while True:
                 transport = request.transport
                 framing = _position(request) if _draining < MAX_DRAINING_CHUNKED else None
                 if framing is not None and isinstance(transport, asyncio.Transport):
+                    if paced is not None:
+                        paced.let_go()  # the thread reads from the socket, not the shares
                     # What aiohttp holds: the body from `received` on, unless something else
                     # read from it (the count is then off, and it goes on through aiohttp).
                     held = request.content.read_nowait()
@@ -561,7 +575,12 @@ class ChunkedBody:
                         _draining += 1
                         try:
                             return received + await _drain_rest(
-                                request, transport, held, consume, _Taker.factory(0, framing)
+                                request,
+                                transport,
+                                held,
+                                consume,
+                                _Taker.factory(0, framing),
+                                keep,
                             )
                         finally:
                             _draining -= 1
@@ -638,6 +657,7 @@ async def _drain_rest(
     prefix: bytes,
     consume: Callable[[memoryview], None],
     make_taker: Callable[[asyncio.BaseProtocol, socket.socket], _Taker],
+    keep: bool,
 ) -> int:
     """`DirectBody.drain` and `ChunkedBody.drain` from the takeover on: `prefix`, what aiohttp
     held, then the rest from the socket on a worker thread. Called with no await since
@@ -658,6 +678,7 @@ async def _drain_rest(
         target=taker.run, args=(prefix, consume, loop, done), name="moorage-body", daemon=True
     )
     taker.block = BLOCK if _taken < FULL_BLOCK_BODIES else SMALL_BLOCK
+    taker.turns = 2 if keep else 1
     _taken += 1
     try:
         try:

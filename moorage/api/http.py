@@ -58,7 +58,11 @@ def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
 # - large, for the others (streamed pushes of unknown length, Docker's and v1's), while the
 #   worker reads fewer than LARGE_BODIES such: fewer pauses of the socket and fewer hand-offs
 #   to the hashing threads, at 3-4 MiB each;
-# - medium beyond them: a quarter of that memory, a fraction more CPU per byte.
+# - medium beyond them: reads of a quarter of the size, and, as the small ones, each piece
+#   taken from aiohttp's buffer only with one of the worker's SHARES. A hundred streamed
+#   pushes at once then hold SHARES pieces in hand and the rest in aiohttp's buffers and the
+#   kernel, not a block being gathered and one being written each (docs/performance.md,
+#   "Streamed bodies within the shares").
 SMALL_BODY = 4 << 20
 LARGE_BODIES = 8
 BUFFER_SMALL = 16 << 10
@@ -108,7 +112,9 @@ class Arriving:
             connections.set_receive_size(request.transport, connections.RECEIVE_LARGE)
         READING.bodies += 1
         self._request = request
-        self._small = length is not None and length < SMALL_BODY
+        # Small and medium bodies are read within the worker's SHARES; large ones (at most
+        # LARGE_BODIES) in blocks of their own.
+        self._paced = not large
         self._release = weakref.finalize(self, READING.done, request.transport, large)
         self._pieces: AsyncIterator[bytes] | None = None
 
@@ -120,13 +126,13 @@ class Arriving:
             self._pieces = _pieces(self._request, self._release)
         return await self._pieces.__anext__()
 
-    def paced(self) -> AsyncIterator[bytes] | None:
-        """For a small body, its pieces within the worker's SHARES (see `_paced`): each must
-        be processed before the next is asked for. None for the others, and once the body
-        is being read the other way."""
-        if not self._small or self._pieces is not None:
+    def paced(self) -> _Paced | None:
+        """For a small or a medium body, its pieces within the worker's SHARES (`_Paced`):
+        each must be processed before the next is asked for. None for the large ones, and
+        once the body is being read the other way."""
+        if not self._paced or self._pieces is not None:
             return None
-        self._pieces = pieces = _paced(self._request, self._release)
+        self._pieces = pieces = _Paced(self._request, self._release)
         return pieces
 
 
@@ -138,39 +144,65 @@ async def _pieces(request: web.Request, release: Callable[[], object]) -> AsyncI
         release()
 
 
-async def _paced(request: web.Request, release: Callable[[], object]) -> AsyncIterator[bytes]:
-    """The body's pieces, each taken from aiohttp's buffer only while holding one of the
+class _Paced:
+    """A body's pieces, each taken from aiohttp's buffer only while holding one of the
     worker's SHARES, which it keeps until the next piece is asked for (so until the piece has
     been hashed and written) and then passes on if another body waits. A body whose buffer is
     empty waits for its client without a share: a client that sends slowly, or stalls, keeps
-    no other body from being read."""
-    content = request.content
-    holding = False
-    try:
-        while True:
-            if not holding:
-                await SHARES.take()
-                holding = True
-            piece = content.read_nowait()
-            if not piece:
-                if content.at_eof():
-                    return
-                SHARES.give()
-                holding = False
-                piece = await content.readany()  # what arrives next, held while a share is
-                if not piece:  # taken: the buffer behind it refills to its limit at most
-                    return
-                await SHARES.take()
-                holding = True
-            yield piece
-            del piece  # done with: not held while this body waits for a share again
-            if SHARES.wanted():
-                SHARES.give()
-                holding = False
-    finally:
-        if holding:
+    no other body from being read. `let_go` gives a share held back at once (a body taken over
+    from the socket no longer needs one); asking for the next piece takes one again."""
+
+    def __init__(self, request: web.Request, release: Callable[[], object]) -> None:
+        self._content = request.content
+        self._release = release
+        self._holding = False
+        self._over = False
+
+    def __aiter__(self) -> _Paced:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._holding and SHARES.wanted():
+            self.let_go()
+        try:
+            piece = await self._next()
+        except BaseException:
+            self._end()
+            raise
+        if not piece:
+            self._end()
+            raise StopAsyncIteration
+        return piece
+
+    async def _next(self) -> bytes:
+        content = self._content
+        if self._over:
+            return b""
+        if not self._holding:
+            await SHARES.take()
+            self._holding = True
+        piece = content.read_nowait()
+        if piece or content.at_eof():
+            return piece
+        self.let_go()
+        piece = await content.readany()  # what arrives next, held while a share is taken:
+        if piece:  # the buffer behind it refills to its limit at most
+            await SHARES.take()
+            self._holding = True
+        return piece
+
+    def let_go(self) -> None:
+        if self._holding:
+            self._holding = False
             SHARES.give()
-        release()
+
+    def _end(self) -> None:
+        self._over = True
+        self.let_go()
+        self._release()
+
+    async def aclose(self) -> None:
+        self._end()
 
 
 class Shares:
@@ -210,8 +242,10 @@ class Shares:
         self.held = max(0, self.held - 1)
 
 
-# Small bodies (known length under SMALL_BODY, above all the chunks of chunked uploads) whose
-# consumer takes them piece by piece (streams.paced): a piece taken from aiohttp's buffer holds
+# Small and medium bodies (known length under SMALL_BODY, above all the chunks of chunked
+# uploads; streamed ones beyond the worker's LARGE_BODIES) whose consumer takes them piece by
+# piece (streams.paced, or direct.ChunkedBody until it is taken over from the socket, which
+# gives its share back): a piece taken from aiohttp's buffer holds
 # one of these shares until it has been hashed and written. Bodies waiting for a share leave
 # their bytes in aiohttp's buffer, which stops reading the socket at its limit, and in the
 # kernel; so a burst of hundreds of uploads holds SHARES pieces in hand, not two or three

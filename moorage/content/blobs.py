@@ -25,7 +25,7 @@ import socket
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -521,8 +521,10 @@ class BlobService:
                     yield chunk
                     del chunk  # not held while the next one is waited for
             finally:
-                if isinstance(source, AsyncGenerator):
-                    await source.aclose()
+                # Closed here, not at a garbage collection: paced pieces hold a share.
+                aclose = getattr(source, "aclose", None)
+                if aclose is not None:
+                    await aclose()
 
         async def renew() -> None:
             renewing = time.monotonic()
@@ -586,7 +588,9 @@ class BlobService:
         renewer = asyncio.create_task(keep_alive())
         try:
             if blocking is not None and isinstance(body, streams.Drainable):
-                received = await body.drain(consume)
+                # `consume` hashes and writes each block before it returns (a direct write
+                # copies it into its own stage): one block for the body is enough.
+                received = await body.drain(consume, keep=False)
             elif (pieces := streams.paced(body)) is not None:
                 received = await streams.each(counted(pieces), process)
             else:

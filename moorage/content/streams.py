@@ -26,8 +26,10 @@ class Drainable(Protocol):
 
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
-    async def drain(self, consume: Callable[[memoryview], None]) -> int:
-        """The body's size once `consume` has had all of it; `consume`'s error stops it."""
+    async def drain(self, consume: Callable[[memoryview], None], keep: bool = True) -> int:
+        """The body's size once `consume` has had all of it; `consume`'s error stops it. With
+        `keep` False, `consume` keeps no block past its own call (the body can then reuse one
+        block instead of two)."""
         ...
 
 
@@ -59,13 +61,28 @@ def block_size(body: object) -> int:
     return size if isinstance(size, int) and size > 0 else BLOCK_SIZE
 
 
-def paced(body: object) -> AsyncIterator[bytes] | None:
-    """The pieces of a body read within its worker's budget of pieces in hand (a small body
-    through aiohttp's parser: moorage.api.http.Arriving.paced), for `each`; None for other
-    bodies, which go through `pipelined`."""
+@runtime_checkable
+class Paced(Protocol):
+    """Pieces of a body taken within its worker's budget of pieces in hand: each holds a share
+    of it until the next is asked for, or until `let_go`."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def __anext__(self) -> bytes: ...
+
+    def let_go(self) -> None:
+        """Give back the share held, if any (no await: the caller may go on without one)."""
+
+    async def aclose(self) -> None: ...
+
+
+def paced(body: object) -> Paced | None:
+    """The pieces of a body read within its worker's budget of pieces in hand (a small or
+    medium body through aiohttp's parser: moorage.api.http.Arriving.paced), for `each`; None
+    for other bodies, which go through `pipelined`."""
     pieces = getattr(body, "paced", None)
     made = pieces() if callable(pieces) else None
-    return made if isinstance(made, AsyncIterator) else None
+    return made if isinstance(made, Paced) else None
 
 
 async def each(pieces: AsyncIterator[bytes], process: Callable[[bytes], Awaitable[None]]) -> int:
@@ -79,8 +96,9 @@ async def each(pieces: AsyncIterator[bytes], process: Callable[[bytes], Awaitabl
             total += len(piece)
             del piece  # not held while the next one is waited for
     finally:
-        if isinstance(pieces, AsyncGenerator):
-            await pieces.aclose()
+        aclose = getattr(pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()
     return total
 
 

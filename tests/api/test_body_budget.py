@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
-from moorage.api import http
+from moorage.api import direct, http
 from tests.api.helpers import Client, path_of, request_head, sha256, start_upload, with_query
 
 OCTET = {"Content-Type": "application/octet-stream"}
@@ -226,6 +226,76 @@ async def test_clients_that_stall_mid_body_hold_no_share(client: Client, shares:
             with contextlib.suppress(ConnectionError):
                 await writer.wait_closed()
     await _until(lambda: http.READING.bodies == 0, "the cut bodies are given back")
+
+
+async def test_streamed_bodies_beyond_the_large_ones_are_read_within_the_shares(
+    client: Client, shares: _Counted, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # All through aiohttp's parser: none is taken over from the socket by a thread.
+    monkeypatch.setattr(direct, "MAX_DRAINING_CHUNKED", 0)
+    go_on = asyncio.Event()
+    started = [asyncio.Event() for _ in range(http.LARGE_BODIES)]
+    stalled = asyncio.Event()
+
+    def body(
+        seed: int, hold: asyncio.Event | None, mark: asyncio.Event | None
+    ) -> AsyncIterator[bytes]:
+        async def gen() -> AsyncIterator[bytes]:
+            for i in range(PIECES):
+                if i == PIECES // 2 and mark is not None:
+                    mark.set()
+                    assert hold is not None
+                    await hold.wait()
+                yield _piece(seed, i)
+
+        return gen()
+
+    async def upload(
+        seed: int, hold: asyncio.Event | None, mark: asyncio.Event | None
+    ) -> tuple[str, str]:
+        repo = f"paced/r{seed}"
+        location = await start_upload(client, repo)
+        resp = await client.patch(location, data=body(seed, hold, mark), headers=OCTET)
+        assert resp.status == 202, await resp.text()
+        data = b"".join(_piece(seed, i) for i in range(PIECES))
+        assert resp.headers["Range"] == f"0-{len(data) - 1}"
+        digest = sha256(data)
+        done = await client.put(with_query(resp.headers["Location"], digest=digest))
+        assert done.status == 201, await done.text()
+        return repo, digest
+
+    # The worker's large bodies, halfway through theirs: they take no share.
+    large = [asyncio.create_task(upload(i, go_on, started[i])) for i in range(http.LARGE_BODIES)]
+    medium: list[asyncio.Task[tuple[str, str]]] = []
+    try:
+        for event in started:
+            await asyncio.wait_for(event.wait(), 10)
+        await _until(lambda: http.READING.large == http.LARGE_BODIES, "the large bodies are read")
+        assert shares.most == 0
+        # A medium body whose client stalls halfway holds no share while it waits...
+        medium.append(asyncio.create_task(upload(100, go_on, stalled)))
+        await asyncio.wait_for(stalled.wait(), 10)
+        # ...and medium bodies sent at once take their pieces within the shares, all stored whole.
+        medium += [asyncio.create_task(upload(101 + i, None, None)) for i in range(MEDIUM_BODIES)]
+        await asyncio.wait_for(asyncio.gather(*medium[1:]), 60)
+        assert shares.most == shares.count
+        assert shares.waited > 0
+        await _until(lambda: shares.held == 0, "the stalled body holds no share")
+        go_on.set()
+        results = await asyncio.wait_for(asyncio.gather(*large, *medium), 60)
+    finally:
+        go_on.set()
+        for task in (*large, *medium):
+            task.cancel()
+    seeds = [*range(http.LARGE_BODIES), 100, *range(101, 101 + MEDIUM_BODIES)]
+    for seed, (repo, digest) in zip(seeds, results, strict=True):
+        resp = await client.get(f"/v2/{repo}/blobs/{digest}")
+        assert resp.status == 200
+        assert await resp.read() == b"".join(_piece(seed, i) for i in range(PIECES))
+    await _until(lambda: http.READING.bodies == 0, "every body is given back")
+
+
+MEDIUM_BODIES = 8
 
 
 async def test_a_share_handed_to_a_cancelled_waiter_passes_on() -> None:

@@ -246,3 +246,28 @@ async def _no_bodies_taken(collect: bool = True) -> None:
             break
         await asyncio.sleep(0.02)
     assert direct._bodies == 0
+
+
+async def test_an_upload_takes_its_body_through_one_reused_block(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upload hashes and writes each block before its call returns (`keep=False`): the
+    thread taking the body reuses one block, however many the body fills, and the blob is
+    whole."""
+    made: list[direct._Blocks] = []
+
+    class Counted(direct._Blocks):
+        def __init__(self, size: int, turns: int = 2) -> None:
+            super().__init__(size, turns)
+            made.append(self)
+
+    monkeypatch.setattr(direct, "_Blocks", Counted)
+    data = _data(SIZE, "one-block")
+    digest = sha256(data)
+    location = await start_upload(client, "direct/one-block")
+    resp = await client.put(with_query(location, digest=digest), data=data, headers=OCTET)
+    assert resp.status == 201, await resp.text()
+    assert resp.headers.get("Connection", "").lower() == "close"  # taken by the thread
+    assert len(made) == 1
+    assert len(made[0].made) == 1  # several blocks' worth of body through one buffer
+    assert await _read_back(client, "direct/one-block", digest) == data
