@@ -25,6 +25,7 @@ OCTET = {"Content-Type": "application/octet-stream"}
 PIECE = 48 << 10
 PIECES = 24  # 1.1 MiB: several large blocks, many small ones
 BODIES = http.LARGE_BODIES + 3  # streamed: unknown length, large or medium pieces
+MEDIUM_BODIES = 8  # streamed beside LARGE_BODIES others: within the shares
 
 
 def _piece(seed: int, i: int) -> bytes:
@@ -293,9 +294,6 @@ async def test_streamed_bodies_beyond_the_large_ones_are_read_within_the_shares(
         assert resp.status == 200
         assert await resp.read() == b"".join(_piece(seed, i) for i in range(PIECES))
     await _until(lambda: http.READING.bodies == 0, "every body is given back")
-
-
-MEDIUM_BODIES = 8
 
 
 async def test_a_share_handed_to_a_cancelled_waiter_passes_on() -> None:

@@ -7,7 +7,9 @@ import bz2
 import json
 import secrets
 
-from moorage.api import direct
+import pytest
+
+from moorage.api import direct, http
 from moorage.content.v1 import _Analysis
 from tests.v1.client import (
     V1Client,
@@ -384,3 +386,40 @@ async def test_a_layer_of_many_blocks_is_analysed_in_order(v1: V1Client) -> None
         assert (row.diff_id, row.payload_checksum) == (image.diff_id, image.payload)
         assert_true(await v1.put_checksum(image, None))
         assert await blob_stored(v1, image.blob_digest)
+
+
+class _CountedShares(http.Shares):
+    """Shares that remember the most held at once."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.most = 0
+
+    async def take(self) -> None:
+        await super().take()
+        self.most = max(self.most, self.held)
+
+
+async def test_v1_layers_read_within_the_shares(
+    v1: V1Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Layers beyond a worker's large bodies, read through aiohttp, come piece by piece within
+    its shares (`http._Paced`), each piece analysed as it comes: the checksums, size and digest
+    are the layer's, and every share is given back."""
+    shares = _CountedShares(2)
+    monkeypatch.setattr(http, "SHARES", shares)
+    monkeypatch.setattr(http, "LARGE_BODIES", 0)  # every streamed body is a medium one
+    monkeypatch.setattr(direct, "MAX_DRAINING_CHUNKED", 0)  # none taken over by a thread
+    images = [make_chain(1)[0] for _ in range(4)]
+    for image in images:
+        assert_true(await v1.put_json(image, None))
+    replies = await asyncio.gather(*(v1.put_layer(image, None, chunked=True) for image in images))
+    for reply in replies:
+        assert_true(reply)
+    for image in images:
+        row = await stored(v1, image.id)
+        assert row is not None and row.state == "uploaded"
+        assert row.size == image.size and row.blob_digest == image.blob_digest
+        assert row.payload_checksum == image.payload
+    assert shares.most >= 1  # the layers were read within the shares
+    assert shares.held == 0 and not shares.wanted()
