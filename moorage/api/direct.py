@@ -545,6 +545,16 @@ class ChunkedBody:
         self._used = True
         return await anext(self.arriving)
 
+    def paced(self) -> streams.Paced | None:
+        """The body's pieces within the worker's shares when its budget gave it those
+        (`http.Arriving.paced`), for a consumer that does not drain it (an upload to object
+        storage); None for a large one, and once it is being read."""
+        if self._used:
+            return None
+        pieces = streams.paced(self.arriving)
+        self._used = pieces is not None
+        return pieces
+
     async def drain(self, consume: Callable[[memoryview], None], keep: bool = True) -> int:
         """As `DirectBody.drain`. While a worker drains `MAX_DRAINING_CHUNKED` bodies already,
         this one goes through aiohttp, each block handed to a thread, and is taken over from
