@@ -557,8 +557,8 @@ class ChunkedBody:
 
     async def drain(self, consume: Callable[[memoryview], None], keep: bool = True) -> int:
         """As `DirectBody.drain`. While a worker drains `MAX_DRAINING_CHUNKED` bodies already,
-        this one goes through aiohttp, each block handed to a thread, and is taken over from
-        the socket after any block once a place is free."""
+        this one goes through aiohttp, each block (or, paced, each piece) handed to a thread,
+        and is taken over from the socket after any of them once a place is free."""
         if self._used:
             raise RuntimeError("the body is being read already")
         self._used = True
