@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from moorage import __version__, config, logs, metricsdir
+from moorage import __version__, config, logs, metricsdir, supervisor
 from moorage.cli_common import data_options, metadata_of, registry_of
 from moorage.cli_doctor import doctor
 from moorage.cli_fsck import fsck
@@ -95,20 +96,27 @@ def serve(
             tls=tls or None,
         )
 
-    try:
-        settings = load()
-    except config.ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
-    try:
-        preflight.check(settings)
-    except preflight.PreflightError as exc:
-        raise click.ClickException(f"cannot start: {exc}") from exc
+    worker = supervisor.respawned()
+    if worker is not None:
+        # A worker the supervisor started in place of one that exited: it starts as the
+        # server did (and was checked then), whatever the file says now; the workers' metrics
+        # directory is the supervisor's.
+        settings = config.unpack(worker.settings)
+    else:
+        try:
+            settings = load()
+        except config.ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
+        try:
+            preflight.check(settings)
+        except preflight.PreflightError as exc:
+            raise click.ClickException(f"cannot start: {exc}") from exc
     logs.configure(settings.log.level, settings.log.format)
-    with metricsdir.shared(settings):
+    with metricsdir.shared(settings) if worker is None else contextlib.nullcontext():
         # Imported only now: it imports prometheus_client, which must see the directory.
         from moorage.server import run
 
-        status = run(settings, reload=load)
+        status = run(settings, reload=load, worker=worker)
     sys.exit(status)
 
 

@@ -10,7 +10,9 @@ Nothing else in Moorage reads configuration: the rest of the code receives a `Se
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import pickle
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -584,3 +586,17 @@ def load(config_file: Path | None = None, **overrides: Any) -> Settings:
         return Settings(**merged)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def pack(settings: Settings) -> str:
+    """The settings as text, for a process this one starts (`moorage.supervisor` hands the
+    settings a server started with to a replacement worker): `unpack` gives them back whole,
+    secrets included, however the file and environment have changed since."""
+    return base64.b64encode(pickle.dumps(settings)).decode("ascii")
+
+
+def unpack(text: str) -> Settings:
+    settings = pickle.loads(base64.b64decode(text))
+    if not isinstance(settings, Settings):
+        raise ConfigError("not packed settings")
+    return settings

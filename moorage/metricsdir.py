@@ -4,8 +4,8 @@ multiprocess mode, in a directory of the server's own.
 prometheus_client decides at import whether values live in memory or in a memory-mapped file
 per process (`PROMETHEUS_MULTIPROC_DIR` set or not), so the directory is chosen before the
 server's modules are imported, and this module must not import it. Each worker writes its own
-files there and any worker's `/metrics` adds them up; the supervisor tells the library when a
-worker has exited (its live gauges then go), and removes the directory when it exits. A
+files there and any worker's `/metrics` adds them up; the supervisor removes a worker's live
+gauges when it has exited, and the directory when it exits (`moorage.supervisor`). A
 directory of our own, new at every start, so no file of an earlier run (or of another program
 that uses the variable) is ever counted. A supervisor killed with SIGKILL cannot remove its
 own: the directory is named after its pid, and the next `moorage serve` removes those whose
@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from moorage import supervisor
 from moorage.config import Settings
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -31,8 +32,10 @@ PREFIX = "moorage-metrics-"  # then the supervisor's pid, a dash, and random let
 def ignore_inherited() -> None:
     """Forget a directory named in the environment Moorage was started with: every command
     (`moorage gc` too, which imports the metrics) would otherwise write files into it, or
-    fail to start when it does not exist. Only `shared` sets one."""
-    os.environ.pop(ENV, None)
+    fail to start when it does not exist. Only `shared` sets one; a worker the supervisor
+    started again keeps it (`supervisor.WORKER_ENV`)."""
+    if supervisor.WORKER_ENV not in os.environ:
+        os.environ.pop(ENV, None)
 
 
 @contextlib.contextmanager

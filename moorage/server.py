@@ -38,13 +38,13 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.engine import make_url
 
-from moorage import __version__, connections, preflight
+from moorage import __version__, connections, metricsdir, preflight, supervisor
 from moorage.api import metrics
 from moorage.api.accesslog import AccessLogger
 from moorage.api.health import HEALTH
 from moorage.api.maintenance import MAINTENANCE
 from moorage.app import IN_FLIGHT, InFlight, create_app, warm_up
-from moorage.config import ConfigError, Settings, split_listen
+from moorage.config import ConfigError, Settings, pack, split_listen
 from moorage.connections import Guard, Limits, connection_cap
 from moorage.content import sha256state
 from moorage.metadata import migrations
@@ -58,10 +58,6 @@ SHUTDOWN_TIMEOUT = 60.0
 BACKLOG = 1024
 TRIM_INTERVAL = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-MADV_PAGEOUT = 21  # linux/mman.h (Linux 5.4)
-# How long after forking workers the supervisor gives back the file pages only it maps: by
-# then the workers have mapped the code they run at start, which stays.
-PAGEOUT_DELAY = 5.0
 # A port just given up (a killed server's workers still closing it) is tried for this long
 # before it counts as taken.
 BIND_GRACE = 1.0
@@ -181,6 +177,10 @@ def _reload(
     named; a configuration that no longer loads is logged and the running one kept."""
     if context is not None:
         _reload_tls(settings, context)
+    _reload_config(settings, reload, app)
+
+
+def _reload_config(settings: Settings, reload: Reload | None, app: web.Application) -> None:
     if reload is None:
         return
     try:
@@ -240,7 +240,12 @@ def _limits(settings: Settings) -> Limits:
     )
 
 
-async def _serve(settings: Settings, listeners: Listeners, reload: Reload | None) -> None:
+async def _serve(
+    settings: Settings, listeners: Listeners, reload: Reload | None, catch_up: bool = False
+) -> None:
+    """Serve on `listeners` until SIGTERM or SIGINT. `catch_up`: a replacement worker, which
+    reads the configuration again as it starts, as the workers it joins did at their last
+    SIGHUP."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(_on_loop_error)
     app = create_app(settings)
@@ -284,6 +289,8 @@ async def _serve(settings: Settings, listeners: Listeners, reload: Reload | None
     loop.add_signal_handler(signal.SIGTERM, terminate)
     loop.add_signal_handler(signal.SIGINT, interrupt)
     loop.add_signal_handler(signal.SIGHUP, _reload, settings, reload, app, context)
+    if catch_up:
+        _reload_config(settings, reload, app)
     trimmer = asyncio.create_task(_give_back_memory(app[IN_FLIGHT]))
     sweeper = asyncio.create_task(guard.run())
     log.info(
@@ -314,9 +321,11 @@ async def _serve(settings: Settings, listeners: Listeners, reload: Reload | None
     await runner.cleanup()
 
 
-def _worker(settings: Settings, listeners: Listeners, reload: Reload | None) -> int:
+def _worker(
+    settings: Settings, listeners: Listeners, reload: Reload | None, catch_up: bool = False
+) -> int:
     try:
-        asyncio.run(_serve(settings, listeners, reload))
+        asyncio.run(_serve(settings, listeners, reload, catch_up))
     except Exception:
         log.exception("worker failed")
         return 1
@@ -355,9 +364,9 @@ def _fork(settings: Settings, slots: list[Listeners], slot: int, reload: Reload 
         _die_with(parent)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the supervisor's page-out is not ours
         # A reload forwarded before the worker installs its handler must not kill it.
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        supervisor.release_signals()
         mine = slots[slot].sockets()
         for other in {sock for listeners in slots for sock in listeners.sockets()}:
             if all(other is not sock for sock in mine):
@@ -366,114 +375,63 @@ def _fork(settings: Settings, slots: list[Listeners], slot: int, reload: Reload 
     return pid
 
 
-def _page_out_own_file_pages() -> int:
-    """Ask the kernel to reclaim the pages of files mapped into this process that no other
-    process maps (`MADV_PAGEOUT`); how many mappings it accepted the advice for.
-
-    The supervisor imported everything before forking, and so holds the pages of the code it
-    ran once to import it (cryptography's and pydantic-core's libraries, about 8 MiB), which
-    the workers never run: they count in the tree's memory for its whole life. The kernel
-    skips every page another process also maps, so the workers keep what they use. A clean
-    page of a file is dropped (a worker forked later reads back from the file what it
-    needs); the few pages of those mappings the supervisor changed (a library's relocated
-    data) go to swap where there is swap, and stay where there is none."""
-    if not sys.platform.startswith("linux"):
-        return 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    madvise = libc.madvise
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    advised = 0
-    try:
-        with open("/proc/self/maps") as maps:
-            lines = maps.read().splitlines()
-    except OSError:
-        return 0
-    for line in lines:
-        fields = line.split(maxsplit=5)
-        # a private mapping of a file (not [heap], [stack], anonymous memory or a shared map)
-        if len(fields) < 6 or not fields[5].startswith("/") or fields[1][3] != "p":
-            continue
-        start, end = (int(bound, 16) for bound in fields[0].split("-"))
-        if madvise(start, end - start, MADV_PAGEOUT) == 0:
-            advised += 1
-        elif ctypes.get_errno() == errno.EINVAL and advised == 0:
-            return 0  # a kernel older than 5.4
-    return advised
-
-
-def _page_out_later() -> None:
-    """`_page_out_own_file_pages` once the workers just forked have started (SIGALRM)."""
-
-    def page_out(_signum: int, _frame: object) -> None:
-        advised = _page_out_own_file_pages()
-        log.debug("supervisor: page-out advised on %d file mappings", advised)
-
-    signal.signal(signal.SIGALRM, page_out)
-    signal.setitimer(signal.ITIMER_REAL, PAGEOUT_DELAY)
-
-
 def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None) -> int:
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        for child in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-        # No worker will be started again: let go of the listening sockets kept for that.
-        # Each worker holds its own until it stops accepting; were the supervisor's still
-        # open then, the kernel would go on queueing connections on them that nobody accepts
-        # (clients hang until the supervisor exits, instead of being refused at once).
-        for listeners in slots:
-            for sock in listeners.sockets():
-                sock.close()
-
-    def forward(signum: int, _frame: object) -> None:
-        for child in list(children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signum)
-
-    children: dict[int, int] = {}  # pid -> slot (which socket it serves)
+    """Fork the workers from this process, with everything built once to be shared, then
+    hand their supervision to a small process (`moorage.supervisor`)."""
     try:
         warm_up(settings)  # what each worker builds as it starts, once, to be shared
         gc.collect()  # what it dropped goes now, not into the frozen generation
     except Exception as exc:  # what every worker would fail on as it starts: once, at once
         log.exception("cannot start the workers: %s", exc)
         return 1
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGHUP, forward)
-    for slot in range(settings.workers):
-        children[_fork(settings, slots, slot, reload)] = slot
-    _page_out_later()
-    failures: list[float] = []
-    status = 0
-    while children:
-        try:
-            pid, code = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        if pid not in children:
-            continue
-        slot = children.pop(pid)
-        metrics.worker_exited(pid)
-        if stopping:
-            continue
-        exit_code = os.waitstatus_to_exitcode(code)
-        log.error("worker %d exited with %d; starting another", pid, exit_code)
-        now = time.monotonic()
-        failures = [t for t in failures if now - t < 60] + [now]
-        if len(failures) > 5 * settings.workers:
-            log.error("workers keep dying; giving up")
-            status = 1
-            on_signal(signal.SIGTERM, None)
-            continue
-        children[_fork(settings, slots, slot, reload)] = slot
-        _page_out_later()
-    return status
+    supervisor.hold_signals()  # until the supervisor can take them (a worker: its handlers)
+    children = {_fork(settings, slots, slot, reload): slot for slot in range(settings.workers)}
+    state = supervisor.State(
+        children,
+        _detach(slots),
+        # What a replacement worker runs: this command line, under this interpreter.
+        [sys.executable, *sys.orig_argv[1:]],
+        pack(settings),
+        os.environ.get(metricsdir.ENV),
+        settings.log.level,
+        settings.log.format,
+    )
+    return supervisor.take_over(state)
+
+
+def _detach(slots: list[Listeners]) -> list[list[int | None]]:
+    """Each slot's listening sockets as descriptors the supervisor owns from now on (one
+    socket may serve every slot: `bind_to` without SO_REUSEPORT)."""
+    owned: dict[int, int] = {}
+
+    def fd(sock: socket.socket | None) -> int | None:
+        if sock is None:
+            return None
+        if id(sock) not in owned:
+            owned[id(sock)] = sock.detach()
+        return owned[id(sock)]
+
+    return [[fd(listeners.main), fd(listeners.metrics)] for listeners in slots]
+
+
+def _replacement(settings: Settings, worker: supervisor.Worker, reload: Reload | None) -> int:
+    """A worker the supervisor started in place of one that exited, by running the server's
+    command line again: it serves the sockets it was handed, as the one it replaces did."""
+    _die_with(worker.parent)
+    # Started with SIGHUP held back: a reload passed on before the worker can take it is
+    # ignored, not fatal (as in a forked worker).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    _raise_open_file_limit()
+    _limit_malloc_arenas()
+
+    def adopt(fd: int) -> socket.socket:
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        return sock
+
+    metrics_socket = None if worker.metrics is None else adopt(worker.metrics)
+    return _worker(settings, Listeners(adopt(worker.main), metrics_socket), reload, catch_up=True)
 
 
 def _raise_open_file_limit() -> None:
@@ -559,9 +517,14 @@ def _migrate(settings: Settings) -> bool:
     return os.waitstatus_to_exitcode(status) == 0
 
 
-def run(settings: Settings, reload: Reload | None = None) -> int:
+def run(
+    settings: Settings, reload: Reload | None = None, worker: supervisor.Worker | None = None
+) -> int:
     """Serve until stopped. `reload` builds the settings again on SIGHUP (in each worker:
-    the supervisor only passes the signal on)."""
+    the supervisor only passes the signal on). `worker`: this process replaces a worker that
+    exited (`supervisor.respawned`)."""
+    if worker is not None:
+        return _replacement(settings, worker, reload)
     if settings.auth.mode == "none" and not _is_loopback(settings.host):
         print(
             "\n*** WARNING: Moorage is listening on "

@@ -39,7 +39,7 @@ from prometheus_client import (
 from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge as PromGauge
 from prometheus_client import Histogram as PromHistogram
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from moorage import metrics, metricsdir
 from moorage.api.health import Health
@@ -146,13 +146,6 @@ def exposition() -> bytes:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     return generate_latest(registry)
-
-
-def worker_exited(pid: int) -> None:
-    """In the supervisor, once a worker is gone: its live gauges (uploads in flight,
-    readiness) stop counting. Its counters stay in the totals."""
-    if MULTIPROCESS:
-        mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
 # -- requests ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -78,8 +79,9 @@ class ReportingMoorage(MoorageProcess):
         return [sys.executable, "-c", REPORTER, json.dumps(HEAVY), str(self.reports), *serve[1:]]
 
     def loaded(self) -> dict[int, list[str]]:
-        """pid -> the heavy modules that process has imported, asked of each process."""
-        pids = [proc.pid for proc in self.processes()]
+        """pid -> the heavy modules that worker has imported, asked of each worker (the
+        supervisor is `moorage.supervisor` by then: see the test below)."""
+        pids = [proc.pid for proc in self.processes()[1:]]
         for path in self.reports.glob("*.json"):
             path.unlink()
         for pid in pids:
@@ -112,8 +114,10 @@ async def test_a_started_tree_imports_no_feature_it_has_not_used(tmp_path: Path)
                 await registry.assert_manifest(f"imports/app{n}", "v1", image.manifest)
                 layer = image.layers[1]
                 await registry.assert_blob(f"imports/app{n}", sha256_digest(layer), layer)
+            supervisor = Path(f"/proc/{server.pid}/cmdline").read_text().split("\0")
+            assert supervisor[1:3] == ["-m", "moorage.supervisor"], supervisor
             served = await asyncio.to_thread(server.loaded)
-            assert len(served) == 3, served  # the supervisor and two workers
+            assert len(served) == 2, served  # the two workers
             assert all(loaded == [] for loaded in served.values()), served
 
             for _ in range(8):
@@ -124,8 +128,36 @@ async def test_a_started_tree_imports_no_feature_it_has_not_used(tmp_path: Path)
     finally:
         server.cleanup()
     # The check sees a lazy import happen: a worker that rendered a page has jinja2 now (and
-    # nothing else), the supervisor still has nothing.
-    supervisor = paged.pop(server.pid)
-    assert supervisor == [], supervisor
+    # nothing else).
     assert any(loaded == ["jinja2"] for loaded in paged.values()), paged
     assert all(loaded in ([], ["jinja2"]) for loaded in paged.values()), paged
+
+
+SUPERVISOR_IMPORTS = """
+import json, sys
+before = set(sys.modules)
+import moorage.supervisor, moorage.logs
+print(json.dumps(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_the_supervisor_imports_only_the_standard_library() -> None:
+    """What a server's supervisor runs once its workers are forked (`moorage.supervisor`,
+    which logs through `moorage.logs`) loads nothing from outside the standard library: it
+    lives as long as the server and serves nothing."""
+    out = subprocess.run(
+        [sys.executable, "-c", SUPERVISOR_IMPORTS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    ours = {"moorage", "moorage.supervisor", "moorage.logs"}
+    loaded = json.loads(out)
+    assert ours <= set(loaded), loaded
+    outside = [
+        name
+        for name in loaded
+        if name not in ours and name.split(".")[0] not in sys.stdlib_module_names
+    ]
+    assert outside == [], outside

@@ -8,10 +8,12 @@ Requests that must be free to land on different workers each go over a new TCP c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -23,9 +25,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from moorage import server as server_module
 from tests.harness import MakeServer, MoorageProcess
 from tests.process.registry import TIMEOUT, Registry, range_end, sha256
+from tests.process.test_readonly import READ_ONLY, hup, mode, post_upload, write_config
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -261,72 +263,109 @@ async def test_a_killed_worker_is_replaced_and_takes_its_share(make_server: Make
     assert await server.stop() == 0, server.log_tail()
 
 
-PAGE_OUT_PROBE = """
-import mmap, os, sys
-from moorage import server
-
-def resident(path):
-    found, total = False, 0
-    with open("/proc/self/smaps") as smaps:
-        for line in smaps:
-            fields = line.split()
-            if not fields[0].endswith(":"):
-                found = len(fields) >= 6 and fields[5] == path
-            elif found and fields[0] == "Rss:":
-                total += int(fields[1]) * 1024
-    return total
-
-path = sys.argv[1]
-with open(path, "rb") as f:
-    mapped = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ)
-touched = sum(mapped[i] for i in range(0, len(mapped), mmap.PAGESIZE))
-before = resident(path)
-advised = server._page_out_own_file_pages()
-print(before, resident(path), advised)
-"""
+# Libraries the workers load to serve; the supervisor, once it has handed over, maps none.
+SERVING_LIBRARIES = ("pydantic_core", "cryptography", "sqlalchemy", "aiohttp", "multidict", "yarl")
 
 
-def test_page_out_gives_back_the_file_pages_no_other_process_maps(tmp_path: Path) -> None:
-    """`_page_out_own_file_pages` against the real kernel: the pages of a file only the
-    calling process maps leave it (an 8 MiB file read through a private mapping)."""
-    library = tmp_path / "library.so"
-    with open(library, "wb") as f:
-        f.write(os.urandom(8 * MIB))
-        os.fsync(f.fileno())  # clean pages: the kernel only drops pages it need not write
-    out = subprocess.run(
-        [sys.executable, "-c", PAGE_OUT_PROBE, str(library)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    before, after, advised = (int(v) for v in out.split())
-    assert before >= 7 * MIB, out  # the file was resident in the mapping
-    assert after <= MIB, out
-    assert advised > 0
+def _status(pid: int) -> dict[str, int]:
+    """The kB fields of /proc/PID/smaps_rollup."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        fields[name.rstrip(":")] = int(value)
+    return fields
 
 
-async def test_the_supervisor_pages_out_after_forking_and_still_replaces_workers(
+def _cmdline(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/cmdline").read_text().rstrip("\0").split("\0")
+
+
+async def test_the_supervisor_is_small_and_replaces_a_worker_as_the_others_run(
     make_server: MakeServer,
 ) -> None:
-    """The supervisor gives back the library code only it ran (to import everything before
-    forking) a few seconds after its workers start. A worker forked after that reads back what
-    it needs from the files: it serves like the first ones."""
-    server = make_server(workers=2, config={"log": {"level": "debug"}})
+    """Once the workers are forked, the supervisor becomes `moorage.supervisor` (same pid):
+    none of the serving libraries in its memory, a fraction of a worker's. It still replaces
+    a killed worker, by running the server's command line again. The replacement serves its
+    share of new connections; it starts in the read-only mode the others were switched to by
+    a reload, keeps a setting that needs a restart as the server started with it although
+    the file changed it, and takes the next reload as the others do."""
+    server = make_server(workers=2, config=mode(False))
     await server.start()
-    deadline = time.monotonic() + server_module.PAGEOUT_DELAY + 20
-    while "page-out advised" not in server.log_tail(400) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert "page-out advised" in server.log_tail(400), server.log_tail()
-    workers = await _kill_one_worker_and_see_it_replaced(server)
-    # The replacement's start was followed by a page-out too, and the tree still serves.
-    deadline = time.monotonic() + server_module.PAGEOUT_DELAY + 20
-    while server.log_tail(400).count("page-out advised") < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert server.log_tail(400).count("page-out advised") >= 2, server.log_tail()
-    owners = await asyncio.to_thread(_owners_of_new_connections, server)
-    _assert_spread(owners, workers)
+    workers = [p.pid for p in server.processes()[1:]]
+    (server_connections,) = set(re.findall(r"at most (\d+) connections", server.log_tail(100)))
+    supervisor_maps = Path(f"/proc/{server.pid}/maps").read_text()
+    worker_maps = Path(f"/proc/{workers[0]}/maps").read_text()
+    command = _cmdline(server.pid)
+    assert command[1:3] == ["-m", "moorage.supervisor"] and "serve" in command, command
+    for library in SERVING_LIBRARIES:
+        assert library in worker_maps, library  # the check below means something
+        assert library not in supervisor_maps, library
+    anonymous = _status(server.pid)["Anonymous"]
+    assert anonymous < min(_status(pid)["Anonymous"] for pid in workers) / 3, anonymous
+
+    write_config(server, mode(True))
+    await hup(server, "read-only mode on: every write is refused")
+    # Changed in the file, not reloaded: the replacement must not take it.
+    write_config(server, {**mode(True), "http": {"maxconnections": 7}})
+    (replacement,) = set(await _kill_one_worker_and_see_it_replaced(server)) - set(workers)
+    assert "serve" in _cmdline(replacement) and "moorage.supervisor" not in _cmdline(replacement)
+    for _ in range(8):  # new connections: both workers, the replacement among them
+        assert await post_upload(server.url) == (405, READ_ONLY)
+    assert f"at most {server_connections} connections" in server.log_tail(100)
+    assert "at most 7 connections" not in server.log_tail(400), server.log_tail(400)
+    assert "these changes need a restart: http.maxconnections" in server.log_tail(100)
+    write_config(server, mode(False))
+    await hup(server, "read-only mode off")
+    for _ in range(8):
+        assert (await post_upload(server.url))[0] == 202
     assert await server.stop() == 0, server.log_tail()
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.1])
+def test_sigterm_while_the_supervisor_hands_over_stops_the_server_cleanly(
+    tmp_path: Path, delay: float
+) -> None:
+    """SIGTERM from the moment both workers are forked (`delay` after it), while the
+    supervisor replaces itself or has just done so: held back, not lost and not fatal. The
+    workers get it once the supervisor can pass it on, and the server exits with 0, leaving
+    no process behind."""
+    server = MoorageProcess(tmp_path / "data", tmp_path, workers=2)
+    server.root.mkdir(parents=True, exist_ok=True)
+    with open(tmp_path / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            server.command(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            start_new_session=True,
+            env=server.environment(),
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while len(_children(proc.pid)) < 2:  # both workers (before: the schema's check)
+            assert proc.poll() is None and time.monotonic() < deadline, proc.returncode
+            time.sleep(0.002)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(timeout=60)
+        text = (tmp_path / "server.log").read_text(errors="replace")
+        assert code == 0, text
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)  # nothing of the server's group is left
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
 
 
 async def test_a_second_server_on_the_same_port_is_refused(
