@@ -20,6 +20,7 @@ import pytest
 
 from moorage.api import direct, http
 from tests.api.helpers import Client, path_of, request_head, sha256, start_upload, with_query
+from tests.shares import CountedShares
 
 OCTET = {"Content-Type": "application/octet-stream"}
 PIECE = 48 << 10
@@ -134,24 +135,9 @@ async def test_a_body_refused_unread_is_given_back(client: Client) -> None:
     await _until(lambda: http.READING.bodies == 0, "the refused body is given back")
 
 
-class _Counted(http.Shares):
-    """Shares that remember the most held at once and whether a body ever waited for one."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__(count)
-        self.most = 0
-        self.waited = 0
-
-    async def take(self) -> None:
-        if self.held >= self.count or self.wanted():
-            self.waited += 1
-        await super().take()
-        self.most = max(self.most, self.held)
-
-
 @pytest.fixture
-def shares(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Counted]:
-    counted = _Counted(2)
+def shares(monkeypatch: pytest.MonkeyPatch) -> Iterator[CountedShares]:
+    counted = CountedShares(2)
     monkeypatch.setattr(http, "SHARES", counted)
     yield counted
     assert counted.held == 0, "every share is given back"
@@ -163,7 +149,7 @@ SMALL_SIZE = 300 << 10  # a few pieces each, well under http.SMALL_BODY
 
 
 async def test_small_bodies_at_once_hold_no_more_than_the_shares(
-    client: Client, shares: _Counted
+    client: Client, shares: CountedShares
 ) -> None:
     async def upload(seed: int) -> tuple[str, str, bytes]:
         repo = f"shares/r{seed}"
@@ -201,7 +187,9 @@ async def _stalled_patch(client: Client, location: str, length: int) -> asyncio.
     return writer
 
 
-async def test_clients_that_stall_mid_body_hold_no_share(client: Client, shares: _Counted) -> None:
+async def test_clients_that_stall_mid_body_hold_no_share(
+    client: Client, shares: CountedShares
+) -> None:
     stalled = [
         await _stalled_patch(client, await start_upload(client, f"shares/stall{i}"), 1 << 20)
         for i in range(shares.count + 1)
@@ -230,7 +218,7 @@ async def test_clients_that_stall_mid_body_hold_no_share(client: Client, shares:
 
 
 async def test_streamed_bodies_beyond_the_large_ones_are_read_within_the_shares(
-    client: Client, shares: _Counted, monkeypatch: pytest.MonkeyPatch
+    client: Client, shares: CountedShares, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # All through aiohttp's parser: none is taken over from the socket by a thread.
     monkeypatch.setattr(direct, "MAX_DRAINING_CHUNKED", 0)

@@ -11,6 +11,7 @@ import pytest
 
 from moorage.api import direct, http
 from moorage.content.v1 import _Analysis
+from tests.shares import CountedShares
 from tests.v1.client import (
     V1Client,
     V1Image,
@@ -388,18 +389,6 @@ async def test_a_layer_of_many_blocks_is_analysed_in_order(v1: V1Client) -> None
         assert await blob_stored(v1, image.blob_digest)
 
 
-class _CountedShares(http.Shares):
-    """Shares that remember the most held at once."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__(count)
-        self.most = 0
-
-    async def take(self) -> None:
-        await super().take()
-        self.most = max(self.most, self.held)
-
-
 @pytest.mark.embedded_only  # on object storage v1 layers are read in 1 MiB blocks, not drained
 async def test_v1_layers_read_within_the_shares(
     v1: V1Client, monkeypatch: pytest.MonkeyPatch
@@ -407,7 +396,7 @@ async def test_v1_layers_read_within_the_shares(
     """Layers beyond a worker's large bodies, read through aiohttp, come piece by piece within
     its shares (`http._Paced`), each piece analysed as it comes: the checksums, size and digest
     are the layer's, and every share is given back."""
-    shares = _CountedShares(2)
+    shares = CountedShares(2)
     monkeypatch.setattr(http, "SHARES", shares)
     monkeypatch.setattr(http, "LARGE_BODIES", 0)  # every streamed body is a medium one
     monkeypatch.setattr(direct, "MAX_DRAINING_CHUNKED", 0)  # none taken over by a thread
