@@ -368,6 +368,36 @@ def test_sigterm_while_the_supervisor_hands_over_stops_the_server_cleanly(
         proc.wait(timeout=10)
 
 
+async def test_workers_that_keep_dying_stop_the_server_with_the_reason(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """Every worker killed as soon as it appears, the replacements included: past five exits
+    per worker within a minute the supervisor stops replacing them, says why, and exits with
+    1, leaving no process behind (the surviving worker, if any, is stopped) and no metrics
+    directory."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    server = make_server(workers=2, env={"TMPDIR": str(temp)})
+    await server.start()
+    assert len(list(temp.glob("moorage-metrics-*"))) == 1
+    killed: set[int] = set()
+    deadline = time.monotonic() + 60
+    while server.alive() and time.monotonic() < deadline:
+        for proc in server.processes()[1:]:
+            if proc.pid not in killed:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGKILL)
+                killed.add(proc.pid)
+        await asyncio.sleep(0.02)
+    assert await server.wait_exit(30) == 1, server.log_tail()
+    assert "workers keep dying; giving up" in server.log_tail(200)
+    assert 11 <= len(killed) <= 12, killed  # the eleventh exit in a minute is the last
+    await asyncio.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server.pid, 0)
+    assert list(temp.glob("moorage-metrics-*")) == []
+
+
 async def test_a_second_server_on_the_same_port_is_refused(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
