@@ -6,7 +6,7 @@ workers, pass signals on and replace a worker that exits; yet it kept every page
 and a third copy of each page both workers wrote to (12 MiB of the two-worker tree at idle,
 17 after a burst of uploads). So, once the workers are forked, it replaces itself (`exec`)
 with this module: the same pid, the same children, the listening sockets still open for a
-replacement, and about 6 MiB in all.
+replacement, and about 7 MiB in all.
 
 A worker that exits is replaced by running the server's own command line again with
 WORKER_ENV naming the listening sockets it serves and holding the settings the server started
@@ -219,7 +219,11 @@ def respawned() -> Worker | None:
 
 
 def main() -> int:
-    state = State.loads(os.environ.pop(STATE_ENV))
+    text = os.environ.pop(STATE_ENV, None)
+    if text is None:
+        print("moorage.supervisor is started by `moorage serve`, not by hand", file=sys.stderr)
+        return 2
+    state = State.loads(text)
     from moorage import logs
 
     logs.configure(state.log_level, state.log_format)
