@@ -591,7 +591,9 @@ def load(config_file: Path | None = None, **overrides: Any) -> Settings:
 def pack(settings: Settings) -> str:
     """The settings as text, for a process this one starts (`moorage.supervisor` hands the
     settings a server started with to a replacement worker): `unpack` gives them back whole,
-    secrets included, however the file and environment have changed since."""
+    secrets included, however the file and environment have changed since. Pickled: the text
+    comes from the server's own supervisor through the environment, and whoever can set a
+    process's environment can make it run anything already (`PYTHONPATH`)."""
     return base64.b64encode(pickle.dumps(settings)).decode("ascii")
 
 

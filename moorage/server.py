@@ -384,6 +384,7 @@ def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None
     except Exception as exc:  # what every worker would fail on as it starts: once, at once
         log.exception("cannot start the workers: %s", exc)
         return 1
+    packed = pack(settings)  # for a replacement worker; before any fork, should it fail
     supervisor.hold_signals()  # until the supervisor can take them (a worker: its handlers)
     children = {_fork(settings, slots, slot, reload): slot for slot in range(settings.workers)}
     state = supervisor.State(
@@ -391,7 +392,7 @@ def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None
         _detach(slots),
         # What a replacement worker runs: this command line, under this interpreter.
         [sys.executable, *sys.orig_argv[1:]],
-        pack(settings),
+        packed,
         os.environ.get(metricsdir.ENV),
         settings.log.level,
         settings.log.format,

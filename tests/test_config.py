@@ -103,3 +103,18 @@ def test_bare_on_and_off_in_the_file_mean_the_words(
     file.write_text("http: {sendfile: sometimes}\n")
     with pytest.raises(config.ConfigError, match="sendfile"):
         config.load(file)
+
+
+def test_packed_settings_come_back_whole_secrets_included(tmp_path: Path) -> None:
+    """What the supervisor hands a replacement worker (`config.pack`): the same settings, the
+    secrets' values too (a dump would have masked them); anything else is refused."""
+    path = tmp_path / "config.yml"
+    path.write_text("http:\n  secret: a-secret-of-sixteen-chars\n  maxconnections: 7\n")
+    settings = config.load(path, workers=3)
+    back = config.unpack(config.pack(settings))
+    assert back == settings
+    assert back.http.secret is not None
+    assert back.http.secret.get_secret_value() == "a-secret-of-sixteen-chars"
+    assert (back.http.maxconnections, back.workers) == (7, 3)
+    with pytest.raises(config.ConfigError):
+        config.unpack(config.pack(settings.http))  # type: ignore[arg-type]
