@@ -419,8 +419,11 @@ def _replacement(settings: Settings, worker: supervisor.Worker, reload: Reload |
     """A worker the supervisor started in place of one that exited, by running the server's
     command line again: it serves the sockets it was handed, as the one it replaces did."""
     _die_with(worker.parent)
-    # Started with SIGHUP held back: a reload passed on before the worker can take it is
-    # ignored, not fatal (as in a forked worker).
+    # As in a forked worker: stopped at once until its loop takes SIGTERM and SIGINT (no
+    # KeyboardInterrupt traceback), and, started with SIGHUP held back, a reload passed on
+    # before it can take one ignored, not fatal.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
     _raise_open_file_limit()
