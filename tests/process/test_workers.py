@@ -309,14 +309,14 @@ async def test_the_supervisor_is_small_and_replaces_a_worker_as_the_others_run(
     write_config(server, {**mode(True), "http": {"maxconnections": 7}})
     (replacement,) = set(await _kill_one_worker_and_see_it_replaced(server)) - set(workers)
     assert "serve" in _cmdline(replacement) and "moorage.supervisor" not in _cmdline(replacement)
-    for _ in range(8):  # new connections: both workers, the replacement among them
+    for _ in range(24):  # new connections: both workers, the replacement among them
         assert await post_upload(server.url) == (405, READ_ONLY)
     assert f"at most {server_connections} connections" in server.log_tail(100)
     assert "at most 7 connections" not in server.log_tail(400), server.log_tail(400)
     assert "these changes need a restart: http.maxconnections" in server.log_tail(100)
     write_config(server, mode(False))
     await hup(server, "read-only mode off")
-    for _ in range(8):
+    for _ in range(24):
         assert (await post_upload(server.url))[0] == 202
     assert await server.stop() == 0, server.log_tail()
 
