@@ -349,6 +349,18 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+def _become_worker(parent: int) -> None:
+    """The first steps of a worker, forked or started in place of one that exited: stopped at
+    once by SIGTERM and SIGINT until its loop takes them (no KeyboardInterrupt traceback), a
+    reload passed on before it can take one ignored, not fatal; tied to its supervisor; then
+    the signals held back since before it started let through."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _die_with(parent)
+    supervisor.release_signals()
+
+
 def _fork(settings: Settings, slots: list[Listeners], slot: int, reload: Reload | None) -> int:
     parent = os.getpid()
     # libcrypto for the resumable SHA-256, found and self-tested once here: finding it runs
@@ -361,12 +373,7 @@ def _fork(settings: Settings, slots: list[Listeners], slot: int, reload: Reload 
     gc.freeze()
     pid = os.fork()
     if pid == 0:
-        _die_with(parent)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        # A reload forwarded before the worker installs its handler must not kill it.
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        supervisor.release_signals()
+        _become_worker(parent)
         mine = slots[slot].sockets()
         for other in {sock for listeners in slots for sock in listeners.sockets()}:
             if all(other is not sock for sock in mine):
@@ -418,14 +425,7 @@ def _detach(slots: list[Listeners]) -> list[list[int | None]]:
 def _replacement(settings: Settings, worker: supervisor.Worker, reload: Reload | None) -> int:
     """A worker the supervisor started in place of one that exited, by running the server's
     command line again: it serves the sockets it was handed, as the one it replaces did."""
-    _die_with(worker.parent)
-    # As in a forked worker: stopped at once until its loop takes SIGTERM and SIGINT (no
-    # KeyboardInterrupt traceback), and, started with SIGHUP held back, a reload passed on
-    # before it can take one ignored, not fatal.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+    _become_worker(worker.parent)
     _raise_open_file_limit()
     _limit_malloc_arenas()
 
