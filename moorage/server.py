@@ -392,6 +392,7 @@ def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None
         log.exception("cannot start the workers: %s", exc)
         return 1
     packed = pack(settings)  # for a replacement worker; before any fork, should it fail
+    code = supervisor.Code.loaded()  # what a replacement must still find on disk
     supervisor.hold_signals()  # until the supervisor can take them (a worker: its handlers)
     children = {_fork(settings, slots, slot, reload): slot for slot in range(settings.workers)}
     state = supervisor.State(
@@ -403,6 +404,7 @@ def _supervise(settings: Settings, slots: list[Listeners], reload: Reload | None
         os.environ.get(metricsdir.ENV),
         settings.log.level,
         settings.log.format,
+        code,
     )
     return supervisor.take_over(state)
 

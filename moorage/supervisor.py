@@ -12,7 +12,11 @@ A worker that exits is replaced by running the server's own command line again w
 WORKER_ENV naming the listening sockets it serves and holding the settings the server started
 with (`respawned`): the new worker imports and builds on its own, sharing no pages with the
 others, and starts as they did, then reads the configuration again as they did at their last
-SIGHUP (a file edited since the start changes nothing that needs a restart).
+SIGHUP (a file edited since the start changes nothing that needs a restart). Only while the
+code is the one the server started from: after an upgrade in place (`pip install -U`, a new
+interpreter, a `git pull` under an editable install) a replacement would run new code beside
+the old, on a database the new code's migrations have not reached, so none is started until a
+restart (`Code`).
 
 Imports only the standard library and `moorage.logs`: that is what keeps it small
 (tests/process/test_imports.py checks what it imports). The races are in
@@ -47,11 +51,51 @@ FAILURES_PER_WORKER = 5
 log = logging.getLogger("moorage.server")
 
 
+class Code(NamedTuple):
+    """The files a server's code was loaded from, as they were when it started: the
+    interpreter, every module of Moorage, and the module of every other top-level package or
+    module it imported (an upgrade replaces a package's every file, its `__init__` among
+    them). Each file as [path, inode, mtime in ns, size]."""
+
+    files: list[list[str | int]]
+
+    @classmethod
+    def loaded(cls) -> Code:
+        paths = {os.path.realpath(sys.executable)}
+        for name, module in list(sys.modules.items()):
+            top = "." not in name or name.startswith("moorage.")
+            path = getattr(module, "__file__", None)
+            if top and isinstance(path, str):
+                paths.add(path)
+        files: list[list[str | int]] = []
+        for path in sorted(paths):
+            with contextlib.suppress(OSError):
+                files.append([path, *_identity(path)])
+        return cls(files)
+
+    def changed(self) -> str | None:
+        """The first file that is not what it was at the start (replaced, edited or gone)."""
+        for path, *identity in self.files:
+            assert isinstance(path, str)
+            try:
+                now = _identity(path)
+            except OSError:
+                return path
+            if now != identity:
+                return path
+        return None
+
+
+def _identity(path: str) -> list[int]:
+    st = os.stat(path)
+    return [st.st_ino, st.st_mtime_ns, st.st_size]
+
+
 class State(NamedTuple):
     """What the supervisor needs: its workers (pid -> slot), each slot's listening sockets
     (the main port's, then the metrics port's or None), the command line a replacement runs
     and the settings the server started with (pickled, opaque here), the metrics directory to
-    clean (None: none) and the log settings."""
+    clean (None: none), the log settings, and the code the server started from."""
 
     children: dict[int, int]
     slots: list[list[int | None]]
@@ -60,14 +104,17 @@ class State(NamedTuple):
     metrics_dir: str | None
     log_level: str
     log_format: str
+    code: Code
 
     def dumps(self) -> str:
-        return json.dumps({**self._asdict(), "children": list(self.children.items())})
+        children = list(self.children.items())
+        return json.dumps({**self._asdict(), "children": children, "code": self.code.files})
 
     @classmethod
     def loads(cls, text: str) -> State:
         raw = json.loads(text)
-        return cls(**{**raw, "children": {int(pid): int(slot) for pid, slot in raw["children"]}})
+        children = {int(pid): int(slot) for pid, slot in raw["children"]}
+        return cls(**{**raw, "children": children, "code": Code(raw["code"])})
 
 
 class Worker(NamedTuple):
@@ -111,8 +158,9 @@ def take_over(state: State) -> int:
 
 def supervise(state: State) -> int:
     """Wait for the workers; pass SIGHUP on, and SIGTERM and SIGINT too, then stop replacing
-    workers; replace one that exits, unless they keep exiting. The exit status: 0, or 1 when
-    it gave up."""
+    workers; replace one that exits, unless they keep exiting or the code changed on disk
+    since the start (the others serve on; when none is left, the server stops). The exit
+    status: 0, or 1 when it gave up or lost its last worker that way."""
     children = dict(state.children)
     listening = {fd for fds in state.slots for fd in fds if fd is not None}
     stopping = False
@@ -164,6 +212,24 @@ def supervise(state: State) -> int:
                 log.error("workers keep dying; giving up")
                 status = 1
                 stop(signal.SIGTERM, None)
+                continue
+            upgraded = state.code.changed()
+            if upgraded is not None:
+                log.error(
+                    "not starting another worker: the server's code changed on disk since it"
+                    " started (%s); %d worker(s) left; restart the server to run the new code",
+                    upgraded,
+                    len(children),
+                )
+                # Its listening sockets go, or the kernel would go on handing that slot's
+                # share of new connections to a socket no one accepts from (clients hang).
+                serving = {fd for other in children.values() for fd in state.slots[other]}
+                for fd in state.slots[slot]:
+                    if fd is not None and fd not in serving and fd in listening:
+                        listening.discard(fd)
+                        os.close(fd)
+                if not children:
+                    status = 1
                 continue
             try:
                 children[_spawn(state, slot)] = slot

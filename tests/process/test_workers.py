@@ -14,6 +14,7 @@ import http.client
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import MakeServer, MoorageProcess
+from tests.harness import REPO_ROOT, MakeServer, MoorageProcess
 from tests.process.registry import TIMEOUT, Registry, range_end, sha256
 from tests.process.test_readonly import READ_ONLY, hup, mode, post_upload, write_config
 
@@ -396,6 +397,45 @@ async def test_workers_that_keep_dying_stop_the_server_with_the_reason(
     with pytest.raises(ProcessLookupError):
         os.killpg(server.pid, 0)
     assert list(temp.glob("moorage-metrics-*")) == []
+
+
+async def test_after_an_upgrade_in_place_no_worker_is_started_on_the_new_code(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """A module of the server replaced on disk as an upgrade does it (a new file in its
+    place), then a worker killed: no replacement runs the new code beside the old. The
+    supervisor says why, lets go of the dead worker's listening socket, so that every new
+    connection goes to the worker left (none hangs on a socket no one accepts from), and
+    once no worker is left it exits with 1, leaving nothing behind."""
+    source = tmp_path / "source"
+    shutil.copytree(
+        REPO_ROOT / "moorage", source / "moorage", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    server = make_server(workers=2, source=source, env={"MOORAGE_HTTP_DRAINTIMEOUT": "0"})
+    await server.start()
+    first, second = (p.pid for p in server.processes()[1:])
+    module = source / "moorage" / "errors.py"
+    upgraded = module.with_name("errors.py.new")
+    upgraded.write_text(module.read_text() + "\n# the next version\n")
+    os.replace(upgraded, module)
+
+    os.kill(first, signal.SIGKILL)
+    message = f"the server's code changed on disk since it started ({module}); 1 worker(s) left"
+    deadline = time.monotonic() + 30
+    while message not in server.log_tail(50) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert message in server.log_tail(50), server.log_tail(50)
+    for _ in range(3):  # each time CONNECTIONS new connections, all answered by the survivor
+        owners = await asyncio.to_thread(_owners_of_new_connections, server)
+        assert owners == Counter({second: CONNECTIONS}), owners
+    assert [p.pid for p in server.processes()[1:]] == [second]
+
+    os.kill(second, signal.SIGKILL)
+    assert await server.wait_exit(30) == 1, server.log_tail()
+    assert "0 worker(s) left" in server.log_tail(50)
+    await asyncio.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server.pid, 0)
 
 
 async def test_a_second_server_on_the_same_port_is_refused(
