@@ -438,6 +438,30 @@ async def test_after_an_upgrade_in_place_no_worker_is_started_on_the_new_code(
         os.killpg(server.pid, 0)
 
 
+async def test_where_the_small_supervisor_cannot_start_the_server_supervises_itself(
+    make_server: MakeServer, tmp_path: Path
+) -> None:
+    """The exec of `python -m moorage.supervisor` fails (here the interpreter's path names no
+    file: a `sitecustomize` on the server's PYTHONPATH says so): the process that forked the
+    workers says why and supervises them itself. Both workers serve, a reload reaches both,
+    and SIGTERM stops the server with 0."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.executable = '/nonexistent/python3'\n")
+    server = make_server(workers=2, config=mode(False), env={"PYTHONPATH": str(site)})
+    await server.start()
+    workers = [p.pid for p in server.processes()[1:]]
+    assert "cannot start a small supervisor" in server.log_tail(50), server.log_tail(50)
+    assert "moorage.supervisor" not in _cmdline(server.pid), _cmdline(server.pid)
+    _assert_spread(await asyncio.to_thread(_owners_of_new_connections, server), workers)
+    write_config(server, mode(True))
+    await hup(server, "read-only mode on: every write is refused")
+    for _ in range(24):  # new connections: both workers took the reload
+        assert await post_upload(server.url) == (405, READ_ONLY)
+    assert [p.pid for p in server.processes()[1:]] == workers
+    assert await server.stop() == 0, server.log_tail()
+
+
 async def test_a_second_server_on_the_same_port_is_refused(
     make_server: MakeServer, tmp_path: Path
 ) -> None:
