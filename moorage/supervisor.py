@@ -61,7 +61,7 @@ class Code(NamedTuple):
 
     @classmethod
     def loaded(cls) -> Code:
-        paths = {os.path.realpath(sys.executable)}
+        paths = {os.path.realpath(sys.executable)} if sys.executable else set()
         for name, module in list(sys.modules.items()):
             top = "." not in name or name.startswith("moorage.")
             path = getattr(module, "__file__", None)

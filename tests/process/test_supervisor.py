@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil  # type: ignore[import-untyped]
 import pytest
 
+from moorage import supervisor
 from tests.harness import MakeServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -132,3 +133,35 @@ async def test_a_second_moorage_on_the_port_says_one_is_serving(
     ], second.stderr[-3000:]
     assert first.alive()
     assert await first.stop() == 0, first.log_tail()
+
+
+def test_the_code_a_server_started_from_is_told_from_an_upgrade(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`supervisor.Code`: the interpreter and the files of the loaded modules, as at the start;
+    a file replaced, edited in place or removed is named, and the record survives the trip
+    through the supervisor's state."""
+    module = tmp_path / "moorage_code_probe.py"
+    module.write_text("VERSION = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "moorage_code_probe", raising=False)
+    __import__("moorage_code_probe")
+    code = supervisor.Code.loaded()
+    paths = [path for path, *_ in code.files]
+    assert str(module) in paths and os.path.realpath(sys.executable) in paths
+    assert supervisor.__file__ in paths
+    assert code.changed() is None
+    state = supervisor.State({1: 0}, [[3, None]], ["python"], "", None, "info", "text", code)
+    assert supervisor.State.loads(state.dumps()) == state
+
+    upgraded = tmp_path / "next.py"
+    upgraded.write_text("VERSION = 2\n")
+    os.replace(upgraded, module)  # as pip and apt do: a new file in its place
+    assert code.changed() == str(module)
+    again = supervisor.Code.loaded()
+    with open(module, "a") as edited:  # as an editor or `git pull` may: the same file
+        edited.write("# more\n")
+    assert again.changed() == str(module)
+    module.unlink()
+    assert again.changed() == str(module)
+    del sys.modules["moorage_code_probe"]
