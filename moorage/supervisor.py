@@ -215,12 +215,6 @@ def supervise(state: State) -> int:
                 continue
             upgraded = state.code.changed()
             if upgraded is not None:
-                log.error(
-                    "not starting another worker: the server's code changed on disk since it"
-                    " started (%s); %d worker(s) left; restart the server to run the new code",
-                    upgraded,
-                    len(children),
-                )
                 # Its listening sockets go, or the kernel would go on handing that slot's
                 # share of new connections to a socket no one accepts from (clients hang).
                 serving = {fd for other in children.values() for fd in state.slots[other]}
@@ -228,6 +222,12 @@ def supervise(state: State) -> int:
                     if fd is not None and fd not in serving and fd in listening:
                         listening.discard(fd)
                         os.close(fd)
+                log.error(
+                    "not starting another worker: the server's code changed on disk since it"
+                    " started (%s); %d worker(s) left; restart the server to run the new code",
+                    upgraded,
+                    len(children),
+                )
                 if not children:
                     status = 1
                 continue

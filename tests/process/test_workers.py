@@ -425,7 +425,9 @@ async def test_after_an_upgrade_in_place_no_worker_is_started_on_the_new_code(
     while message not in server.log_tail(50) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     assert message in server.log_tail(50), server.log_tail(50)
-    for _ in range(3):  # each time CONNECTIONS new connections, all answered by the survivor
+    # The message comes once the socket is closed: from then on every new connection (CONNECTIONS
+    # at a time, three times) is answered, all by the worker left.
+    for _ in range(3):
         owners = await asyncio.to_thread(_owners_of_new_connections, server)
         assert owners == Counter({second: CONNECTIONS}), owners
     assert [p.pid for p in server.processes()[1:]] == [second]
