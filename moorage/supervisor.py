@@ -33,6 +33,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterable
 from types import FrameType
 from typing import NamedTuple
 
@@ -170,18 +171,23 @@ def supervise(state: State) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signum)
 
+    def let_go(fds: Iterable[int | None]) -> None:
+        """Close listening sockets kept for replacements that will not be started. Each
+        worker holds its own until it stops accepting; were the supervisor's still open,
+        the kernel would go on queueing connections on them that nobody accepts (clients
+        hang instead of being refused at once). Each descriptor is closed once only (a
+        number reused later is not ours)."""
+        for fd in fds:
+            if fd is not None and fd in listening:
+                listening.discard(fd)
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
     def stop(signum: int, frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
         forward(signum, frame)
-        # No worker will be started again: let go of the listening sockets kept for that.
-        # Each worker holds its own until it stops accepting; were the supervisor's still
-        # open then, the kernel would go on queueing connections on them that nobody accepts
-        # (clients hang until the supervisor exits, instead of being refused at once).
-        for fd in listening:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        listening.clear()
+        let_go(list(listening))  # no worker will be started again
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -215,13 +221,10 @@ def supervise(state: State) -> int:
                 continue
             upgraded = state.code.changed()
             if upgraded is not None:
-                # Its listening sockets go, or the kernel would go on handing that slot's
-                # share of new connections to a socket no one accepts from (clients hang).
+                # Its slot's sockets go (not one the workers left share with it): the kernel
+                # hands each SO_REUSEPORT socket its share of new connections.
                 serving = {fd for other in children.values() for fd in state.slots[other]}
-                for fd in state.slots[slot]:
-                    if fd is not None and fd not in serving and fd in listening:
-                        listening.discard(fd)
-                        os.close(fd)
+                let_go(fd for fd in state.slots[slot] if fd not in serving)
                 log.error(
                     "not starting another worker: the server's code changed on disk since it"
                     " started (%s); %d worker(s) left; restart the server to run the new code",
