@@ -11,6 +11,7 @@ import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -381,31 +382,51 @@ async def send_file(
     file = await asyncio.to_thread(open, path, "rb")
     try:
         await response.prepare(request)
-        transport = request.transport
-        if transport is None:
-            raise ConnectionResetError("connection lost")
-        await request.writer.drain()
-        threaded = sending.eligible(transport, count)
-        try:
-            if threaded is not None:
-                mode = request.config_dict.get(sending.MODE, "auto")
-                copy = sending.copies(mode, threaded)
-                await sending.send(threaded, file.fileno(), offset, count, copy=copy)
-            else:
-                await asyncio.get_running_loop().sendfile(transport, file, offset, count)
-        except NotImplementedError:
-            await asyncio.to_thread(file.seek, offset)
-            remaining = count
-            while remaining:
-                chunk = await asyncio.to_thread(file.read, min(READ_SIZE, remaining))
-                if not chunk:
-                    raise ConnectionResetError("file shorter than expected") from None
-                await response.write(chunk)
-                remaining -= len(chunk)
+        await _send_from(request, response, file, offset, count)
         await response.write_eof()
         return response
     finally:
         file.close()
+
+
+async def send_more(
+    request: web.Request, response: web.StreamResponse, path: Path, offset: int, count: int
+) -> None:
+    """Send `count` bytes of `path` from `offset` as the rest of a body already begun, the way
+    `send_file` sends a whole one. Only for a response of known length: the bytes go to the
+    socket as they are, with no chunked framing."""
+    assert response.prepared and response.content_length is not None
+    file = await asyncio.to_thread(open, path, "rb")
+    try:
+        await _send_from(request, response, file, offset, count)
+    finally:
+        file.close()
+
+
+async def _send_from(
+    request: web.Request, response: web.StreamResponse, file: BinaryIO, offset: int, count: int
+) -> None:
+    transport = request.transport
+    if transport is None:
+        raise ConnectionResetError("connection lost")
+    await request.writer.drain()
+    threaded = sending.eligible(transport, count)
+    try:
+        if threaded is not None:
+            mode = request.config_dict.get(sending.MODE, "auto")
+            copy = sending.copies(mode, threaded)
+            await sending.send(threaded, file.fileno(), offset, count, copy=copy)
+        else:
+            await asyncio.get_running_loop().sendfile(transport, file, offset, count)
+    except NotImplementedError:
+        await asyncio.to_thread(file.seek, offset)
+        remaining = count
+        while remaining:
+            chunk = await asyncio.to_thread(file.read, min(READ_SIZE, remaining))
+            if not chunk:
+                raise ConnectionResetError("file shorter than expected") from None
+            await response.write(chunk)
+            remaining -= len(chunk)
 
 
 async def send_bytes(
