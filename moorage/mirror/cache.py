@@ -97,6 +97,33 @@ class LeftBehind(Exception):
 WINDOW = 2 << 20
 
 
+# Blocks the store hashes and writes: the size of the pieces the upstream is read in
+# (client.py), so that a piece goes to the store as it is, the same bytes the clients are
+# sent and the window holds, rather than joined into a copy of 1 MiB.
+STORE_BLOCK = 256 << 10
+
+
+class _Stored:
+    """A fetch as its store reads it: its pieces, in blocks of `STORE_BLOCK`
+    (`streams.block_size`)."""
+
+    block_size = STORE_BLOCK
+
+    def __init__(self, pieces: AsyncIterator[bytes]) -> None:
+        self._pieces = pieces
+
+    def __aiter__(self) -> _Stored:
+        return self
+
+    async def __anext__(self) -> bytes:
+        return await anext(self._pieces)
+
+    async def aclose(self) -> None:
+        aclose = getattr(self._pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
 class Reader:
     __slots__ = ("behind", "index", "offset", "store")
 
@@ -506,7 +533,7 @@ class Mirror:
             pump = asyncio.create_task(self._pump(target, response, fetch))
             try:
                 await self.registry.blobs.upload(
-                    repository, digest, fetch.read(store), response.content_length
+                    repository, digest, _Stored(fetch.read(store)), response.content_length
                 )
             except FetchBroken:
                 if isinstance(fetch.error, UpstreamDown):
