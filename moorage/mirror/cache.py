@@ -548,8 +548,11 @@ class Mirror:
     @staticmethod
     async def _pump(target: Target, response: aiohttp.ClientResponse, fetch: BlobFetch) -> None:
         try:
-            async for chunk in response.content.iter_any():
-                await fetch.add(chunk)
+            # Each piece as the connection received it: `iter_any` would join what is
+            # buffered into a copy.
+            async for chunk, _ in response.content.iter_chunks():
+                if chunk:
+                    await fetch.add(chunk)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             fetch.fail(UpstreamDown(f"{target.client.url}: {exc}"))
         else:
