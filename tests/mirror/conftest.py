@@ -55,13 +55,16 @@ class CountingProxy:
     by (method, path), except those the upstream answers 401 (an authentication challenge).
     With `hold_after` set, the body of a blob GET stops after that many bytes: `held` is
     set, and the body goes on once `release` is. With `answer_with` set, every request is
-    answered with that status and not forwarded (an upstream failing or limiting)."""
+    answered with that status and not forwarded (an upstream failing or limiting). With
+    `chunked` set, blob bodies go out without a length (chunked transfer-encoding), as a
+    registry behind some proxies answers."""
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.counts: collections.Counter[tuple[str, str]] = collections.Counter()
         self.hold_after: int | None = None
         self.answer_with: int | None = None
+        self.chunked = False
         self.held = asyncio.Event()
         self.release = asyncio.Event()
         self.url = ""
@@ -106,7 +109,9 @@ class CountingProxy:
             for key, value in upstream.headers.items():
                 if key.lower() not in _HOP:
                     response.headers.add(key, value)
-            if upstream.content_length is not None:
+            if self.chunked and "/blobs/" in request.path and request.method == "GET":
+                response.enable_chunked_encoding()
+            elif upstream.content_length is not None:
                 response.content_length = upstream.content_length
             await response.prepare(request)
             sent = 0

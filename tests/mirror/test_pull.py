@@ -273,6 +273,36 @@ async def test_a_stalled_client_holds_no_memory_and_goes_on_from_storage(
     assert proxy.count("GET", f"/v2/team/stall/blobs/{digest}") == 1
 
 
+async def test_over_an_upstream_that_sends_no_length_a_client_left_behind_still_gets_every_byte(
+    mirror: Client, upstream: UpstreamWriter, proxy: CountingProxy
+) -> None:
+    """An upstream that answers a blob in chunks, with no Content-Length: the answer to the
+    client has no length either (so it is chunked too), and a client left behind gets the rest
+    from storage in that framing, not sent raw from the file: every byte right, the blob
+    stored once and verified."""
+    proxy.chunked = True
+    big = os.urandom(24 << 20)
+    await upstream.push_image("team/nolength", "v1", [big])
+    digest = sha256(big)
+    path = f"/v2/up/team/nolength/blobs/{digest}"
+    stalled = await mirror.get(path)
+    assert stalled.status == 200
+    assert stalled.content_length is None and stalled.headers["Transfer-Encoding"] == "chunked"
+    head = await stalled.content.readexactly(1 << 20)
+    other = await mirror.get(path)
+    assert other.status == 200 and sha256(await other.read()) == digest
+    registry = mirror.app[REGISTRY]
+    for _ in range(200):  # stored while the first client still reads nothing
+        if await registry.metadata.blob(digest) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert await registry.metadata.blob(digest) is not None
+    assert head + await stalled.read() == big
+    assert proxy.count("GET", f"/v2/team/nolength/blobs/{digest}") == 1
+    again = await mirror.get(path)  # now from storage, with its length
+    assert again.content_length == len(big) and sha256(await again.read()) == digest
+
+
 async def test_read_only_serves_only_what_is_cached(
     aiohttp_client: Any, tmp_path: Path, upstream: UpstreamWriter, proxy: CountingProxy
 ) -> None:
