@@ -97,9 +97,10 @@ class LeftBehind(Exception):
 WINDOW = 2 << 20
 
 
-# Blocks the store hashes and writes: the size of the pieces the upstream is read in
-# (client.py), so that a piece goes to the store as it is, the same bytes the clients are
-# sent and the window holds, rather than joined into a copy of 1 MiB.
+# Blocks the store hashes and writes: the largest piece the upstream's connection hands on
+# (asyncio reads 256 KiB at a time; client.py's buffer is as large), so that such a piece goes
+# to the store as it is, the same bytes the clients are sent and the window holds, and only
+# smaller ones are joined (into a block of less than twice this).
 STORE_BLOCK = 256 << 10
 
 

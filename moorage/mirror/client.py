@@ -69,7 +69,8 @@ class UpstreamClient:
                     total=None, sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT
                 ),
                 auto_decompress=False,
-                # Blob bodies in large pieces: each piece is hashed, written and sent on.
+                # Blob bodies in large pieces: each piece is hashed, written and sent on
+                # (cache.STORE_BLOCK).
                 read_bufsize=256 << 10,
             )
         return self._session
