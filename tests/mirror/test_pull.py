@@ -233,6 +233,19 @@ async def test_a_client_that_joins_a_fetch_late_gets_the_stored_blob(
     assert proxy.count("GET", f"/v2/team/late/blobs/{digest}") == 1
 
 
+async def _another_reads_it_all_and_it_is_stored(mirror: Client, path: str, digest: str) -> None:
+    """While a first client of `path` reads nothing: a second one gets the whole blob, right,
+    and the blob is then stored (so the first is left behind)."""
+    other = await mirror.get(path)
+    assert other.status == 200 and sha256(await other.read()) == digest
+    registry = mirror.app[REGISTRY]
+    for _ in range(200):
+        if await registry.metadata.blob(digest) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert await registry.metadata.blob(digest) is not None
+
+
 async def test_a_stalled_client_holds_no_memory_and_goes_on_from_storage(
     mirror: Client, upstream: UpstreamWriter, proxy: CountingProxy
 ) -> None:
@@ -257,14 +270,7 @@ async def test_a_stalled_client_holds_no_memory_and_goes_on_from_storage(
 
     watcher = asyncio.ensure_future(watch())
     try:
-        other = await mirror.get(path)
-        assert other.status == 200 and sha256(await other.read()) == digest
-        registry = mirror.app[REGISTRY]
-        for _ in range(200):  # stored while the first client still reads nothing
-            if await registry.metadata.blob(digest) is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert await registry.metadata.blob(digest) is not None
+        await _another_reads_it_all_and_it_is_stored(mirror, path, digest)
     finally:
         watcher.cancel()
     # Before the window, the stalled client kept about 40 MiB of the 48 in memory.
@@ -289,14 +295,7 @@ async def test_over_an_upstream_that_sends_no_length_a_client_left_behind_still_
     assert stalled.status == 200
     assert stalled.content_length is None and stalled.headers["Transfer-Encoding"] == "chunked"
     head = await stalled.content.readexactly(1 << 20)
-    other = await mirror.get(path)
-    assert other.status == 200 and sha256(await other.read()) == digest
-    registry = mirror.app[REGISTRY]
-    for _ in range(200):  # stored while the first client still reads nothing
-        if await registry.metadata.blob(digest) is not None:
-            break
-        await asyncio.sleep(0.05)
-    assert await registry.metadata.blob(digest) is not None
+    await _another_reads_it_all_and_it_is_stored(mirror, path, digest)
     assert head + await stalled.read() == big
     assert proxy.count("GET", f"/v2/team/nolength/blobs/{digest}") == 1
     again = await mirror.get(path)  # now from storage, with its length
