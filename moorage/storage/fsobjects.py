@@ -246,8 +246,11 @@ class FilesystemObjects:
                 raise StaleWriter(f"{key} holds {size} bytes, cannot resume at {offset}")
             if _lock(fd):
                 # Nobody else has the file open for writing: append in place, dropping what a
-                # failed write left past `offset`.
-                os.ftruncate(fd, offset)
+                # failed write left past `offset`. Only then: a truncate to the same size is
+                # not free (ext4 zeroes the last partial page again, waiting for its
+                # write-back, and the commit's fsync writes it once more).
+                if size > offset:
+                    os.ftruncate(fd, offset)
                 return data, fd
             return self._detach(data, fd, offset)
         except BaseException:

@@ -126,3 +126,28 @@ async def test_a_writer_cancelled_while_its_file_opens_is_let_go(
         await writer.write(b", second")
         await writer.commit()
         assert (root / key).read_bytes() == b"first part, second"
+
+
+async def test_a_writer_resumed_at_the_files_end_leaves_the_file_untouched(tmp_path: Path) -> None:
+    """Resuming where the upload's file ends (every chunk after the first, every commit) does
+    not truncate it: on ext4 a truncate to the same size rewrites the last partial page and
+    waits for its write-back. Linux stamps the file's mtime on any truncate, so an unchanged
+    mtime shows that none was made; a resume behind the file's end still cuts it there."""
+    objects = FilesystemObjects(tmp_path / "root")
+    writer = await objects.writer("uploads/u1/data")
+    await writer.write(b"x" * 5000)  # not a whole page: a truncate would zero its tail
+    state = await writer.state()
+    await writer.close()
+    (data,) = (tmp_path / "root").rglob("*.upload")
+    before = data.stat().st_mtime_ns
+    await asyncio.sleep(0.05)  # past the coarse clock's tick that stamps the times
+
+    writer = await objects.writer("uploads/u1/data", state)
+    await writer.close()
+    assert data.stat().st_mtime_ns == before
+
+    with data.open("ab") as f:  # what a failed write may leave past the state's offset
+        f.write(b"left over")
+    writer = await objects.writer("uploads/u1/data", state)
+    await writer.close()
+    assert data.stat().st_size == 5000
