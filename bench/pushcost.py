@@ -323,6 +323,8 @@ async def main() -> None:
         help="where the data directory goes (default tmpfs; a disk's folder adds its writes)",
     )
     args = parser.parse_args()
+    if args.profile is not None and not PySpy.available():
+        parser.error("--profile needs py-spy (pip install py-spy)")
     global PROFILE
     PROFILE = args.profile
     size = args.size * MiB
