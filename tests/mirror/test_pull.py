@@ -233,6 +233,22 @@ async def test_a_client_that_joins_a_fetch_late_gets_the_stored_blob(
     assert proxy.count("GET", f"/v2/team/late/blobs/{digest}") == 1
 
 
+async def _a_client_stalls(
+    mirror: Client, upstream: UpstreamWriter, repository: str, size: int
+) -> tuple[aiohttp.ClientResponse, bytes, bytes, str, str]:
+    """A blob of `size` random bytes pushed upstream to `repository`, and a client of the
+    mirror that reads its first MiB and then nothing: its answer, the bytes it read, the
+    blob, its digest and the mirror's path of it."""
+    big = os.urandom(size)
+    await upstream.push_image(repository, "v1", [big])
+    digest = sha256(big)
+    path = f"/v2/up/{repository}/blobs/{digest}"
+    stalled = await mirror.get(path)
+    assert stalled.status == 200
+    head = await stalled.content.readexactly(1 << 20)
+    return stalled, head, big, digest, path
+
+
 async def _another_reads_it_all_and_it_is_stored(mirror: Client, path: str, digest: str) -> None:
     """While a first client of `path` reads nothing: a second one gets the whole blob, right,
     and the blob is then stored (so the first is left behind)."""
@@ -252,13 +268,9 @@ async def test_a_stalled_client_holds_no_memory_and_goes_on_from_storage(
     """A client that stops reading during the fetch cannot make the registry keep the blob in
     memory (nor hold up the fetch or the other clients): once more than WINDOW behind, it is
     let go of, and when it reads again it gets the rest from storage, every byte right."""
-    big = os.urandom(48 << 20)
-    await upstream.push_image("team/stall", "v1", [big])
-    digest = sha256(big)
-    path = f"/v2/up/team/stall/blobs/{digest}"
-    stalled = await mirror.get(path)
-    assert stalled.status == 200
-    head = await stalled.content.readexactly(1 << 20)
+    stalled, head, big, digest, path = await _a_client_stalls(
+        mirror, upstream, "team/stall", 48 << 20
+    )
     fetch = mirror.app[MIRROR]._blobs[("up/team/stall", digest)]
     peak = 0
 
@@ -287,14 +299,10 @@ async def test_over_an_upstream_that_sends_no_length_a_client_left_behind_still_
     from storage in that framing, not sent raw from the file: every byte right, the blob
     stored once and verified."""
     proxy.chunked = True
-    big = os.urandom(24 << 20)
-    await upstream.push_image("team/nolength", "v1", [big])
-    digest = sha256(big)
-    path = f"/v2/up/team/nolength/blobs/{digest}"
-    stalled = await mirror.get(path)
-    assert stalled.status == 200
+    stalled, head, big, digest, path = await _a_client_stalls(
+        mirror, upstream, "team/nolength", 24 << 20
+    )
     assert stalled.content_length is None and stalled.headers["Transfer-Encoding"] == "chunked"
-    head = await stalled.content.readexactly(1 << 20)
     await _another_reads_it_all_and_it_is_stored(mirror, path, digest)
     assert head + await stalled.read() == big
     assert proxy.count("GET", f"/v2/team/nolength/blobs/{digest}") == 1
