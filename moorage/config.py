@@ -323,8 +323,9 @@ class HTTPSettings(_Section):
     # Connections open at once; lowered to fit the open-file limit.
     maxconnections: int = Field(default=4096, ge=1)
     # How a large blob goes out (on a thread of its own, moorage/api/sending.py): `on`,
-    # sendfile (zero-copy); `off`, copied; `auto`, sendfile to other machines and copied to a
-    # client on this one (a reverse proxy in front), where sendfile saves nothing and costs more.
+    # sendfile (zero-copy); `off`, copied; `auto`, sendfile to other machines, and to a client
+    # on this one (a reverse proxy in front) copied for the first few at a time per worker,
+    # where a copy of a few is faster and sendfile of many is cheaper.
     sendfile: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = "auto"
     # After SIGTERM the node drains for this long before it stops accepting: /readyz answers
     # 503 while requests are still served, so a balancer's health check takes the node out

@@ -414,8 +414,7 @@ async def _send_from(
     try:
         if threaded is not None:
             mode = request.config_dict.get(sending.MODE, "auto")
-            copy = sending.copies(mode, threaded)
-            await sending.send(threaded, file.fileno(), offset, count, copy=copy)
+            await sending.send(threaded, file.fileno(), offset, count, mode=mode)
         else:
             await asyncio.get_running_loop().sendfile(transport, file, offset, count)
     except NotImplementedError:

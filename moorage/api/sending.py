@@ -13,11 +13,14 @@ How the bytes go is `http.sendfile`:
 - `on`: `sendfile`, zero-copy, the pages of the page cache handed to the socket;
 - `off`: `pread` into a buffer of `BUFFER` bytes and `send`;
 - `auto` (the default): `sendfile` to a client on another machine, a copy to one on this
-  machine (a reverse proxy in front, as docs/deploy/nginx-site.conf sets up). Over loopback
-  `sendfile` saves no copy (the receiver copies the bytes out of the same pages either way) and
-  costs more: on the machines of these measurements a copy in 1 MiB pieces went 1.5x faster
-  than `sendfile` at two thirds of the sender's CPU ("Pull one large blob: sendfile against a
-  copy over loopback").
+  machine (a reverse proxy in front, as docs/deploy/nginx-site.conf sets up) while the worker
+  copies fewer than `COPIES` bodies, `sendfile` beyond. Over loopback `sendfile` saves no copy
+  (the receiver copies the bytes out of the same pages either way), and for one body it costs
+  more: on the machines of these measurements a copy in 1 MiB pieces went 1.5x faster than
+  `sendfile` at two thirds of the sender's CPU ("Pull one large blob: sendfile against a copy
+  over loopback"). Many at once it is the other way round: 32 pulls of one blob cost twice the
+  CPU copied, at fewer bytes a second, and each copy holds a buffer (docs/performance.md,
+  "Copies only for the first sends of a worker").
 
 The thread writes to a duplicate of the connection's socket (the shared descriptor stays
 non-blocking, as the loop needs), while the transport does not read; nothing else writes to
@@ -49,10 +52,12 @@ MODE = web.AppKey("moorage.sendfile", str)
 THREAD_FROM = 256 << 10  # smaller bodies go out in one sendfile call on the loop
 MAX_THREADS = 64  # sends on threads at once, per worker
 BUFFER = 256 << 10  # bytes per read and send when copying
+COPIES = 4  # bodies copied at once to clients on this machine, per worker, in `auto`
 _FLUSH_POLL = 0.005  # seconds between looks at a transport that still holds bytes
 _WAKE = 0.5  # seconds: how often a thread waiting for the socket looks whether it was stopped
 
 _threads = 0  # sends on threads now, in this worker (touched on the loop only)
+_copying = 0  # of which copied
 
 
 def eligible(transport: asyncio.BaseTransport | None, count: int) -> asyncio.Transport | None:
@@ -64,11 +69,11 @@ def eligible(transport: asyncio.BaseTransport | None, count: int) -> asyncio.Tra
 
 
 def copies(mode: str, transport: asyncio.BaseTransport) -> bool:
-    """Whether the body is copied (`off`, or `auto` to a client on this machine) rather than
-    handed over with `sendfile`."""
+    """Whether the body is copied (`off`, or `auto` to a client on this machine while fewer
+    than `COPIES` are) rather than handed over with `sendfile`."""
     if mode == "off":
         return True
-    if mode == "on":
+    if mode == "on" or _copying >= COPIES:
         return False
     peer = transport.get_extra_info("peername")
     if not isinstance(peer, tuple) or not peer:
@@ -83,12 +88,12 @@ def copies(mode: str, transport: asyncio.BaseTransport) -> bool:
 
 
 async def send(
-    transport: asyncio.Transport, fd: int, offset: int, count: int, *, copy: bool
+    transport: asyncio.Transport, fd: int, offset: int, count: int, *, mode: str
 ) -> None:
-    """Send `count` bytes of the file `fd` from `offset` on a thread of its own. Raises what
-    the sending raised (OSError: the client went away or was dropped); if cancelled, the thread
-    is stopped and waited for first."""
-    global _threads
+    """Send `count` bytes of the file `fd` from `offset` on a thread of its own, copied or not
+    as `mode` (`http.sendfile`) says. Raises what the sending raised (OSError: the client went
+    away or was dropped); if cancelled, the thread is stopped and waited for first."""
+    global _threads, _copying
     # What the transport still holds (the response's head, when the socket was full of the
     # response before it on a kept-alive connection) goes first: the thread writes past it.
     while transport.get_write_buffer_size():
@@ -118,7 +123,9 @@ async def send(
 
     reading = transport.is_reading()
     transport.pause_reading()
+    copy = copies(mode, transport)
     _threads += 1
+    _copying += copy
     try:
         threading.Thread(target=run, name="moorage-send", daemon=True).start()
         try:
@@ -139,6 +146,7 @@ async def send(
             raise
     finally:
         _threads -= 1
+        _copying -= copy
         sock.close()
         if reading and not transport.is_closing():
             transport.resume_reading()

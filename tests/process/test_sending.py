@@ -53,8 +53,9 @@ async def test_blobs_and_ranges_come_back_exactly(
 async def test_more_pulls_at_once_than_threads(
     make_server: MakeServer, http: aiohttp.ClientSession
 ) -> None:
-    """One worker, more concurrent pulls than MAX_THREADS: those beyond go out on the loop,
-    every body is exact."""
+    """One worker, more concurrent pulls than MAX_THREADS: the first `COPIES` copied, the
+    others on the threads with `sendfile`, those beyond the threads on the loop; every body is
+    exact."""
     server = make_server(workers=1)
     await server.start()
     reg = Registry(http, server.url)
@@ -193,6 +194,16 @@ def test_auto_copies_to_clients_on_this_machine_only(peer: object, copied: bool)
     assert sending.copies("auto", transport) is copied
     assert sending.copies("off", transport) is True
     assert sending.copies("on", transport) is False
+
+
+def test_auto_sends_beyond_the_first_copies_with_sendfile(monkeypatch: pytest.MonkeyPatch) -> None:
+    local, remote = _Peer(("127.0.0.1", 5000)), _Peer(("10.1.2.3", 5000))
+    monkeypatch.setattr(sending, "_copying", sending.COPIES - 1)
+    assert sending.copies("auto", local) is True
+    monkeypatch.setattr(sending, "_copying", sending.COPIES)
+    assert sending.copies("auto", local) is False
+    assert sending.copies("auto", remote) is False
+    assert sending.copies("off", local) is True  # `off` copies whatever the count
 
 
 def _pipelined_slow_reader(port: int, path: str, count: int) -> list[tuple[bytes, bytes]]:
