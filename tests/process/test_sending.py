@@ -10,6 +10,7 @@ import asyncio
 import random
 import socket
 import struct
+import threading
 import time
 
 import aiohttp
@@ -72,6 +73,49 @@ async def test_more_pulls_at_once_than_threads(
                 for n in range(pulls)
             )
         )
+
+
+def _held_pull(port: int, path: str, release: threading.Event) -> int:
+    """GET `path`, read the first bytes, then stop reading until `release`: bytes read."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        received = len(sock.recv(65536))
+        release.wait(60)
+        return received
+    finally:
+        sock.close()
+
+
+async def test_clients_holding_every_copy_leave_the_next_pull_unhindered(
+    make_server: MakeServer, http: aiohttp.ClientSession
+) -> None:
+    """`COPIES` local clients stop reading in the middle of their pulls, holding every place a
+    worker copies in: the next pull goes out at once (with `sendfile`), whole, and so do pulls
+    after the stalled clients let go."""
+    server = make_server(workers=1, env={"MOORAGE_HTTP_SENDFILE": "auto"})
+    await server.start()
+    reg = Registry(http, server.url)
+    data = random.Random(13).randbytes(32 << 20)
+    digest = await reg.push_blob("send/held", data)
+    path = f"/v2/send/held/blobs/{digest}"
+    release = threading.Event()
+    held = [
+        asyncio.create_task(asyncio.to_thread(_held_pull, server.port, path, release))
+        for _ in range(sending.COPIES)
+    ]
+    try:
+        # Each stalled send is on its thread once its client has had the first bytes.
+        await asyncio.sleep(1)
+        assert not any(task.done() for task in held)
+        await asyncio.wait_for(reg.assert_blob("send/held", digest, data), 20)
+    finally:
+        release.set()
+        received = await asyncio.gather(*held)
+    assert all(0 < n < len(data) for n in received), received
+    await reg.assert_blob("send/held", digest, data)
+    assert "Traceback" not in server.log_path.read_text(errors="replace"), server.log_tail()
 
 
 def _vanish(port: int, path: str) -> int:
