@@ -75,12 +75,23 @@ async def test_more_pulls_at_once_than_threads(
         )
 
 
-def _held_pull(port: int, path: str, release: threading.Event) -> int:
-    """GET `path`, read the first bytes, then stop reading until `release`: bytes read."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+def _small_window_get(port: int, path: str, timeout: float = 30) -> socket.socket:
+    """A connection with a receive buffer of 4 KiB that has sent `GET path`: the server's
+    send fills it after a few pieces."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _held_pull(port: int, path: str, release: threading.Event) -> int:
+    """GET `path`, read the first bytes, then stop reading until `release`: bytes read."""
+    sock = _small_window_get(port, path)
+    try:
         received = len(sock.recv(65536))
         release.wait(60)
         return received
@@ -120,10 +131,8 @@ async def test_clients_holding_every_copy_leave_the_next_pull_unhindered(
 
 def _vanish(port: int, path: str) -> int:
     """GET `path`, read a little, close the socket with a reset: bytes read."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = _small_window_get(port, path)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         received = len(sock.recv(65536))
         time.sleep(0.05)
         # SO_LINGER 0: the close sends a reset, the server's next send fails at once.
@@ -158,10 +167,8 @@ def _stalled_pull(
     port: int, path: str, ready: asyncio.Event, loop: asyncio.AbstractEventLoop
 ) -> str:
     """GET `path` and stop reading after the first bytes; then wait for the server's end."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    sock = _small_window_get(port, path, timeout=60)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
         sock.recv(4096)
         loop.call_soon_threadsafe(ready.set)
         time.sleep(8)  # the server's thread waits for the socket, until the kernel drops it
